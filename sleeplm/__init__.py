@@ -1,0 +1,6 @@
+"""sleeplm: read polysomnograms, compute their clinical numbers, and (later) talk to them."""
+
+from sleeplm.recording import EventType, Recording, RecordingInfo, Signal
+
+__version__ = "0.1.0"
+__all__ = ["Recording", "RecordingInfo", "Signal", "EventType", "__version__"]
