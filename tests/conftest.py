@@ -64,3 +64,74 @@ def make_recording(hours: float = 1.0, *, stages: list[str] | None = None, seed:
     stages_arr = np.array(stages if stages is not None else ["N2"] * n_epochs)
     return Recording(signals=channels or {}, stages=stages_arr,
                      info=RecordingInfo(patient_id=f"test{seed}"))
+
+
+def _nsrr_event(etype: str, concept: str, start: float, duration: float, extra: str = "") -> str:
+    return (f"<ScoredEvent><EventType>{etype}</EventType><EventConcept>{concept}</EventConcept>"
+            f"<Start>{start}</Start><Duration>{duration}</Duration>{extra}</ScoredEvent>")
+
+
+STAGE_CONCEPTS = {"W": "Wake|0", "N1": "Stage 1 sleep|1", "N2": "Stage 2 sleep|2",
+                  "N3": "Stage 3 sleep|3", "R": "REM sleep|5"}
+
+
+def write_nsrr_study(folder: Path, name: str = "shhs1-200001", *, with_eeg: bool = True,
+                     with_stages: bool = True) -> tuple[Path, Path, dict]:
+    """An SHHS-style EDF (mixed rates, SHHS labels and position coding) plus its NSRR XML.
+
+    Two hours: 20 min wake, then N2/N3/R. Obstructive apneas and hypopneas every 3 minutes in
+    N2, each followed by a 4.5 % SpO2 dip; the truth is returned for the assertions.
+    """
+    import edfio
+
+    rng = np.random.default_rng(7)
+    seconds = 7200
+    stages = ["W"] * 40 + (["N2"] * 60 + ["N3"] * 20 + ["R"] * 20) * 2
+    spo2 = np.full(seconds, 95.0)
+    events = []
+    starts = list(range(1500, 3300, 180))  # N2 of the first cycle: 1200-3000 s... and beyond
+    starts = [s for s in starts if stages[s // 30] == "N2"]
+    for k, s in enumerate(starts):
+        kind = "Obstructive apnea|Obstructive Apnea" if k % 2 == 0 else "Hypopnea|Hypopnea"
+        events.append(_nsrr_event("Respiratory|Respiratory", kind, s, 20.0))
+        dip = np.r_[np.linspace(0, 4.5, 11), np.linspace(4.5, 0, 16)[1:]]
+        spo2[s + 25 : s + 25 + dip.size] -= dip
+        events.append(_nsrr_event("Respiratory|Respiratory", "SpO2 desaturation|SpO2 desaturation",
+                                  s + 25, 25.0, "<SpO2Nadir>90.5</SpO2Nadir><SpO2Baseline>95</SpO2Baseline>"))
+        events.append(_nsrr_event("Arousals|Arousals", "ASDA arousal|Arousal (ASDA)", s + 21, 6.0))
+    events.append(_nsrr_event("Limb Movement|Limb Movement", "Limb movement - left|Limb Movement (Left)",
+                              5000, 2.0))
+    events.append(_nsrr_event("Misc|Misc", "Strange thing|Strange thing", 100, 1.0))
+    position = np.where(np.arange(seconds) < 3600, 2.0, 0.0)  # SHHS: 2 supine, 0 right
+    hr = 60 + 5 * np.sin(np.arange(seconds) / 300)
+    signals = [
+        edfio.EdfSignal(spo2, 1, label="SaO2", physical_dimension="%", physical_range=(0, 100)),
+        edfio.EdfSignal(hr, 1, label="H.R.", physical_dimension="bpm", physical_range=(0, 250)),
+        edfio.EdfSignal(np.sin(np.arange(seconds * 10) / 6.0) * 100, 10, label="THOR RES",
+                        physical_dimension="uV", physical_range=(-200, 200)),
+        edfio.EdfSignal(position, 1, label="POSITION", physical_range=(0, 3)),
+    ]
+    if with_eeg:
+        signals.insert(0, edfio.EdfSignal(rng.normal(0, 20, seconds * 125), 125, label="EEG",
+                                          physical_dimension="uV", physical_range=(-250, 250)))
+    edf_path = folder / f"{name}.edf"
+    edfio.Edf(signals, data_record_duration=1).write(edf_path)
+    stage_xml = ""
+    if with_stages:
+        stage_xml = "".join(_nsrr_event("Stages|Stages", STAGE_CONCEPTS[s], i * 30, 30.0)
+                            for i, s in enumerate(stages))
+    xml = ("<?xml version='1.0' encoding='UTF-8'?><PSGAnnotation><SoftwareVersion>Compumedics"
+           "</SoftwareVersion><EpochLength>30</EpochLength><ScoredEvents>"
+           + _nsrr_event("", "Recording Start Time", 0, 7200.0, "<ClockTime>00.00.00 22.00.00</ClockTime>")
+           + stage_xml + "".join(events) + "</ScoredEvents></PSGAnnotation>")
+    xml_path = folder / f"{name}-nsrr.xml"
+    xml_path.write_text(xml)
+    n_events = len(starts)
+    tst_h = sum(s != "W" for s in stages) * 30 / 3600
+    truth = {"stages": stages, "n_resp": n_events, "tst_h": tst_h, "seconds": seconds}
+    return edf_path, xml_path, truth
+
+
+@pytest.fixture
+def nsrr_study(tmp_path: Path):
+    return write_nsrr_study(tmp_path)

@@ -483,6 +483,17 @@ def _wrong_root(name: str, root_tag: str, expected: str) -> AnnotationError:
     )
 
 
+def _spo2_attributes(*, nadir: float | None = None, baseline: float | None = None,
+                     drop: float | None = None) -> dict[str, float]:
+    """SpO2 nadir, baseline and drop (%) of a desaturation, completing the third from two."""
+    if drop is None and nadir is not None and baseline is not None:
+        drop = round(baseline - nadir, 6)
+    if baseline is None and nadir is not None and drop is not None:
+        baseline = round(nadir + drop, 6)
+    values = {"spo2_nadir": nadir, "spo2_baseline": baseline, "drop": drop}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _nsrr_from_root(root, name: str) -> Annotations:
     notes: list[str] = []
     epoch = _epoch_length(root, name, notes)
@@ -512,15 +523,8 @@ def _nsrr_from_root(root, name: str) -> Annotations:
         if etype is None and is_stage_label(concept) and not _NOT_A_STAGE_EVENT.fullmatch(concept):
             spans.append((start, duration, stage_from_label(concept)))
             continue
-        extra: dict[str, Any] = {}
-        nadir = _optional_number(f.get("spo2nadir"))
-        baseline = _optional_number(f.get("spo2baseline"))
-        if nadir is not None:
-            extra["spo2_nadir"] = nadir
-        if baseline is not None:
-            extra["spo2_baseline"] = baseline
-        if nadir is not None and baseline is not None:
-            extra["drop"] = round(baseline - nadir, 6)
+        extra = _spo2_attributes(nadir=_optional_number(f.get("spo2nadir")),
+                                 baseline=_optional_number(f.get("spo2baseline")))
         rows.append(_event_row(start, duration, concept, concept_type=etype,
                                channel=f.get("signallocation") or None, extra=extra))
     if skipped:
@@ -546,15 +550,8 @@ def _profusion_from_root(root, name: str) -> Annotations:
             raise AnnotationError(f"{where}: missing <Name>; expected the event's name "
                                   "(e.g. 'Obstructive Apnea').")
         start, duration = _timing(f, where)
-        extra: dict[str, Any] = {}
-        nadir = _optional_number(f.get("lowestspo2"))
-        drop = _optional_number(f.get("desaturation"))
-        if nadir is not None:
-            extra["spo2_nadir"] = nadir
-        if drop is not None:
-            extra["drop"] = drop
-        if nadir is not None and drop is not None:
-            extra["spo2_baseline"] = round(nadir + drop, 6)
+        extra = _spo2_attributes(nadir=_optional_number(f.get("lowestspo2")),
+                                 drop=_optional_number(f.get("desaturation")))
         rows.append(_event_row(start, duration, label, channel=f.get("input") or None, extra=extra))
     codes = [(e.text or "").strip() for e in _find_all(root, "SleepStage")]
     stages = None

@@ -171,6 +171,7 @@ def read_recording(
             import pandas as pd
 
             external.events = pd.concat([rec.events, external.events], ignore_index=True)
+            external.events = external.events.sort_values("onset", kind="stable")
         ann_io.apply_annotations(rec, external, on_overflow=on_overflow)
     if not rec.signals:
         raise RecordingFileError(

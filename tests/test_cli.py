@@ -1,0 +1,97 @@
+"""End to end: `sleeplm stats` on an EDF+ with an NSRR XML, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_nsrr_study
+from sleeplm.cli import main
+from sleeplm.clinical import clinical_summary
+from sleeplm.io import read_recording
+
+
+def test_stats_text_has_all_sections(nsrr_study, capsys):
+    edf, xml, truth = nsrr_study
+    assert main(["stats", str(edf), "--annotations", str(xml)]) == 0
+    out = capsys.readouterr().out
+    for heading in ("Sleep architecture", "Respiratory events", "Oximetry", "Arousals",
+                    "Heart rate", "Total sleep time", "AHI (AASM recommended rule",
+                    "AHI (4% rule", "ODI", "Not a medical device".lower()):
+        assert heading.lower() in out.lower(), heading
+    assert f"{truth['tst_h'] * 60:.1f} min" in out
+
+
+def test_stats_json_numbers(nsrr_study, capsys):
+    edf, xml, truth = nsrr_study
+    assert main(["stats", str(edf), "-a", str(xml), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    measures = {m["name"]: m for sec in data["sections"].values() for m in sec}
+    assert measures["tst_min"]["value"] == pytest.approx(truth["tst_h"] * 60)
+    assert measures["ahi_3a"]["value"] == pytest.approx(truth["n_resp"] / truth["tst_h"], rel=1e-3)
+    assert measures["ahi_4"]["value"] == pytest.approx(truth["n_resp"] / truth["tst_h"], rel=1e-3)
+    assert measures["odi3"]["value"] == pytest.approx(truth["n_resp"] / truth["tst_h"], rel=0.05)
+    # all events happen in the first hour, supine under SHHS's coding (2 = supine)
+    assert measures["ahi_supine"]["value"] > 0 and measures["ahi_nonsupine"]["value"] == 0
+    assert measures["hr_mean"]["unit"] == "bpm"
+    assert data["disclaimer"].startswith("Draft for review")
+
+
+def test_annotations_found_next_to_file_and_unknown_label_kept(nsrr_study):
+    edf, _, truth = nsrr_study
+    rec = read_recording(edf)  # shhs1-200001-nsrr.xml found by name
+    assert rec.n_epochs == len(truth["stages"])
+    unknown = rec.events[rec.events["type"] == "unknown"]
+    assert list(unknown["label"]) == ["Strange thing|Strange thing"]
+    assert rec.info.cohort == "shhs"
+
+
+def test_home_sleep_apnea_test_gets_respiratory_numbers(tmp_path):
+    edf, xml, truth = write_nsrr_study(tmp_path, "hsat-01", with_eeg=False, with_stages=False)
+    rec = read_recording(edf, annotations=xml, cohort="shhs")
+    summary = clinical_summary(rec)
+    assert "architecture" in summary.unavailable
+    assert "needs scored sleep stages" in summary.unavailable["architecture"]
+    hours = truth["seconds"] / 3600
+    assert summary.value("ahi_3a") == pytest.approx(truth["n_resp"] / hours, rel=1e-3)
+    assert summary.value("odi3") == pytest.approx(truth["n_resp"] / hours, rel=0.05)
+    assert "monitoring time" in summary.measure("ahi_3a").reason
+
+
+def test_info_command(nsrr_study, capsys):
+    edf, xml, _ = nsrr_study
+    assert main(["info", str(edf)]) == 0
+    out = capsys.readouterr().out
+    assert "SPO2" in out and "1 Hz" in out and "EEG_C4" in out and "125 Hz" in out
+
+
+def test_example_command(capsys):
+    assert main(["example"]) == 0
+    out = capsys.readouterr().out
+    assert "Total sleep time" in out and "real expert-scored Sleep-EDF hypnogram" in out
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not an edf at all" * 30, "not an EDF/EDF+/BDF file"),
+    (b"", "empty"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.edf"
+    bad.write_bytes(content)
+    assert main(["stats", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sleeplm: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_cli_truncated_and_overflowing_annotations(nsrr_study, capsys):
+    edf, xml, _ = nsrr_study
+    raw = edf.read_bytes()
+    edf.write_bytes(raw[: len(raw) // 2])
+    assert main(["stats", str(edf), "-a", str(xml)]) == 2
+    assert "--allow-truncated" in capsys.readouterr().err
+    # reading the first hour only: the scored stages now run past the end of the signals
+    assert main(["stats", str(edf), "-a", str(xml), "--allow-truncated"]) == 2
+    assert "trim" in capsys.readouterr().err
+    assert main(["stats", str(edf), "-a", str(xml), "--allow-truncated", "--trim-annotations"]) == 0
