@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rec = read_recording(hypnogram_path(args.id))
             if not args.json:
                 print("Bundled example: a real expert-scored Sleep-EDF hypnogram (no signals, so "
-                      "only sleep architecture can be computed).\n")
+                      "only sleep architecture can be computed). Sleep-EDF cassette hypnograms "
+                      "span the whole ~22-h recording, so time in bed, sleep efficiency and "
+                      "sleep-onset latency include the day's wake.\n")
             _print_stats(rec, args.json)
         elif args.command == "info":
             rec = _read(args)

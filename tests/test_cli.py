@@ -70,6 +70,8 @@ def test_example_command(capsys):
     assert main(["example"]) == 0
     out = capsys.readouterr().out
     assert "Total sleep time" in out and "real expert-scored Sleep-EDF hypnogram" in out
+    # no respiratory data at all: not reported as an AHI of 0
+    assert "AHI" not in out and "Respiratory events: " in out
 
 
 @pytest.mark.parametrize("content,message", [
@@ -95,3 +97,15 @@ def test_cli_truncated_and_overflowing_annotations(nsrr_study, capsys):
     assert main(["stats", str(edf), "-a", str(xml), "--allow-truncated"]) == 2
     assert "trim" in capsys.readouterr().err
     assert main(["stats", str(edf), "-a", str(xml), "--allow-truncated", "--trim-annotations"]) == 0
+
+
+def test_flat_spo2_makes_oximetry_unavailable_not_the_whole_report(nsrr_study):
+    edf, xml, truth = nsrr_study
+    rec = read_recording(edf, annotations=xml)
+    rec.signals["SPO2"].data[:] = 0.0  # a sensor that never worked
+    summary = clinical_summary(rec)
+    assert "oximetry" in summary.unavailable
+    assert "SPO2" in summary.unavailable["oximetry"]
+    assert summary.value("tst_min") == pytest.approx(truth["tst_h"] * 60)
+    # hypopneas now qualify through scored desaturations and arousals instead
+    assert summary.value("ahi_3a") == pytest.approx(truth["n_resp"] / truth["tst_h"], rel=1e-3)

@@ -227,8 +227,5 @@ def test_scored_plm_events_count_directly():
 def test_plm_measures_missing_without_source():
     rec = Recording(signals={"SPO2": Signal("SPO2", np.full(3600, 96.0), 1.0, "%")},
                     stages=STAGES)
-    m = plm_measures(rec)
-    assert [x.name for x in m] == ["lm_index", "plm_count", "plmi"]
-    for x in m:
-        assert x.value is None
-        assert "EMG_LEG" in x.reason and "limb-movement" in x.reason
+    with pytest.raises(MissingChannelError, match="EMG_LEG.*limb-movement"):
+        plm_measures(rec)

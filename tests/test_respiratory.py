@@ -134,3 +134,24 @@ def test_event_table_columns():
                                           (15, "moderate"), (30, "severe"), (None, "not assessable")])
 def test_severity(ahi, category):
     assert ahi_severity(ahi) == category
+
+
+def test_no_scored_events_is_not_an_ahi_of_zero():
+    from sleeplm.clinical.arousals import arousal_measures
+    from sleeplm.errors import MissingChannelError
+
+    hypnogram_only = Recording(stages=np.array(STAGES))
+    with pytest.raises(MissingChannelError, match="no annotations were given"):
+        respiratory_measures(hypnogram_only)
+    with pytest.raises(MissingChannelError, match="no annotations were given"):
+        arousal_measures(hypnogram_only)
+    hypnogram_only.info.annotation_source = "text hypnogram"
+    with pytest.raises(MissingChannelError, match="no respiratory channel"):
+        respiratory_measures(hypnogram_only)
+    # A PSG with respiratory channels whose annotations hold no apnea: a real zero, said so.
+    rec = _night()
+    rec.events = rec.events[~rec.events["type"].isin(
+        ["obstructive_apnea", "central_apnea", "mixed_apnea", "hypopnea"])].reset_index(drop=True)
+    rec.info.annotation_source = "nsrr-xml"
+    m = _m(respiratory_measures(rec))
+    assert m["ahi_3a"].value == 0 and "no apneas or hypopneas in the annotations" in m["ahi_3a"].reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
+from sleeplm.errors import MissingChannelError
 from sleeplm.recording import EventType, Recording
 
 __all__ = ["arousal_measures"]
@@ -19,8 +20,19 @@ def arousal_measures(rec: Recording) -> list[Measure]:
     """
     st = sleep_time(rec)
     ar = rec.events_of(EventType.AROUSAL)
+    if ar.empty:
+        has_eeg = any(c.startswith("EEG_") for c in rec.signals)
+        if rec.info.annotation_source is None or not has_eeg:
+            raise MissingChannelError(
+                "The arousal index needs scored arousals, and there are none: "
+                + ("no annotations were given" if rec.info.annotation_source is None else
+                   "the recording has no EEG channel, so none could have been scored")
+                + ". Give the scored events (NSRR/Profusion XML or EDF+ annotations)."
+            )
     ar = ar[in_sleep(rec, ar["onset"].to_numpy())] if len(ar) else ar
     caveat = "" if st.staged else "per hour of monitoring time (no sleep staging)"
+    if ar.empty:
+        caveat = "; ".join(x for x in (caveat, "no arousals in the annotations") if x)
     ids = [int(i) for i in ar.index]
     out = [Measure(name="arousal_count", label="Arousals in sleep", value=float(len(ar)),
                    unit="count", evidence=Evidence(event_ids=ids))]

@@ -27,7 +27,7 @@ from scipy.ndimage import uniform_filter1d
 from sleeplm._logging import logger
 from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
-from sleeplm.errors import SignalQualityError
+from sleeplm.errors import MissingChannelError, SignalQualityError
 from sleeplm.recording import EventType, Recording, Signal
 
 __all__ = [
@@ -371,11 +371,12 @@ def plm_measures(rec: Recording) -> list[Measure]:
     Returns
     -------
     list of Measure
-        lm_index, plm_count, plmi; all :meth:`Measure.missing` (with what is needed) when the
-        recording has neither leg EMG nor scored limb-movement events.
+        lm_index, plm_count, plmi.
 
     Raises
     ------
+    MissingChannelError
+        The recording has neither leg EMG nor scored limb-movement events.
     SignalQualityError
         Leg EMG channels exist but are unusable and no scored events can replace them.
     """
@@ -386,9 +387,11 @@ def plm_measures(rec: Recording) -> list[Measure]:
     has_emg = any(n in rec for n in ("EMG_LEG", "EMG_LEG_R"))
     has_scored = len(rec.events_of(EventType.LIMB_MOVEMENT, EventType.PLM)) > 0
     if not has_emg and not has_scored:
-        why = ("needs a leg EMG channel (EMG_LEG / EMG_LEG_R) or scored limb-movement / PLM "
-               "events; this recording has neither")
-        return [Measure.missing(n, l, u, why) for n, l, u in names]
+        raise MissingChannelError(
+            "The PLM index needs a leg EMG channel (EMG_LEG / EMG_LEG_R) or scored "
+            "limb-movement / PLM events; this recording has neither. Map the leg EMG with "
+            "channel_aliases or give the scored events."
+        )
 
     from_emg = False
     fallback = ""

@@ -27,9 +27,11 @@ from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.clinical.oximetry import desaturations_near, detect_desaturations
 from sleeplm.clinical.position import has_position, position_at
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
+from sleeplm.errors import MissingChannelError
 from sleeplm.recording import EventType, Recording
 
 __all__ = [
+    "RESPIRATORY_CHANNELS",
     "DESAT_LAG_SEC",
     "AROUSAL_LAG_SEC",
     "respiratory_events",
@@ -37,6 +39,8 @@ __all__ = [
     "ahi_severity",
 ]
 
+#: Channels from which respiratory events are scored; without any, none could have been.
+RESPIRATORY_CHANNELS = ("AIRFLOW", "NASAL_PRESSURE", "THORAX", "ABDOMEN", "SPO2")
 DESAT_LAG_SEC = 30.0
 AROUSAL_LAG_SEC = 5.0
 _APNEAS = tuple(t.value for t in EventType.apneas())
@@ -134,6 +138,18 @@ def respiratory_measures(rec: Recording) -> list[Measure]:
     st = sleep_time(rec)
     ev = respiratory_events(rec)
     caveat = "" if st.staged else "per hour of monitoring time, no sleep staging (REI)"
+    if ev.empty:
+        has_channels = any(c in rec.signals for c in RESPIRATORY_CHANNELS)
+        if rec.info.annotation_source is None or not has_channels:
+            raise MissingChannelError(
+                "Respiratory indices need scored apneas/hypopneas, and there are none: "
+                + ("no annotations were given" if rec.info.annotation_source is None else
+                   "the recording has no respiratory channel (" + ", ".join(RESPIRATORY_CHANNELS)
+                   + "), so none could have been scored")
+                + ". Give the scored events (NSRR/Profusion XML or EDF+ annotations)."
+            )
+        caveat = "; ".join(x for x in (caveat, f"no apneas or hypopneas in the annotations "
+                                       f"({rec.info.annotation_source})") if x)
     counted = ev[ev["in_sleep"].astype(bool)] if len(ev) else ev
     _, desat_source = _desaturations(rec)
     hyp_rule_note = ""
