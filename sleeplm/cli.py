@@ -1,4 +1,4 @@
-"""Command line: ``sleeplm info FILE``, ``sleeplm stats FILE``, ``sleeplm example``."""
+"""Command line: ``sleeplm info|stats FILE``, ``sleeplm example``, ``sleeplm simulate``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,26 @@ def _print_stats(rec, as_json: bool) -> None:
         print(summary.to_text())
 
 
+def _example(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sleeplm.io import read_recording
+    from sleeplm.simulate import PROFILES, example_library
+
+    if args.patient not in PROFILES:
+        raise KeyError(f"no example patient '{args.patient}'; choose from {sorted(PROFILES)}")
+    folder = example_library(progress=sys.stderr.isatty())
+    manifest = pd.read_csv(folder / "manifest.csv")
+    row = manifest[manifest["profile"] == args.patient].iloc[0]
+    rec = read_recording(folder / row["edf"])  # its -nsrr.xml is found next to it
+    if not args.json:
+        print(f"Example patient {row['patient_id']} ({PROFILES[args.patient].description}, "
+              f"{row['age']:.0f} y, {row['sex']}): a SIMULATED night driven by the real Sleep-EDF "
+              f"hypnogram {row['hypnogram_source']}, read back from {folder / row['edf']} and its "
+              "NSRR XML. Not a real patient.\n")
+    _print_stats(rec, args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sleeplm`` command."""
     parser = argparse.ArgumentParser(prog="sleeplm", description=__doc__)
@@ -69,24 +89,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_stats = sub.add_parser("stats", help="AASM-style report numbers")
     _add_reading_options(p_stats)
     p_stats.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p_ex = sub.add_parser("example", help="report of a bundled real Sleep-EDF hypnogram")
-    p_ex.add_argument("--id", default="SC4001E0", help="bundled recording id (default SC4001E0)")
+    p_ex = sub.add_parser("example", help="report of an example patient (a simulated night, "
+                          "read back from its EDF+ and NSRR XML)")
+    p_ex.add_argument("--patient", default="osa_moderate",
+                      help="example patient by profile (default osa_moderate)")
+    p_ex.add_argument("--real-hypnogram", metavar="ID",
+                      help="instead: architecture of a bundled real Sleep-EDF hypnogram (e.g. SC4001E0)")
     p_ex.add_argument("--json", action="store_true")
+    p_sim = sub.add_parser("simulate", help="simulate a library of patients (EDF+, NSRR XML, "
+                           "hypnogram, truth, manifest.csv)")
+    p_sim.add_argument("--n", type=int, default=10, help="number of nights (default 10)")
+    p_sim.add_argument("--out", required=True, help="library folder")
+    p_sim.add_argument("--profiles", nargs="+", help="profiles to use in turn (default: all)")
+    p_sim.add_argument("--seed", type=int, default=0, help="seed of the first night")
+    p_sim.add_argument("--workers", type=int, default=1, help="processes")
+    p_sim.add_argument("--hypnogram", help="stage source for every night: a bundled Sleep-EDF "
+                       "id or 'markov' (default: a bundled night picked by each seed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "example":
+        if args.command == "example" and args.real_hypnogram:
             from sleeplm.data import hypnogram_path
             from sleeplm.io import read_recording
 
-            rec = read_recording(hypnogram_path(args.id))
+            rec = read_recording(hypnogram_path(args.real_hypnogram))
             if not args.json:
                 print("Bundled example: a real expert-scored Sleep-EDF hypnogram (no signals, so "
                       "only sleep architecture can be computed). Sleep-EDF cassette hypnograms "
                       "span the whole ~22-h recording, so time in bed, sleep efficiency and "
                       "sleep-onset latency include the day's wake.\n")
             _print_stats(rec, args.json)
+        elif args.command == "example":
+            _example(args)
+        elif args.command == "simulate":
+            from sleeplm.simulate import simulate_library
+
+            manifest = simulate_library(args.n, args.out, profiles=args.profiles, seed=args.seed,
+                                        workers=args.workers, hypnogram=args.hypnogram,
+                                        progress=sys.stderr.isatty())
+            ok = int((manifest["status"] == "ok").sum())
+            print(f"{ok} of {len(manifest)} nights written to {args.out} (manifest.csv); "
+                  "these are SIMULATED nights, not real patients.")
+            if ok < len(manifest):
+                return 1
         elif args.command == "info":
             rec = _read(args)
             print(rec.summary())

@@ -58,6 +58,11 @@ class EventType(str, Enum):
     PLM = "plm"
     POSITION_CHANGE = "position_change"
     ARTIFACT = "artifact"
+    # EEG/EOG micro-events (ground truth of simulated nights, or detector output)
+    SPINDLE = "spindle"
+    K_COMPLEX = "k_complex"
+    SLOW_WAVE = "slow_wave"
+    RAPID_EYE_MOVEMENT = "rapid_eye_movement"
     UNKNOWN = "unknown"  # label kept verbatim in the ``label`` column
 
     @classmethod

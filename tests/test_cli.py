@@ -67,7 +67,7 @@ def test_info_command(nsrr_study, capsys):
 
 
 def test_example_command(capsys):
-    assert main(["example"]) == 0
+    assert main(["example", "--real-hypnogram", "SC4001E0"]) == 0
     out = capsys.readouterr().out
     assert "Total sleep time" in out and "real expert-scored Sleep-EDF hypnogram" in out
     # no respiratory data at all: not reported as an AHI of 0

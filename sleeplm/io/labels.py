@@ -297,6 +297,11 @@ def _builtin_rules() -> list[EventLabelRule]:
               marker="recording_start"),
         _rule(r"recording (?:end|stop)(?: time)?|(?:end|stop)(?: of)? recording",
               EventType.UNKNOWN, marker="recording_end"),
+        # EEG/EOG micro-events (ground truth of simulated nights, detector outputs).
+        _rule(r"(?:sleep )?spindles?", EventType.SPINDLE),
+        _rule(r"k ?complex(?:es)?|kc", EventType.K_COMPLEX),
+        _rule(r"slow (?:wave|oscillation)s?|sws? event", EventType.SLOW_WAVE),
+        _rule(r"rapid eye movements?|rems? event|eye movement \(rem\)", EventType.RAPID_EYE_MOVEMENT),
         # Arousals, most specific cause first.
         _rule(
             r"reras?|respiratory effort related arousals?"
