@@ -67,6 +67,11 @@ def _example(args: argparse.Namespace) -> None:
 
     if args.patient not in PROFILES:
         raise KeyError(f"no example patient '{args.patient}'; choose from {sorted(PROFILES)}")
+    from sleeplm.simulate.library import default_example_folder
+
+    if not (default_example_folder() / "manifest.csv").exists():
+        print(f"Generating the example patients (simulated nights) in {default_example_folder()}; "
+              "this happens once and takes about a minute.", file=sys.stderr)
     folder = example_library(progress=sys.stderr.isatty())
     manifest = pd.read_csv(folder / "manifest.csv")
     row = manifest[manifest["profile"] == args.patient].iloc[0]

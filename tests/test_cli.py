@@ -109,3 +109,28 @@ def test_flat_spo2_makes_oximetry_unavailable_not_the_whole_report(nsrr_study):
     assert summary.value("tst_min") == pytest.approx(truth["tst_h"] * 60)
     # hypopneas now qualify through scored desaturations and arousals instead
     assert summary.value("ahi_3a") == pytest.approx(truth["n_resp"] / truth["tst_h"], rel=1e-3)
+
+
+def test_simulate_command_writes_a_library(tmp_path, capsys):
+    out = tmp_path / "lib"
+    assert main(["simulate", "--n", "2", "--out", str(out), "--profiles", "osa_severe",
+                 "plm_disorder", "--seed", "40"]) == 0
+    assert "2 of 2 nights" in capsys.readouterr().out
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 3 and "osa_severe" in manifest[1] and "plm_disorder" in manifest[2]
+    assert main(["stats", str(out / "sim-00040-osa_severe.edf"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ahi = {m["name"]: m["value"] for sec in data["sections"].values() for m in sec}["ahi_3a"]
+    assert ahi >= 30
+    assert any("SIMULATED" in n for n in data["notes"])
+
+
+@pytest.mark.slow
+def test_example_patients_generated_on_first_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLEEPLM_HOME", str(tmp_path))
+    assert main(["example"]) == 0
+    out = capsys.readouterr().out
+    assert "SIMULATED night" in out and "AHI (AASM recommended rule" in out
+    assert (tmp_path / "examples" / "manifest.csv").exists()
+    assert main(["example", "--patient", "narcolepsy"]) == 0  # cached: no regeneration
+    assert "sleep-onset REM" in capsys.readouterr().out

@@ -118,6 +118,7 @@ def test_files_round_trip_through_the_readers(nights, tmp_path):
     night = nights["osa_moderate"]
     files = write_study(night, tmp_path)
     back = read_recording(files.edf)  # finds <id>-nsrr.xml by name
+    assert "SIMULATED" in back.notes[0] and "SIMULATED" in back.info.source
     assert set(back.signals) == set(night.recording.signals)
     for name, sig in night.recording.signals.items():
         assert back.signals[name].sfreq == sig.sfreq

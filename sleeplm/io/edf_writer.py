@@ -18,7 +18,7 @@ from sleeplm.errors import RecordingFileError
 from sleeplm.io.channels import POSITION_CODINGS
 from sleeplm.recording import POSITIONS, Recording
 
-__all__ = ["write_edf", "record_duration_for"]
+__all__ = ["write_edf", "record_duration_for", "SIMULATOR_EQUIPMENT"]
 
 _STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2",
                "N3": "Sleep stage N3", "R": "Sleep stage R", "UNS": "Sleep stage ?"}
@@ -33,7 +33,12 @@ def record_duration_for(rates: list[float]) -> float:
     return float(duration)
 
 
-def write_edf(rec: Recording, path: str | os.PathLike, *, annotations: bool = True) -> Path:
+#: Equipment code written into the EDF+ header of simulated nights; the reader flags such files.
+SIMULATOR_EQUIPMENT = "sleeplm-simulator"
+
+
+def write_edf(rec: Recording, path: str | os.PathLike, *, annotations: bool = True,
+              equipment: str = "X") -> Path:
     """Write ``rec`` to ``path`` as EDF+ (16-bit samples, physical range from the data).
 
     Parameters
@@ -43,6 +48,8 @@ def write_edf(rec: Recording, path: str | os.PathLike, *, annotations: bool = Tr
         Destination (``.edf``).
     annotations : bool
         Also write stages and events as EDF+ annotations.
+    equipment : str
+        EDF+ equipment code (:data:`SIMULATOR_EQUIPMENT` marks simulated nights).
 
     Returns
     -------
@@ -93,11 +100,11 @@ def write_edf(rec: Recording, path: str | os.PathLike, *, annotations: bool = Tr
         signals,
         patient=edfio.Patient(code=rec.info.patient_id.replace(" ", "_")[:40],
                               sex=rec.info.sex or "X"),
+        recording=edfio.Recording(startdate=start.date() if start else None,
+                                  equipment_code=equipment.replace(" ", "_")),
         starttime=start.time() if start else None,
         data_record_duration=record_sec,
         annotations=ann,
     )
-    if start is not None:
-        edf.startdate = start.date()
     edf.write(path)
     return path

@@ -150,6 +150,11 @@ def read_recording(
         source=path.name,
         cohort=cohort,
     )
+    from sleeplm.io.edf_writer import SIMULATOR_EQUIPMENT
+
+    if SIMULATOR_EQUIPMENT in header.recording:
+        info.source = f"{path.name} (SIMULATED)"
+        notes.insert(0, "SIMULATED night written by the sleeplm simulator: not a real patient")
     rec = Recording(signals=signals, info=info, notes=notes)
 
     triplets = parse_tals(tal_bytes) if tal_bytes else []

@@ -19,7 +19,7 @@ from sleeplm.simulate.night import simulate_night
 from sleeplm.simulate.profiles import PROFILES
 from sleeplm.simulate.study import write_study
 
-__all__ = ["simulate_library", "example_library", "EXAMPLE_PATIENTS", "MANIFEST_COLUMNS"]
+__all__ = ["simulate_library", "example_library", "default_example_folder", "EXAMPLE_PATIENTS", "MANIFEST_COLUMNS"]
 
 MANIFEST_COLUMNS = ("patient_id", "profile", "age", "sex", "seed", "hypnogram_source",
                     "hours", "edf", "annotations", "status")
@@ -115,6 +115,12 @@ def simulate_library(
     return manifest
 
 
+def default_example_folder() -> Path:
+    """``$SLEEPLM_HOME/examples``, by default ``~/.cache/sleeplm/examples``."""
+    home = Path(os.environ.get("SLEEPLM_HOME", Path.home() / ".cache" / "sleeplm"))
+    return home / "examples"
+
+
 def example_library(folder: str | os.PathLike | None = None, *, workers: int = 2,
                     progress: bool = True) -> Path:
     """The demo's example patients, generated on first use (deterministic, ~1 min) and cached.
@@ -124,10 +130,7 @@ def example_library(folder: str | os.PathLike | None = None, *, workers: int = 2
     folder : path-like, optional
         Defaults to ``$SLEEPLM_HOME/examples`` (``~/.cache/sleeplm/examples``).
     """
-    if folder is None:
-        home = Path(os.environ.get("SLEEPLM_HOME", Path.home() / ".cache" / "sleeplm"))
-        folder = home / "examples"
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else default_example_folder()
     manifest = folder / "manifest.csv"
     if manifest.exists():
         done = pd.read_csv(manifest)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleeplm.io.edf_writer import write_edf
+from sleeplm.io.edf_writer import SIMULATOR_EQUIPMENT, write_edf
 from sleeplm.io.nsrr_writer import write_nsrr_xml
 from sleeplm.recording import Signal, safe_identifier
 from sleeplm.simulate.night import SimulatedNight
@@ -86,7 +86,7 @@ def write_study(night: SimulatedNight, folder: str | os.PathLike, *,
                                     for k, s in labelled.items()})
     files = StudyFiles(edf=folder / f"{pid}.edf", annotations=folder / f"{pid}-nsrr.xml",
                        hypnogram=folder / f"{pid}-hypnogram.csv", truth=folder / f"{pid}-truth.csv")
-    write_edf(rec_out, files.edf, annotations=False)
+    write_edf(rec_out, files.edf, annotations=False, equipment=SIMULATOR_EQUIPMENT)
     write_nsrr_xml(rec, files.annotations)
     files.hypnogram.write_text("epoch,stage\n" + "".join(
         f"{i},{s}\n" for i, s in enumerate(rec.stages)))
