@@ -23,20 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleeplm.clinical.measure import Evidence, Measure
+from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.errors import MissingChannelError
 from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES, STAGES, Recording
 
 __all__ = ["sleep_architecture", "architecture_from_stages", "STAGE_NAMES"]
 
 STAGE_NAMES = {"W": "Wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "Unscored"}
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (start, end) index runs where ``mask`` is True."""
-    padded = np.r_[False, mask, False].astype(int)
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC) -> list[Measure]:
@@ -113,7 +106,7 @@ def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC) -
     else:
         out.append(Measure.missing("rem_latency_min", "REM latency (from sleep onset)", "min",
                                    "no REM sleep was scored"))
-    wake_runs = _runs(stages[spt] == "W")
+    wake_runs = [(a, b - 1) for a, b in true_runs(stages[spt] == "W")]
     out.append(Measure(name="awakenings", label="Awakenings", value=float(len(wake_runs)),
                        unit="count",
                        evidence=Evidence(epochs=[(a + first, b + first) for a, b in wake_runs],

@@ -25,7 +25,7 @@ from scipy import signal as sps
 from scipy.ndimage import uniform_filter1d
 
 from sleeplm._logging import logger
-from sleeplm.clinical.measure import Evidence, Measure
+from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
 from sleeplm.errors import MissingChannelError, SignalQualityError
 from sleeplm.recording import EventType, Recording, Signal
@@ -76,15 +76,6 @@ _ENVELOPE_SEC = 0.1  # moving mean of the rectified EMG
 _BASELINE_BLOCK_SEC = 10.0  # resting EMG: 20th percentile of the envelope per 10-s block...
 _BASELINE_PCT = 20.0
 _BASELINE_SMOOTH_BLOCKS = 31  # ... then the running median over ~5 min of blocks
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ``[start, stop)`` index runs where ``mask`` is True."""
-    m = np.asarray(mask, dtype=bool)
-    if m.size == 0:
-        return []
-    d = np.diff(np.r_[0, m.astype(np.int8), 0])
-    return [(int(a), int(b)) for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))]
 
 
 def _empty_lm() -> pd.DataFrame:
@@ -141,7 +132,7 @@ def _detect_channel(sig: Signal) -> pd.DataFrame:
     hi = rel >= LM_ONSET_UV
     rows = []
     cbad = np.r_[0, np.cumsum(bad)]
-    for a, b in _runs(~quiet):
+    for a, b in true_runs(~quiet):
         h = np.flatnonzero(hi[a:b])
         if h.size == 0:
             continue

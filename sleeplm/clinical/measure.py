@@ -8,7 +8,16 @@ from typing import Iterable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-__all__ = ["Evidence", "Measure", "epoch_ranges"]
+__all__ = ["Evidence", "Measure", "epoch_ranges", "true_runs"]
+
+
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ``[start, stop)`` index runs where ``mask`` is True."""
+    m = np.asarray(mask, dtype=bool)
+    if m.size == 0:
+        return []
+    d = np.diff(np.r_[0, m.astype(np.int8), 0])
+    return [(int(a), int(b)) for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))]
 
 
 def epoch_ranges(epochs: Iterable[int]) -> list[tuple[int, int]]:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from sleeplm._logging import logger
-from sleeplm.clinical.measure import Evidence, Measure
+from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
 from sleeplm.errors import SignalQualityError
 from sleeplm.recording import SLEEP_STAGES, Recording, Signal
@@ -90,17 +90,6 @@ def _to_1hz(data: np.ndarray, sfreq: float) -> np.ndarray:
     n_sec = int(math.ceil(n / sfreq - 1e-9))
     idx = np.minimum(np.floor(np.arange(n_sec) * sfreq + 1e-9).astype(int), n - 1)
     return data[idx].astype(float)
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ``[start, stop)`` index runs where ``mask`` is True."""
-    m = np.asarray(mask, dtype=bool)
-    if m.size == 0:
-        return []
-    d = np.diff(np.r_[0, m.astype(np.int8), 0])
-    starts = np.flatnonzero(d == 1)
-    stops = np.flatnonzero(d == -1)
-    return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
 def clean_spo2(signal: Signal) -> tuple[np.ndarray, float]:
@@ -168,7 +157,7 @@ def clean_spo2(signal: Signal) -> tuple[np.ndarray, float]:
     min_len = int(math.ceil(MIN_ISLAND_SEC))
     valid = np.isfinite(x)
     if not valid.all():
-        for a, b in _runs(valid):
+        for a, b in true_runs(valid):
             if b - a < min_len:
                 x[a:b] = np.nan
     n_bad = int((~np.isfinite(x)).sum())
@@ -405,7 +394,7 @@ def oximetry_measures(rec: Recording) -> list[Measure]:
         if st.staged:
             ep = epoch_of[mask]
             return Evidence.from_epochs(ep[ep >= 0], note=note)
-        return Evidence(intervals=_intervals(_runs(mask)), note=note)
+        return Evidence(intervals=_intervals(true_runs(mask)), note=note)
 
     n_sleep = int(sleep.sum())
     artifact_pct = 100.0 * float((sleep & ~valid).sum()) / n_sleep if n_sleep else math.nan
@@ -486,7 +475,7 @@ def oximetry_measures(rec: Recording) -> list[Measure]:
     # --- T90
     below = vs & (spo2 < 90.0)
     n_vs = int(vs.sum())
-    below_ev = Evidence(intervals=_intervals(_runs(below)),
+    below_ev = Evidence(intervals=_intervals(true_runs(below)),
                         note=f"seconds with SpO2 < 90 % during {scope}")
     if n_vs:
         out.append(Measure(name="t90_min", label="Time with SpO2 < 90 %",
@@ -504,7 +493,7 @@ def oximetry_measures(rec: Recording) -> list[Measure]:
     if n_sleep:
         out.append(Measure(name="spo2_artifact_pct", label="SpO2 invalid (artifact)",
                            value=artifact_pct, unit="%",
-                           evidence=Evidence(intervals=_intervals(_runs(sleep & ~valid)),
+                           evidence=Evidence(intervals=_intervals(true_runs(sleep & ~valid)),
                                              note=f"invalid SpO2 seconds during {scope}"),
                            reason=join(f"percent of {scope} without valid SpO2", caveat)))
     else:
