@@ -1,4 +1,5 @@
-"""Command line: ``sleeplm info|stats FILE``, ``sleeplm example``, ``sleeplm simulate``."""
+"""Command line: ``sleeplm info|stats FILE``, ``sleeplm example``, ``sleeplm simulate``,
+``sleeplm build-corpus``."""
 
 from __future__ import annotations
 
@@ -110,6 +111,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--workers", type=int, default=1, help="processes")
     p_sim.add_argument("--hypnogram", help="stage source for every night: a bundled Sleep-EDF "
                        "id or 'markov' (default: a bundled night picked by each seed)")
+    p_corpus = sub.add_parser("build-corpus", help="pre-training corpus: model-input epochs + "
+                              "captions in WebDataset shards (resumable)")
+    p_corpus.add_argument("--input", required=True, metavar="DIR|MANIFEST",
+                          help="folder of EDF studies, or a manifest.csv of a simulated library")
+    p_corpus.add_argument("--out", required=True, help="corpus folder")
+    p_corpus.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p_corpus.add_argument("--seed", type=int, default=0, help="caption seed (default 0)")
+    p_corpus.add_argument("--shard-size", type=int, default=1000,
+                          help="samples per shard (default 1000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -137,6 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{ok} of {len(manifest)} nights written to {args.out} (manifest.csv); "
                   "these are SIMULATED nights, not real patients.")
             if ok < len(manifest):
+                return 1
+        elif args.command == "build-corpus":
+            from sleeplm.corpus import build_corpus
+
+            try:
+                report = build_corpus(args.input, args.out, workers=args.workers, seed=args.seed,
+                                      shard_size=args.shard_size, progress=sys.stderr.isatty())
+            except (FileNotFoundError, ValueError) as exc:
+                print(f"sleeplm: error: {exc}", file=sys.stderr)
+                return 2
+            print(report.to_table())
+            if report.nights_failed:
                 return 1
         elif args.command == "info":
             rec = _read(args)
