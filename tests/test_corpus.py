@@ -20,17 +20,6 @@ from sleeplm.simulate.library import MANIFEST_COLUMNS
 from sleeplm.simulate.study import write_study
 
 
-def _has_captions() -> bool:
-    try:
-        from sleeplm.captions import caption_night  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_captions = pytest.mark.skipif(not _has_captions(),
-                                    reason="sleeplm.captions.caption_night is not available yet")
-
 HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
 #: (profile, seed, Sleep-EDF source): the first two share subject SC401.
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4012E0"),
@@ -143,7 +132,6 @@ def _digests(out: Path) -> dict[str, bytes]:
             for kind in ("epochs", "nights") for p in sorted((out / kind).glob("*.tar"))}
 
 
-@needs_captions
 def test_build_corpus_end_to_end_and_resume(library: Path, tmp_path: Path):
     from sleeplm.corpus import build_corpus
     from sleeplm.io import read_recording
@@ -206,7 +194,6 @@ def test_build_corpus_end_to_end_and_resume(library: Path, tmp_path: Path):
     assert not list(work.glob("*.tmp*"))
 
 
-@needs_captions
 def test_build_corpus_from_manifest_and_list(library: Path, tmp_path: Path):
     from sleeplm.corpus import build_corpus
 
@@ -235,7 +222,6 @@ def test_corpus_settings_and_ray(tmp_path: Path):
         build_corpus([], tmp_path / "c", seed=1, progress=False)
 
 
-@needs_captions
 def test_cli_build_corpus(library: Path, tmp_path: Path, capsys):
     from sleeplm.cli import main
 
@@ -249,3 +235,36 @@ def test_cli_build_corpus(library: Path, tmp_path: Path, capsys):
     bad.mkdir()
     (bad / "x.edf").write_text("junk")
     assert main(["build-corpus", "--input", str(bad), "--out", str(tmp_path / "cli2")]) == 1
+
+
+def test_killed_build_resumes_to_identical_shards(library: Path, tmp_path: Path):
+    """A real crash: the build process is killed after its first night; the rerun finishes the
+    job and packs the same bytes as a build that was never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sleeplm.corpus import build_corpus
+
+    clean = tmp_path / "clean"
+    build_corpus(library / "manifest.csv", clean, workers=1, shard_size=50, progress=False)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sleeplm.cli", "build-corpus", "--input",
+                             str(library / "manifest.csv"), "--out", str(out), "--workers", "1",
+                             "--shard-size", "50"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "work").glob("*.tar"))) >= 1:
+            break
+        time.sleep(0.05)
+    killed = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed, "the build finished before it could be killed"
+    assert len(list((out / "work").glob("*.tar"))) < 3  # it really stopped midway
+    report = build_corpus(library / "manifest.csv", out, workers=1, shard_size=50,
+                          progress=False)
+    assert report.nights == 3 and report.nights_failed == 0
+    assert _digests(out) == _digests(clean)
