@@ -27,8 +27,10 @@ Per channel family:
 * **SPO2**: ``(x - 90) / 10``; samples below 50 % (including the 0 that many oximeters write
   when the probe is off) or NaN are invalid: 0 in the output and counted in ``invalid``.
 * **HR**: ``(x - 60) / 20``; NaN or non-positive values are invalid.
-* **POSITION**: position index (:data:`sleeplm.recording.POSITIONS`) / 4, held sample by sample
-  (a code is not a waveform, so it is not filtered); NaN (unknown) is 0 and counted as invalid.
+* **POSITION**: the integer code of the published SleepLM input contract (0 right, 1 left,
+  2 supine, 3 prone, 4 upright, -1 unknown; :data:`SLEEPLM_POSITION_CODES`), held sample by
+  sample (a code is not a waveform, so it is not filtered); unknown samples are -1 and counted as
+  invalid.
 
 Invalid samples (NaN, off-range oximetry) are bridged by linear interpolation before filtering
 (so a gap does not ring through the anti-aliasing filter) and then written as 0 and counted in
@@ -50,15 +52,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import signal as sps
 
-from sleeplm.recording import Recording, Signal
+from sleeplm.recording import POSITIONS, Recording, Signal
 
 __all__ = ["ModelInputConfig", "ModelInput", "epoch_tensor", "describe", "DEFAULT_CHANNELS",
-           "EMG_CHANNELS"]
+           "EMG_CHANNELS", "SLEEPLM_POSITION_CODES"]
 
 DEFAULT_CHANNELS: tuple[str, ...] = (
     "EEG_C4", "EEG_C3", "EEG_F", "EEG_O", "EOG_L", "EOG_R", "EMG_CHIN", "EMG_LEG", "ECG",
     "AIRFLOW", "NASAL_PRESSURE", "THORAX", "ABDOMEN", "SPO2", "HR", "POSITION",
 )
+#: Position codes of the published SleepLM input contract; -1 is unknown.
+SLEEPLM_POSITION_CODES: dict[str, int] = {"right": 0, "left": 1, "supine": 2, "prone": 3,
+                                          "upright": 4}
+_SLEEPLM_CODE_OF_INDEX = np.array([SLEEPLM_POSITION_CODES[p] for p in POSITIONS], dtype=np.int8)
 #: Channels turned into their high-band amplitude envelope before resampling.
 EMG_CHANNELS: frozenset[str] = frozenset({"EMG_CHIN", "EMG_LEG", "EMG_LEG_R"})
 _IQR_TO_SIGMA = 1.349
@@ -228,9 +234,10 @@ def _channel(sig: Signal, name: str, cfg: ModelInputConfig, n_out: int
 
     if name == "POSITION":
         x[invalid] = 0.0
-        y = _hold(x, fs, target, n_out) / 4.0
+        codes = _SLEEPLM_CODE_OF_INDEX[np.clip(x.astype(int), 0, len(POSITIONS) - 1)]
+        y = _hold(codes.astype(np.float32), fs, target, n_out)
         inv = _hold(invalid, fs, target, n_out)
-        y[inv] = 0.0
+        y[inv] = -1.0
         return y.astype(np.float32, copy=False), inv, None
 
     _bridge(x, invalid)

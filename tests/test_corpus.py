@@ -76,7 +76,9 @@ def test_epoch_tensor_shapes_and_normalisation(short_night):
     valid = mi.invalid[:, mi.channels.index("SPO2")] == 0
     assert np.all(np.abs(spo2[valid] * 10 + 90 - 93) < 12)  # back in %, plausible
     pos = mi.x[:, mi.channels.index("POSITION")].astype(np.float32)
-    assert set(np.unique(pos * 4)) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert set(np.unique(pos)) <= {-1.0, 0.0, 1.0, 2.0, 3.0, 4.0}  # SleepLM's integer codes
+    # the simulated night starts supine: SleepLM code 2 (0 right, 1 left, 2 supine, ...)
+    assert pos[0, 0] == 2.0
     # EMG is an envelope: chin tone is lower in REM than in wake
     chin = mi.x[:, mi.channels.index("EMG_CHIN")].astype(np.float32).mean(axis=1)
     assert chin[mi.stages == "R"].mean() < chin[mi.stages == "W"].mean()
