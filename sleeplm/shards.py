@@ -1,0 +1,506 @@
+"""Loading the pre-training corpus (:mod:`sleeplm.corpus`) for training and evaluation.
+
+* :class:`EpochShardDataset` streams epoch samples of one split from ``epochs/{split}-*.tar``:
+  shards are split across DataLoader workers and distributed ranks (each sample once per
+  training epoch), shard order and a shuffle buffer are seeded by ``seed``/``epoch``, channels
+  are re-ordered by name, and one caption per sample is drawn (seeded) from the systems that
+  caption that epoch. With ``context_epochs=k`` it yields windows of ``2k+1`` neighbouring
+  epochs of the same night.
+* :func:`collate` stacks a list of samples into a batch.
+* :func:`night_samples` iterates the night-level samples (``nights/{split}-*.tar``).
+* :func:`load_split_epochs` reads a whole split into numpy arrays (evaluation).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from sleeplm._logging import logger
+from sleeplm.captions.caption import SYSTEMS
+from sleeplm.corpus import read_shard
+
+__all__ = ["EpochShardDataset", "collate", "night_samples", "load_split_epochs", "list_shards",
+           "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS"]
+
+#: Integer stage labels; anything else (UNS, "?", movement) is -1.
+STAGE_IDS: dict[str, int] = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "N4": 3, "R": 4}
+
+
+def stage_id(stage: str) -> int:
+    """W=0, N1=1, N2=2, N3 (and R&K N4)=3, R=4, anything else -1."""
+    return STAGE_IDS.get(str(stage), -1)
+
+
+# ---------------------------------------------------------------------------------- corpus io
+def list_shards(corpus_dir: str | os.PathLike, split: str, kind: str = "epochs") -> list[Path]:
+    """Sorted ``{corpus_dir}/{kind}/{split}-*.tar``."""
+    return sorted((Path(corpus_dir) / kind).glob(f"{split}-*.tar"))
+
+
+def iter_shard_json(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
+    """``(key, json)`` of every sample of a shard, without reading the signals."""
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if m.isfile() and m.name.endswith(".json"):
+                key = m.name.split(".", 1)[0]
+                yield key, json.loads(tar.extractfile(m).read())
+
+
+def _corpus_config(corpus_dir: str | os.PathLike) -> dict:
+    path = Path(corpus_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{corpus_dir} is not a corpus folder (no config.json); build "
+                                "one with sleeplm.corpus.build_corpus")
+    return json.loads(path.read_text())
+
+
+def corpus_channels(corpus_dir: str | os.PathLike) -> tuple[str, ...]:
+    """Channel order of the corpus tensors (``config.json``'s model input)."""
+    return tuple(_corpus_config(corpus_dir)["model_input"]["channels"])
+
+
+def _channel_index(corpus: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"channels must be unique; got {list(wanted)}")
+    pos = {c: i for i, c in enumerate(corpus)}
+    return np.array([pos.get(c, -1) for c in wanted], dtype=np.int64)
+
+
+def _remap(x: np.ndarray, mask: Sequence[bool], index: np.ndarray,
+           dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Corpus ``[C0, T]`` and mask ``[C0]`` -> requested ``[C, T]``, mask ``[C]``."""
+    present = index >= 0
+    out = np.zeros((len(index), x.shape[-1]), dtype=dtype)
+    out[present] = x[index[present]]
+    m = np.zeros(len(index), dtype=bool)
+    m[present] = np.asarray(mask, dtype=bool)[index[present]]
+    return out, m
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of torch.distributed, ``(0, 1)`` when not initialised."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    return 0, 1
+
+
+def _worker_info() -> tuple[int, int]:
+    """``(worker id, number of workers)`` of the current DataLoader worker; ``(0, 1)`` outside."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return 0, 1
+    return int(info.id), int(info.num_workers)
+
+
+def _key_seed(*parts: Any) -> int:
+    return zlib.crc32(":".join(str(p) for p in parts).encode())
+
+
+def _partition(units: Sequence[int], part: int, parts: int,
+               read: Any) -> Iterator[Any]:
+    """Items of ``read(unit)`` for one of ``parts`` partitions.
+
+    With at least as many units (shards) as partitions, partition ``p`` reads units
+    ``p, p+parts, ...``; with fewer, every partition reads every unit and keeps every
+    ``parts``-th item (no partition is left empty; each item still goes to exactly one).
+    """
+    if parts <= 1:
+        for u in units:
+            yield from read(u)
+    elif len(units) >= parts:
+        for u in units[part::parts]:
+            yield from read(u)
+    else:
+        j = 0
+        for u in units:
+            for item in read(u):
+                if j % parts == part:
+                    yield item
+                j += 1
+
+
+def _read_end(path: str | os.PathLike, n: int, *, last: bool) -> list[dict]:
+    """The first (``last=False``) or last ``n`` samples of a shard, as :func:`read_shard` gives
+    them; only their members are decompressed/parsed (the tar headers are scanned)."""
+    if n <= 0:
+        return []
+    if not last:
+        out = []
+        for sample in read_shard(path):
+            out.append(sample)
+            if len(out) >= n:
+                break
+        return out
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        keys: list[str] = []
+        for m in members:
+            key = m.name.split(".", 1)[0]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+        wanted = set(keys[-n:])
+        samples: dict[str, dict] = {}
+        for m in members:
+            key, ext = m.name.split(".", 1)
+            if key not in wanted:
+                continue
+            cur = samples.setdefault(key, {"key": key, "json": None, "x": None})
+            data = tar.extractfile(m).read()
+            if ext == "json":
+                cur["json"] = json.loads(data)
+            elif ext == "x.npy":
+                cur["x"] = np.load(io.BytesIO(data), allow_pickle=False)
+        return [samples[k] for k in keys[-n:]]
+
+
+class _Night:
+    """The epochs of one night (in shard order), stacked for windowing."""
+
+    __slots__ = ("samples", "x", "masks", "pos")
+
+    def __init__(self, samples: list[dict]) -> None:
+        self.x = np.stack([s["x"] for s in samples])
+        self.samples = [{"key": s["key"], "json": s["json"]} for s in samples]  # x only once
+        self.masks = np.array([s["json"]["mask"] for s in samples], dtype=bool)
+        self.pos = {int(s["json"]["epoch"]): i for i, s in enumerate(samples)}
+
+
+# ---------------------------------------------------------------------------------- dataset
+class EpochShardDataset(IterableDataset):
+    """Epoch samples of one corpus split, streamed from its WebDataset-style tar shards.
+
+    Parameters
+    ----------
+    corpus_dir : path-like
+        Corpus folder written by :func:`sleeplm.corpus.build_corpus`.
+    split : str
+        "train", "validation" or "test".
+    channels : sequence of str, optional
+        Channel order of ``x``, by name (default: the corpus order). A channel the corpus lacks
+        is a zero row with mask False.
+    tokenizer : CaptionTokenizer, optional
+        When given, samples carry ``text_ids`` (LongTensor ``[max_text_len]``, padded).
+    max_text_len : int
+        Length of ``text_ids``.
+    systems : sequence of str
+        Systems whose captions may be drawn (a subset of SYSTEMS).
+    shuffle_buffer : int
+        Size of the sample shuffle buffer. ``0`` (or 1) turns shuffling off entirely: shards
+        are read in sorted order and samples in shard order (evaluation).
+    seed, epoch : int
+        Seed the shard order, the shuffle buffer and the caption draws. Call
+        :meth:`set_epoch` every training epoch (as with ``DistributedSampler``).
+    context_epochs : int
+        ``k > 0``: ``x`` is ``[2k+1, C, T]`` (the epoch in the middle, its neighbours of the
+        same night around it; missing neighbours at the night's edges are zeros) and ``mask``
+        is ``[2k+1, C]`` (False for every channel of a missing neighbour).
+    rank, world_size : int, optional
+        Override the torch.distributed rank / world size (default: read when iterating).
+
+    Each sample is a dict: ``x`` float32 ``[C, T]``, ``mask`` bool ``[C]``, ``system`` (index
+    into SYSTEMS of the drawn caption; -1 when the epoch has no caption of ``systems``),
+    ``text`` ("" then), ``text_ids`` (with a tokenizer), ``stage`` (str), ``stage_id`` (W=0,
+    N1=1, N2=2, N3=3, R=4, else -1), ``key``, ``night``, ``epoch`` (index in the night),
+    ``facts`` (JSON string of the drawn caption's facts).
+
+    Partitioning: shard files are dealt to ``world_size * num_workers`` partitions
+    (rank-major), after a shuffle of the shard order by ``(seed, epoch)`` common to all of
+    them; with fewer shards than partitions every partition reads all shards and keeps every
+    n-th sample. Partitions may get unequal numbers of samples (whole shards). With context,
+    a partition yields the windows centred on the samples of its shards and reads the k
+    neighbours across shard boundaries from the tail/head of the adjacent shards.
+    """
+
+    def __init__(self, corpus_dir: str | os.PathLike, split: str, *,
+                 channels: Sequence[str] | None = None, tokenizer: Any = None,
+                 max_text_len: int = 96, systems: Sequence[str] = SYSTEMS,
+                 shuffle_buffer: int = 1000, seed: int = 0, epoch: int = 0,
+                 context_epochs: int = 0, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        super().__init__()
+        self.corpus_dir = Path(corpus_dir)
+        self.split = split
+        cfg = _corpus_config(self.corpus_dir)
+        mi = cfg["model_input"]
+        self.corpus_channels: tuple[str, ...] = tuple(mi["channels"])
+        self.channels: tuple[str, ...] = tuple(channels) if channels is not None \
+            else self.corpus_channels
+        self._index = _channel_index(self.corpus_channels, self.channels)
+        missing = [c for c, i in zip(self.channels, self._index) if i < 0]
+        if missing:
+            logger.info("shards: channels %s are not in the corpus: zeros, mask False", missing)
+        self.samples_per_epoch = int(round(float(mi["sfreq"]) * float(mi["epoch_sec"])))
+        bad = [s for s in systems if s not in SYSTEMS]
+        if bad:
+            raise ValueError(f"unknown systems {bad}; expected a subset of {SYSTEMS}")
+        self.systems = tuple(systems)
+        self.tokenizer = tokenizer
+        if tokenizer is not None and max_text_len < 2:
+            raise ValueError("max_text_len must be at least 2")
+        self.max_text_len = int(max_text_len)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        if context_epochs < 0:
+            raise ValueError("context_epochs must be >= 0")
+        self.context_epochs = int(context_epochs)
+        self.shards: list[Path] = list_shards(self.corpus_dir, split, "epochs")
+        if not self.shards:
+            logger.warning("shards: no %s shards in %s", split, self.corpus_dir / "epochs")
+        self._rank = rank
+        self._world_size = world_size
+        # captured now (main process) in case workers are spawned without the process group
+        self._dist_at_init = _dist_info()
+
+    # ------------------------------------------------------------------ public helpers
+    def set_epoch(self, epoch: int) -> None:
+        """Training epoch: reseeds the shard order, the shuffle buffer and caption draws."""
+        self.epoch = int(epoch)
+
+    @property
+    def shuffle(self) -> bool:
+        return self.shuffle_buffer > 1
+
+    def _rank_world(self) -> tuple[int, int]:
+        rank, world = _dist_info()
+        if world == 1 and self._dist_at_init[1] > 1:  # spawned worker without process group
+            rank, world = self._dist_at_init
+        if self._rank is not None:
+            rank = self._rank
+        if self._world_size is not None:
+            world = self._world_size
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
+        return rank, world
+
+    # ------------------------------------------------------------------ reading
+    def _shard_order(self) -> list[int]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 0x5A4D])
+            order = [int(i) for i in rng.permutation(len(order))]
+        return order
+
+    def _samples_of(self, s: int) -> Iterator[dict]:
+        yield from read_shard(self.shards[s])
+
+    def _windows_of(self, s: int) -> Iterator[tuple[_Night, int]]:
+        """``(night, index)`` for every sample of shard ``s``; the night holds the sample's
+        neighbours, read from the tail of earlier and the head of later shards as needed."""
+        k = self.context_epochs
+        own = list(read_shard(self.shards[s]))
+        if not own:
+            return
+        before: list[dict] = []
+        t = s - 1
+        while len(before) < k and t >= 0:
+            before = _read_end(self.shards[t], k - len(before), last=True) + before
+            t -= 1
+        after: list[dict] = []
+        t = s + 1
+        while len(after) < k and t < len(self.shards):
+            after += _read_end(self.shards[t], k - len(after), last=False)
+            t += 1
+        seq = before + own
+        seq += after
+        groups: list[list[dict]] = []
+        for sample in seq:
+            if groups and groups[-1][0]["json"]["night"] == sample["json"]["night"]:
+                groups[-1].append(sample)
+            else:
+                groups.append([sample])
+        nights = [_Night(g) for g in groups]
+        owned = {id(x) for x in own}
+        for night, g in zip(nights, groups):
+            for i, sample in enumerate(g):
+                if id(sample) in owned:
+                    yield night, i
+
+    def _entries(self, part: int, parts: int) -> Iterator[Any]:
+        order = self._shard_order()
+        read = self._windows_of if self.context_epochs else self._samples_of
+        yield from _partition(order, part, parts, read)
+
+    def _shuffled(self, entries: Iterable[Any], rng: np.random.Generator) -> Iterator[Any]:
+        if not self.shuffle:
+            yield from entries
+            return
+        buf: list[Any] = []
+        for e in entries:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(e)
+                continue
+            j = int(rng.integers(len(buf)))
+            yield buf[j]
+            buf[j] = e
+        rng.shuffle(buf)
+        yield from buf
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, world = self._rank_world()
+        wid, nworkers = _worker_info()
+        part, parts = rank * nworkers + wid, world * nworkers
+        rng = np.random.default_rng([self.seed, self.epoch, rank, wid, 0xB0F])
+        for entry in self._shuffled(self._entries(part, parts), rng):
+            yield self._item(entry)
+
+    # ------------------------------------------------------------------ samples
+    def _draw_caption(self, meta: dict, key: str) -> tuple[int, str, str]:
+        caps = [c for c in meta.get("captions", ()) if c.get("system") in self.systems
+                and c.get("text")]
+        if not caps:
+            return -1, "", "{}"
+        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key)])
+        have = sorted({c["system"] for c in caps}, key=SYSTEMS.index)
+        system = have[int(rng.integers(len(have)))]
+        of_system = [c for c in caps if c["system"] == system]
+        cap = of_system[int(rng.integers(len(of_system)))] if len(of_system) > 1 else of_system[0]
+        facts = json.dumps(cap.get("facts", {}), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+        return SYSTEMS.index(system), cap["text"], facts
+
+    def _item(self, entry: Any) -> dict:
+        if isinstance(entry, tuple):  # (night, index): a context window
+            night, i = entry
+            sample = night.samples[i]
+            meta = sample["json"]
+            k = self.context_epochs
+            n_ch = len(self.channels)
+            x = np.zeros((2 * k + 1, n_ch, night.x.shape[-1]), dtype=np.float32)
+            mask = np.zeros((2 * k + 1, n_ch), dtype=bool)
+            centre = int(meta["epoch"])
+            for w, d in enumerate(range(-k, k + 1)):
+                j = night.pos.get(centre + d)
+                if j is not None:
+                    x[w], mask[w] = _remap(night.x[j], night.masks[j], self._index)
+        else:
+            sample = entry
+            meta = sample["json"]
+            x, mask = _remap(sample["x"], meta["mask"], self._index)
+        key = sample["key"]
+        system, text, facts = self._draw_caption(meta, key)
+        out = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "system": system,
+               "text": text, "stage": str(meta["stage"]), "stage_id": stage_id(meta["stage"]),
+               "key": key, "night": meta["night"], "epoch": int(meta["epoch"]), "facts": facts}
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(text, self.max_text_len)
+            t = torch.full((self.max_text_len,), int(self.tokenizer.pad_id), dtype=torch.long)
+            t[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out["text_ids"] = t
+        return out
+
+    def __repr__(self) -> str:
+        return (f"EpochShardDataset({str(self.corpus_dir)!r}, {self.split!r}, "
+                f"shards={len(self.shards)}, channels={len(self.channels)}, "
+                f"context_epochs={self.context_epochs})")
+
+
+def collate(batch: Sequence[dict]) -> dict:
+    """Stack a list of samples: tensors stacked, ints/bools/floats to tensors, strings as lists."""
+    if not batch:
+        return {}
+    out: dict[str, Any] = {}
+    for k in batch[0]:
+        vals = [b[k] for b in batch]
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor):
+            out[k] = torch.stack(vals)
+        elif isinstance(v0, (bool, np.bool_)):
+            out[k] = torch.tensor(vals, dtype=torch.bool)
+        elif isinstance(v0, (int, np.integer)):
+            out[k] = torch.tensor(vals, dtype=torch.long)
+        elif isinstance(v0, (float, np.floating)):
+            out[k] = torch.tensor(vals, dtype=torch.float32)
+        else:
+            out[k] = list(vals)
+    return out
+
+
+EpochShardDataset.collate = staticmethod(collate)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------- nights
+def night_samples(corpus_dir: str | os.PathLike, split: str) -> Iterator[dict]:
+    """The night samples of a split (``nights/{split}-*.tar``), in sorted order.
+
+    Each is the night's JSON (night, subject, epochs, stages, channels, mask, missing,
+    captions: {night, segments, events}) plus ``key``.
+    """
+    for shard in list_shards(corpus_dir, split, "nights"):
+        for key, meta in iter_shard_json(shard):
+            yield {"key": key, **meta}
+
+
+# ---------------------------------------------------------------------------------- in memory
+def load_split_epochs(corpus_dir: str | os.PathLike, split: str,
+                      channels: Sequence[str] | None = None,
+                      max_epochs: int | None = None) -> dict[str, np.ndarray]:
+    """A whole split in memory, in corpus order (sorted shards), for evaluation.
+
+    Returns
+    -------
+    dict of numpy arrays, N epochs:
+        ``x`` float16 ``[N, C, T]`` (channels by name; absent ones zero), ``mask`` bool
+        ``[N, C]``, ``stage_id`` int64 ``[N]``, ``stage`` str ``[N]``, ``night`` str ``[N]``,
+        ``epoch`` int64 ``[N]``, ``key`` str ``[N]``, and per system ``caption_<system>``
+        str ``[N]`` (the epoch's first caption of that system, "" when none).
+    """
+    index = _channel_index(corpus_channels(corpus_dir),
+                           channels if channels is not None else corpus_channels(corpus_dir))
+    xs: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    cols: dict[str, list] = {k: [] for k in ("stage_id", "stage", "night", "epoch", "key")}
+    caps: dict[str, list[str]] = {s: [] for s in SYSTEMS}
+    done = False
+    for shard in list_shards(corpus_dir, split, "epochs"):
+        for sample in read_shard(shard):
+            if max_epochs is not None and len(xs) >= max_epochs:
+                done = True
+                break
+            meta = sample["json"]
+            x, m = _remap(sample["x"], meta["mask"], index, dtype=np.float16)
+            xs.append(x)
+            masks.append(m)
+            cols["stage_id"].append(stage_id(meta["stage"]))
+            cols["stage"].append(str(meta["stage"]))
+            cols["night"].append(meta["night"])
+            cols["epoch"].append(int(meta["epoch"]))
+            cols["key"].append(sample["key"])
+            first: dict[str, str] = {}
+            for c in meta.get("captions", ()):
+                if c.get("level", "epoch") == "epoch":
+                    first.setdefault(c["system"], c["text"])
+            for c in meta.get("captions", ()):
+                first.setdefault(c["system"], c["text"])
+            for s in SYSTEMS:
+                caps[s].append(first.get(s, ""))
+        if done:
+            break
+    n_ch = len(index)
+    t = xs[0].shape[-1] if xs else int(round(
+        _corpus_config(corpus_dir)["model_input"]["sfreq"]
+        * _corpus_config(corpus_dir)["model_input"]["epoch_sec"]))
+    out: dict[str, np.ndarray] = {
+        "x": np.stack(xs) if xs else np.zeros((0, n_ch, t), dtype=np.float16),
+        "mask": np.stack(masks) if masks else np.zeros((0, n_ch), dtype=bool),
+        "stage_id": np.asarray(cols["stage_id"], dtype=np.int64),
+        "stage": np.asarray(cols["stage"], dtype=object),
+        "night": np.asarray(cols["night"], dtype=object),
+        "epoch": np.asarray(cols["epoch"], dtype=np.int64),
+        "key": np.asarray(cols["key"], dtype=object),
+    }
+    for s in SYSTEMS:
+        out[f"caption_{s}"] = np.asarray(caps[s], dtype=object)
+    return out
