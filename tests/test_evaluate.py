@@ -1,0 +1,185 @@
+"""training.evaluate on a tiny corpus with an untrained tiny model (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sleeplm.corpus import build_corpus
+from sleeplm.model import SleepLM, SleepLMConfig, save_model
+from sleeplm.preprocess import ModelInputConfig
+from sleeplm.simulate import simulate_night
+from sleeplm.simulate.library import MANIFEST_COLUMNS
+from sleeplm.simulate.study import write_study
+from sleeplm.tokenizer import corpus_texts, train_tokenizer
+from training import evaluate as ev
+
+HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
+#: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
+PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
+        ("osa_moderate", 13, "SC4021E0"))
+CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("eval_library")
+    rows = []
+    for profile, seed, source in PLAN:
+        pid = f"sim-{seed:05d}-{profile}"
+        night = simulate_night(hypnogram=HYP, profile=profile, seed=seed, patient_id=pid)
+        files = write_study(night, folder)
+        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
+                     "hypnogram_source": source, "edf": files.edf.name,
+                     "annotations": files.annotations.name, "status": "ok"})
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
+                                                              index=False)
+    corpus = tmp_path_factory.mktemp("eval_corpus")
+    build_corpus(folder / "manifest.csv", corpus, workers=1, shard_size=30, progress=False,
+                 config=ModelInputConfig(channels=CHANNELS, sfreq=16))
+    tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
+    tok_path = corpus / "tok.json"
+    tok.save(tok_path)
+    torch.manual_seed(0)
+    cfg = SleepLMConfig.tiny(channels=CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
+    ck = save_model(SleepLM(cfg), tmp_path_factory.mktemp("eval_ck"), tok_path)
+    return corpus, ck
+
+
+@pytest.fixture(scope="module")
+def result(setup) -> dict:
+    corpus, ck = setup
+    return ev.evaluate(ck, corpus, "test", caption_sample=40)
+
+
+def _unit(v):
+    return v is None or 0.0 <= v <= 1.0
+
+
+def test_sections_and_ranges(result, setup):
+    r = result
+    n = r["n_epochs"]
+    assert n > 50 and r["split"] == "test" and r["n_nights"] == 1
+    zs = r["zero_shot_staging"]
+    assert zs["n"] == n and np.asarray(zs["confusion"]).sum() == n
+    assert all(_unit(zs[k]) for k in ("accuracy", "macro_f1")) and -1 <= zs["kappa"] <= 1
+    y = zs["yasa"]
+    assert "available" in y
+    if y["available"]:
+        assert np.asarray(y["yasa"]["confusion"]).sum() == y["yasa"]["n"] > 0
+        assert y["sleeplm_same_epochs"]["n"] == y["yasa"]["n"]
+    else:
+        assert y["reason"]
+    for k in ("1-shot", "5-shot", "10-shot"):
+        f = r["few_shot"][k]
+        assert f["draws"] == 5 and f["n_query"] > 0
+        assert all(_unit(f[m]) for m in ("prototype_accuracy", "prototype_macro_f1",
+                                          "linear_probe_accuracy", "linear_probe_macro_f1"))
+    ret = r["retrieval"]
+    assert ret["n"] == n
+    for d in ("signal_to_text", "text_to_signal"):
+        vals = [ret[f"{d}_r@{k}"] for k in (1, 5, 10)]
+        assert all(_unit(v) for v in vals) and vals == sorted(vals)
+    cap = r["captioning"]
+    assert cap["n"] == 40 and _unit(cap["bleu4"]) and _unit(cap["rouge_l"])
+    assert _unit(cap["stage_accuracy"]) and _unit(cap["event_precision"])
+    assert _unit(cap["event_recall"]) and cap["reader_check"] == 1.0
+    loc = r["localisation"]
+    for q in ("obstructive_apnea", "hypopnea", "desaturation", "spindles", "arousal"):
+        v = loc[q]
+        assert v["n_epochs"] == n and _unit(v["f1"]) and _unit(v["precision"])
+    assert loc["spindles"]["n_true"] > 0
+    u = r["unseen_tasks"]
+    for task in ("osa_severity", "plm_disorder"):
+        assert u[task]["n"] == 1 and _unit(u[task]["accuracy"])
+    assert u["osa_severity"]["truth_counts"] == {"moderate": 1}  # AHI 22/h
+    assert u["osa_severity"]["baseline"]["majority_train_source"] == "train"
+    md = ev.to_markdown(r)
+    for title in ("Zero-shot", "Few-shot", "Retrieval", "Captioning", "localisation",
+                  "Unseen"):
+        assert title in md
+    json.dumps(r, default=ev._json_default)
+
+
+def test_cli_ablations_and_train_refused(setup, tmp_path, capsys):
+    corpus, ck = setup
+    with pytest.raises(ValueError, match="refused"):
+        ev.evaluate(ck, corpus, "train")
+    with pytest.raises(SystemExit):
+        ev.main(["--checkpoint", str(ck), "--corpus", str(corpus), "--split", "train"])
+    assert ev.main(["--ablations", f"{ck},{ck}", "--corpus", str(corpus), "--out",
+                    str(tmp_path), "--max-epochs", "40", "--no-yasa",
+                    "--caption-sample", "8"]) == 0
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert len(res["table"]) == 1 and res["table"][0]["n_epochs"] == 40  # same folder twice
+    assert "# SleepLM ablations" in (tmp_path / "eval.md").read_text()
+    dbg = ev.evaluate(ck, corpus, "train", allow_train=True, max_epochs=30, yasa=False,
+                      caption_sample=4)
+    assert "TRAIN" in dbg["warning"]
+
+
+def test_bleu_rouge_hand_cases():
+    a, b = "stage N2 sleep; 2 spindles.", "hello world foo"
+    assert ev.bleu4([a], [a]) == pytest.approx(1.0)
+    assert ev.rouge_l(a, a) == pytest.approx(1.0)
+    assert ev.bleu4([b], [a]) == 0.0 and ev.rouge_l(b, a) == 0.0
+    # tokens: [the, cat, sat] vs [the, cat, ran]: LCS 2 -> P = R = 2/3
+    assert ev.rouge_l("the cat sat", "the cat ran") == pytest.approx(2 / 3)
+    # p1 = 2/3, p2 = (1+1)/(2+1), p3 = (0+1)/(1+1), p4 = (0+1)/(0+1); BP = 1
+    want = (2 / 3 * 2 / 3 * 1 / 2 * 1) ** 0.25
+    assert ev.bleu4(["the cat sat"], ["the cat ran"]) == pytest.approx(want)
+    # brevity penalty: hypothesis 2 tokens, reference 4
+    want = np.exp(1 - 4 / 2) * (1 * (1 + 1) / (1 + 1) * 1 * 1) ** 0.25
+    assert ev.bleu4(["a b"], ["a b c d"]) == pytest.approx(want)
+
+
+def test_fact_reader():
+    f = ev.read_facts("Stage N2 sleep; no arousal; 2 spindles; a hypopnea; HR 58 bpm.")
+    assert f == {"stage": "N2", "events": ["hypopnea"], "no_respiratory_events": False}
+    f = ev.read_facts("Wake (W), HR 69 bpm, no respiratory events, and SpO2 down to 96%.")
+    assert f == {"stage": "W", "events": [], "no_respiratory_events": True}
+    f = ev.read_facts("REM sleep (R); 2 obstructive apneas; 1 arousal; 2 PLMs; 3 rapid eye "
+                      "movements")
+    assert f["stage"] == "R" and f["events"] == ["apnea", "arousal", "limb_movement"]
+    f = ev.read_facts("Deep slow-wave sleep (N3); a 4% desaturation to 90% starting")
+    assert f["stage"] == "N3" and f["events"] == ["desaturation"]
+    assert ev.read_facts("")["stage"] is None
+    ref = ev.reference_facts({"stage": "N2", "respiratory_events": ["obstructive_apnea",
+                                                                    "hypopnea"],
+                              "arousals": 1, "plm": 0})
+    assert ref == {"stage": "N2", "events": ["apnea", "arousal", "hypopnea"],
+                   "no_respiratory_events": False}
+
+
+def test_localisation_intervals_hand_case():
+    ep = list(range(10))
+    assert ev.to_intervals(ep, [0, 1, 1, 0, 0, 1, 0, 1, 1, 1]) == [(1, 2), (5, 5), (7, 9)]
+    true = [(1, 2), (5, 5), (7, 9)]
+    pred = [(2, 4), (8, 8), (0, 0)]  # IoU 1/4 (<0.3), 1/3 (ok), 0
+    r = ev.interval_f1(pred, true, iou=0.3)
+    assert (r["tp"], r["n_pred"], r["n_true"]) == (1, 3, 3)
+    assert r["precision"] == r["recall"] == r["f1"] == pytest.approx(1 / 3)
+    assert ev.interval_f1([], [])["f1"] is None and ev.interval_f1([(0, 1)], [])["f1"] == 0.0
+    assert ev.interval_f1(true, true)["f1"] == 1.0
+
+
+def test_majority_and_retrieval_hand_cases():
+    b = ev.majority_baseline(["mild", "mild", "none"], ["none", "mild", "severe", "none"])
+    assert b["majority_train_class"] == "mild" and b["majority_train_accuracy"] == 0.25
+    assert b["majority_eval_class"] == "none" and b["majority_eval_accuracy"] == 0.5
+    assert ev.majority_baseline([], ["a", "b", "b"])["majority_train_accuracy"] == \
+        pytest.approx(2 / 3)
+    assert [ev.severity_class(v) for v in (0, 5, 14.9, 15, 30)] == \
+        ["none", "mild", "mild", "moderate", "severe"]
+    e = np.eye(4)
+    r = ev.retrieval_recall(e, e, ["a", "b", "c", "d"])
+    assert r["signal_to_text_r@1"] == r["text_to_signal_r@1"] == 1.0
+    r = ev.retrieval_recall(e, e[[1, 0, 2, 3]], ["a", "b", "c", "d"], ks=(1, 2))
+    assert r["signal_to_text_r@1"] == 0.5 and r["signal_to_text_r@2"] == 1.0
+    m = ev.classification_metrics(["W", "N2", "N2"], ["W", "N2", "R"])
+    assert m["accuracy"] == pytest.approx(2 / 3) and np.asarray(m["confusion"]).sum() == 3

@@ -1,0 +1,883 @@
+"""Held-out evaluation of a SleepLM checkpoint.
+
+Usage::
+
+    python -m training.evaluate --checkpoint CKPT --corpus CORPUS [--split test] [--out DIR]
+        [--max-epochs N] [--ablations DIR1,DIR2,...] [--no-yasa] [--allow-train]
+
+Writes ``eval.json`` and ``eval.md`` into ``--out`` (default: the checkpoint folder). Python:
+``evaluate(checkpoint, corpus, split="test", ...) -> dict``.
+
+Only held-out nights are evaluated (``validation`` or ``test``; the corpus split is by
+subject). ``split="train"`` is refused unless ``allow_train=True`` (debugging only; the result
+then carries a warning). Sections (each metric comes with its ``n``):
+
+* ``zero_shot_staging``: class embedding = normalised mean text embedding of the stage prompts
+  (:mod:`training.prompts`); predicted stage = argmax cosine with the epoch embedding. Epochs
+  with a W/N1/N2/N3/R label only. Accuracy, macro-F1 (over the labels present in truth or
+  prediction), Cohen's kappa, confusion matrix (rows true, columns predicted, order W N1 N2 N3
+  R). ``yasa``: YASA SleepStaging on the nights' raw EDF (corpus manifest ``source``; C4 else C3,
+  EOG_L, EMG_CHIN), compared on the same epochs (and SleepLM on exactly that subset).
+* ``few_shot``: k = 1, 5, 10 support epochs per class drawn (seeded, 5 draws) from the held-out
+  split; the query set is every other labelled epoch. Prototype (nearest class mean by cosine)
+  and logistic regression (sklearn, L2, C=1) on the embeddings; mean and sd over draws of
+  accuracy and macro-F1. Classes with <= k epochs are left out of that k.
+* ``retrieval``: up to 1,000 epochs (seeded sample) with a holistic caption; signal->text and
+  text->signal recall@1/5/10. A candidate whose caption text equals the query's caption counts as
+  correct (identical captions are indistinguishable); rank = number of wrong candidates scoring
+  strictly higher than the best correct one.
+* ``captioning``: greedy captions (holistic system token, <= 64 tokens) for a seeded sample of <= 200 epochs;
+  corpus BLEU-4 (uniform weights, brevity penalty, add-one smoothing of the 2-4-gram precisions,
+  none for unigrams, so disjoint texts give 0) and mean ROUGE-L F1 (LCS, beta = 1) on lower-cased
+  word/number/punctuation tokens; facts read back with :func:`read_facts` from both texts: stage
+  accuracy, and micro precision/recall of event mentions (apnea, hypopnea, desaturation,
+  arousal, limb_movement) over (epoch, event) pairs; ``reader_check`` = how often the reader
+  recovers the reference facts from the reference text (a check of the reader itself).
+* ``localisation``: per query (:data:`training.prompts.LOCALISATION_QUERIES`) every epoch gets
+  the cosine with the query embedding; within each night the scores are z-scored and epochs with
+  z > 1 are positive; consecutive positive epochs merge into intervals. Truth: epochs whose
+  captions' facts contain the event (respiratory_events, desaturations, spindles > 0,
+  arousals > 0), merged the same way. Intervals are matched one-to-one (greedy by IoU) at
+  IoU >= 0.3: event-level precision, recall, F1; plus the epoch-level AUROC of the raw score.
+* ``unseen_tasks``: night embedding = normalised mean of its epoch embeddings; OSA severity from
+  the night facts' ``ahi_3a_per_h`` (< 5 none, < 15 mild, < 30 moderate, else severe) and PLM
+  disorder (``plmi_per_h`` >= 15) predicted by the nearest prompt class. Baseline: the majority
+  class of the train split's nights (``majority_train``) and the best constant on the evaluated
+  nights (``majority_eval``, an upper bound for any constant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from training import prompts as P
+
+__all__ = ["evaluate", "evaluate_many", "read_facts", "reference_facts", "bleu4", "rouge_l",
+           "interval_f1", "to_intervals", "classification_metrics", "majority_baseline",
+           "retrieval_recall", "severity_class", "to_markdown", "main"]
+
+HELD_OUT = ("validation", "test")
+STAGES = P.STAGES
+EVENTS = ("apnea", "hypopnea", "desaturation", "arousal", "limb_movement")
+_YASA_TO_AASM = {"WAKE": "W", "W": "W", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "R", "R": "R"}
+
+
+# ------------------------------------------------------------------------------ text metrics
+_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?|[^\w\s]")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(str(text).lower())
+
+
+def _ngrams(tok: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tok[i:i + n]) for i in range(len(tok) - n + 1))
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (one reference each): clipped n-gram counts summed over the corpus,
+    add-one smoothing for n = 2..4 only, brevity penalty. Identical corpora -> 1, no shared
+    unigram -> 0."""
+    match, total = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    for h, r in zip(hypotheses, references):
+        ht, rt = _tokens(h), _tokens(r)
+        hyp_len, ref_len = hyp_len + len(ht), ref_len + len(rt)
+        for n in range(1, 5):
+            hc, rc = _ngrams(ht, n), _ngrams(rt, n)
+            match[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            total[n - 1] += max(len(ht) - n + 1, 0)
+    if hyp_len == 0 or match[0] == 0:
+        return 0.0
+    logp = math.log(match[0] / total[0])
+    for n in range(1, 4):
+        logp += math.log((match[n] + 1) / (total[n] + 1))
+    bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
+    return float(bp * math.exp(logp / 4))
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """ROUGE-L F1 (beta = 1) of one pair: LCS / len, harmonic mean of precision and recall."""
+    h, r = _tokens(hypothesis), _tokens(reference)
+    lcs = _lcs(h, r)
+    if lcs == 0:
+        return 0.0
+    p, rec = lcs / len(h), lcs / len(r)
+    return float(2 * p * rec / (p + rec))
+
+
+# ------------------------------------------------------------------------------ fact reader
+_STAGE_RX = {
+    "W": re.compile(r"\bwake\b|\bawake\b|\bstage w\b|\(w\)"),
+    "N1": re.compile(r"\bn1\b"),
+    "N2": re.compile(r"\bn2\b"),
+    "N3": re.compile(r"\bn3\b|slow-wave sleep"),
+    "R": re.compile(r"\brem\b|\(r\)|\bstage r\b|rapid-eye-movement sleep"),
+}
+_NO_RESP = re.compile(r"no respiratory events|no apnea or hypopnea( scored)?|"
+                      r"breathing without scored events|normal breathing events-wise")
+_NEGATED = re.compile(r"\bno arousals?( scored)?|no leg movements( on the leg emg)?|legs quiet|"
+                      r"no phasic chin twitches")
+_EVENT_RX = {
+    "apnea": re.compile(r"\bapneas?\b"),
+    "hypopnea": re.compile(r"\bhypopneas?\b"),
+    "desaturation": re.compile(r"\bdesaturations?\b"),
+    "arousal": re.compile(r"\barousals?\b"),
+    "limb_movement": re.compile(r"limb movements?|\bplms?\b|leg movements?"),
+}
+
+
+def read_facts(text: str) -> dict:
+    """Facts read back from a caption text with keyword rules: ``stage`` (the earliest stage
+    phrase, None if none), ``events`` (sorted subset of :data:`EVENTS` mentioned, negated
+    phrases such as "no arousal" removed first) and ``no_respiratory_events`` (bool)."""
+    t = str(text).lower()
+    hits = [(m.start(), s) for s, rx in _STAGE_RX.items() for m in [rx.search(t)] if m]
+    stage = min(hits)[1] if hits else None
+    no_resp = bool(_NO_RESP.search(t))
+    rest = _NEGATED.sub(" ", _NO_RESP.sub(" ", t))
+    events = sorted(e for e, rx in _EVENT_RX.items() if rx.search(rest))
+    return {"stage": stage, "events": events, "no_respiratory_events": no_resp}
+
+
+def reference_facts(facts: dict) -> dict:
+    """The same structure as :func:`read_facts` from a caption's stored ``facts`` dict."""
+    ev = set()
+    resp = facts.get("respiratory_events")
+    if isinstance(resp, dict):
+        resp = [k for k, v in resp.items() if v]
+    for t in resp or ():
+        ev.add("hypopnea" if t == "hypopnea" else "apnea")
+    if facts.get("desaturations"):
+        ev.add("desaturation")
+    if (facts.get("arousals") or 0) > 0:
+        ev.add("arousal")
+    if (facts.get("plm") or 0) > 0 or (facts.get("limb_movements") or 0) > 0:
+        ev.add("limb_movement")
+    stage = facts.get("stage")
+    return {"stage": stage if stage in STAGES else None, "events": sorted(ev),
+            "no_respiratory_events": isinstance(facts.get("respiratory_events"), list)
+            and not facts["respiratory_events"]}
+
+
+def _fact_scores(generated: Sequence[str], ref_facts: Sequence[dict]) -> dict:
+    stage_ok = stage_n = tp = fp = fn = nr_ok = nr_n = 0
+    for text, ref in zip(generated, ref_facts):
+        got = read_facts(text)
+        if ref["stage"] is not None:
+            stage_n += 1
+            stage_ok += got["stage"] == ref["stage"]
+        g, r = set(got["events"]), set(ref["events"])
+        tp, fp, fn = tp + len(g & r), fp + len(g - r), fn + len(r - g)
+        if ref["no_respiratory_events"] or "apnea" in r or "hypopnea" in r:
+            nr_n += 1
+            nr_ok += got["no_respiratory_events"] == ref["no_respiratory_events"]
+    return {"stage_accuracy": _ratio(stage_ok, stage_n), "n_stage": stage_n,
+            "event_precision": _ratio(tp, tp + fp), "n_event_mentions_generated": tp + fp,
+            "event_recall": _ratio(tp, tp + fn), "n_event_mentions_reference": tp + fn,
+            "no_resp_events_accuracy": _ratio(nr_ok, nr_n), "n_no_resp": nr_n}
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b else None
+
+
+# ------------------------------------------------------------------------------ classification
+def classification_metrics(true: Sequence, pred: Sequence, labels: Sequence = STAGES) -> dict:
+    """accuracy, macro-F1, Cohen's kappa, confusion (rows true, cols pred, in ``labels``), n."""
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
+
+    true, pred = np.asarray(true, dtype=object), np.asarray(pred, dtype=object)
+    n = int(true.size)
+    if n == 0:
+        return {"n": 0, "accuracy": None, "macro_f1": None, "kappa": None, "confusion": [],
+                "labels": list(labels)}
+    present = [lab for lab in labels if lab in set(true) | set(pred)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(true, pred, labels=list(labels)))
+    return {"n": n, "accuracy": float(np.mean(true == pred)),
+            "macro_f1": float(f1_score(true, pred, labels=present, average="macro",
+                                       zero_division=0)),
+            "kappa": kappa if math.isfinite(kappa) else 0.0,
+            "confusion": confusion_matrix(true, pred, labels=list(labels)).tolist(),
+            "labels": list(labels)}
+
+
+def majority_baseline(train_labels: Sequence, eval_labels: Sequence) -> dict:
+    """Constant predictors: the majority class of ``train_labels`` (ties: first in sorted
+    order; falls back to ``eval_labels`` when empty) and the best constant on
+    ``eval_labels``; their accuracies on ``eval_labels``."""
+    ev = list(eval_labels)
+    src = list(train_labels) or ev
+
+    def top(xs):
+        c = Counter(xs)
+        return sorted(c, key=lambda k: (-c[k], str(k)))[0] if c else None
+
+    maj_t, maj_e = top(src), top(ev)
+    acc = (lambda lab: float(np.mean([y == lab for y in ev])) if ev else None)
+    return {"majority_train_class": maj_t, "majority_train_accuracy": acc(maj_t),
+            "majority_train_source": "train" if list(train_labels) else "eval",
+            "majority_eval_class": maj_e, "majority_eval_accuracy": acc(maj_e), "n": len(ev)}
+
+
+def severity_class(ahi: float) -> str:
+    """AASM OSA severity of an AHI (/h): < 5 none, < 15 mild, < 30 moderate, else severe."""
+    return "none" if ahi < 5 else "mild" if ahi < 15 else "moderate" if ahi < 30 else "severe"
+
+
+# ------------------------------------------------------------------------------ retrieval
+def retrieval_recall(sig: np.ndarray, txt: np.ndarray, texts: Sequence[str],
+                     ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@k both ways for paired unit vectors; identical texts count as correct."""
+    n = len(texts)
+    sim = sig @ txt.T  # [signal, text]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(texts):
+        groups[t].append(i)
+    correct = np.zeros((n, n), dtype=bool)
+    for idx in groups.values():
+        correct[np.ix_(idx, idx)] = True
+    out: dict[str, Any] = {"n": n, "n_unique_texts": len(groups)}
+    for name, s in (("signal_to_text", sim), ("text_to_signal", sim.T)):
+        best = np.where(correct, s, -np.inf).max(1)
+        rank = (np.where(correct, -np.inf, s) > best[:, None]).sum(1)
+        for k in ks:
+            out[f"{name}_r@{k}"] = float(np.mean(rank < k)) if n else None
+    for k in ks:
+        out[f"chance_r@{k}"] = min(1.0, k / max(len(groups), 1))
+    return out
+
+
+# ------------------------------------------------------------------------------ localisation
+def to_intervals(epochs: Sequence[int], positive: Sequence[bool]) -> list[tuple[int, int]]:
+    """Runs of consecutive positive epoch numbers as inclusive ``(first, last)`` intervals."""
+    out: list[list[int]] = []
+    for e, p in sorted(zip((int(e) for e in epochs), (bool(p) for p in positive))):
+        if not p:
+            continue
+        if out and e == out[-1][1] + 1:
+            out[-1][1] = e
+        else:
+            out.append([e, e])
+    return [tuple(x) for x in out]
+
+
+def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    inter = min(a[1], b[1]) - max(a[0], b[0]) + 1
+    if inter <= 0:
+        return 0.0
+    return inter / ((a[1] - a[0] + 1) + (b[1] - b[0] + 1) - inter)
+
+
+def interval_f1(pred: Sequence[tuple[int, int]], true: Sequence[tuple[int, int]],
+                iou: float = 0.3) -> dict:
+    """One-to-one greedy matching (highest IoU first) of inclusive epoch intervals; a pair
+    counts when IoU >= ``iou``. Returns tp, n_pred, n_true, precision, recall, f1 (None when
+    undefined)."""
+    pairs = sorted(((_iou(p, t), i, j) for i, p in enumerate(pred) for j, t in enumerate(true)),
+                   reverse=True)
+    used_p, used_t, tp = set(), set(), 0
+    for v, i, j in pairs:
+        if v < iou:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        tp += 1
+    prec, rec = _ratio(tp, len(pred)), _ratio(tp, len(true))
+    f1 = (2 * prec * rec / (prec + rec) if prec and rec else
+          (0.0 if (len(pred) or len(true)) else None))
+    return {"tp": tp, "n_pred": len(pred), "n_true": len(true), "precision": prec,
+            "recall": rec, "f1": f1}
+
+
+def _truth_events(facts_list: Iterable[dict]) -> set[str]:
+    ev = set()
+    for f in facts_list:
+        resp = f.get("respiratory_events") or ()
+        if isinstance(resp, dict):
+            resp = [k for k, v in resp.items() if v]
+        if "obstructive_apnea" in resp:
+            ev.add("obstructive_apnea")
+        if "hypopnea" in resp:
+            ev.add("hypopnea")
+        if f.get("desaturations"):
+            ev.add("desaturation")
+        if (f.get("spindles") or 0) > 0:
+            ev.add("spindles")
+        if (f.get("arousals") or 0) > 0:
+            ev.add("arousal")
+    return ev
+
+
+# ------------------------------------------------------------------------------ model io
+def _load(checkpoint: str | Path):
+    from sleeplm.model import load_model
+    from sleeplm.tokenizer import CaptionTokenizer
+
+    ck = Path(checkpoint)
+    tok_path = ck / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"{tok_path} missing: save the checkpoint with tokenizer_path")
+    return load_model(ck), CaptionTokenizer.load(tok_path)
+
+
+@torch.no_grad()
+def _embed_texts(model, tok, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+    out = []
+    for i in range(0, len(texts), batch):
+        ids = tok.encode_batch(list(texts[i:i + batch]), max_len=model.cfg.max_text_len)
+        out.append(model.encode_text(ids).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
+def _class_embeddings(model, tok, table: dict[str, list[str]], classes: Sequence[str]
+                      ) -> np.ndarray:
+    rows = []
+    for c in classes:
+        e = _embed_texts(model, tok, table[c]).mean(0)
+        rows.append(e / max(np.linalg.norm(e), 1e-12))
+    return np.stack(rows)
+
+
+def _windows(data: dict, idx: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, 2k+1, C, T]`` windows of neighbouring loaded epochs of the same night."""
+    where = {(n, int(e)): i for i, (n, e) in enumerate(zip(data["night"], data["epoch"]))}
+    x, m = data["x"], data["mask"]
+    xs = np.zeros((len(idx), 2 * k + 1) + x.shape[1:], np.float32)
+    ms = np.zeros((len(idx), 2 * k + 1, m.shape[1]), bool)
+    for r, i in enumerate(idx):
+        for w, d in enumerate(range(-k, k + 1)):
+            j = where.get((data["night"][i], int(data["epoch"][i]) + d))
+            if j is not None:
+                xs[r, w], ms[r, w] = x[j], m[j]
+    return torch.from_numpy(xs), torch.from_numpy(ms)
+
+
+def _inputs(model, data: dict, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    k = model.cfg.context_epochs
+    if k > 0:
+        return _windows(data, idx, k)
+    return (torch.from_numpy(data["x"][idx].astype(np.float32)),
+            torch.from_numpy(data["mask"][idx]))
+
+
+@torch.no_grad()
+def _embed_signals(model, data: dict, batch: int = 64) -> np.ndarray:
+    n = len(data["key"])
+    out = []
+    for s in range(0, n, batch):
+        x, m = _inputs(model, data, np.arange(s, min(n, s + batch)))
+        out.append(model.encode_signal(x, m)[0].float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
+# ------------------------------------------------------------------------------ corpus io
+def _corpus_meta(corpus: Path, split: str, keys: set[str]) -> tuple[dict, dict, dict]:
+    """(epoch key -> {system: facts}, epoch key -> onset_s, night -> night JSON) for ``keys``."""
+    from sleeplm.shards import iter_shard_json, list_shards, night_samples
+
+    facts: dict[str, dict] = {}
+    onset: dict[str, float] = {}
+    for shard in list_shards(corpus, split, "epochs"):
+        for key, meta in iter_shard_json(shard):
+            if key in keys:
+                facts[key] = {c["system"]: c.get("facts") or {} for c in
+                              reversed(meta.get("captions", ()))}  # first caption wins
+                onset[key] = float(meta.get("onset_s", 0.0))
+    nights = {n["night"]: n for n in night_samples(corpus, split)}
+    return facts, onset, nights
+
+
+def _night_fact(night: dict, name: str) -> float | None:
+    for c in (night.get("captions") or {}).get("night", ()):
+        v = (c.get("facts") or {}).get(name)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return float(v)
+    return None
+
+
+def _load_data(corpus: Path, split: str, channels, max_epochs, sfreq: float) -> dict:
+    from sleeplm.shards import _corpus_config, load_split_epochs
+
+    mi = _corpus_config(corpus).get("model_input", {})
+    if mi.get("sfreq") is not None and abs(float(mi["sfreq"]) - sfreq) > 1e-6:
+        raise ValueError(f"corpus sfreq {mi['sfreq']} != model sfreq {sfreq}")
+    return load_split_epochs(corpus, split, channels, max_epochs=max_epochs)
+
+
+# ------------------------------------------------------------------------------ sections
+def _zero_shot(model, tok, emb, data) -> tuple[dict, np.ndarray, np.ndarray]:
+    lab = data["stage_id"] >= 0
+    cls = _class_embeddings(model, tok, P.STAGE_PROMPTS, STAGES)
+    pred = np.asarray(STAGES, dtype=object)[(emb @ cls.T).argmax(1)]
+    true = np.asarray([STAGES[i] if i >= 0 else None for i in data["stage_id"]], dtype=object)
+    out = classification_metrics(true[lab], pred[lab])
+    out["prompts_per_class"] = {s: len(P.STAGE_PROMPTS[s]) for s in STAGES}
+    return out, pred, true
+
+
+def _yasa(corpus: Path, data: dict, onsets: dict, nights: dict, pred_lm: np.ndarray,
+          true: np.ndarray, epoch_sec: float) -> dict:
+    try:
+        import pandas as pd
+        import yasa  # noqa: F401
+    except Exception as exc:  # pragma: no cover - yasa is installed here
+        return {"available": False, "reason": f"yasa not importable: {exc}"}
+    man_path = corpus / "manifest.csv"
+    if not man_path.exists():
+        return {"available": False, "reason": f"{man_path} missing"}
+    man = pd.read_csv(man_path)
+    sources = {str(r["night"]): str(r["source"]) for _, r in man.iterrows()
+               if isinstance(r.get("source"), str)}
+    y_true, y_yasa, y_lm, reasons, used = [], [], [], {}, []
+    for night in dict.fromkeys(data["night"]):
+        src = sources.get(night)
+        if not src or not Path(src).exists():
+            reasons[night] = f"raw file not reachable: {src}"
+            continue
+        try:
+            hyp = _yasa_night(src)
+        except Exception as exc:
+            reasons[night] = f"{type(exc).__name__}: {exc}"
+            continue
+        used.append(night)
+        for i in np.flatnonzero(data["night"] == night):
+            j = int(round(onsets.get(data["key"][i], data["epoch"][i] * epoch_sec) / epoch_sec))
+            if true[i] is None or not 0 <= j < len(hyp):
+                continue
+            y_true.append(true[i])
+            y_yasa.append(hyp[j])
+            y_lm.append(pred_lm[i])
+    if not used:
+        return {"available": False, "reason": "; ".join(f"{k}: {v}" for k, v in reasons.items())
+                or "no nights"}
+    return {"available": True, "nights": len(used), "skipped": reasons,
+            "yasa": classification_metrics(y_true, y_yasa),
+            "sleeplm_same_epochs": classification_metrics(y_true, y_lm)}
+
+
+def _yasa_night(path: str) -> np.ndarray:
+    import mne
+    import yasa
+    from scipy.signal import resample_poly
+
+    from sleeplm.io import read_recording
+
+    rec = read_recording(path, channels=["EEG_C4", "EEG_C3", "EOG_L", "EMG_CHIN"],
+                         annotations=None)
+    eeg = "EEG_C4" if "EEG_C4" in rec else "EEG_C3"
+    for need in (eeg, "EOG_L", "EMG_CHIN"):
+        if need not in rec:
+            raise ValueError(f"{need} absent from {path}")
+    sf = float(rec[eeg].sfreq)
+
+    def at_sf(sig):
+        d = np.asarray(sig.data, float)
+        if abs(sig.sfreq - sf) > 1e-6:
+            frac = __import__("fractions").Fraction(sf / sig.sfreq).limit_denominator(1000)
+            d = resample_poly(d, frac.numerator, frac.denominator)
+        return d
+
+    chans = [at_sf(rec[eeg]), at_sf(rec["EOG_L"]), at_sf(rec["EMG_CHIN"])]
+    n = min(len(c) for c in chans)
+    raw = mne.io.RawArray(np.vstack([c[:n] for c in chans]) * 1e-6,
+                          mne.create_info(["EEG", "EOG", "EMG"], sf, ["eeg", "eog", "emg"]),
+                          verbose=False)
+    age = rec.info.age if rec.info.age is not None else 45.0
+    male = rec.info.sex != "F"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hyp = yasa.SleepStaging(raw, eeg_name="EEG", eog_name="EOG", emg_name="EMG",
+                                metadata={"age": float(age), "male": bool(male)}).predict()
+    hyp = getattr(hyp, "hypno", hyp)
+    return np.array([_YASA_TO_AASM.get(str(s).upper(), "W") for s in np.asarray(hyp)],
+                    dtype=object)
+
+
+def _few_shot(emb: np.ndarray, true: np.ndarray, seed: int, shots=(1, 5, 10), draws: int = 5
+              ) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    lab = np.flatnonzero(true != None)  # noqa: E711
+    y = true[lab]
+    out: dict[str, Any] = {}
+    for k in shots:
+        classes = [c for c in STAGES if (y == c).sum() > k]
+        res = {"prototype": {"accuracy": [], "macro_f1": []},
+               "linear_probe": {"accuracy": [], "macro_f1": []}}
+        n_query = []
+        if len(classes) >= 2:
+            for d in range(draws):
+                rng = np.random.default_rng([seed, k, d])
+                sup = np.concatenate([rng.choice(np.flatnonzero(y == c), k, replace=False)
+                                      for c in classes])
+                qmask = np.isin(y, classes)
+                qmask[sup] = False
+                q = np.flatnonzero(qmask)
+                n_query.append(len(q))
+                xs, ys, xq, yq = emb[lab[sup]], y[sup], emb[lab[q]], y[q]
+                proto = np.stack([xs[ys == c].mean(0) for c in classes])
+                proto /= np.maximum(np.linalg.norm(proto, axis=1, keepdims=True), 1e-12)
+                pp = np.asarray(classes, dtype=object)[(xq @ proto.T).argmax(1)]
+                clf = LogisticRegression(C=1.0, max_iter=1000).fit(xs, ys.astype(str))
+                pl = clf.predict(xq)
+                for name, pr in (("prototype", pp), ("linear_probe", pl)):
+                    res[name]["accuracy"].append(float(np.mean(pr.astype(str) == yq.astype(str))))
+                    res[name]["macro_f1"].append(float(f1_score(
+                        yq.astype(str), pr.astype(str), labels=classes, average="macro",
+                        zero_division=0)))
+        entry: dict[str, Any] = {"k": k, "classes": classes, "draws": len(n_query),
+                                 "n_query": int(np.mean(n_query)) if n_query else 0}
+        for name, r in res.items():
+            for m, v in r.items():
+                entry[f"{name}_{m}"] = float(np.mean(v)) if v else None
+                entry[f"{name}_{m}_sd"] = float(np.std(v)) if v else None
+        out[f"{k}-shot"] = entry
+    return out
+
+
+def _captioning(model, tok, data, facts, sample: int, seed: int, batch: int = 50,
+                max_len: int = 64) -> dict:
+    have = np.flatnonzero(np.asarray([bool(c) for c in data["caption_holistic"]]))
+    rng = np.random.default_rng([seed, 7])
+    idx = np.sort(rng.choice(have, min(sample, len(have)), replace=False)) if len(have) else have
+    gen: list[str] = []
+    with torch.no_grad():
+        for s in range(0, len(idx), batch):
+            x, m = _inputs(model, data, idx[s:s + batch])
+            ids = model.generate(x, m, system="holistic", max_len=max_len)
+            gen += tok.decode_batch(ids)
+    refs = [str(data["caption_holistic"][i]) for i in idx]
+    ref_f = [reference_facts(facts.get(data["key"][i], {}).get("holistic", {})) for i in idx]
+    reader_ok = [read_facts(r) == f for r, f in zip(refs, ref_f)]
+    out = {"n": len(idx), "bleu4": bleu4(gen, refs) if len(idx) else None,
+           "rouge_l": float(np.mean([rouge_l(g, r) for g, r in zip(gen, refs)])) if len(idx)
+           else None, **_fact_scores(gen, ref_f),
+           "reader_check": _ratio(sum(reader_ok), len(reader_ok)),
+           "examples": [{"key": str(data["key"][i]), "reference": r, "generated": g}
+                        for i, r, g in list(zip(idx, refs, gen))[:5]]}
+    return out
+
+
+def _localisation(model, tok, emb, data, facts, z_thr: float = 1.0, iou: float = 0.3) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    q = _class_embeddings(model, tok, P.LOCALISATION_QUERIES, list(P.LOCALISATION_QUERIES))
+    scores = emb @ q.T
+    truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
+    out: dict[str, Any] = {"rule": f"per-night z-score > {z_thr}; IoU >= {iou}"}
+    for qi, name in enumerate(P.LOCALISATION_QUERIES):
+        tp = n_pred = n_true = 0
+        y = np.asarray([name in t for t in truth])
+        for night in dict.fromkeys(data["night"]):
+            rows = np.flatnonzero(data["night"] == night)
+            s = scores[rows, qi]
+            z = (s - s.mean()) / s.std() if s.std() > 0 else np.zeros_like(s)
+            r = interval_f1(to_intervals(data["epoch"][rows], z > z_thr),
+                            to_intervals(data["epoch"][rows], y[rows]), iou)
+            tp, n_pred, n_true = tp + r["tp"], n_pred + r["n_pred"], n_true + r["n_true"]
+        prec, rec = _ratio(tp, n_pred), _ratio(tp, n_true)
+        auc = (float(roc_auc_score(y, scores[:, qi])) if 0 < y.sum() < len(y) else None)
+        out[name] = {"tp": tp, "n_pred": n_pred, "n_true": n_true, "precision": prec,
+                     "recall": rec, "f1": (2 * prec * rec / (prec + rec) if prec and rec else
+                                           (0.0 if n_pred or n_true else None)),
+                     "epoch_auroc": auc, "n_epochs": int(len(y)),
+                     "n_positive_epochs": int(y.sum())}
+    return out
+
+
+def _unseen(model, tok, emb, data, nights: dict, train_nights: dict) -> dict:
+    names = list(dict.fromkeys(data["night"]))
+    nemb = np.stack([emb[data["night"] == n].mean(0) for n in names]) if names else \
+        np.zeros((0, emb.shape[1]))
+    nemb /= np.maximum(np.linalg.norm(nemb, axis=1, keepdims=True), 1e-12)
+    out: dict[str, Any] = {"n_nights": len(names)}
+    tasks = (("osa_severity", "ahi_3a_per_h", severity_class, P.OSA_SEVERITY_PROMPTS,
+              P.OSA_SEVERITY_CLASSES),
+             ("plm_disorder", "plmi_per_h", lambda v: "yes" if v >= 15 else "no", P.PLM_PROMPTS,
+              P.PLM_CLASSES))
+    for task, fact, to_cls, table, classes in tasks:
+        cls = _class_embeddings(model, tok, table, classes)
+        rows, ys = [], []
+        for i, n in enumerate(names):
+            v = _night_fact(nights.get(n, {}), fact)
+            if v is not None:
+                rows.append(i)
+                ys.append(to_cls(v))
+        pred = [classes[j] for j in (nemb[rows] @ cls.T).argmax(1)] if rows else []
+        train_y = [to_cls(v) for n in train_nights.values()
+                   if (v := _night_fact(n, fact)) is not None]
+        out[task] = {"truth_fact": fact, **classification_metrics(ys, pred, classes),
+                     "baseline": majority_baseline(train_y, ys),
+                     "truth_counts": dict(Counter(ys))}
+    return out
+
+
+# ------------------------------------------------------------------------------ driver
+def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
+             max_epochs: int | None = None, yasa: bool = True, allow_train: bool = False,
+             seed: int = 0, caption_sample: int = 200, retrieval_candidates: int = 1000,
+             _cache: dict | None = None) -> dict:
+    """Evaluate one checkpoint on a held-out split; returns the result dict (see the module
+    docstring). ``max_epochs`` keeps the first N epochs of the split (corpus order: whole
+    nights first)."""
+    if split not in HELD_OUT:
+        if not (allow_train and split == "train"):
+            raise ValueError(f"split {split!r} refused: evaluate held-out nights only "
+                             f"({', '.join(HELD_OUT)}); allow_train=True for debugging")
+    t0 = time.time()
+    corpus = Path(corpus)
+    model, tok = _load(checkpoint)
+    cache = _cache if _cache is not None else {}
+    ckey = (tuple(model.cfg.channels), split, max_epochs)
+    if ckey not in cache:
+        data = _load_data(corpus, split, model.cfg.channels, max_epochs, model.cfg.sfreq)
+        facts, onsets, nights = _corpus_meta(corpus, split, set(data["key"]))
+        from sleeplm.shards import night_samples
+        train_nights = {n["night"]: n for n in night_samples(corpus, "train")}
+        cache[ckey] = (data, facts, onsets, nights, train_nights)
+    data, facts, onsets, nights, train_nights = cache[ckey]
+    n = len(data["key"])
+    if n == 0:
+        raise ValueError(f"no epochs in split {split!r} of {corpus}")
+    timings: dict[str, float] = {}
+
+    def tick(name, t):
+        timings[name] = round(time.time() - t, 2)
+        return time.time()
+
+    t = time.time()
+    emb = _embed_signals(model, data)
+    t = tick("embed", t)
+    res: dict[str, Any] = {"checkpoint": str(checkpoint), "corpus": str(corpus), "split": split,
+                           "n_epochs": n, "n_nights": len(set(data["night"])), "seed": seed}
+    if split == "train":
+        res["warning"] = "evaluated on the TRAIN split (allow_train): not a held-out result"
+    zs, pred, true = _zero_shot(model, tok, emb, data)
+    if yasa:
+        epoch_sec = float(model.cfg.epoch_sec)
+        zs["yasa"] = _yasa(corpus, data, onsets, nights, pred, true, epoch_sec)
+    else:
+        zs["yasa"] = {"available": False, "reason": "disabled (yasa=False / --no-yasa)"}
+    res["zero_shot_staging"] = zs
+    t = tick("zero_shot_staging", t)
+    res["few_shot"] = _few_shot(emb, true, seed)
+    t = tick("few_shot", t)
+    have = np.flatnonzero(np.asarray([bool(c) for c in data["caption_holistic"]]))
+    rng = np.random.default_rng([seed, 3])
+    ridx = np.sort(rng.choice(have, min(retrieval_candidates, len(have)), replace=False))
+    texts = [str(data["caption_holistic"][i]) for i in ridx]
+    res["retrieval"] = retrieval_recall(emb[ridx], _embed_texts(model, tok, texts), texts)
+    t = tick("retrieval", t)
+    res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed)
+    t = tick("captioning", t)
+    res["localisation"] = _localisation(model, tok, emb, data, facts)
+    t = tick("localisation", t)
+    res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights)
+    t = tick("unseen_tasks", t)
+    timings["total"] = round(time.time() - t0, 2)
+    res["timings_s"] = timings
+    return res
+
+
+def evaluate_many(checkpoints: Sequence[str | Path], corpus: str | Path, split: str = "test",
+                  **kw) -> dict:
+    """:func:`evaluate` for each checkpoint (data loaded once per channel set)."""
+    cache: dict = {}
+    results = {str(c): evaluate(c, corpus, split, _cache=cache, **kw) for c in checkpoints}
+    return {"ablations": results, "table": [_summary_row(k, r) for k, r in results.items()]}
+
+
+def _summary_row(name: str, r: dict) -> dict:
+    zs, ret, cap = r["zero_shot_staging"], r["retrieval"], r["captioning"]
+    fs = r["few_shot"].get("5-shot", {})
+    loc = [v["f1"] for k, v in r["localisation"].items()
+           if isinstance(v, dict) and v.get("f1") is not None]
+    return {"checkpoint": name, "n_epochs": r["n_epochs"], "zs_acc": zs["accuracy"],
+            "zs_macro_f1": zs["macro_f1"], "zs_kappa": zs["kappa"],
+            "5shot_probe_acc": fs.get("linear_probe_accuracy"),
+            "s2t_r@1": ret.get("signal_to_text_r@1"), "t2s_r@1": ret.get("text_to_signal_r@1"),
+            "s2t_r@10": ret.get("signal_to_text_r@10"), "bleu4": cap["bleu4"],
+            "rouge_l": cap["rouge_l"], "cap_stage_acc": cap["stage_accuracy"],
+            "loc_mean_f1": float(np.mean(loc)) if loc else None,
+            "osa_acc": r["unseen_tasks"]["osa_severity"]["accuracy"]}
+
+
+# ------------------------------------------------------------------------------ markdown
+def _f(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_f(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(res: dict) -> str:
+    """Markdown report of :func:`evaluate` (or :func:`evaluate_many`) output."""
+    if "ablations" in res:
+        rows = res["table"]
+        parts = ["# SleepLM ablations", "", _table(list(rows[0]), [list(r.values()) for r in rows])]
+        for name, r in res["ablations"].items():
+            parts += ["", to_markdown(r).replace("\n# ", "\n## ", 1)]
+        return "\n".join(parts)
+    out = [f"# SleepLM evaluation: {res['checkpoint']}", "",
+           f"Corpus `{res['corpus']}`, split **{res['split']}**, {res['n_epochs']} epochs, "
+           f"{res['n_nights']} nights, seed {res['seed']}."]
+    if res.get("warning"):
+        out += ["", f"**WARNING: {res['warning']}**"]
+    zs = res["zero_shot_staging"]
+    rows = [["SleepLM zero-shot (all epochs)", zs["n"], zs["accuracy"], zs["macro_f1"],
+             zs["kappa"]]]
+    y = zs["yasa"]
+    if y.get("available"):
+        for label, m in (("SleepLM zero-shot (YASA epochs)", y["sleeplm_same_epochs"]),
+                         ("YASA SleepStaging", y["yasa"])):
+            rows.append([label, m["n"], m["accuracy"], m["macro_f1"], m["kappa"]])
+    out += ["", "## Zero-shot 5-stage staging", "",
+            _table(["method", "n", "accuracy", "macro-F1", "kappa"], rows)]
+    if not y.get("available"):
+        out += ["", f"YASA unavailable: {y.get('reason')}"]
+    out += ["", "Confusion (rows true, columns predicted):", "",
+            _table(["true \\ pred", *STAGES], [[s, *r] for s, r in zip(STAGES, zs["confusion"])])]
+    out += ["", "## Few-shot (held-out support, mean ± sd over draws)", "",
+            _table(["k/class", "n query", "draws", "proto acc", "proto F1", "probe acc",
+                    "probe F1"],
+                   [[v["k"], v["n_query"], v["draws"],
+                     *(f"{_f(v[m])} ± {_f(v[m + '_sd'])}" for m in
+                       ("prototype_accuracy", "prototype_macro_f1", "linear_probe_accuracy",
+                        "linear_probe_macro_f1"))] for v in res["few_shot"].values()])]
+    r = res["retrieval"]
+    out += ["", f"## Retrieval (n = {r['n']} pairs, {r['n_unique_texts']} distinct captions)", "",
+            _table(["direction", "R@1", "R@5", "R@10"],
+                   [[d, r[f"{d}_r@1"], r[f"{d}_r@5"], r[f"{d}_r@10"]]
+                    for d in ("signal_to_text", "text_to_signal")]
+                   + [["chance", r["chance_r@1"], r["chance_r@5"], r["chance_r@10"]]])]
+    c = res["captioning"]
+    out += ["", f"## Captioning (holistic, n = {c['n']})", "",
+            _table(["metric", "value", "n"],
+                   [["BLEU-4", c["bleu4"], c["n"]], ["ROUGE-L F1", c["rouge_l"], c["n"]],
+                    ["stage correct", c["stage_accuracy"], c["n_stage"]],
+                    ["event precision", c["event_precision"], c["n_event_mentions_generated"]],
+                    ["event recall", c["event_recall"], c["n_event_mentions_reference"]],
+                    ["'no respiratory events' agreement", c["no_resp_events_accuracy"],
+                     c["n_no_resp"]],
+                    ["fact reader on references", c["reader_check"], c["n"]]])]
+    for ex in c["examples"][:3]:
+        out += ["", f"- `{ex['key']}` ref: {ex['reference']}", f"  gen: {ex['generated']}"]
+    loc = res["localisation"]
+    out += ["", f"## Language-guided localisation ({loc['rule']})", "",
+            _table(["query", "true intervals", "pred intervals", "TP", "precision", "recall",
+                    "F1", "epoch AUROC", "pos epochs / n"],
+                   [[k, v["n_true"], v["n_pred"], v["tp"], v["precision"], v["recall"], v["f1"],
+                     v["epoch_auroc"], f"{v['n_positive_epochs']}/{v['n_epochs']}"]
+                    for k, v in loc.items() if isinstance(v, dict)])]
+    u = res["unseen_tasks"]
+    rows = []
+    for task in ("osa_severity", "plm_disorder"):
+        v = u[task]
+        b = v["baseline"]
+        rows.append([task, v["n"], v["accuracy"], v["macro_f1"],
+                     f"{_f(b['majority_train_accuracy'])} ({b['majority_train_class']}, "
+                     f"from {b['majority_train_source']})",
+                     f"{_f(b['majority_eval_accuracy'])} ({b['majority_eval_class']})",
+                     json.dumps(v["truth_counts"])])
+    out += ["", "## Unseen night-level tasks (zero-shot prompts vs night embedding)", "",
+            _table(["task", "n nights", "accuracy", "macro-F1", "majority (train)",
+                    "best constant (eval)", "truth counts"], rows)]
+    out += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in res["timings_s"].items())]
+    return "\n".join(out) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def write_report(res: dict, out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(res, indent=1, default=_json_default))
+    (out / "eval.md").write_text(to_markdown(res))
+    return out / "eval.json", out / "eval.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="checkpoint folder (config.json, model.safetensors, "
+                                         "tokenizer.json)")
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--out", default=None, help="output folder (default: the checkpoint)")
+    ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--ablations", default=None, help="comma-separated checkpoint folders")
+    ap.add_argument("--no-yasa", action="store_true")
+    ap.add_argument("--allow-train", action="store_true",
+                    help="debugging only: allow --split train (not a held-out result)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--caption-sample", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(max(1, a.threads))
+    if a.split == "train" and not a.allow_train:
+        ap.error("--split train refused: evaluation uses held-out nights only "
+                 "(pass --allow-train to debug on train)")
+    kw = dict(max_epochs=a.max_epochs, yasa=not a.no_yasa, allow_train=a.allow_train,
+              seed=a.seed, caption_sample=a.caption_sample)
+    if a.ablations:
+        cks = [c for c in a.ablations.split(",") if c] + ([a.checkpoint] if a.checkpoint else [])
+        res = evaluate_many(cks, a.corpus, a.split, **kw)
+        out = a.out or "."
+    else:
+        if not a.checkpoint:
+            ap.error("--checkpoint or --ablations is required")
+        res = evaluate(a.checkpoint, a.corpus, a.split, **kw)
+        out = a.out or a.checkpoint
+    js, md = write_report(res, out)
+    print(md.read_text())
+    print(f"wrote {js} and {md}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
