@@ -135,3 +135,49 @@ def write_nsrr_study(folder: Path, name: str = "shhs1-200001", *, with_eeg: bool
 @pytest.fixture
 def nsrr_study(tmp_path: Path):
     return write_nsrr_study(tmp_path)
+
+
+#: A 70-epoch stage sequence: short simulated nights for corpus/model tests.
+TINY_HYPNOGRAM = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
+#: Channels of the tiny corpora (at 16 Hz), enough for every caption system.
+TINY_CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")
+
+
+def write_tiny_library(folder: Path, plan) -> Path:
+    """Short simulated studies plus the manifest.csv ``simulate_library`` would write.
+
+    ``plan`` holds (profile, seed, Sleep-EDF source) triples; the source decides the subject and
+    so the split (SC401 and SC403 hash to train, SC402 to test: sleeplm.corpus.split_of).
+    """
+    import pandas as pd
+
+    from sleeplm.simulate import simulate_night, write_study
+    from sleeplm.simulate.library import MANIFEST_COLUMNS
+
+    rows = []
+    for profile, seed, source in plan:
+        pid = f"sim-{seed:05d}-{profile}"
+        night = simulate_night(hypnogram=TINY_HYPNOGRAM, profile=profile, seed=seed,
+                               patient_id=pid)
+        files = write_study(night, folder)
+        info = night.recording.info
+        rows.append({"patient_id": pid, "profile": profile, "age": info.age, "sex": info.sex,
+                     "seed": seed, "hypnogram_source": source,
+                     "hours": round(night.recording.duration / 3600, 2), "edf": files.edf.name,
+                     "annotations": files.annotations.name, "status": "ok"})
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
+                                                              index=False)
+    return folder
+
+
+def build_tiny_corpus(tmp_path_factory, plan, name: str, shard_size: int = 30):
+    """A tiny corpus (16 Hz, :data:`TINY_CHANNELS`) of short simulated nights: (folder, report)."""
+    from sleeplm.corpus import build_corpus
+    from sleeplm.preprocess import ModelInputConfig
+
+    library = write_tiny_library(tmp_path_factory.mktemp(f"{name}_library"), plan)
+    out = tmp_path_factory.mktemp(f"{name}_corpus")
+    report = build_corpus(library / "manifest.csv", out, workers=1, shard_size=shard_size,
+                          progress=False,
+                          config=ModelInputConfig(channels=TINY_CHANNELS, sfreq=16))
+    return out, report

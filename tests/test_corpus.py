@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import TINY_HYPNOGRAM, write_tiny_library
 from sleeplm.preprocess import DEFAULT_CHANNELS, ModelInputConfig, epoch_tensor
 from sleeplm.simulate import simulate_night
-from sleeplm.simulate.library import MANIFEST_COLUMNS
-from sleeplm.simulate.study import write_study
 
 
-HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
+HYP = TINY_HYPNOGRAM
 #: (profile, seed, Sleep-EDF source): the first two share subject SC401.
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4012E0"),
         ("healthy_young", 13, "SC4021E0"))
@@ -33,20 +32,7 @@ def short_night():
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("library")
-    rows = []
-    for profile, seed, source in PLAN:
-        pid = f"sim-{seed:05d}-{profile}"
-        night = simulate_night(hypnogram=HYP, profile=profile, seed=seed, patient_id=pid)
-        files = write_study(night, folder)
-        info = night.recording.info
-        rows.append({"patient_id": pid, "profile": profile, "age": info.age, "sex": info.sex,
-                     "seed": seed, "hypnogram_source": source,
-                     "hours": round(night.recording.duration / 3600, 2), "edf": files.edf.name,
-                     "annotations": files.annotations.name, "status": "ok"})
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
-                                                              index=False)
-    return folder
+    return write_tiny_library(tmp_path_factory.mktemp("library"), PLAN)
 
 
 # ------------------------------------------------------------------------------ preprocess

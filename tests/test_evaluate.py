@@ -6,42 +6,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from sleeplm.corpus import build_corpus
+from conftest import TINY_CHANNELS, build_tiny_corpus
 from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.preprocess import ModelInputConfig
-from sleeplm.simulate import simulate_night
-from sleeplm.simulate.library import MANIFEST_COLUMNS
-from sleeplm.simulate.study import write_study
 from sleeplm.tokenizer import corpus_texts, train_tokenizer
 from training import evaluate as ev
 
-HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
 #: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
         ("osa_moderate", 13, "SC4021E0"))
-CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")
+CHANNELS = TINY_CHANNELS
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("eval_library")
-    rows = []
-    for profile, seed, source in PLAN:
-        pid = f"sim-{seed:05d}-{profile}"
-        night = simulate_night(hypnogram=HYP, profile=profile, seed=seed, patient_id=pid)
-        files = write_study(night, folder)
-        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
-                     "hypnogram_source": source, "edf": files.edf.name,
-                     "annotations": files.annotations.name, "status": "ok"})
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
-                                                              index=False)
-    corpus = tmp_path_factory.mktemp("eval_corpus")
-    build_corpus(folder / "manifest.csv", corpus, workers=1, shard_size=30, progress=False,
-                 config=ModelInputConfig(channels=CHANNELS, sfreq=16))
+    corpus, _ = build_tiny_corpus(tmp_path_factory, PLAN, "eval")
     tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
     tok_path = corpus / "tok.json"
     tok.save(tok_path)

@@ -8,45 +8,27 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY_CHANNELS, build_tiny_corpus
 from sleeplm.captions.caption import SYSTEMS
-from sleeplm.corpus import build_corpus, read_shard
-from sleeplm.preprocess import ModelInputConfig
-from sleeplm.simulate import simulate_night
-from sleeplm.simulate.library import MANIFEST_COLUMNS
-from sleeplm.simulate.study import write_study
+from sleeplm.corpus import read_shard
 from sleeplm import shards as shards_mod
 from sleeplm.shards import (EpochShardDataset, collate, load_split_epochs, night_samples,
                             stage_id)
 from sleeplm.tokenizer import CaptionTokenizer, corpus_texts, train_tokenizer
 
-HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
 #: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
         ("healthy_young", 13, "SC4021E0"))
-CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")
+CHANNELS = TINY_CHANNELS
 SHARD = 30  # small shards: nights span shards, several shards per split
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards_library")
-    rows = []
-    for profile, seed, source in PLAN:
-        pid = f"sim-{seed:05d}-{profile}"
-        night = simulate_night(hypnogram=HYP, profile=profile, seed=seed, patient_id=pid)
-        files = write_study(night, folder)
-        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
-                     "hypnogram_source": source, "edf": files.edf.name,
-                     "annotations": files.annotations.name, "status": "ok"})
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
-                                                              index=False)
-    out = tmp_path_factory.mktemp("shards_corpus")
-    rep = build_corpus(folder / "manifest.csv", out, workers=1, shard_size=SHARD,
-                       progress=False, config=ModelInputConfig(channels=CHANNELS, sfreq=16))
+    out, rep = build_tiny_corpus(tmp_path_factory, PLAN, "shards", shard_size=SHARD)
     assert rep.nights_per_split == {"train": 2, "test": 1}
     return out
 

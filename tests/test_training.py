@@ -14,40 +14,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from sleeplm.corpus import build_corpus  # noqa: E402
+from conftest import TINY_CHANNELS, build_tiny_corpus
 from sleeplm.model import load_model
-from sleeplm.preprocess import ModelInputConfig
-from sleeplm.simulate import simulate_night
-from sleeplm.simulate.library import MANIFEST_COLUMNS
-from sleeplm.simulate.study import write_study
 from sleeplm.tokenizer import corpus_texts, train_tokenizer
 from training.config import TrainConfig, apply_overrides
 from training.train import (Dist, build_model, build_optimizer, cosine_lr, main,
                             make_dataset, model_config_for, train, train_step)
 
 TINY = ROOT / "training" / "configs" / "tiny.json"
-HYP = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
 #: both subjects hash to the train split (see tests/test_shards.py)
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"))
-CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")
+CHANNELS = TINY_CHANNELS
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("train_library")
-    rows = []
-    for profile, seed, source in PLAN:
-        pid = f"sim-{seed:05d}-{profile}"
-        night = simulate_night(hypnogram=HYP, profile=profile, seed=seed, patient_id=pid)
-        files = write_study(night, folder)
-        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
-                     "hypnogram_source": source, "edf": files.edf.name,
-                     "annotations": files.annotations.name, "status": "ok"})
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
-                                                              index=False)
-    out = tmp_path_factory.mktemp("train_corpus")
-    rep = build_corpus(folder / "manifest.csv", out, workers=1, shard_size=30, progress=False,
-                       config=ModelInputConfig(channels=CHANNELS, sfreq=16))
+    out, rep = build_tiny_corpus(tmp_path_factory, PLAN, "train")
     assert rep.nights_per_split == {"train": 2}
     return out
 
