@@ -153,6 +153,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file
         m["contrastive"], m["caption"] = (terms / world).tolist()
         if rank == 0:
             torch.save({"state": model.state_dict(), "metrics": m}, out_file)
+        # Both ranks reach here before either tears gloo down: a rank that destroys the group
+        # while the other still talks to it aborts (seen under load).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

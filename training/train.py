@@ -535,9 +535,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path | None:
             save_model(model, final, tok_path)
             cfg.save(final / "train_config.json")
             logger.info("finished at step %d: %s", step, final)
-        d.barrier()
     elif d.main:
         logger.info("stopped at step %d (checkpoint %s); continue with --resume", step, ckpt)
+    d.barrier()  # every rank is done before any tears the process group down
     return final
 
 
