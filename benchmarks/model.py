@@ -8,7 +8,7 @@ Times, in one run on the same simulated 8-hour night:
 * caption generation for a batch of epochs (time per epoch),
 * training throughput (epochs/s, forward + backward) on CPU,
 
-and the peak resident memory. Prints a table and writes ``benchmarks/results/model.json``. The
+and the peak resident memory of those steps (simulating the test night is excluded). Prints a table and writes ``benchmarks/results/model.json``. The
 machine is shared and noisy: read the ratio, not the seconds.
 
 Usage: ``python benchmarks/model.py [--checkpoint DIR] [--hours 8]`` (without a checkpoint an
@@ -27,7 +27,22 @@ import numpy as np
 import torch
 
 
+def _reset_peak() -> None:
+    """Reset the process's high-water mark (Linux), so the peak excludes simulating the night."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_mib() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -54,6 +69,8 @@ def main() -> None:
                     + ["R"] * 30) * (n_epochs // 200 + 1))[:n_epochs]
     night = simulate_night(hyp, "osa_moderate", seed=1)
     rec = night.recording
+    del night
+    _reset_peak()  # what follows is what a user of the model pays for
     rows = {}
 
     t0 = time.perf_counter()

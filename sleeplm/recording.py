@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sleeplm.errors import MissingChannelError, SignalQualityError
+from sleeplm.errors import MissingChannelError, SignalQualityError, UnknownStageError
 
 __all__ = [
     "STAGES",
@@ -31,6 +31,7 @@ __all__ = [
     "Recording",
     "EVENT_COLUMNS",
     "make_events",
+    "validated_stages",
     "safe_identifier",
 ]
 
@@ -94,6 +95,24 @@ def safe_identifier(text: str, *, max_len: int = 64, default: str = "unknown") -
     cleaned = _IDENT_BAD.sub("_", str(text)).strip("._")
     cleaned = cleaned[:max_len].strip("._")
     return cleaned or default
+
+
+def validated_stages(stages: Iterable[str] | np.ndarray, owner: str = "Hypnogram") -> np.ndarray:
+    """Stages as a 1-D ``<U3`` array, after checking each is one of :data:`STAGES`.
+
+    Raises
+    ------
+    UnknownStageError
+        A label outside :data:`STAGES` (map it with ``sleeplm.io.labels.stage_from_label``).
+    """
+    arr = np.asarray(stages, dtype="<U3").reshape(-1)
+    unknown = sorted(set(np.unique(arr)) - set(STAGES))
+    if unknown:
+        raise UnknownStageError(
+            f"{owner} stages must be among {STAGES}; found {unknown}. Map them with "
+            "sleeplm.io.labels.stage_from_label first."
+        )
+    return arr
 
 
 def make_events(rows: Iterable[Mapping[str, Any]] = ()) -> pd.DataFrame:
@@ -249,16 +268,7 @@ class Recording:
 
     def __post_init__(self) -> None:
         if self.stages is not None:
-            stages = np.asarray(self.stages, dtype="<U3")
-            unknown = sorted(set(np.unique(stages)) - set(STAGES))
-            if unknown:
-                from sleeplm.errors import UnknownStageError
-
-                raise UnknownStageError(
-                    f"Recording stages must be among {STAGES}; found {unknown}. "
-                    "Map them with sleeplm.io.annotations.stage_from_label first."
-                )
-            self.stages = stages
+            self.stages = validated_stages(self.stages, "Recording")
 
     # ------------------------------------------------------------------ channels
     @property

@@ -33,7 +33,7 @@ import pandas as pd
 from sleeplm._logging import logger
 from sleeplm.errors import AnnotationError, UnknownStageError
 from sleeplm.io.labels import event_type_from_label, is_stage_label, stage_from_label
-from sleeplm.recording import EPOCH_SEC, STAGES, Recording, make_events
+from sleeplm.recording import validated_stages, EPOCH_SEC, Recording, make_events
 
 __all__ = [
     "Annotations",
@@ -95,14 +95,7 @@ class Annotations:
 
     def __post_init__(self) -> None:
         if self.stages is not None:
-            stages = np.asarray(self.stages, dtype="<U3").reshape(-1)
-            unknown = sorted(set(np.unique(stages)) - set(STAGES))
-            if unknown:
-                raise UnknownStageError(
-                    f"Annotations stages must be among {STAGES}; found {unknown}. Map them "
-                    "with sleeplm.io.labels.stage_from_label first."
-                )
-            self.stages = stages
+            self.stages = validated_stages(self.stages, "Annotations")
         if not self.epoch_sec > 0:
             raise AnnotationError(f"epoch_sec must be positive (seconds); got {self.epoch_sec}.")
 
