@@ -173,7 +173,11 @@ class SleepLMLoss(nn.Module):
         if self.contrastive_weight > 0:
             if image_features is None or text_features is None:
                 raise ValueError("contrastive weight > 0 needs image and text features")
-            out["contrastive"] = self.clip(image_features, text_features, logit_scale)
+            if text_features.dim() == 3:  # [S, B, E]: several texts per signal, mean loss
+                out["contrastive"] = torch.stack([self.clip(image_features, t, logit_scale)
+                                                  for t in text_features]).mean()
+            else:
+                out["contrastive"] = self.clip(image_features, text_features, logit_scale)
             total = total + self.contrastive_weight * out["contrastive"]
         if self.caption_weight > 0:
             if logits is None or targets is None:

@@ -5,9 +5,12 @@ model, then save / load. Nothing is downloaded; there are no hub weights.
 
 Design (after SleepLM, arXiv 2602.23605, with open_clip's CoCa as the reference recipe):
 
-* **Signal encoder.** An epoch ``x [B, C, T]`` (64 Hz, 1920 samples) is cut into 1-s patches
-  (``P = 30`` per channel, ``L = 64`` samples). Each waveform channel has its own linear patch
-  embedding ``L -> d``; ``POSITION`` is a code, not a waveform, so its patch token is a learned
+* **Signal encoder.** An epoch ``x [B, C, T]`` (64 Hz, 1920 samples) is cut into 2-s patches
+  (``P = 15`` per channel, ``L = 128`` samples). Each waveform channel has its own linear patch
+  embedding ``L -> d``, plus (``spectral_patches``, default on) its own linear map of the
+  patch's log power spectrum (``L/2+1`` rfft bins, 0.5-Hz resolution): a transformer on raw
+  samples has to learn band power (spindles, alpha, delta) from scratch, the spectrum hands it
+  over, which is what makes a CPU-sized model learn in an hour; ``POSITION`` is a code, not a waveform, so its patch token is a learned
   embedding of the per-patch mode of the code (-1 unknown, 0 right, 1 left, 2 supine, 3 prone,
   4 upright). A learned channel embedding and patch-position embedding are added, and a pre-LN
   transformer runs over all ``C x P`` tokens. Absent channels (``mask`` False) are zeroed at the
@@ -30,9 +33,9 @@ Design (after SleepLM, arXiv 2602.23605, with open_clip's CoCa as the reference 
   losses also see the masked input, as in FLIP-style masked training).
 
 Sizes: the default config (d_model 128, 4 signal / 2 text / 2 decoder layers, vocab 4000, 12
-channels) has 3,073,281 parameters, 12.3 MB as float32 safetensors; one forward + backward
-of a 32-epoch batch takes ~2 s on 2 CPU cores (``tests/test_model.py``
-checks <= 25 MB).
+channels) has about 3.4 M parameters, ~14 MB as float32 safetensors (``tests/test_model.py``
+checks <= 25 MB); one forward + backward of a 32-epoch batch takes ~0.65 s on 2 CPU cores
+(1-s patches without the spectrum: ~2.1 s, the attention runs over 360 instead of 180 tokens).
 
 Caption token convention: ``text_ids [B, L]`` are right-padded with ``pad_id``; a leading
 ``bos_id`` is optional (stripped) and a final ``eos_id`` is optional (added when missing), so
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -55,7 +59,8 @@ from torch import Tensor, nn
 from sleeplm.losses import MAX_LOGIT_SCALE, SleepLMLoss
 
 __all__ = ["SleepLMConfig", "SleepLM", "SLEEPLM_CHANNELS", "DEFAULT_MODEL_CHANNELS",
-           "save_model", "load_model", "count_parameters", "system_index"]
+           "save_model", "load_model", "count_parameters", "system_index",
+           "DEFAULT_CHECKPOINT", "default_checkpoint"]
 
 #: Channel order of the published SleepLM input contract.
 SLEEPLM_CHANNELS: tuple[str, ...] = ("ECG", "ABDOMEN", "THORAX", "AIRFLOW", "EOG_L", "EOG_R",
@@ -77,7 +82,8 @@ class SleepLMConfig(BaseModel):
     channels: tuple[str, ...] = DEFAULT_MODEL_CHANNELS
     sfreq: float = Field(default=64.0, gt=0)
     epoch_sec: float = Field(default=30.0, gt=0)
-    patch_sec: float = Field(default=1.0, gt=0)
+    patch_sec: float = Field(default=2.0, gt=0)
+    spectral_patches: bool = True
     # signal tower
     d_model: int = Field(default=128, gt=0)
     n_heads: int = Field(default=4, gt=0)
@@ -235,6 +241,9 @@ class SignalEncoder(nn.Module):
         self.pos_channel = cfg.channels.index("POSITION") if "POSITION" in cfg.channels else -1
         self.patch_w = nn.Parameter(torch.randn(C, L, d) / math.sqrt(L))  # per-channel Linear
         self.patch_b = nn.Parameter(torch.zeros(C, d))
+        self.n_freq = L // 2 + 1 if cfg.spectral_patches else 0
+        if self.n_freq:  # per-channel Linear on the patch's log power spectrum
+            self.spec_w = nn.Parameter(torch.randn(C, self.n_freq, d) / math.sqrt(self.n_freq))
         self.position_emb = nn.Embedding(_N_POSITION_CODES, d)  # body-position codes
         self.channel_emb = nn.Parameter(torch.randn(C, d) * 0.02)
         self.patch_pos_emb = nn.Parameter(torch.randn(P, d) * 0.02)
@@ -253,6 +262,12 @@ class SignalEncoder(nn.Module):
         """``[B, C, T]`` -> ``[B, C, P, L]``."""
         return x.reshape(x.shape[0], self.C, self.P, self.L)
 
+    @staticmethod
+    def log_spectrum(p: Tensor) -> Tensor:
+        """``[..., L]`` patches -> ``[..., L//2+1]`` log power per rfft bin, ``log1p(|X|^2/L)``
+        (a z-scored channel's bins are ~0.7 on white noise; an all-zero patch gives 0)."""
+        return torch.log1p(torch.fft.rfft(p.float(), dim=-1).abs().pow(2) / p.shape[-1])
+
     def forward(self, x: Tensor, mask: Tensor, patch_mask: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Returns ``(epoch [B, d], tokens [B, C*P, d], token_valid [B, C*P],
@@ -261,6 +276,8 @@ class SignalEncoder(nn.Module):
         x = torch.nan_to_num(x.float()) * mask[:, :, None].float()  # absent rows: exactly 0
         p = self.patches(x)
         tok = torch.einsum("bcpl,cld->bcpd", p, self.patch_w) + self.patch_b[:, None, :]
+        if self.n_freq:
+            tok = tok + torch.einsum("bcpf,cfd->bcpd", self.log_spectrum(p), self.spec_w)
         if self.pos_channel >= 0:
             codes = p[:, self.pos_channel].round().long().clamp(-1, 4) + 1  # [B, P, L] 0..5
             mode = F.one_hot(codes, _N_POSITION_CODES).sum(2).argmax(-1)  # [B, P]
@@ -487,8 +504,12 @@ class SleepLM(nn.Module):
         return self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
     def forward(self, x: Tensor, mask: Tensor | None, text_ids: Tensor, system,
-                mask_patches: bool | None = None) -> dict[str, Tensor]:
+                mask_patches: bool | None = None, contrastive_ids: Tensor | None = None
+                ) -> dict[str, Tensor]:
         """Training step losses. ``system``: ``[B]`` indices, one int/name, or a list.
+        ``text_ids`` are the caption decoder's targets; ``contrastive_ids`` (default: the
+        same) the texts paired with the signals in the contrastive loss: ``[B, L]``, or
+        ``[B, S, L]`` for ``S`` captions per signal (the mean of the ``S`` CLIP losses).
         Patches are masked for reconstruction when ``mask_patches`` (default: in training
         mode with a positive reconstruction weight). Returns ``loss``, ``contrastive``,
         ``caption``, ``reconstruction``, ``logit_scale``."""
@@ -501,7 +522,13 @@ class SleepLM(nn.Module):
         tokens_txt, dec_in, targets = self.prepare_text(text_ids)
         kw = {}
         if cfg.contrastive_weight > 0:
-            text_emb = F.normalize(self.text_proj(self.text(tokens_txt)), dim=-1)
+            if contrastive_ids is None:
+                text_emb = self.encode_text(tokens_txt)
+            elif contrastive_ids.dim() == 3:  # [B, S, L] -> [S, B, E]
+                text_emb = torch.stack([self.encode_text(contrastive_ids[:, j].to(emb.device))
+                                        for j in range(contrastive_ids.shape[1])])
+            else:
+                text_emb = self.encode_text(contrastive_ids.to(emb.device))
             kw.update(image_features=emb, text_features=text_emb,
                       logit_scale=self.logit_scale_value)
         if cfg.caption_weight > 0:
@@ -551,6 +578,28 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 # ------------------------------------------------------------------------------ save and load
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
+#: The checkpoint shipped in the repository (trained on SIMULATED nights; see its MODEL_CARD.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "sleeplm-default"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint the tools use: ``$SLEEPLM_MODEL`` when set (e.g. your own checkpoint
+    trained on real PSG), else the shipped :data:`DEFAULT_CHECKPOINT`.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder lacks ``config.json``, ``model.safetensors`` or ``tokenizer.json``.
+    """
+    env = os.environ.get("SLEEPLM_MODEL", "").strip()
+    path = Path(env).expanduser() if env else DEFAULT_CHECKPOINT
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME) if not (path / n).is_file()]
+    if missing:
+        where = "$SLEEPLM_MODEL" if env else "the shipped default checkpoint"
+        raise FileNotFoundError(
+            f"{where} at {path} lacks {', '.join(missing)}: point SLEEPLM_MODEL at a folder "
+            "written by training (config.json, model.safetensors, tokenizer.json)")
+    return path
 
 
 def save_model(model: SleepLM, folder: str | Path, tokenizer_path: str | Path | None = None
@@ -575,6 +624,11 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> SleepL
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a SleepLM checkpoint: {name} is missing "
+                                    "(a checkpoint folder holds config.json and "
+                                    "model.safetensors, as written by save_model)")
     cfg = SleepLMConfig.from_json((folder / CONFIG_NAME).read_text())
     model = SleepLM(cfg)
     model.load_state_dict(load_file(str(folder / WEIGHTS_NAME), device=str(device)), strict=True)

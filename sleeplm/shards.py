@@ -213,7 +213,12 @@ class EpochShardDataset(IterableDataset):
     into SYSTEMS of the drawn caption; -1 when the epoch has no caption of ``systems``),
     ``text`` ("" then), ``text_ids`` (with a tokenizer), ``stage`` (str), ``stage_id`` (W=0,
     N1=1, N2=2, N3=3, R=4, else -1), ``key``, ``night``, ``epoch`` (index in the night),
-    ``facts`` (JSON string of the drawn caption's facts).
+    ``facts`` (JSON string of the drawn caption's facts). With ``contrastive_system`` (e.g.
+    ``"holistic"``) a sample also carries ``contrastive_text`` (the epoch's caption of that
+    system, drawn seeded; the drawn ``text`` when the epoch has none) and, with a tokenizer,
+    ``contrastive_ids`` ``[max_text_len]``: the text paired with the signal in the contrastive
+    loss, while ``text``/``text_ids`` stay the caption decoder's target. With a sequence of
+    systems (e.g. ``("holistic", "brain")``) they are a list of texts and ``[S, max_text_len]``.
 
     Partitioning: shard files are dealt to ``world_size * num_workers`` partitions
     (rank-major), after a shuffle of the shard order by ``(seed, epoch)`` common to all of
@@ -228,7 +233,8 @@ class EpochShardDataset(IterableDataset):
                  max_text_len: int = 96, systems: Sequence[str] = SYSTEMS,
                  shuffle_buffer: int = 1000, seed: int = 0, epoch: int = 0,
                  context_epochs: int = 0, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None,
+                 contrastive_system: str | Sequence[str] | None = None) -> None:
         super().__init__()
         self.corpus_dir = Path(corpus_dir)
         self.split = split
@@ -246,6 +252,15 @@ class EpochShardDataset(IterableDataset):
         if bad:
             raise ValueError(f"unknown systems {bad}; expected a subset of {SYSTEMS}")
         self.systems = tuple(systems)
+        several = contrastive_system is not None and not isinstance(contrastive_system, str)
+        wanted = tuple(contrastive_system) if several else (
+            () if contrastive_system is None else (contrastive_system,))
+        if any(c not in SYSTEMS for c in wanted) or (several and not wanted):
+            raise ValueError(f"unknown contrastive_system {contrastive_system!r}; expected one "
+                             f"or more of {SYSTEMS}")
+        self.contrastive_system = contrastive_system
+        self._contrastive = wanted
+        self._several = several
         self.tokenizer = tokenizer
         if tokenizer is not None and max_text_len < 2:
             raise ValueError("max_text_len must be at least 2")
@@ -394,12 +409,30 @@ class EpochShardDataset(IterableDataset):
         out = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "system": system,
                "text": text, "stage": str(meta["stage"]), "stage_id": stage_id(meta["stage"]),
                "key": key, "night": meta["night"], "epoch": int(meta["epoch"]), "facts": facts}
+        pair = [self._contrastive_text(meta, key, c) or text for c in self._contrastive]
+        if pair:
+            out["contrastive_text"] = pair if self._several else pair[0]
         if self.tokenizer is not None:
-            ids = self.tokenizer.encode(text, self.max_text_len)
-            t = torch.full((self.max_text_len,), int(self.tokenizer.pad_id), dtype=torch.long)
-            t[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-            out["text_ids"] = t
+            out["text_ids"] = self._ids(text)
+            if pair:
+                ids = [self._ids(t) for t in pair]
+                out["contrastive_ids"] = torch.stack(ids) if self._several else ids[0]
         return out
+
+    def _ids(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer.encode(text, self.max_text_len)
+        t = torch.full((self.max_text_len,), int(self.tokenizer.pad_id), dtype=torch.long)
+        t[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return t
+
+    def _contrastive_text(self, meta: dict, key: str, system: str) -> str:
+        caps = [c["text"] for c in meta.get("captions", ())
+                if c.get("system") == system and c.get("text")]
+        if len(caps) <= 1:
+            return caps[0] if caps else ""
+        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key), 0xC0,
+                                     SYSTEMS.index(system)])
+        return caps[int(rng.integers(len(caps)))]
 
     def __repr__(self) -> str:
         return (f"EpochShardDataset({str(self.corpus_dir)!r}, {self.split!r}, "

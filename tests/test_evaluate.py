@@ -76,8 +76,10 @@ def test_sections_and_ranges(result, setup):
         assert v["n_epochs"] == n and _unit(v["f1"]) and _unit(v["precision"])
     assert loc["spindles"]["n_true"] > 0
     u = r["unseen_tasks"]
-    for task in ("osa_severity", "plm_disorder"):
+    for task in ("osa_severity", "osa_severity_from_epochs", "plm_disorder"):
         assert u[task]["n"] == 1 and _unit(u[task]["accuracy"])
+    est = u["osa_severity_from_epochs"]["per_night"]
+    assert len(est) == 1 and next(iter(est.values()))["ahi_3a_per_h"] > 15
     assert u["osa_severity"]["truth_counts"] == {"moderate": 1}  # AHI 22/h
     assert u["osa_severity"]["baseline"]["majority_train_source"] == "train"
     md = ev.to_markdown(r)
@@ -149,6 +151,21 @@ def test_localisation_intervals_hand_case():
     assert ev.interval_f1(true, true)["f1"] == 1.0
 
 
+def test_localisation_margins_and_event_index_hand_cases():
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    q, bg = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    np.testing.assert_allclose(ev.localisation_margins(emb, q, bg), [1.0, -1.0, -0.2])
+    both = ev.localisation_margins(emb, np.stack([q, bg]), np.stack([bg, q]))
+    np.testing.assert_allclose(both, [[1.0, -1.0], [-1.0, 1.0], [-0.2, 0.2]])
+    # 2 h asleep (240 epochs), three runs of event epochs, one of them in wake -> 2 events/2 h
+    epochs = np.arange(250)
+    m = -np.ones(250)
+    m[[10, 11, 50, 245]] = 1.0
+    asleep = epochs < 240
+    assert ev.night_event_index(m, epochs, asleep) == pytest.approx(1.0)
+    assert np.isnan(ev.night_event_index(m, epochs, np.zeros(250, bool)))
+
+
 def test_majority_and_retrieval_hand_cases():
     b = ev.majority_baseline(["mild", "mild", "none"], ["none", "mild", "severe", "none"])
     assert b["majority_train_class"] == "mild" and b["majority_train_accuracy"] == 0.25
@@ -164,3 +181,27 @@ def test_majority_and_retrieval_hand_cases():
     assert r["signal_to_text_r@1"] == 0.5 and r["signal_to_text_r@2"] == 1.0
     m = ev.classification_metrics(["W", "N2", "N2"], ["W", "N2", "R"])
     assert m["accuracy"] == pytest.approx(2 / 3) and np.asarray(m["confusion"]).sum() == 3
+
+
+def test_ablate_trains_each_variant_and_reports_one_table(setup, tmp_path):
+    from training.ablate import VARIANTS, ablate
+
+    corpus, _ = setup
+    tiny = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.json"
+    res = ablate(tiny, corpus, tmp_path, steps=2, yasa=False, caption_sample=4, max_epochs=30)
+    assert [r["checkpoint"] for r in res["table"]] == list(VARIANTS)
+    for name, weights in VARIANTS.items():
+        cfg = json.loads((tmp_path / name / "final" / "config.json").read_text())
+        for k in ("contrastive_weight", "caption_weight", "reconstruction_weight"):
+            assert cfg[k] == weights.get(k, 1.0), (name, k)
+        tc = json.loads((tmp_path / name / "final" / "train_config.json").read_text())
+        assert tc["max_steps"] == 2
+    md = (tmp_path / "eval.md").read_text()
+    assert "# SleepLM ablations" in md and "no_reconstruction" in md
+    # a finished variant is reused, not retrained
+    stamp = (tmp_path / "full" / "final" / "model.safetensors").stat().st_mtime_ns
+    ablate(tiny, corpus, tmp_path, steps=2, yasa=False, caption_sample=4, max_epochs=30,
+           variants=["full"])
+    assert (tmp_path / "full" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown variants"):
+        ablate(tiny, corpus, tmp_path, steps=2, variants=["no_everything"])

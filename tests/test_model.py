@@ -51,7 +51,8 @@ def test_config_defaults_and_json_round_trip(cfg):
     default = SleepLMConfig()
     assert default.channels[:10] == SLEEPLM_CHANNELS
     assert default.channels[10:] == ("SPO2", "EMG_LEG")
-    assert (default.patch_len, default.n_patches, default.samples_per_epoch) == (64, 30, 1920)
+    assert (default.patch_len, default.n_patches, default.samples_per_epoch) == (128, 15, 1920)
+    assert default.spectral_patches
     for c in (default, cfg, SleepLMConfig.tiny(context_epochs=2)):
         assert SleepLMConfig.from_json(c.to_json()) == c
     with pytest.raises(ValueError):
@@ -176,6 +177,39 @@ def test_zero_weight_removes_term(cfg, term):
         assert model.signal.recon_w.grad is None and model.signal.mask_emb.grad is None
 
 
+def test_contrastive_ids_change_only_the_contrastive_term(model, cfg):
+    x, mask, ids, system = make_batch(cfg)
+    other = torch.roll(ids, 1, dims=0)  # the contrastive texts of another pairing
+    torch.manual_seed(3)
+    a = model(x, mask, ids, system, mask_patches=False)
+    torch.manual_seed(3)
+    b = model(x, mask, ids, system, mask_patches=False, contrastive_ids=other)
+    torch.manual_seed(3)
+    same = model(x, mask, ids, system, mask_patches=False, contrastive_ids=ids)
+    torch.testing.assert_close(a["caption"], b["caption"])
+    torch.testing.assert_close(a["reconstruction"], b["reconstruction"])
+    assert not torch.allclose(a["contrastive"], b["contrastive"])
+    torch.testing.assert_close(a["contrastive"], same["contrastive"])
+
+
+def test_spectral_patch_features():
+    from sleeplm.model import SignalEncoder
+
+    L = 128
+    t = torch.arange(L) / 64.0
+    sine = torch.sin(2 * math.pi * 12.5 * t)  # bin 25 of a 2-s patch at 64 Hz
+    spec = SignalEncoder.log_spectrum(torch.stack([sine, torch.zeros(L)]))
+    assert spec.shape == (2, L // 2 + 1) and int(spec[0].argmax()) == 25
+    assert torch.equal(spec[1], torch.zeros(L // 2 + 1))  # an absent (zeroed) patch adds 0
+    off = SleepLM(SleepLMConfig.tiny(spectral_patches=False))
+    on = SleepLM(SleepLMConfig.tiny())
+    assert not hasattr(off.signal, "spec_w")
+    assert on.signal.spec_w.shape[1] == on.cfg.patch_len // 2 + 1
+    x = torch.zeros(2, on.cfg.n_channels, on.cfg.samples_per_epoch)
+    x[1, 6] = torch.sin(2 * math.pi * 13 * torch.arange(x.shape[-1]) / 64.0)
+    assert not torch.allclose(*on.eval().encode_signal(x)[0])
+
+
 def test_generate_is_bos_free_terminated_and_deterministic(model, cfg):
     x, mask, _, _ = make_batch(cfg)
     out = model.generate(x, mask, system=torch.tensor([0, 1, 4]), max_len=7)
@@ -222,6 +256,20 @@ def test_save_load_round_trip(tmp_path, model, cfg):
     for k in o1:
         assert torch.equal(o1[k], o2[k])
     assert torch.equal(model.generate(x, mask, max_len=5), loaded.generate(x, mask, max_len=5))
+
+
+def test_default_checkpoint_and_missing_files(tmp_path, monkeypatch):
+    from sleeplm.model import DEFAULT_CHECKPOINT, default_checkpoint
+
+    monkeypatch.delenv("SLEEPLM_MODEL", raising=False)
+    assert default_checkpoint() == DEFAULT_CHECKPOINT  # shipped in the repository
+    model = load_model(DEFAULT_CHECKPOINT)
+    assert set(SLEEPLM_CHANNELS) <= set(model.cfg.channels) and not model.training
+    monkeypatch.setenv("SLEEPLM_MODEL", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="SLEEPLM_MODEL.*config.json"):
+        default_checkpoint()
+    with pytest.raises(FileNotFoundError, match="not a SleepLM checkpoint"):
+        load_model(tmp_path)
 
 
 def test_context_epochs(tmp_path):

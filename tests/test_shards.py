@@ -171,6 +171,33 @@ def test_sample_content_channels_and_captions(corpus, raw):
         EpochShardDataset(corpus, "train", systems=("kidney",))
 
 
+def test_contrastive_system_pairs_the_holistic_caption(corpus, raw, tokenizer):
+    ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, tokenizer=tokenizer,
+                           max_text_len=64, contrastive_system="holistic")
+    samples = list(ds)
+    for s in samples[::11]:
+        hol = [c["text"] for c in raw[s["key"]]["json"]["captions"] if c["system"] == "holistic"]
+        assert s["contrastive_text"] in hol  # the pair's text is a holistic caption ...
+        assert tokenizer.decode(s["contrastive_ids"]) == s["contrastive_text"][
+            :len(tokenizer.decode(s["contrastive_ids"]))]
+    # ... while the decoder's caption is still drawn from every system
+    assert len(Counter(s["system"] for s in samples)) == 5
+    assert "contrastive_text" not in next(iter(EpochShardDataset(corpus, "train",
+                                                                 shuffle_buffer=0)))
+    two = EpochShardDataset(corpus, "train", shuffle_buffer=0, tokenizer=tokenizer,
+                            max_text_len=64, contrastive_system=("holistic", "brain"))
+    for s in list(two)[::13]:
+        caps = raw[s["key"]]["json"]["captions"]
+        hol, brain = s["contrastive_text"]
+        assert hol in [c["text"] for c in caps if c["system"] == "holistic"]
+        assert brain in [c["text"] for c in caps if c["system"] == "brain"]
+        assert s["contrastive_ids"].shape == (2, 64)
+    batch = collate([s for s, _ in zip(two, range(3))])
+    assert batch["contrastive_ids"].shape == (3, 2, 64)
+    with pytest.raises(ValueError, match="contrastive_system"):
+        EpochShardDataset(corpus, "train", contrastive_system="kidney")
+
+
 def test_context_windows(corpus, raw):
     k = 1
     ds = EpochShardDataset(corpus, "train", context_epochs=k, shuffle_buffer=20, seed=4)

@@ -42,6 +42,10 @@ class TrainConfig(BaseModel):
     max_text_len: int = Field(default=96, ge=2)
     context_epochs: int = Field(default=0, ge=0)
     systems: tuple[str, ...] = SYSTEMS
+    # texts paired with the signal in the contrastive loss: the epoch's caption of this system,
+    # or of each of these systems (mean of their CLIP losses); the decoder still learns every
+    # system's captions; None = the drawn caption itself
+    contrastive_system: str | tuple[str, ...] | None = ("holistic", "brain")
     shuffle_buffer: int = Field(default=1000, ge=0)
     # optimisation
     batch_size: int = Field(default=32, ge=1)  # per process, per micro-step
@@ -77,6 +81,16 @@ class TrainConfig(BaseModel):
         bad = [s for s in v if s not in SYSTEMS]
         if bad or not v:
             raise ValueError(f"systems must be a non-empty subset of {SYSTEMS}, got {v}")
+        return v
+
+    @field_validator("contrastive_system")
+    @classmethod
+    def _contrastive_system(cls, v: str | tuple[str, ...] | None
+                            ) -> str | tuple[str, ...] | None:
+        items = (v,) if isinstance(v, str) else (v or ())
+        if (v is not None and not items) or any(c not in SYSTEMS for c in items):
+            raise ValueError(f"contrastive_system must be one or more of {SYSTEMS} or null, "
+                             f"got {v!r}")
         return v
 
     @field_validator("model")

@@ -13,7 +13,7 @@ subject). ``split="train"`` is refused unless ``allow_train=True`` (debugging on
 then carries a warning). Sections (each metric comes with its ``n``):
 
 * ``zero_shot_staging``: class embedding = normalised mean text embedding of the stage prompts
-  (:mod:`training.prompts`); predicted stage = argmax cosine with the epoch embedding. Epochs
+  (:mod:`sleeplm.prompts`); predicted stage = argmax cosine with the epoch embedding. Epochs
   with a W/N1/N2/N3/R label only. Accuracy, macro-F1 (over the labels present in truth or
   prediction), Cohen's kappa, confusion matrix (rows true, columns predicted, order W N1 N2 N3
   R). ``yasa``: YASA SleepStaging on the nights' raw EDF (corpus manifest ``source``; C4 else C3,
@@ -33,17 +33,23 @@ then carries a warning). Sections (each metric comes with its ``n``):
   accuracy, and micro precision/recall of event mentions (apnea, hypopnea, desaturation,
   arousal, limb_movement) over (epoch, event) pairs; ``reader_check`` = how often the reader
   recovers the reference facts from the reference text (a check of the reader itself).
-* ``localisation``: per query (:data:`training.prompts.LOCALISATION_QUERIES`) every epoch gets
-  the cosine with the query embedding; within each night the scores are z-scored and epochs with
-  z > 1 are positive; consecutive positive epochs merge into intervals. Truth: epochs whose
+* ``localisation``: per query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`) every epoch gets
+  the margin ``cos(query) - cos(background)`` (:data:`sleeplm.prompts.LOCALISATION_BACKGROUND`:
+  the captions' wording for the event's absence); epochs with a positive margin are positive;
+  consecutive positive epochs merge into intervals. Truth: epochs whose
   captions' facts contain the event (respiratory_events, desaturations, spindles > 0,
   arousals > 0), merged the same way. Intervals are matched one-to-one (greedy by IoU) at
-  IoU >= 0.3: event-level precision, recall, F1; plus the epoch-level AUROC of the raw score.
+  IoU >= 0.3: event-level precision, recall, F1; plus the epoch-level AUROC of the margin.
 * ``unseen_tasks``: night embedding = normalised mean of its epoch embeddings; OSA severity from
   the night facts' ``ahi_3a_per_h`` (< 5 none, < 15 mild, < 30 moderate, else severe) and PLM
   disorder (``plmi_per_h`` >= 15) predicted by the nearest prompt class. Baseline: the majority
   class of the train split's nights (``majority_train``) and the best constant on the evaluated
-  nights (``majority_eval``, an upper bound for any constant).
+  nights (``majority_eval``, an upper bound for any constant). ``osa_severity_from_epochs``:
+  a second zero-shot route, the one the assistant's tools take: epochs whose margin for the
+  respiratory-event prompts (:data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS` against
+  "no respiratory events") is positive, merged into runs, counted in epochs the zero-shot
+  staging calls sleep, per hour of that sleep (:func:`night_event_index`), then the AASM
+  cut-offs.
 """
 
 from __future__ import annotations
@@ -62,9 +68,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from training import prompts as P
+from sleeplm import prompts as P
+from sleeplm.zeroshot import (class_embeddings, embed_texts, localisation_margins,
+                              night_event_index, to_intervals)
 
-__all__ = ["evaluate", "evaluate_many", "read_facts", "reference_facts", "bleu4", "rouge_l",
+__all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
            "interval_f1", "to_intervals", "classification_metrics", "majority_baseline",
            "retrieval_recall", "severity_class", "to_markdown", "main"]
 
@@ -275,19 +283,6 @@ def retrieval_recall(sig: np.ndarray, txt: np.ndarray, texts: Sequence[str],
 
 
 # ------------------------------------------------------------------------------ localisation
-def to_intervals(epochs: Sequence[int], positive: Sequence[bool]) -> list[tuple[int, int]]:
-    """Runs of consecutive positive epoch numbers as inclusive ``(first, last)`` intervals."""
-    out: list[list[int]] = []
-    for e, p in sorted(zip((int(e) for e in epochs), (bool(p) for p in positive))):
-        if not p:
-            continue
-        if out and e == out[-1][1] + 1:
-            out[-1][1] = e
-        else:
-            out.append([e, e])
-    return [tuple(x) for x in out]
-
-
 def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     inter = min(a[1], b[1]) - max(a[0], b[0]) + 1
     if inter <= 0:
@@ -349,22 +344,13 @@ def _load(checkpoint: str | Path):
     return load_model(ck), CaptionTokenizer.load(tok_path)
 
 
-@torch.no_grad()
 def _embed_texts(model, tok, texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    out = []
-    for i in range(0, len(texts), batch):
-        ids = tok.encode_batch(list(texts[i:i + batch]), max_len=model.cfg.max_text_len)
-        out.append(model.encode_text(ids).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+    return embed_texts(model, tok, texts, batch)
 
 
 def _class_embeddings(model, tok, table: dict[str, list[str]], classes: Sequence[str]
                       ) -> np.ndarray:
-    rows = []
-    for c in classes:
-        e = _embed_texts(model, tok, table[c]).mean(0)
-        rows.append(e / max(np.linalg.norm(e), 1e-12))
-    return np.stack(rows)
+    return class_embeddings(model, tok, table, classes)
 
 
 def _windows(data: dict, idx: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -588,21 +574,22 @@ def _captioning(model, tok, data, facts, sample: int, seed: int, batch: int = 50
     return out
 
 
-def _localisation(model, tok, emb, data, facts, z_thr: float = 1.0, iou: float = 0.3) -> dict:
+def _localisation(model, tok, emb, data, facts, iou: float = 0.3) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    q = _class_embeddings(model, tok, P.LOCALISATION_QUERIES, list(P.LOCALISATION_QUERIES))
-    scores = emb @ q.T
+    names = list(P.LOCALISATION_QUERIES)
+    q = _class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
+    bg = _class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
+    scores = localisation_margins(emb, q, bg)  # [N, Q]: query i against its background i
     truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
-    out: dict[str, Any] = {"rule": f"per-night z-score > {z_thr}; IoU >= {iou}"}
-    for qi, name in enumerate(P.LOCALISATION_QUERIES):
+    out: dict[str, Any] = {"rule": "epoch positive when closer to the query's prompts than to "
+                                   f"its absence prompts; runs of positive epochs; IoU >= {iou}"}
+    for qi, name in enumerate(names):
         tp = n_pred = n_true = 0
         y = np.asarray([name in t for t in truth])
         for night in dict.fromkeys(data["night"]):
             rows = np.flatnonzero(data["night"] == night)
-            s = scores[rows, qi]
-            z = (s - s.mean()) / s.std() if s.std() > 0 else np.zeros_like(s)
-            r = interval_f1(to_intervals(data["epoch"][rows], z > z_thr),
+            r = interval_f1(to_intervals(data["epoch"][rows], scores[rows, qi] > 0),
                             to_intervals(data["epoch"][rows], y[rows]), iou)
             tp, n_pred, n_true = tp + r["tp"], n_pred + r["n_pred"], n_true + r["n_true"]
         prec, rec = _ratio(tp, n_pred), _ratio(tp, n_true)
@@ -615,7 +602,8 @@ def _localisation(model, tok, emb, data, facts, z_thr: float = 1.0, iou: float =
     return out
 
 
-def _unseen(model, tok, emb, data, nights: dict, train_nights: dict) -> dict:
+def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
+            stage_pred: np.ndarray) -> dict:
     names = list(dict.fromkeys(data["night"]))
     nemb = np.stack([emb[data["night"] == n].mean(0) for n in names]) if names else \
         np.zeros((0, emb.shape[1]))
@@ -636,9 +624,35 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict) -> dict:
         pred = [classes[j] for j in (nemb[rows] @ cls.T).argmax(1)] if rows else []
         train_y = [to_cls(v) for n in train_nights.values()
                    if (v := _night_fact(n, fact)) is not None]
-        out[task] = {"truth_fact": fact, **classification_metrics(ys, pred, classes),
+        out[task] = {"truth_fact": fact, "method": "night embedding (mean of epochs) vs "
+                     "severity prompts", **classification_metrics(ys, pred, classes),
                      "baseline": majority_baseline(train_y, ys),
                      "truth_counts": dict(Counter(ys))}
+    # OSA severity, second zero-shot route: event epochs found by prompts, counted per hour
+    ev = _class_embeddings(model, tok, {"e": P.RESPIRATORY_EVENT_PROMPTS}, ["e"])[0]
+    bg = _class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
+    margins = localisation_margins(emb, ev, bg)
+    ys, pred, idx = [], [], {}
+    for n in names:
+        v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
+        if v is None:
+            continue
+        rows = np.flatnonzero(data["night"] == n)
+        order = rows[np.argsort(data["epoch"][rows])]
+        est = night_event_index(margins[order], data["epoch"][order],
+                                stage_pred[order] != "W", float(model.cfg.epoch_sec))
+        idx[n] = {"estimated_index_per_h": round(est, 1), "ahi_3a_per_h": round(v, 1)}
+        ys.append(severity_class(v))
+        pred.append(severity_class(est) if math.isfinite(est) else "none")
+    train_y = [severity_class(v) for n in train_nights.values()
+               if (v := _night_fact(n, "ahi_3a_per_h")) is not None]
+    out["osa_severity_from_epochs"] = {
+        "truth_fact": "ahi_3a_per_h",
+        "method": "event epochs by prompt margin, runs per hour of zero-shot-staged sleep, "
+                  "AASM cut-offs 5/15/30",
+        **classification_metrics(ys, pred, P.OSA_SEVERITY_CLASSES),
+        "baseline": majority_baseline(train_y, ys), "truth_counts": dict(Counter(ys)),
+        "per_night": idx}
     return out
 
 
@@ -702,7 +716,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     t = tick("captioning", t)
     res["localisation"] = _localisation(model, tok, emb, data, facts)
     t = tick("localisation", t)
-    res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights)
+    res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights, pred)
     t = tick("unseen_tasks", t)
     timings["total"] = round(time.time() - t0, 2)
     res["timings_s"] = timings
@@ -729,7 +743,9 @@ def _summary_row(name: str, r: dict) -> dict:
             "s2t_r@10": ret.get("signal_to_text_r@10"), "bleu4": cap["bleu4"],
             "rouge_l": cap["rouge_l"], "cap_stage_acc": cap["stage_accuracy"],
             "loc_mean_f1": float(np.mean(loc)) if loc else None,
-            "osa_acc": r["unseen_tasks"]["osa_severity"]["accuracy"]}
+            "osa_acc": r["unseen_tasks"]["osa_severity"]["accuracy"],
+            "osa_acc_epochs": r["unseen_tasks"].get("osa_severity_from_epochs", {}).get(
+                "accuracy")}
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -808,7 +824,9 @@ def to_markdown(res: dict) -> str:
                     for k, v in loc.items() if isinstance(v, dict)])]
     u = res["unseen_tasks"]
     rows = []
-    for task in ("osa_severity", "plm_disorder"):
+    for task in ("osa_severity", "osa_severity_from_epochs", "plm_disorder"):
+        if task not in u:
+            continue
         v = u[task]
         b = v["baseline"]
         rows.append([task, v["n"], v["accuracy"], v["macro_f1"],
@@ -816,7 +834,11 @@ def to_markdown(res: dict) -> str:
                      f"from {b['majority_train_source']})",
                      f"{_f(b['majority_eval_accuracy'])} ({b['majority_eval_class']})",
                      json.dumps(v["truth_counts"])])
-    out += ["", "## Unseen night-level tasks (zero-shot prompts vs night embedding)", "",
+    out += ["", "## Unseen night-level tasks (zero-shot; never trained as labels)", "",
+            "`osa_severity`/`plm_disorder`: night embedding (mean of its epochs) against "
+            "severity prompts. `osa_severity_from_epochs`: epochs closer to respiratory-event "
+            "prompts than to 'no respiratory events', runs per hour of zero-shot-staged sleep, "
+            "AASM cut-offs.", "",
             _table(["task", "n nights", "accuracy", "macro-F1", "majority (train)",
                     "best constant (eval)", "truth counts"], rows)]
     out += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in res["timings_s"].items())]

@@ -186,7 +186,8 @@ def make_dataset(cfg: TrainConfig, model_cfg: SleepLMConfig, tokenizer: CaptionT
                              systems=cfg.systems,
                              shuffle_buffer=cfg.shuffle_buffer if split == "train" else 0,
                              seed=cfg.seed, epoch=epoch, context_epochs=cfg.context_epochs,
-                             rank=d.rank, world_size=d.world_size)
+                             rank=d.rank, world_size=d.world_size,
+                             contrastive_system=cfg.contrastive_system)
 
 
 def make_loader(ds: EpochShardDataset, cfg: TrainConfig, epoch: int, d: Dist):
@@ -270,7 +271,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         sync = isinstance(model, DDP) and i < n - 1
         with (model.no_sync() if sync else contextlib.nullcontext()):
             with _autocast(cfg, device):
-                out = model(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0))
+                out = model(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0),
+                            contrastive_ids=b.get("contrastive_ids"))
             (out["loss"] / n).backward()
         for k in sums:
             sums[k] += float(out[k].detach()) / n
@@ -307,7 +309,8 @@ def evaluate_loss(model: nn.Module, cfg: TrainConfig, model_cfg: SleepLMConfig,
         b = _to(got[0], d.device)
         with _autocast(cfg, d.device):
             out = raw(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0),
-                      mask_patches=raw.cfg.reconstruction_weight > 0)
+                      mask_patches=raw.cfg.reconstruction_weight > 0,
+                      contrastive_ids=b.get("contrastive_ids"))
         sums += torch.tensor([1.0] + [float(out[k]) for k in
                                       ("loss", "contrastive", "caption", "reconstruction")],
                              dtype=torch.float64)

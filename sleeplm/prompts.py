@@ -1,0 +1,90 @@
+"""Text prompts for zero-shot use of SleepLM: the evaluation (:mod:`training.evaluate`) and the
+assistant's tools score with the same prompts.
+
+The prompts are written in the style of the training captions (:mod:`sleeplm.captions`): they
+lead with the AASM stage phrase the captioner uses ("stage N2 sleep", "REM sleep (R)"), then
+name the features a caption of that stage typically carries (spindles, slow waves, rapid eye
+movements, chin tone, ...). Each class is the L2-normalised mean of its prompts' text
+embeddings. None of these prompts is a training label; severity and PLM prompts describe tasks
+the model was never trained on.
+
+The stage prompts name the findings the brain captions use for each stage (occipital alpha in
+W, slow rolling eye movements in N1, spindles and K-complexes in N2, slow waves in N3,
+theta/sawtooth activity and rapid eye movements in R). They were chosen against an earlier set
+on the corpus's **validation** split only (zero-shot accuracy 0.54 -> 0.63 with a half-trained
+checkpoint); the test split reported in the model card was not used to pick them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STAGE_PROMPTS", "STAGES", "LOCALISATION_QUERIES", "LOCALISATION_BACKGROUND",
+           "RESPIRATORY_EVENT_PROMPTS", "OSA_SEVERITY_PROMPTS",
+           "OSA_SEVERITY_CLASSES", "PLM_PROMPTS", "PLM_CLASSES"]
+
+#: Stage labels in the order of :data:`sleeplm.shards.STAGE_IDS` (W=0 ... R=4).
+STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "R")
+
+STAGE_PROMPTS: dict[str, list[str]] = {
+    "W": ["Wake (W).", "Awake, stage W; occipital alpha; rapid eye movements.",
+          "Scored as wake (W); alpha over the occiput.", "Awake, stage W. EEG power mostly alpha."],
+    "N1": ["Light sleep (N1).", "Stage N1. Slow rolling eye movements.",
+           "N1, the lightest sleep stage; slow eye movements on the EOG.",
+           "Stage N1; theta activity; no spindles, no slow waves."],
+    "N2": ["Stage N2 sleep.", "N2 sleep; spindle activity (2 spindles).",
+           "Light-to-intermediate sleep (N2); 1 isolated K-complex-like wave.",
+           "Stage N2 sleep; 2 sleep spindles; slow waves: 2, 8% of the epoch."],
+    "N3": ["Stage N3.", "N3, deep sleep; slow waves covering 45% of the epoch.",
+           "Deep slow-wave sleep (N3); dominant delta rhythm, 90% of EEG power.",
+           "Stage N3; 12 slow waves covering 45% of the epoch."],
+    "R": ["REM sleep (R).", "Stage R (REM); theta-rich EEG (sawtooth waves).",
+          "REM sleep (R); rapid eye movements; theta-rich EEG.",
+          "Stage R (REM); no rapid eye movements (tonic REM); theta-rich EEG."],
+}
+
+#: Localisation queries: event name -> prompts (averaged, like the stage classes).
+LOCALISATION_QUERIES: dict[str, list[str]] = {
+    "obstructive_apnea": ["obstructive apnea", "An obstructive apnea scored.",
+                          "an obstructive apnea with continued respiratory effort"],
+    "hypopnea": ["hypopnea", "A hypopnea scored.", "airflow reduced, a hypopnea"],
+    "desaturation": ["oxygen desaturation", "A 4% desaturation to 90% starting.",
+                     "SpO2 down to 88%, a desaturation"],
+    "spindles": ["sleep spindles", "3 spindles", "spindle activity (2 spindles)"],
+    "arousal": ["arousal", "1 arousal", "an arousal, heart rate rising"],
+}
+
+#: What each localisation query is contrasted with: an epoch is positive for a query when its
+#: embedding is closer to the query's prompts than to these (the same wording the captions use
+#: to say the event is absent). Zero-shot: neither side was ever a training label.
+LOCALISATION_BACKGROUND: dict[str, list[str]] = {
+    "obstructive_apnea": ["No apnea or hypopnea scored.", "normal breathing events-wise",
+                          "no respiratory events"],
+    "hypopnea": ["No apnea or hypopnea scored.", "normal breathing events-wise",
+                 "no respiratory events"],
+    "desaturation": ["lowest SpO2 96%", "SpO2 96% (min 95%)", "Saturation averaging 96%"],
+    "spindles": ["no sleep spindles", "no spindle detected", "no spindles"],
+    "arousal": ["No arousal.", "no arousals scored", "no arousal"],
+}
+
+#: Night-level OSA severity from epoch prompts: an epoch is a respiratory-event epoch when it
+#: reads more like these than like its absence (``LOCALISATION_BACKGROUND["hypopnea"]``).
+RESPIRATORY_EVENT_PROMPTS: list[str] = ["obstructive apnea", "An obstructive apnea scored.",
+                                        "hypopnea", "A hypopnea scored.", "a central apnea"]
+
+OSA_SEVERITY_CLASSES: tuple[str, ...] = ("none", "mild", "moderate", "severe")
+OSA_SEVERITY_PROMPTS: dict[str, list[str]] = {
+    "none": ["no sleep apnea by AHI; breathing without scored events",
+             "AHI 1.0/h, no respiratory events, normal oxygen saturation"],
+    "mild": ["mild obstructive sleep apnea with occasional hypopneas",
+             "AHI 8.0/h, severity: mild, a few hypopneas"],
+    "moderate": ["moderate obstructive sleep apnea with repeated apneas and hypopneas",
+                 "AHI 22.0/h, severity: moderate, desaturations"],
+    "severe": ["severe obstructive sleep apnea with frequent apneas and desaturations",
+               "AHI 45.0/h, severity: severe, many obstructive apneas and desaturations to 80%"],
+}
+
+PLM_CLASSES: tuple[str, ...] = ("no", "yes")
+PLM_PROMPTS: dict[str, list[str]] = {
+    "no": ["no leg movements; legs quiet", "0.0 periodic limb movements/h"],
+    "yes": ["frequent periodic limb movements of the legs",
+            "periodic limb movement disorder, 30.0 periodic limb movements/h"],
+}

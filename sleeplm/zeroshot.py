@@ -1,0 +1,109 @@
+"""Zero-shot scoring with SleepLM: text prompts against epoch embeddings.
+
+One code path for the held-out evaluation (:mod:`training.evaluate`) and the assistant's tools:
+both embed prompts with :func:`class_embeddings`, score epochs with cosine similarity or with
+the query-versus-absence margin of :func:`localisation_margins`, turn per-epoch decisions into
+intervals with :func:`to_intervals`, and estimate a night-level event index with
+:func:`night_event_index`. Nothing here was trained as a label: the prompts are free text
+(:mod:`sleeplm.prompts`).
+
+Embeddings are unit vectors (``SleepLM.encode_signal`` / ``encode_text`` normalise them), so a
+dot product is a cosine similarity in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["embed_texts", "class_embeddings", "stage_scores", "localisation_margins",
+           "to_intervals", "night_event_index"]
+
+
+def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256
+                ) -> np.ndarray:
+    """Unit text embeddings ``[len(texts), E]`` (float32) from SleepLM's text tower.
+
+    Parameters
+    ----------
+    model : SleepLM
+        A loaded model (:func:`sleeplm.model.load_model`).
+    tokenizer : CaptionTokenizer
+        The checkpoint's tokenizer (``tokenizer.json``).
+    texts : sequence of str
+        Free text; each is cut at the model's ``max_text_len`` tokens.
+    """
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch):
+            ids = tokenizer.encode_batch(list(texts[i:i + batch]), max_len=model.cfg.max_text_len)
+            out.append(model.encode_text(ids).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+
+
+def class_embeddings(model: Any, tokenizer: Any, table: Mapping[str, Sequence[str]],
+                     classes: Sequence[str]) -> np.ndarray:
+    """One unit vector per class ``[len(classes), E]``: the normalised mean of the embeddings
+    of that class's prompts (``table[class]``, at least one each)."""
+    rows = []
+    for c in classes:
+        prompts = list(table[c])
+        if not prompts:
+            raise ValueError(f"class {c!r} has no prompt")
+        e = embed_texts(model, tokenizer, prompts).mean(0)
+        rows.append(e / max(float(np.linalg.norm(e)), 1e-12))
+    return np.stack(rows).astype(np.float32)
+
+
+def stage_scores(emb: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Cosine of every epoch ``emb [N, E]`` with every class vector ``[K, E]``: ``[N, K]``."""
+    return np.asarray(emb) @ np.asarray(classes).T
+
+
+def localisation_margins(emb: np.ndarray, query: np.ndarray, background: np.ndarray
+                         ) -> np.ndarray:
+    """Zero-shot per-epoch evidence for a query: ``cos(epoch, query) - cos(epoch, background)``
+    (unit vectors; ``emb [N, E]``, ``query``/``background`` ``[E]`` or ``[Q, E]``, row i of the
+    query paired with row i of the background). Positive means the epoch reads more like the
+    query than like the query's absence."""
+    return np.asarray(emb) @ np.asarray(query).T - np.asarray(emb) @ np.asarray(background).T
+
+
+def to_intervals(epochs: Sequence[int], positive: Sequence[bool]) -> list[tuple[int, int]]:
+    """Runs of consecutive positive epoch numbers as inclusive ``(first, last)`` intervals."""
+    out: list[list[int]] = []
+    for e, p in sorted(zip((int(e) for e in epochs), (bool(p) for p in positive))):
+        if not p:
+            continue
+        if out and e == out[-1][1] + 1:
+            out[-1][1] = e
+        else:
+            out.append([e, e])
+    return [tuple(x) for x in out]
+
+
+def night_event_index(margins: np.ndarray, epochs: np.ndarray, asleep: np.ndarray,
+                      epoch_sec: float = 30.0) -> float:
+    """Zero-shot event index of one night (events/h of predicted sleep): runs of consecutive
+    epochs with a positive event margin (:func:`localisation_margins`), counted in
+    predicted-sleep epochs only, per hour of predicted sleep. NaN when no epoch is asleep.
+
+    Parameters
+    ----------
+    margins : array [N]
+        Event margin per epoch.
+    epochs : array [N]
+        Epoch numbers in the night (consecutive numbers form one run).
+    asleep : array of bool [N]
+        Epochs the (zero-shot) staging calls sleep.
+    epoch_sec : float
+        Epoch length (s).
+    """
+    asleep = np.asarray(asleep, dtype=bool)
+    sleep_h = float(np.sum(asleep)) * epoch_sec / 3600.0
+    if sleep_h <= 0:
+        return float("nan")
+    return len(to_intervals(epochs, (np.asarray(margins) > 0) & asleep)) / sleep_h
