@@ -1,0 +1,120 @@
+"""The tools' behaviour with the shipped checkpoint (models/sleeplm-default), on short
+simulated nights: localize finds the placed apneas, retrieve returns the same profile's nights
+first, classify ranks 'REM sleep' highest on REM epochs.
+
+Skipped while the default checkpoint is not in the repository (the mechanics are tested with a
+tiny untrained model in tests/test_tools.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_tiny_library
+
+from sleeplm.model import DEFAULT_CHECKPOINT
+
+CHECKPOINT = Path(DEFAULT_CHECKPOINT)
+_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+pytestmark = pytest.mark.skipif(
+    not all((CHECKPOINT / f).is_file() for f in _FILES),
+    reason=f"the default SleepLM checkpoint is not shipped yet ({CHECKPOINT} lacks "
+           f"{', '.join(_FILES)}); tools/ mechanics are covered by tests/test_tools.py")
+
+#: Two short nights per profile (conftest.TINY_HYPNOGRAM drives every night's stages).
+PLAN = (("healthy_young", 41, "SC4011E0"), ("healthy_young", 42, "SC4031E0"),
+        ("osa_severe", 43, "SC4011E0"), ("osa_severe", 44, "SC4031E0"),
+        ("plm_disorder", 45, "SC4011E0"), ("plm_disorder", 46, "SC4031E0"),
+        ("osa_moderate", 47, "SC4021E0"))
+OSA_NIGHT = "sim-00047-osa_moderate"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from sleeplm.index import EmbeddingIndex, IndexConfig
+    from sleeplm.library import PatientLibrary
+    from tools import index_library
+
+    root = tmp_path_factory.mktemp("tools_default")
+    (root / "lib").mkdir()
+    write_tiny_library(root / "lib", PLAN)
+    lib = PatientLibrary(root / "lib", model_dir=CHECKPOINT)
+    index = EmbeddingIndex(IndexConfig(path=root / "index", model_version=lib.model_version))
+    index_library(lib, index)
+    return lib, index, root / "out"
+
+
+def _ctx(env, patient: str):
+    from tools import ToolContext
+
+    lib, index, out = env
+    return ToolContext(library=lib, patient=patient, index=index, output_dir=out)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit of the shipped checkpoint (issue 5 note): it has not learned respiratory "
+    "events yet (held-out epoch AUROC of the apnea margin 0.63, here 0.50); strict, so this "
+    "turns into a failure to remove the mark as soon as a checkpoint passes"))
+def test_localize_finds_the_placed_apneas(env):
+    from sklearn.metrics import roc_auc_score
+
+    from sleeplm.recording import EventType
+    from tools import LocalizeInput, epoch_margins, localize
+
+    ctx = _ctx(env, OSA_NIGHT)
+    p, rec = ctx.processed(), ctx.recording()
+    ev = rec.events_of(*EventType.apneas(), EventType.HYPOPNEA)
+    assert len(ev) > 0
+    es = 30.0
+    hit = np.zeros(p.n_epochs, dtype=bool)
+    for on, du in zip(ev["onset"], ev["duration"]):
+        hit[(p.onsets_s < on + du) & (p.onsets_s + es > on)] = True
+    out = localize(ctx, LocalizeInput(query="obstructive apnea", limit=5))
+    assert out.refusal is None and out.intervals, out.summary()
+    best = out.intervals[0].span
+    near = hit[max(0, best.first_epoch - 1):best.last_epoch + 2]
+    assert near.any(), f"the best interval {best.describe()} is not at a scored event"
+    sleep = np.isin(p.stages, ["N1", "N2", "N3", "R"])
+    margins = np.asarray(epoch_margins(ctx, "obstructive apnea").margins)
+    if 0 < hit[sleep].sum() < sleep.sum():
+        auc = roc_auc_score(hit[sleep], margins[sleep])
+        assert auc > 0.6, f"epoch-level AUROC of the apnea margin in sleep is {auc:.2f}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit of the shipped checkpoint (issue 5 note): a night's mean epoch embedding is "
+    "dominated by its stage mix, heart rate and SpO2 level, not by its respiratory or "
+    "limb-movement profile (0 of 6 here); strict, so a checkpoint that passes removes the mark"))
+def test_retrieve_returns_the_same_profile_first(env):
+    from tools import RetrieveInput, retrieve
+
+    lib = env[0]
+    same = 0
+    queries = [pid for pid in lib.patients() if pid != OSA_NIGHT]
+    for pid in queries:
+        ctx = _ctx(env, pid)
+        out = retrieve(ctx, RetrieveInput(source="night", level="night", k=3))
+        assert out.hits and all(h.patient != pid for h in out.hits)
+        same += out.hits[0].profile == ctx.processed().study.profile
+    # chance is about 1 in 5 per query (one same-profile night among six others)
+    assert same >= 4, f"same profile first for only {same} of {len(queries)} nights"
+
+
+def test_classify_ranks_rem_highest_on_rem_epochs(env):
+    from tools import ClassifyInput, TimeSelection, classify
+
+    ctx = _ctx(env, "sim-00041-healthy_young")
+    p = ctx.processed()
+    rem = np.flatnonzero(p.stages == "R")
+    assert rem.size > 3
+    first = int(rem[0])
+    last = first
+    while last + 1 < p.n_epochs and p.stages[last + 1] == "R":
+        last += 1
+    out = classify(ctx, ClassifyInput(labels=["REM sleep", "N2 sleep", "wake", "deep sleep"],
+                                      target=TimeSelection(epochs=(first, last))))
+    assert out.scores[0].label == "REM sleep", out.summary()
+    won = {s.label: s.epochs_won for s in out.scores}
+    assert won["REM sleep"] == max(won.values())

@@ -1,0 +1,369 @@
+"""The deterministic facts a report needs: clinical sections and scored events.
+
+Every number comes from :mod:`sleeplm.clinical` (cached with the processed patient as its
+:class:`~sleeplm.clinical.summary.ClinicalSummary`) or from the recording's scored events table,
+as a :class:`~sleeplm.clinical.measure.Measure` (value, unit, evidence epochs/events/intervals,
+reason) or an event with its onset, duration, clock time, epoch and stage. A section the night
+cannot support is listed as unavailable with the reason, never as zero.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from sleeplm.clinical.measure import Measure
+from sleeplm.clinical.summary import SECTIONS
+from sleeplm.recording import EventType
+from tools.common import (
+    Span,
+    TimeSelection,
+    clock_of,
+    recording_start,
+    resolve_selection,
+    stage_table,
+)
+from tools.context import ToolContext
+from tools.errors import UnknownEventTypeError
+
+__all__ = [
+    "EventItem",
+    "EventsInput",
+    "EventsOutput",
+    "FactsInput",
+    "FactsOutput",
+    "SectionName",
+    "events_in_range",
+    "parse_event_types",
+    "report_facts",
+    "respiratory_summary",
+    "sleep_architecture",
+]
+
+SectionName = Literal["architecture", "respiratory", "oximetry", "arousals", "limb_movements",
+                      "heart_rate"]
+#: Signals whose absence explains missing events of a type.
+_EVENT_CHANNELS: dict[str, tuple[str, ...]] = {
+    "desaturation": ("SPO2",),
+    "spindle": ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O"),
+    "k_complex": ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O"),
+    "slow_wave": ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O"),
+    "arousal": ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O"),
+    "rapid_eye_movement": ("EOG_L", "EOG_R"),
+    "limb_movement": ("EMG_LEG", "EMG_LEG_R"),
+    "plm": ("EMG_LEG", "EMG_LEG_R"),
+}
+
+
+class FactsInput(BaseModel):
+    """Arguments of :func:`report_facts`.
+
+    Attributes
+    ----------
+    sections : list of str
+        Report sections (architecture, respiratory, oximetry, arousals, limb_movements,
+        heart_rate); empty = all.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sections: list[SectionName] = Field(default_factory=list,
+                                        description="report sections; empty = all")
+
+
+class FactsOutput(BaseModel):
+    """Clinical numbers of the current patient.
+
+    Attributes
+    ----------
+    patient : str
+    sections : dict of str to list of Measure
+        Each measure with value, unit, evidence (epochs, event ids, intervals) and reason.
+    unavailable : dict of str to str
+        Sections asked for that this night cannot support, with why.
+    findings : dict of str to str
+        Rule-based conclusions (e.g. OSA severity).
+    stage_epochs : dict of str to int
+        Epochs per scored stage (architecture only).
+    index_basis : str
+        What the per-hour indices are per (e.g. total sleep time).
+    simulated : bool or None
+    notes : list of str
+    disclaimer : str
+    """
+
+    patient: str
+    sections: dict[str, list[Measure]] = Field(default_factory=dict)
+    unavailable: dict[str, str] = Field(default_factory=dict)
+    findings: dict[str, str] = Field(default_factory=dict)
+    stage_epochs: dict[str, int] = Field(default_factory=dict)
+    index_basis: str = ""
+    simulated: bool | None = None
+    notes: list[str] = Field(default_factory=list)
+    disclaimer: str = ""
+
+    def summary(self) -> str:
+        """A short text for the LLM (every number with its unit)."""
+        lines = [f"Patient {self.patient}" + (" (SIMULATED night)" if self.simulated else "")
+                 + f"; indices per hour of {self.index_basis}."]
+        for key, measures in self.sections.items():
+            lines.append(f"{SECTIONS[key][0]}:")
+            for m in measures:
+                ev = f" [epochs {_runs(m)}]" if m.evidence.epochs else (
+                    f" [{len(m.evidence.event_ids)} events]" if m.evidence.event_ids else "")
+                lines.append(f"- {m.label}: {m.format()}{ev}")
+        lines += [f"{SECTIONS[k][0]} not available: {v}" for k, v in self.unavailable.items()]
+        lines += [f"{k}: {v}" for k, v in self.findings.items()]
+        return "\n".join(lines)
+
+
+def _runs(m: Measure, limit: int = 3) -> str:
+    runs = [f"{a}-{b}" if a != b else f"{a}" for a, b in m.evidence.epochs[:limit]]
+    more = len(m.evidence.epochs) - limit
+    return ", ".join(runs) + (f" and {more} more runs" if more > 0 else "")
+
+
+def report_facts(ctx: ToolContext, request: FactsInput | None = None) -> FactsOutput:
+    """Clinical sections of the current patient, from its cached clinical summary.
+
+    Parameters
+    ----------
+    ctx : ToolContext
+    request : FactsInput, optional
+        Which sections (all by default).
+
+    Returns
+    -------
+    FactsOutput
+    """
+    p = ctx.processed()
+    facts = p.facts
+    wanted = list(request.sections) if request and request.sections else list(SECTIONS)
+    out = FactsOutput(patient=p.patient, index_basis=facts.index_basis,
+                      simulated=p.study.simulated, notes=list(facts.notes),
+                      disclaimer=facts.disclaimer)
+    for key in wanted:
+        if key in facts.sections:
+            out.sections[key] = list(facts.sections[key])
+        elif key in facts.unavailable:
+            out.unavailable[key] = facts.unavailable[key]
+        else:
+            out.unavailable[key] = "not computed for this night"
+    if "respiratory" in out.sections:
+        out.findings = dict(facts.findings)
+    if "architecture" in wanted:
+        out.stage_epochs = stage_table(p.stages)
+    return out
+
+
+def sleep_architecture(ctx: ToolContext) -> FactsOutput:
+    """Sleep architecture (TIB, TST, WASO, efficiency, latencies, stage minutes and %)."""
+    return report_facts(ctx, FactsInput(sections=["architecture"]))
+
+
+def respiratory_summary(ctx: ToolContext) -> FactsOutput:
+    """Respiratory events (AHI by rule, apnea types, positional/REM) and oximetry (ODI, T90,
+    nadir), each unavailable with its reason when the night cannot support it."""
+    return report_facts(ctx, FactsInput(sections=["respiratory", "oximetry"]))
+
+
+# ------------------------------------------------------------------------------- events
+
+
+def parse_event_types(types: list[str]) -> list[str]:
+    """Canonical :class:`~sleeplm.recording.EventType` values of user wording.
+
+    ``"obstructive apneas"`` -> ``obstructive_apnea``; ``"apnea"``/``"apneas"`` -> every apnea
+    type; empty -> every type.
+
+    Raises
+    ------
+    UnknownEventTypeError
+        A type that no EventType names.
+    """
+    values = {e.value for e in EventType}
+    out: list[str] = []
+    for t in types:
+        k = re.sub(r"[\s-]+", "_", t.strip().lower()).replace("apnoea", "apnea")
+        if not k:
+            continue
+        if k in ("apnea", "apneas"):
+            out += [e.value for e in EventType.apneas()]
+            continue
+        if k not in values and k.endswith("s") and k[:-1] in values:
+            k = k[:-1]
+        if k in ("desat", "desats", "desaturations"):
+            k = "desaturation"
+        if k not in values:
+            raise UnknownEventTypeError(f"unknown event type {t!r}: use one of "
+                                        f"{', '.join(sorted(values))} (or 'apnea' for all "
+                                        "apnea types)")
+        out.append(k)
+    return list(dict.fromkeys(out))
+
+
+class EventsInput(BaseModel):
+    """Arguments of :func:`events_in_range`.
+
+    Attributes
+    ----------
+    types : list of str
+        Event types (e.g. ``["obstructive_apnea", "hypopnea"]``; ``"apnea"`` for all apneas);
+        empty = all.
+    within : TimeSelection or None
+        Part of the night (default: all).
+    limit : int
+        At most this many events listed (all are counted).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    types: list[str] = Field(default_factory=list, description="event types; empty = all")
+    within: TimeSelection | None = Field(default=None, description="part of the night")
+    limit: int = Field(default=100, ge=1, le=5000, description="events listed at most")
+
+
+class EventItem(BaseModel):
+    """One scored event.
+
+    Attributes
+    ----------
+    id : int
+        Row of the recording's events table (the id that clinical evidence cites).
+    type, label : str
+    onset_s, duration_s, end_s : float
+        Seconds (onset from the recording start).
+    clock : str
+        Wall-clock onset ``"HH:MM:SS"``.
+    epoch : int
+        Epoch of the onset (-1 outside the hypnogram).
+    stage : str
+    channel : str or None
+    attributes : dict
+        E.g. ``spo2_nadir`` (%), as scored.
+    """
+
+    id: int
+    type: str
+    label: str
+    onset_s: float
+    duration_s: float
+    end_s: float
+    clock: str = ""
+    epoch: int
+    stage: str
+    channel: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsOutput(BaseModel):
+    """Result of :func:`events_in_range`.
+
+    Attributes
+    ----------
+    patient : str
+    types : list of str
+        The canonical types asked for (empty = all).
+    span : Span
+        The part of the night searched.
+    counts : dict of str to int
+        Events per type in the span (all of them, not only those listed).
+    n_total : int
+    events : list of EventItem
+        In time order, at most ``limit``.
+    warnings : list of str
+    """
+
+    patient: str
+    types: list[str]
+    span: Span
+    counts: dict[str, int] = Field(default_factory=dict)
+    n_total: int = 0
+    events: list[EventItem] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """A short text for the LLM."""
+        kinds = ", ".join(self.types) or "all types"
+        lines = [f"{self.n_total} scored event(s) of {kinds} in {self.span.describe()}"
+                 + (": " + ", ".join(f"{k} {v}" for k, v in self.counts.items())
+                    if self.counts else ".")]
+        for e in self.events[:20]:
+            lines.append(f"- #{e.id} {e.type} at {e.clock or f'{e.onset_s:.0f} s'} "
+                         f"(epoch {e.epoch}, {e.stage}), {e.duration_s:.0f} s")
+        if len(self.events) > 20:
+            lines.append(f"... {len(self.events) - 20} more in the artifact")
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
+    """Scored events of some types in part of the current night.
+
+    Parameters
+    ----------
+    ctx : ToolContext
+    request : EventsInput
+
+    Returns
+    -------
+    EventsOutput
+        Events with id, onset/duration (s), clock time, epoch and stage; counts per type; a
+        warning when the night has no scored events at all or lacks the channel such events
+        are scored from.
+
+    Raises
+    ------
+    UnknownEventTypeError, TimeRangeError
+    """
+    p = ctx.processed()
+    types = parse_event_types(request.types)
+    sel = resolve_selection(p, request.within)
+    rec = ctx.recording()
+    t0 = recording_start(p)
+    ev = rec.events_of(*types) if types else rec.events
+    s0, s1 = sel.span.start_s, sel.span.end_s
+    ev = ev[(ev["onset"] + ev["duration"] > s0) & (ev["onset"] < s1)]
+    out = EventsOutput(patient=p.patient, types=types, span=sel.span,
+                       counts=dict(Counter(str(t) for t in ev["type"])), n_total=len(ev))
+    if len(ev):
+        epochs = rec.epoch_index(ev["onset"].to_numpy())
+        stages = rec.stage_at(ev["onset"].to_numpy())
+        for (eid, row), epoch, stage in zip(ev.iloc[:request.limit].iterrows(), epochs, stages):
+            out.events.append(EventItem(
+                id=int(eid), type=str(row["type"]), label=str(row["label"]),
+                onset_s=float(row["onset"]), duration_s=float(row["duration"]),
+                end_s=float(row["onset"] + row["duration"]), clock=clock_of(t0, row["onset"]),
+                epoch=int(epoch), stage=str(stage),
+                channel=None if row["channel"] is None or (isinstance(row["channel"], float))
+                else str(row["channel"]),
+                attributes=_jsonable(dict(row["attributes"] or {}))))
+    if len(rec.events) == 0:
+        out.warnings.append("this night has no scored events at all (no annotations were "
+                            "given): zero events here does not mean none happened")
+    present = set(rec.signals)
+    for t in types:
+        chans = _EVENT_CHANNELS.get(t)
+        if chans and not (present & set(chans)) and out.counts.get(t, 0) == 0:
+            out.warnings.append(f"no {t} events, and the night has no {' or '.join(chans)} "
+                                f"channel to score them from: absence is not evidence here")
+    if out.n_total > len(out.events):
+        out.warnings.append(f"{out.n_total} events match; the first {len(out.events)} are listed")
+    return out
