@@ -264,8 +264,8 @@ def test_tools_and_evaluation_agree(env, ctx):
     model, tok = lib.model, ctx.tokenizer
     emb = np.asarray(p.epoch_embeddings)
     names = list(P.LOCALISATION_QUERIES)
-    q = ev._class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
-    bg = ev._class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
+    q = ev.class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
+    bg = ev.class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
     ref = localisation_margins(emb, q, bg)
     for i, name in enumerate(names):
         mine = np.asarray(epoch_margins(ctx, name.replace("_", " ")).margins)

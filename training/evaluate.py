@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from sleeplm import prompts as P
+from sleeplm.library import night_embedding
 from sleeplm.zeroshot import (class_embeddings, embed_texts, localisation_margins,
                               night_event_index, to_intervals)
 
@@ -344,15 +345,6 @@ def _load(checkpoint: str | Path):
     return load_model(ck), CaptionTokenizer.load(tok_path)
 
 
-def _embed_texts(model, tok, texts: Sequence[str], batch: int = 256) -> np.ndarray:
-    return embed_texts(model, tok, texts, batch)
-
-
-def _class_embeddings(model, tok, table: dict[str, list[str]], classes: Sequence[str]
-                      ) -> np.ndarray:
-    return class_embeddings(model, tok, table, classes)
-
-
 def _windows(data: dict, idx: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[n, 2k+1, C, T]`` windows of neighbouring loaded epochs of the same night."""
     where = {(n, int(e)): i for i, (n, e) in enumerate(zip(data["night"], data["epoch"]))}
@@ -422,7 +414,7 @@ def _load_data(corpus: Path, split: str, channels, max_epochs, sfreq: float) -> 
 # ------------------------------------------------------------------------------ sections
 def _zero_shot(model, tok, emb, data) -> tuple[dict, np.ndarray, np.ndarray]:
     lab = data["stage_id"] >= 0
-    cls = _class_embeddings(model, tok, P.STAGE_PROMPTS, STAGES)
+    cls = class_embeddings(model, tok, P.STAGE_PROMPTS, STAGES)
     pred = np.asarray(STAGES, dtype=object)[(emb @ cls.T).argmax(1)]
     true = np.asarray([STAGES[i] if i >= 0 else None for i in data["stage_id"]], dtype=object)
     out = classification_metrics(true[lab], pred[lab])
@@ -578,8 +570,8 @@ def _localisation(model, tok, emb, data, facts, iou: float = 0.3) -> dict:
     from sklearn.metrics import roc_auc_score
 
     names = list(P.LOCALISATION_QUERIES)
-    q = _class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
-    bg = _class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
+    q = class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
+    bg = class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
     scores = localisation_margins(emb, q, bg)  # [N, Q]: query i against its background i
     truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
     out: dict[str, Any] = {"rule": "epoch positive when closer to the query's prompts than to "
@@ -605,16 +597,15 @@ def _localisation(model, tok, emb, data, facts, iou: float = 0.3) -> dict:
 def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
             stage_pred: np.ndarray) -> dict:
     names = list(dict.fromkeys(data["night"]))
-    nemb = np.stack([emb[data["night"] == n].mean(0) for n in names]) if names else \
+    nemb = np.stack([night_embedding(emb[data["night"] == n]) for n in names]) if names else \
         np.zeros((0, emb.shape[1]))
-    nemb /= np.maximum(np.linalg.norm(nemb, axis=1, keepdims=True), 1e-12)
     out: dict[str, Any] = {"n_nights": len(names)}
     tasks = (("osa_severity", "ahi_3a_per_h", severity_class, P.OSA_SEVERITY_PROMPTS,
               P.OSA_SEVERITY_CLASSES),
              ("plm_disorder", "plmi_per_h", lambda v: "yes" if v >= 15 else "no", P.PLM_PROMPTS,
               P.PLM_CLASSES))
     for task, fact, to_cls, table, classes in tasks:
-        cls = _class_embeddings(model, tok, table, classes)
+        cls = class_embeddings(model, tok, table, classes)
         rows, ys = [], []
         for i, n in enumerate(names):
             v = _night_fact(nights.get(n, {}), fact)
@@ -629,8 +620,8 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
                      "baseline": majority_baseline(train_y, ys),
                      "truth_counts": dict(Counter(ys))}
     # OSA severity, second zero-shot route: event epochs found by prompts, counted per hour
-    ev = _class_embeddings(model, tok, {"e": P.RESPIRATORY_EVENT_PROMPTS}, ["e"])[0]
-    bg = _class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
+    ev = class_embeddings(model, tok, {"e": P.RESPIRATORY_EVENT_PROMPTS}, ["e"])[0]
+    bg = class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
     margins = localisation_margins(emb, ev, bg)
     ys, pred, idx = [], [], {}
     for n in names:
@@ -710,7 +701,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     rng = np.random.default_rng([seed, 3])
     ridx = np.sort(rng.choice(have, min(retrieval_candidates, len(have)), replace=False))
     texts = [str(data["caption_holistic"][i]) for i in ridx]
-    res["retrieval"] = retrieval_recall(emb[ridx], _embed_texts(model, tok, texts), texts)
+    res["retrieval"] = retrieval_recall(emb[ridx], embed_texts(model, tok, texts), texts)
     t = tick("retrieval", t)
     res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed)
     t = tick("captioning", t)
