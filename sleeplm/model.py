@@ -15,7 +15,10 @@ Design (after SleepLM, arXiv 2602.23605, with open_clip's CoCa as the reference 
   4 upright). A learned channel embedding and patch-position embedding are added, and a pre-LN
   transformer runs over all ``C x P`` tokens. Absent channels (``mask`` False) are zeroed at the
   input and hidden from every attention as keys, so their data cannot change anything. A learned
-  query attention-pools the tokens into an epoch vector. With ``context_epochs = k > 0`` the
+  query attention-pools the tokens into an epoch vector. With ``epoch_tokens`` each channel also
+  gets one token for the whole epoch, a linear map of its 15 patches' mean, SD, minimum and
+  maximum: respiratory events and desaturations last 10 s or more, longer than a patch, and this
+  token hands the encoder the epoch's slow course (breathing amplitude, SpO2 level) directly. With ``context_epochs = k > 0`` the
   input is ``[B, 2k+1, C, T]``: every epoch is encoded, a small context transformer runs over the
   ``2k+1`` epoch vectors (epochs with no present channel are hidden) and the centre output is
   kept. The vector is projected to ``embed_dim`` and L2-normalised.
@@ -84,6 +87,7 @@ class SleepLMConfig(BaseModel):
     epoch_sec: float = Field(default=30.0, gt=0)
     patch_sec: float = Field(default=2.0, gt=0)
     spectral_patches: bool = True
+    epoch_tokens: bool = False
     # signal tower
     d_model: int = Field(default=128, gt=0)
     n_heads: int = Field(default=4, gt=0)
@@ -232,7 +236,8 @@ class Block(nn.Module):
 
 
 class SignalEncoder(nn.Module):
-    """``x [B, C, T]``, ``mask [B, C]`` -> epoch vector ``[B, d]``, tokens ``[B, C*P, d]``."""
+    """``x [B, C, T]``, ``mask [B, C]`` -> epoch vector ``[B, d]``, tokens ``[B, N, d]``
+    (``N = C*P`` patch tokens, then ``C`` epoch tokens with ``epoch_tokens``)."""
 
     def __init__(self, cfg: SleepLMConfig):
         super().__init__()
@@ -244,6 +249,11 @@ class SignalEncoder(nn.Module):
         self.n_freq = L // 2 + 1 if cfg.spectral_patches else 0
         if self.n_freq:  # per-channel Linear on the patch's log power spectrum
             self.spec_w = nn.Parameter(torch.randn(C, self.n_freq, d) / math.sqrt(self.n_freq))
+        self.epoch_tokens = cfg.epoch_tokens
+        if self.epoch_tokens:  # per-channel Linear on the epoch's per-patch mean/std/min/max
+            self.stat_w = nn.Parameter(torch.randn(C, 4 * P, d) / math.sqrt(4 * P))
+            self.stat_b = nn.Parameter(torch.zeros(C, d))
+            self.epoch_tok_emb = nn.Parameter(torch.randn(d) * 0.02)
         self.position_emb = nn.Embedding(_N_POSITION_CODES, d)  # body-position codes
         self.channel_emb = nn.Parameter(torch.randn(C, d) * 0.02)
         self.patch_pos_emb = nn.Parameter(torch.randn(P, d) * 0.02)
@@ -268,9 +278,20 @@ class SignalEncoder(nn.Module):
         (a z-scored channel's bins are ~0.7 on white noise; an all-zero patch gives 0)."""
         return torch.log1p(torch.fft.rfft(p.float(), dim=-1).abs().pow(2) / p.shape[-1])
 
+    @staticmethod
+    def patch_stats(p: Tensor, hidden: Tensor | None = None) -> Tensor:
+        """``[B, C, P, L]`` -> ``[B, C, 4P]``: each patch's mean, standard deviation, minimum
+        and maximum (robust-SD units), patch-major; patches in ``hidden [B, C, P]`` (masked for
+        reconstruction) give zeros, so the epoch token cannot leak what is to be
+        reconstructed."""
+        st = torch.stack([p.mean(-1), p.std(-1, unbiased=False), p.amin(-1), p.amax(-1)], -1)
+        if hidden is not None:
+            st = st.masked_fill(hidden[..., None], 0.0)
+        return st.flatten(2)
+
     def forward(self, x: Tensor, mask: Tensor, patch_mask: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns ``(epoch [B, d], tokens [B, C*P, d], token_valid [B, C*P],
+        """Returns ``(epoch [B, d], tokens [B, N, d], token_valid [B, N],
         recon [B, C, P, L])`` (``recon`` is the head's prediction for every patch)."""
         B = x.shape[0]
         x = torch.nan_to_num(x.float()) * mask[:, :, None].float()  # absent rows: exactly 0
@@ -287,14 +308,19 @@ class SignalEncoder(nn.Module):
         if patch_mask is not None:
             tok = torch.where(patch_mask[..., None], self.mask_emb.to(tok.dtype), tok)
         tok = tok + self.channel_emb[None, :, None, :] + self.patch_pos_emb[None, None]
-        h = self.drop(tok.reshape(B, self.C * self.P, -1))
+        h = tok.reshape(B, self.C * self.P, -1)
         valid = mask[:, :, None].expand(B, self.C, self.P).reshape(B, -1)
+        if self.epoch_tokens:  # one token per channel for the whole epoch's slow course
+            et = torch.einsum("bcf,cfd->bcd", self.patch_stats(p, patch_mask), self.stat_w)
+            et = et + self.stat_b + self.channel_emb + self.epoch_tok_emb
+            h, valid = torch.cat([h, et], 1), torch.cat([valid, mask], 1)
+        h = self.drop(h)
         for block in self.blocks:
             h = block(h, key_valid=valid)
         h = self.ln_f(h)
         pooled = self.pool(self.pool_query.expand(B, -1, -1), h, key_valid=valid)
         pooled = self.ln_pool(pooled[:, 0])
-        hp = h.reshape(B, self.C, self.P, -1)
+        hp = h[:, :self.C * self.P].reshape(B, self.C, self.P, -1)
         recon = torch.einsum("bcpd,cdl->bcpl", hp, self.recon_w) + self.recon_b[:, None, :]
         return pooled, h, valid, recon
 
@@ -459,7 +485,7 @@ class SleepLM(nn.Module):
                       ) -> tuple[Tensor, Tensor, Tensor]:
         """``x [B, C, T]`` (or ``[B, 2k+1, C, T]`` with context), ``mask [B, C]`` (or
         ``[B, 2k+1, C]``; None = all present) -> ``(embedding [B, E] unit-norm,
-        tokens [B, C*P, d], token_mask [B, C*P])`` (tokens of the centre epoch)."""
+        tokens [B, N, d], token_mask [B, N])`` (tokens of the centre epoch)."""
         emb, tokens, valid, *_ = self._encode(x, mask, mask_patches=False)
         return emb, tokens, valid
 

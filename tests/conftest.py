@@ -181,3 +181,37 @@ def build_tiny_corpus(tmp_path_factory, plan, name: str, shard_size: int = 30):
                           progress=False,
                           config=ModelInputConfig(channels=TINY_CHANNELS, sfreq=16))
     return out, report
+
+
+def add_study(folder: Path, pid: str, seed: int, *, drop=(), extra_label: str | None = None,
+               unstaged: bool = False) -> None:
+    """Add a simulated osa_moderate study ``pid`` to a tiny library: ``drop`` channels (by
+    name or prefix), an extra NSRR event labelled ``extra_label`` (e.g. a prompt injection),
+    or no staging at all (``unstaged``, a home sleep apnea test)."""
+    import pandas as pd
+
+    from sleeplm.io.nsrr_writer import write_nsrr_xml
+    from sleeplm.simulate import simulate_night, write_study
+    from sleeplm.simulate.library import MANIFEST_COLUMNS
+
+    night = simulate_night(hypnogram=TINY_HYPNOGRAM, profile="osa_moderate", seed=seed,
+                           patient_id=pid)
+    for name in [n for n in night.recording.signals if n in drop or
+                 any(n.startswith(d) for d in drop)]:
+        del night.recording.signals[name]
+    files = write_study(night, folder)
+    if unstaged:  # a home sleep apnea test: no hypnogram at all
+        night.recording.stages = None
+        write_nsrr_xml(night.recording, files.annotations)
+        files.hypnogram.unlink()
+    if extra_label is not None:
+        xml = files.annotations.read_text(encoding="utf-8")
+        event = (f"<ScoredEvent><EventType></EventType><EventConcept>{extra_label}"
+                 "</EventConcept><Start>600</Start><Duration>1</Duration></ScoredEvent>")
+        files.annotations.write_text(xml.replace("</ScoredEvents>", event + "</ScoredEvents>"),
+                                     encoding="utf-8")
+    man = pd.read_csv(folder / "manifest.csv")
+    row = {c: "" for c in MANIFEST_COLUMNS}
+    row.update(patient_id=pid, profile="osa_moderate", seed=seed, hypnogram_source="SC4021E0",
+               edf=files.edf.name, annotations=files.annotations.name, status="ok")
+    pd.concat([man, pd.DataFrame([row])]).to_csv(folder / "manifest.csv", index=False)

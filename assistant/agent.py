@@ -1,0 +1,451 @@
+"""The assistant: a LangChain agent over the SleepLM tools, one remembered thread per patient.
+
+>>> from assistant.agent import Assistant
+>>> from assistant.config import AssistantConfig
+>>> bot = Assistant(AssistantConfig.load())                       # doctest: +SKIP
+>>> bot.ask("sim-01003-osa_moderate", "what is the AHI?").text   # doctest: +SKIP
+
+``create_agent`` runs the same graph for every backend (the offline planner or a real LLM):
+the model asks for tools, the tools run on the current patient (the runtime context, never a
+path the LLM writes), and the model answers. Limits on model and tool calls per question and
+retries of failed model calls are middleware. Conversations are LangGraph checkpoints in one
+SQLite file (``<state_dir>/conversations.sqlite``), thread ``patient:<id>``, so a follow-up
+after a restart still resolves "the second one".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import (
+    ModelCallLimitMiddleware,
+    ModelRetryMiddleware,
+    ToolCallLimitMiddleware,
+)
+from langchain.tools import ToolRuntime, tool
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field
+
+from assistant.config import AssistantConfig
+from assistant.prompts import load_prompt
+from sleeplm._logging import logger
+from sleeplm.errors import SleepLMError
+from sleeplm.library import PatientLibrary, validate_patient_id
+from tools.context import ToolContext
+from tools.langchain_tools import ToolArtifact, make_tools
+
+__all__ = ["Answer", "Assistant", "AssistantContext", "StreamEvent", "ToolStep",
+           "report_tools"]
+
+
+@dataclasses.dataclass(eq=False)
+class AssistantContext(ToolContext):
+    """The tools' context plus what the report tools need.
+
+    Attributes
+    ----------
+    writer : object or None
+        The report's narrative writer (``None``: the offline templates).
+    reports_dir : pathlib.Path or None
+        Where drafts are kept, one folder per patient.
+    """
+
+    writer: Any = None
+    reports_dir: Path | None = None
+
+
+class ToolStep(BaseModel):
+    """One tool call of an answer, as the UI shows it.
+
+    Attributes
+    ----------
+    name : str
+    args : dict
+    content : str
+        The text the model read.
+    duration_s : float
+        Seconds from the call to its result.
+    error : bool
+    artifact : ToolArtifact or None
+        The full result, table and figures.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    content: str = ""
+    duration_s: float = 0.0
+    error: bool = False
+    artifact: Any = None
+
+
+class Answer(BaseModel):
+    """An answer with the tool calls behind it.
+
+    Attributes
+    ----------
+    patient, question, text : str
+    tool_calls : list of ToolStep
+    seconds : float
+        Wall time of the whole answer.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    patient: str
+    question: str
+    text: str
+    tool_calls: list[ToolStep] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def figures(self) -> list[Any]:
+        """Every figure the tools drew for this answer."""
+        return [f for s in self.tool_calls if isinstance(s.artifact, ToolArtifact)
+                for f in s.artifact.figures]
+
+
+class StreamEvent(BaseModel):
+    """One event of :meth:`Assistant.stream`.
+
+    ``kind`` is ``tool_start`` (``step`` has name and args), ``tool_end`` (``step`` complete),
+    ``token`` (``text`` is the next piece of the answer) or ``answer`` (``answer`` is final).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    kind: Literal["tool_start", "tool_end", "token", "answer"]
+    text: str = ""
+    step: ToolStep | None = None
+    answer: Answer | None = None
+
+
+# ------------------------------------------------------------------------- report tools
+class DraftReportInput(BaseModel):
+    """Arguments of ``draft_report``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    indication: str | None = Field(default=None, description="why the study was done")
+
+
+class ReviseReportInput(BaseModel):
+    """Arguments of ``revise_report``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    edit: str = Field(description="the change, e.g. 'shorten the impression', 'add the "
+                                  "positional AHI'")
+
+
+def _report_dir(ctx: AssistantContext) -> Path:
+    patient = ctx.require_patient()
+    base = ctx.reports_dir or (ctx.library.cache_dir / "reports" if hasattr(
+        ctx.library, "cache_dir") else Path("reports"))
+    return Path(base) / patient
+
+
+def _edits_path(ctx: AssistantContext) -> Path:
+    return _report_dir(ctx) / "edits.json"
+
+
+def _draft(ctx: AssistantContext, edits: list[str], indication: str | None) -> tuple[str, Any]:
+    from assistant.render import write_report_files
+    from assistant.report import draft_report
+
+    report = draft_report(ctx, writer=ctx.writer, indication=indication, edits=edits)
+    out = _report_dir(ctx)
+    files = write_report_files(report, out, ctx=ctx)
+    text = _report_text(report, files)
+    return text, ToolArtifact(tool="draft_report", result=report,
+                              table=[{"format": k, "path": str(v)} for k, v in files.items()])
+
+
+def _report_text(report: Any, files: dict[str, Path]) -> str:
+    impression = next((s for s in report.sections if s.key == "impression"), None)
+    dropped = len(getattr(report.grounding, "dropped", []) or [])
+    lines = ["Draft report ready (" + ", ".join(sorted(files)) + ")."]
+    if impression is not None and impression.narrative:
+        lines.append("Impression: " + impression.narrative)
+    if dropped:
+        lines.append(f"The grounding check dropped {dropped} sentence(s) whose numbers or times "
+                     "did not match the measurements.")
+    lines.append(report.disclaimer)
+    return "\n".join(lines)
+
+
+def _save_edits(ctx: AssistantContext, edits: list[str]) -> None:
+    path = _edits_path(ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(edits), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _load_edits(ctx: AssistantContext) -> list[str]:
+    path = _edits_path(ctx)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [str(x) for x in data] if isinstance(data, list) else []
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def report_tools() -> list[BaseTool]:
+    """``draft_report`` and ``revise_report`` as LangChain tools (content and artifact)."""
+
+    def _ctx(runtime: ToolRuntime) -> AssistantContext:
+        ctx = runtime.context
+        if not isinstance(ctx, ToolContext):
+            raise ToolException("the report tools need the assistant's context")
+        return ctx  # type: ignore[return-value]
+
+    @tool("draft_report", args_schema=DraftReportInput, response_format="content_and_artifact")
+    def draft_report_tool(runtime: ToolRuntime, indication: str | None = None):
+        """Draft the clinical report of the current night (Markdown, HTML, PDF, JSON) from the
+        deterministic measurements; every number and time is checked against them."""
+        ctx = _ctx(runtime)
+        try:
+            _save_edits(ctx, [])
+            return _draft(ctx, [], indication)
+        except (SleepLMError, ValueError, OSError) as exc:
+            raise ToolException(f"{type(exc).__name__}: {exc}") from exc
+
+    @tool("revise_report", args_schema=ReviseReportInput, response_format="content_and_artifact")
+    def revise_report_tool(runtime: ToolRuntime, edit: str):
+        """Revise the current draft report (e.g. 'shorten the impression', 'add the positional
+        AHI'); the report is drafted again with every edit asked so far."""
+        ctx = _ctx(runtime)
+        try:
+            edits = _load_edits(ctx) + [edit]
+            text, art = _draft(ctx, edits, None)
+            _save_edits(ctx, edits)
+            applied = getattr(art.result, "edits", None)
+            if applied:
+                notes = [f"- {e.request}: {'applied' if e.applied else 'not applied'}"
+                         + (f" ({e.note})" if getattr(e, "note", "") else "") for e in applied]
+                text += "\nEdits:\n" + "\n".join(notes)
+            return text, art
+        except (SleepLMError, ValueError, OSError) as exc:
+            raise ToolException(f"{type(exc).__name__}: {exc}") from exc
+
+    for t in (draft_report_tool, revise_report_tool):
+        t.handle_tool_error = True
+    return [draft_report_tool, revise_report_tool]
+
+
+def _may_retrieve(question: str) -> bool:
+    """Whether a question may need the library-wide index (then it is filled first)."""
+    import re
+
+    return bool(re.search(r"similar|like|compar|resembl|library|other patients|other nights",
+                          question, re.I))
+
+
+# ------------------------------------------------------------------------------- agent
+class Assistant:
+    """The chat assistant over a patient library.
+
+    Parameters
+    ----------
+    config : AssistantConfig
+    library : PatientLibrary, optional
+        Default: ``config.library`` or the example patients.
+    index : EmbeddingIndex or "auto" or None
+        For retrieval across the library. ``"auto"`` (default): an embedded chromadb index in
+        ``<state_dir>/index`` that :meth:`ensure_index` fills with every patient of the library
+        (incrementally; called before the first retrieval). ``None``: no index (``retrieve``
+        then says so).
+    chat_model : BaseChatModel, optional
+        Overrides the backend of ``config`` (tests pass a scripted model here).
+    """
+
+    def __init__(self, config: AssistantConfig | None = None, *,
+                 library: PatientLibrary | None = None, index: Any = "auto",
+                 chat_model: Any = None):
+        self.config = config or AssistantConfig.load()
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        if library is None:
+            if self.config.library is not None:
+                library = PatientLibrary(self.config.library)
+            else:
+                from sleeplm.simulate import example_library
+
+                library = PatientLibrary(example_library(progress=False))
+        self.library = library
+        if isinstance(index, str) and index == "auto":
+            from sleeplm.index import EmbeddingIndex, IndexConfig
+
+            index = EmbeddingIndex(IndexConfig(path=self.config.state_dir / "index",
+                                               model_version=library.model_version))
+            self._index_filled = False
+        else:
+            self._index_filled = True
+        self.index = index
+        if chat_model is None:
+            from assistant.backends import make_chat_model
+
+            chat_model = make_chat_model(self.config)
+        self.chat_model = chat_model
+        self.tools = make_tools() + report_tools()
+        self._conn = sqlite3.connect(str(self.config.memory_path), check_same_thread=False)
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        self._saver = SqliteSaver(self._conn)
+        self._lock = threading.Lock()
+        self._contexts: dict[str, AssistantContext] = {}
+        self.agent = create_agent(
+            self.chat_model, self.tools, system_prompt=load_prompt("system"),
+            middleware=[
+                ModelCallLimitMiddleware(run_limit=self.config.max_model_calls,
+                                         exit_behavior="end"),
+                ToolCallLimitMiddleware(run_limit=self.config.max_tool_calls,
+                                        exit_behavior="end"),
+                ModelRetryMiddleware(max_retries=self.config.max_retries, initial_delay=0.5,
+                                     on_failure="continue"),
+            ],
+            context_schema=AssistantContext, checkpointer=self._saver)
+
+    def ensure_index(self) -> int:
+        """Add the library's patients that the index lacks (each processed once, cached).
+
+        Returns
+        -------
+        int
+            Nights added.
+        """
+        if self.index is None or self._index_filled:
+            return 0
+        from tools.context import index_library
+
+        added = index_library(self.library, self.index)
+        self._index_filled = True
+        logger.info("embedding index: %d night(s) added", added)
+        return added
+
+    # -- context -------------------------------------------------------------------------
+    def context(self, patient: str) -> AssistantContext:
+        """The (cached) tool context of ``patient``."""
+        validate_patient_id(patient)
+        if patient not in self._contexts:
+            writer = None
+            if self.config.backend != "offline":
+                from assistant.report import LLMWriter
+
+                writer = LLMWriter(self.chat_model)
+            self._contexts[patient] = AssistantContext(
+                library=self.library, patient=patient, index=self.index,
+                output_dir=self.config.state_dir / "figures",
+                writer=writer, reports_dir=self.config.state_dir / "reports")
+        return self._contexts[patient]
+
+    @staticmethod
+    def thread_id(patient: str) -> str:
+        """The conversation thread of a patient."""
+        return f"patient:{validate_patient_id(patient)}"
+
+    def _run_config(self, patient: str) -> dict:
+        return {"configurable": {"thread_id": self.thread_id(patient)},
+                "recursion_limit": 4 * self.config.max_model_calls + 8}
+
+    # -- asking --------------------------------------------------------------------------
+    def ask(self, patient: str, question: str) -> Answer:
+        """Answer ``question`` about ``patient`` (blocking)."""
+        answer = None
+        for ev in self.stream(patient, question):
+            if ev.kind == "answer":
+                answer = ev.answer
+        assert answer is not None
+        return answer
+
+    def stream(self, patient: str, question: str) -> Iterator[StreamEvent]:
+        """Tool calls and answer tokens as they happen, then the whole answer.
+
+        Raises
+        ------
+        ValueError
+            An empty question.
+        InvalidPatientIdError, UnknownPatientError
+            A hostile or unknown patient id.
+        """
+        question = (question or "").strip()
+        if not question:
+            raise ValueError("empty question: ask something about the night")
+        if len(question) > 4000:
+            raise ValueError(f"question of {len(question)} characters: keep it under 4000")
+        ctx = self.context(patient)
+        ctx.processed()  # unknown patient / unreadable study: fail before the agent runs
+        if not self._index_filled and _may_retrieve(question):
+            self.ensure_index()
+        t0 = time.perf_counter()
+        steps: dict[str, ToolStep] = {}
+        started: dict[str, float] = {}
+        order: list[str] = []
+        final_text = ""
+        with self._lock:
+            stream = self.agent.stream({"messages": [HumanMessage(question)]},
+                                       self._run_config(patient), context=ctx,
+                                       stream_mode=["messages", "updates"])
+            for mode, data in stream:
+                if mode == "messages":
+                    chunk, meta = data
+                    if isinstance(chunk, AIMessageChunk) and chunk.content and \
+                            not chunk.tool_call_chunks:
+                        yield StreamEvent(kind="token", text=str(chunk.content))
+                    continue
+                for node, update in (data or {}).items():
+                    for msg in (update or {}).get("messages", []) if isinstance(update,
+                                                                                dict) else []:
+                        if isinstance(msg, AIMessage) and msg.tool_calls:
+                            for tc in msg.tool_calls:
+                                step = ToolStep(name=tc["name"], args=dict(tc["args"]))
+                                steps[tc["id"]], started[tc["id"]] = step, time.perf_counter()
+                                order.append(tc["id"])
+                                yield StreamEvent(kind="tool_start", step=step)
+                        elif isinstance(msg, ToolMessage):
+                            step = steps.get(msg.tool_call_id) or ToolStep(name=msg.name or "")
+                            step.content = str(msg.content)
+                            step.error = msg.status == "error"
+                            step.artifact = getattr(msg, "artifact", None)
+                            step.duration_s = time.perf_counter() - started.get(
+                                msg.tool_call_id, t0)
+                            yield StreamEvent(kind="tool_end", step=step)
+                        elif isinstance(msg, AIMessage) and node != "tools":
+                            final_text = str(msg.content)
+        answer = Answer(patient=patient, question=question, text=final_text,
+                        tool_calls=[steps[i] for i in order], seconds=time.perf_counter() - t0)
+        logger.info("answered %s in %.2f s with %d tool call(s)", patient, answer.seconds,
+                    len(answer.tool_calls))
+        yield StreamEvent(kind="answer", answer=answer)
+
+    # -- memory --------------------------------------------------------------------------
+    def history(self, patient: str) -> list[tuple[str, str]]:
+        """``(role, text)`` of the patient's conversation so far (``user`` / ``assistant``)."""
+        state = self.agent.get_state(self._run_config(patient))
+        out = []
+        for m in (state.values or {}).get("messages", []):
+            if isinstance(m, HumanMessage):
+                out.append(("user", str(m.content)))
+            elif isinstance(m, AIMessage) and not m.tool_calls and m.content:
+                out.append(("assistant", str(m.content)))
+        return out
+
+    def forget(self, patient: str) -> None:
+        """Delete the patient's conversation."""
+        self._saver.delete_thread(self.thread_id(patient))
+
+    def close(self) -> None:
+        """Close the conversation database."""
+        self._conn.close()

