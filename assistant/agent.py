@@ -163,7 +163,10 @@ def _draft(ctx: AssistantContext, edits: list[str], indication: str | None) -> t
     from assistant.render import write_report_files
     from assistant.report import draft_report
 
-    report = draft_report(ctx, writer=ctx.writer, indication=indication, edits=edits)
+    from assistant.backends import redact_writer
+
+    report = draft_report(ctx, writer=redact_writer(ctx.writer, ctx), indication=indication,
+                          edits=edits)
     out = _report_dir(ctx)
     files = write_report_files(report, out, ctx=ctx)
     text = _report_text(report, files)
@@ -300,6 +303,15 @@ class Assistant:
             chat_model = make_chat_model(self.config)
         self.chat_model = chat_model
         self.tools = make_tools() + report_tools()
+        middleware: list[Any] = []
+        from assistant.backends import RedactionMiddleware, describe_backend, \
+            sends_data_off_machine
+
+        #: One line for the user: which LLM answers, and whether data leave this machine.
+        self.backend_description = describe_backend(self.config)
+        self.sends_data_off_machine = sends_data_off_machine(self.config)
+        if self.sends_data_off_machine:  # header identifiers -> study id before anything leaves
+            middleware.append(RedactionMiddleware())
         self._conn = sqlite3.connect(str(self.config.memory_path), check_same_thread=False)
         from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -309,6 +321,7 @@ class Assistant:
         self.agent = create_agent(
             self.chat_model, self.tools, system_prompt=load_prompt("system"),
             middleware=[
+                *middleware,
                 ModelCallLimitMiddleware(run_limit=self.config.max_model_calls,
                                          exit_behavior="end"),
                 ToolCallLimitMiddleware(run_limit=self.config.max_tool_calls,
@@ -342,9 +355,11 @@ class Assistant:
         if patient not in self._contexts:
             writer = None
             if self.config.backend != "offline":
+                from assistant.backends import sends_data_off_machine
                 from assistant.report import LLMWriter
 
                 writer = LLMWriter(self.chat_model)
+                writer.sends_off_machine = sends_data_off_machine(self.config)
             self._contexts[patient] = AssistantContext(
                 library=self.library, patient=patient, index=self.index,
                 output_dir=self.config.state_dir / "figures",
