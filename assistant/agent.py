@@ -134,7 +134,8 @@ class StreamEvent(BaseModel):
 class DraftReportInput(BaseModel):
     """Arguments of ``draft_report``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "ignore", not "forbid": LangChain validates the injected runtime against the schema too
+    model_config = ConfigDict(extra="ignore")
 
     indication: str | None = Field(default=None, description="why the study was done")
 
@@ -142,7 +143,7 @@ class DraftReportInput(BaseModel):
 class ReviseReportInput(BaseModel):
     """Arguments of ``revise_report``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     edit: str = Field(description="the change, e.g. 'shorten the impression', 'add the "
                                   "positional AHI'")
@@ -347,6 +348,23 @@ class Assistant:
         self._index_filled = True
         logger.info("embedding index: %d night(s) added", added)
         return added
+
+    def warm_up(self, patient: str | None = None) -> float:
+        """Load what the first answer would otherwise wait for: the offline planner's question
+        embedder and example index, and (with ``patient``) the patient's cached artefacts.
+
+        Returns
+        -------
+        float
+            Seconds spent.
+        """
+        t0 = time.perf_counter()
+        router = getattr(self.chat_model, "router", None)
+        if router is not None:
+            router.route("summarise this night")
+        if patient is not None:
+            self.context(patient).processed()
+        return time.perf_counter() - t0
 
     # -- context -------------------------------------------------------------------------
     def context(self, patient: str) -> AssistantContext:

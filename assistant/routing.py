@@ -60,6 +60,7 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"\b(?:prescrib\w*|dosage|dose of|which (?:drug|medication)|what (?:drug|medication)|"
      r"should (?:i|he|she|they) take|cpap pressure setting|titrat\w*|diagnose me|"
      r"sign (?:off|the report) for me)\b", "out_of_scope"),
+    (r"^(?:please\s+)?(?:add|include|remove|drop|shorten|lengthen|rewrite)\b", "revise_report"),
     (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change)\b.*\b(?:report|"
      r"impression|recommendations?|summary section|section|draft)\b", "revise_report"),
     (r"\b(?:draft|write|generate|make|create|prepare|produce)\b.*\breport\b|^report\b",

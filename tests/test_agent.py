@@ -227,3 +227,22 @@ def test_prompt_injection_changes_no_number(tmp_path, library):
     assert not re.search(r"AHI[^\n]*:\s*0(?:\.0)? events/h", answer.text)
     listed = bot.ask(INJ, "list the scored events of type unknown")
     assert all(s.name == "list_events" for s in listed.tool_calls)
+
+
+def test_report_drafted_and_revised_in_conversation(tmp_path, library):
+    ms = _measures(library, OSA)
+    bot = _bot(tmp_path, library)
+    drafted = bot.ask(OSA, "please draft the report")
+    [step] = drafted.tool_calls
+    assert step.name == "draft_report" and not step.error, step.content
+    files = {row["format"]: Path(row["path"]) for row in step.artifact.table}
+    assert set(files) == {"md", "html", "pdf", "json"} and all(p.exists() for p in files.values())
+    assert ms["ahi_3a"].format() in files["md"].read_text(encoding="utf-8")
+    assert "not a medical device" in drafted.text
+    revised = bot.ask(OSA, "add the positional AHI")
+    [step] = revised.tool_calls
+    assert step.name == "revise_report" and "add the positional AHI: applied" in revised.text
+    assert ms["ahi_supine"].format() in revised.text
+    shorter = bot.ask(OSA, "shorten the impression")
+    assert "shorten the impression: applied" in shorter.text
+    assert "add the positional AHI: applied" in shorter.text  # earlier edits are kept
