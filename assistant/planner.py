@@ -258,6 +258,7 @@ class OfflinePlanner(BaseChatModel):
         results = _results(turn)
         history = messages[:last_h]
         args = X.extract(question)
+        route = _adjust(route, question, args)
         step = self._step(route, question, args, results, history)
         plan = {"intent": route.intent, "score": round(route.score, 3), "by": route.by}
         if step.tool is not None:
@@ -645,6 +646,25 @@ class OfflinePlanner(BaseChatModel):
                 ref["label"].replace("_", " ")) or "holistic", "max_epochs": 3})
         return _Step(text=f"{ref['label'].replace('_', ' ').capitalize()} at {ref['clock']}:\n"
                           + done[-1].content)
+
+
+_ASKS_VALUE = re.compile(r"^\s*(?:what(?:'s| is| was| are| were)?|how (?:many|much|long|low|high|"
+                        r"bad|severe)|give me|tell me|which|is the|was the)\b", re.I)
+
+
+def _adjust(route: Route, question: str, a: X.Args) -> Route:
+    """Correct the embedding's guess where the extracted arguments are unambiguous: a question
+    that asks for a value and names a measurement (AHI, ODI, T90, TST, ...) is a measurement,
+    whatever the sentence embedding (which does not know the abbreviations) thought."""
+    if route.by != "embedding":
+        return route
+    if a.measures and _ASKS_VALUE.search(question) and route.intent in {
+            "unknown", "summary", "help", "localize", "caption", "classify", "events",
+            "followup", "out_of_scope"}:
+        return Route("measure", route.score, route.ranking, "embedding+arguments")
+    if route.intent == "unknown" and a.event_types:
+        return Route("events", route.score, route.ranking, "embedding+arguments")
+    return route
 
 
 # ------------------------------------------------------------------------------- messages
