@@ -235,7 +235,8 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"\brem\b.*\bahi\b|\bahi\b.*\b(?:rem|nrem)\b", "respiratory", ("ahi_rem", "ahi_nrem")),
     (r"4 ?% rule|ahi.?4\b|4 ?% (?:ahi|hypopnea)", "respiratory", ("ahi_4",)),
     (r"\bahi\b|apn(?:o)?ea[- ]hypopn(?:o)?ea index|how severe .*apn|apnea severity|"
-     r"severity of .*apn", "respiratory", ("ahi_3a", "ahi_4")),
+     r"severity of .*apn|(?:apn|hypopn|breathing|respiratory)\w*.* per hour|per hour .*"
+     r"(?:apn|hypopn)", "respiratory", ("ahi_3a", "ahi_4")),
     (r"central apn(?:o)?ea index|how many central", "respiratory",
      ("central_apnea_count", "central_apnea_index")),
     (r"obstructive apn(?:o)?ea index|how many obstructive", "respiratory",
@@ -258,9 +259,12 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"\bwaso\b|wake after sleep onset", "architecture", ("waso_min",)),
     (r"sleep[- ]onset latency|sleep latency|how long .* fall asleep|to fall asleep",
      "architecture", ("sleep_onset_latency_min",)),
-    (r"rem latency", "architecture", ("rem_latency_min",)),
+    (r"rem latency|first rem (?:start|begin|appear|occur|come)|(?:long|time) (?:after|from) "
+     r"sleep onset .*\brem\b|\brem\b.* after sleep onset|(?:long|time) until (?:the )?first rem",
+     "architecture", ("rem_latency_min",)),
     (r"awakenings|how many times .* wake|woke up", "architecture", ("awakenings",)),
-    (r"time in bed|\btib\b|recording (?:time|length)", "architecture", ("tib_min",)),
+    (r"time in bed|\btib\b|recording (?:time|length)|\bin bed\b", "architecture",
+     ("tib_min",)),
     (r"how much rem|rem (?:time|percentage|%|share)|percent(?:age)? (?:of )?rem", "architecture",
      ("r_min", "r_pct_tst")),
     (r"how much (?:n3|deep|slow)|n3 (?:time|percentage|%)|deep sleep", "architecture",

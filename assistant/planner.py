@@ -47,6 +47,8 @@ __all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult"]
 PLAN_KEY = "sleeplm_plan"
 #: ``additional_kwargs`` key of the intervals/events an answer listed (for follow-ups).
 REFS_KEY = "sleeplm_refs"
+#: ``additional_kwargs`` key of the item of those a follow-up answer was about ("it", "that").
+FOCUS_KEY = "sleeplm_focus"
 
 _NOTICE = ("Draft information for a qualified clinician to review; sleeplm is not a medical "
            "device.")
@@ -74,6 +76,7 @@ class _Step:
     def __init__(self, *, tool: str | None = None, args: dict | None = None,
                  text: str | None = None, refs: list[dict] | None = None):
         self.tool, self.args, self.text, self.refs = tool, args or {}, text, refs
+        self.focus: int | None = None
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -273,6 +276,8 @@ class OfflinePlanner(BaseChatModel):
         kw: dict[str, Any] = {PLAN_KEY: plan}
         if step.refs is not None:
             kw[REFS_KEY] = step.refs
+        if step.focus is not None:
+            kw[FOCUS_KEY] = step.focus
         return AIMessage(content=step.text or "", additional_kwargs=kw)
 
     @staticmethod
@@ -316,6 +321,13 @@ class OfflinePlanner(BaseChatModel):
             "That is outside what I can do. I describe and measure this sleep study and draft a "
             "report for a clinician to review; I do not prescribe, dose or change treatment, "
             "diagnose, or answer questions unrelated to the recording. " + _NOTICE))
+
+    def _do_not_recorded(self, route, q, a, done, history) -> _Step:
+        return _Step(text=(
+            "This recording cannot answer that: polysomnography as sleeplm reads it has EEG, "
+            "EOG, chin and leg EMG, ECG (heart rate), airflow and nasal pressure, thoracic and "
+            "abdominal effort, SpO2, snoring and body position, but no blood pressure, CO2 or "
+            "other measurement of that kind. " + _NOTICE))
 
     def _do_summary(self, route, q, a, done, history) -> _Step:
         if not done:
@@ -450,8 +462,9 @@ class OfflinePlanner(BaseChatModel):
             else:
                 text = a.quoted[0] if a.quoted else re.sub(
                     r"^(?:find|search(?: the library)? for|show me)\s+(?:epochs?\s+)?(?:that "
-                    r"(?:match|look like)\s+|similar to\s+|like\s+)?", "", q.strip().rstrip("?."),
-                    flags=re.I)
+                    r"(?:match|look like)\s+|similar to\s+|like\s+)?(?:(?:of|with|for|"
+                    r"showing)\s+)?", "", q.strip().rstrip("?."), flags=re.I)
+                text = re.sub(r"\s+(?:across|in) the library$", "", text, flags=re.I)
                 args.update(source="text", text=text, level="epoch")
                 if a.stage:
                     args["stage"] = a.stage
@@ -469,13 +482,14 @@ class OfflinePlanner(BaseChatModel):
                     labels = [m.group(1).strip(), m.group(2).strip()]
                 elif re.search(r"\bwhat stage\b|\bwhich stage\b", low):
                     labels = ["wake", "N1 sleep", "N2 sleep", "N3 deep sleep", "REM sleep"]
-                elif m := re.search(r"(?:probability|how likely|chance)\b.*?\b(?:is|of|that)\s+"
-                                    r"(?:this night |the night |it )?(?:is |has |shows )?"
-                                    r"(.+?)\??$", low):
+                elif m := re.search(r"(?:probability|how likely|chance|likelihood)\b(?:\s+(?:is|"
+                                    r"of|that))*\s*(?:this night|the night|this epoch|it|he|"
+                                    r"she|the patient|this patient)?\s*(?:is|has|shows?|had|"
+                                    r"of|reflects?)?\s+(?:an?\s+|the\s+)?(.+?)\??$", low):
                     labels = [m.group(1).strip(), "normal healthy sleep"]
             labels = [_label(re.sub(r"^(?:a|an|the)\s+", "", x)) for x in labels if x]
             if len(labels) < 2:
-                return _Step(text="To classify I need at least two labels, e.g. 'is epoch 300 "
+                return _Step(text="To classify I need at least two labels, e.g. 'is this epoch "
                                   "\"REM sleep\" or \"N2 sleep\"?'")
             args: dict[str, Any] = {"labels": labels}
             if (sel := _sel(a)) is not None:
@@ -614,24 +628,33 @@ class OfflinePlanner(BaseChatModel):
             "night embedding:\n" + done[-1].content))
 
     def _do_followup(self, route, q, a, done, history) -> _Step:
-        refs = _last_refs(history)
+        refs, focus = _last_refs(history)
         if not refs:
             return _Step(text="I have no earlier list of events or intervals in this "
                               "conversation to refer to. Ask e.g. 'list the apneas' or "
                               "'where is there snoring?' first.")
         k = a.ordinal
-        if k is None and a.event_types:
-            match = [r for r in refs if r["label"] in a.event_types]
-            ref = match[0] if match else refs[0]
+        if k is None:  # "it", "that apnea": the item talked about last, else the first
+            match = [i for i, r in enumerate(refs) if r["label"] in a.event_types]
+            if focus is not None and (not a.event_types or focus in match):
+                idx = focus
+            else:
+                idx = match[0] if match else 0
         else:
-            k = k or 1
             if k > len(refs):
                 return _Step(text=f"The last list had {len(refs)} item(s); there is no "
-                                  f"number {k}.")
-            ref = refs[k - 1] if k > 0 else refs[-1]
+                                  "such item in it.")
+            idx = k - 1 if k > 0 else len(refs) - 1
+        ref = refs[idx]
+        step = self._followup_step(q, ref, done)
+        if step.text is not None:
+            step.refs, step.focus = refs, idx
+        return step
+
+    def _followup_step(self, q: str, ref: dict, done: list[ToolResult]) -> _Step:
         where = {"epochs": [ref["first_epoch"], ref["last_epoch"]]}
         low = q.lower()
-        if re.search(r"\bwhat stage\b|\bwhich stage\b", low):
+        if re.search(r"\b(?:what|which)(?: sleep)? stage\b", low):
             return _Step(text=f"It started at {ref['clock']} in "
                               f"{_STAGE_WORD.get(ref['stage'], ref['stage'])} (epoch "
                               f"{ref['first_epoch']}).")
@@ -648,8 +671,9 @@ class OfflinePlanner(BaseChatModel):
                           + done[-1].content)
 
 
-_ASKS_VALUE = re.compile(r"^\s*(?:what(?:'s| is| was| are| were)?|how (?:many|much|long|low|high|"
-                        r"bad|severe)|give me|tell me|which|is the|was the)\b", re.I)
+_ASKS_VALUE = re.compile(r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were)\b|how (?:many|much|long|"
+                         r"low|high|bad|severe|often)\b|give me the\b|tell me the\b|which (?:is|was)"
+                         r"\b|is the\b|was the\b)", re.I)
 
 
 def _adjust(route: Route, question: str, a: X.Args) -> Route:
@@ -660,7 +684,8 @@ def _adjust(route: Route, question: str, a: X.Args) -> Route:
         return route
     if a.measures and _ASKS_VALUE.search(question) and route.intent in {
             "unknown", "summary", "help", "localize", "caption", "classify", "events",
-            "followup", "out_of_scope"}:
+            "followup", "out_of_scope", "insight_nadir", "compare_night", "retrieve"} and not (
+            a.time_range and a.event_types):
         return Route("measure", route.score, route.ranking, "embedding+arguments")
     if route.intent == "unknown" and a.event_types:
         return Route("events", route.score, route.ranking, "embedding+arguments")
@@ -686,16 +711,18 @@ def _results(turn: Sequence[BaseMessage]) -> list[ToolResult]:
     return out
 
 
-def _last_refs(history: Sequence[BaseMessage]) -> list[dict]:
+def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
+    """The last list of intervals/events and the item talked about last (or None)."""
     for m in reversed(history):
         if isinstance(m, AIMessage) and m.additional_kwargs.get(REFS_KEY):
-            return list(m.additional_kwargs[REFS_KEY])
-    return []
+            return list(m.additional_kwargs[REFS_KEY]), m.additional_kwargs.get(FOCUS_KEY)
+    return [], None
 
 
 def _error_answer(r: ToolResult) -> str:
     msg = re.sub(r"^Error:\s*", "", r.content).strip()
-    msg = re.sub(r"^ToolException\(['\"]?|['\"]?\)$", "", msg)
+    if msg.startswith("ToolException("):
+        msg = re.sub(r"^ToolException\(['\"]?|['\"]?\)$", "", msg)
     return f"I could not answer that from this night: {msg}"
 
 

@@ -1203,8 +1203,12 @@ def _plan_edits(edits: Sequence[str], pool: dict[str, FactItem],
                 "removed the recommendations" + (f" about {', '.join(about)}" if about
                                                  else ""))))
             continue
+        # "could you also mention X", "can you add X", "please also include X" -> "add X"
+        e = re.sub(r"^(?:could|can|would|will)\s+you\s+(?:please\s+)?(?:also\s+)?", "", e)
+        e = re.sub(r"^(please\s+)?also\s+", r"\1", e)
         if re.match(r"^(please\s+)?(add|include|mention|report|show|give|state)\b", e):
             obj = re.sub(r"^(please\s+)?(add|include|mention|report|show|give|state)\s+", "", e)
+            obj = re.sub(r"\s*\?$", "", obj)
             target_m = re.search(r"\b(?:to|in|into|under)\s+the\s+(\w[\w\s]*)$", obj)
             target = "impression"
             if target_m:

@@ -58,33 +58,48 @@ def load_routes() -> dict[str, list[str]]:
 #: Words that decide the intent on their own (checked in order, before the embedding).
 _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"\b(?:prescrib\w*|dosage|dose of|which (?:drug|medication)|what (?:drug|medication)|"
-     r"should (?:i|he|she|they) take|cpap pressure setting|titrat\w*|diagnose me|"
-     r"sign (?:off|the report) for me)\b", "out_of_scope"),
+     r"should (?:i|he|she|they) (?:take|start|stop)|cpap pressure setting|titrat\w*|"
+     r"diagnose me|medications?|medicines?|trazodone|zolpidem|melatonin|benzodiazepines?|"
+     r"antidepressants?|(?:safe|fit) (?:for \w+ )?to (?:drive|work|fly)|driv(?:e|ing) a|"
+     r"sign (?:off )?(?:on )?(?:the|this) report|sign off|on my behalf|poem|limerick|song|"
+     r"joke|weather|football|stock market|book an appointment)\b", "out_of_scope"),
+    (r"\b(?:blood pressure|\bbp\b|end[- ]tidal|etco2|\bco2\b|capnograph\w*|"
+     r"transcutaneous|body temperature|glucose|cortisol|\beeg\b at home)\b", "not_recorded"),
     (r"^(?:please\s+)?(?:add|include|remove|drop|shorten|lengthen|rewrite)\b", "revise_report"),
-    (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change)\b.*\b(?:report|"
-     r"impression|recommendations?|summary section|section|draft)\b", "revise_report"),
+    (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change|mention|include)\b.*"
+     r"\b(?:report|impression|recommendations?|summary section|section|draft)\b",
+     "revise_report"),
     (r"\b(?:draft|write|generate|make|create|prepare|produce)\b.*\breport\b|^report\b",
      "report"),
-    (r"\bwhy\b.*\b(?:efficiency|so (?:little|short)|poor sleep|sleep so badly)", "insight_efficiency"),
-    (r"\bpositional\b|\b(?:worse|more)\b.*\b(?:on (?:the|his|her|their) back|supine)\b",
+    (r"\bwhy\b.*\b(?:efficiency|so (?:little|short)|poor sleep|sleep so badly)",
+     "insight_efficiency"),
+    (r"\bpositional\b|\b(?:lying |sleeping )?on (?:the|his|her|their) back\b|"
+     r"\b(?:worse|more)\b.*\bsupine\b|\bsupine\b.*\b(?:worse|more|than|versus|vs)\b",
      "insight_positional"),
     (r"\b(?:around|near|at|during|before|after)\b.*\b(?:lowest|nadir|minimum)\b.*\b(?:spo2|"
      r"saturation|oxygen|sat)\b", "insight_nadir"),
-    (r"\b(?:the (?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last|"
-     r"\d+(?:st|nd|rd|th)) one|that one|th(?:at|is) (?:desaturation|apnea|hypopnea|event|"
-     r"interval|arousal|period)|number \d+|#\d+)\b", "followup"),
-    (r"^(?:please\s+)?(?:describe|caption)\b|\bwhat (?:happens|happened|is going on|is "
-     r"happening) (?:at|in|during|between|around|from)\b", "caption"),
     (r"\b(?:compare|comparison|versus|vs\.?)\b.*\b(?:last|previous|other|earlier|prior)\s+"
      r"(?:night|study|recording)\b", "compare_night"),
-    (r"\b(?:similar|like this|resembl\w*|look like|looks like|comparable)\b", "retrieve"),
+    (r"\b(?:the (?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last|"
+     r"\d+(?:st|nd|rd|th)) one|that one|th(?:at|is) (?:desaturation|apnea|hypopnea|event|"
+     r"interval|arousal|period|limb movement|movement)|number \d+|#\d+)\b", "followup"),
+    (r"^(?:and |so )?(?:what|which)(?: sleep)? stage was (?:it|that|this)\b", "followup"),
+    (r"\"[^\"]+\"\s*(?:,|or)\s*\"[^\"]+\"|\b(?:probabilit\w*|how likely|likelihood|"
+     r"classify|which (?:stage|class|label) (?:is|fits|best))\b|\bis (?:this|it|that) "
+     r"(?:epoch )?(?:more )?(?:rem|n1|n2|n3|wake)\b|\bwhat stage is epoch\b", "classify"),
+    (r"\b(?:similar|like this|like that|like patient|resembl\w*|comparable|other patients|"
+     r"other nights)\b", "retrieve"),
     (r"\bhypnogram\b", "plot_hypnogram"),
-    (r"\b(?:timeline|event plot|plot (?:the )?events|chart of (?:the )?events)\b",
+    (r"\b(?:timeline|event plot)\b|\b(?:plot|draw|chart)\b.*\bevents?\b",
      "plot_events"),
-    (r"\b(?:show|plot|draw|display)\b.*\b(?:signals?|traces?|waveforms?|channels?|raw|eeg|"
-     r"airflow|ecg|spo2 trace)\b", "plot_signals"),
-    (r"\b(?:probabilit\w*|how likely|classify|which (?:stage|class|label)|is (?:this|it|that)"
-     r" (?:epoch )?(?:more )?(?:rem|n1|n2|n3|wake))\b|\bor\b.*\?$.*\"", "classify"),
+    (r"\b(?:show|plot|draw|display|pull up)\b.*\b(?:signals?|traces?|waveforms?|channels?|"
+     r"raw|eeg|airflow|ecg|spo2 trace)\b", "plot_signals"),
+    (r"^(?:please\s+)?(?:describe|caption)\b|\bdescription\b|\bwhat (?:happens|happened|"
+     r"is going on|is happening) (?:at|in|during|between|around|from)\b|\bwhat does (?:the )?"
+     r"[\w\s]+ look like\b", "caption"),
+    (r"\bwalk me through\b|\boverview\b|\bsummar(?:y|ise|ize)\b", "summary"),
+    (r"^(?:please\s+)?(?:find|locate|search (?:the night )?for|look for|where (?:in the night "
+     r"|does|do|is|are))\b", "localize"),
 )
 
 

@@ -1,0 +1,155 @@
+"""The assistant's question set (assistant/questions.jsonl) and its benchmark's scoring.
+
+The schema checks read the shipped question set: enough items, every category, real tool and
+measure names, sound conversations. A subset of its questions then runs through the offline
+planner on a tiny simulated library with an untrained tiny SleepLM (the questions re-pointed at
+the tiny patient): routing must match and no answer may hold a number that is in none of its
+sources (tool results, question, earlier turns).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_CHANNELS, write_tiny_library
+
+from assistant.agent import Answer, Assistant, ToolStep
+from assistant.config import AssistantConfig
+from assistant.planner import OfflinePlanner
+from sleeplm import prompts as P
+from sleeplm.library import PatientLibrary
+from sleeplm.model import SleepLM, SleepLMConfig, save_model
+from sleeplm.tokenizer import train_tokenizer
+from tools import ToolContext, report_facts
+from tools.langchain_tools import TOOL_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = (("osa_moderate", 51, "SC4031E0"),)
+PATIENT = "sim-00051-osa_moderate"
+#: Questions of the shipped set that any short night can answer (in set order: q024 lists
+#: the longest apnea, q028 follows it up).
+SUBSET = ("q001", "q002", "q007", "q024", "q028", "q042", "q072", "q080", "q099")
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "assistant_questions", ROOT / "benchmarks" / "assistant_questions.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+B = _load_benchmark()
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> PatientLibrary:
+    root = tmp_path_factory.mktemp("questions")
+    lib_dir = root / "lib"
+    lib_dir.mkdir()
+    write_tiny_library(lib_dir, PLAN)
+    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
+             for v in table.values() for t in v]
+    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
+    tok.save(root / "tok.json")
+    torch.manual_seed(0)
+    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
+    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    return PatientLibrary(lib_dir, model_dir=ck)
+
+
+@pytest.fixture(scope="module")
+def measure_names(library) -> set[str]:
+    facts = report_facts(ToolContext(library=library, patient=PATIENT))
+    return {m.name for ms in facts.sections.values() for m in ms}
+
+
+# ---------------------------------------------------------------------------- the set
+
+
+def test_question_set_schema(measure_names):
+    questions = B.load_questions()
+    assert B.QUESTIONS_PATH.parent == ROOT / "assistant"  # ships inside the package folder
+    assert len(questions) >= 80
+    assert {q.category for q in questions} == set(B.CATEGORIES)
+    tools = set(TOOL_NAMES) | set(B.REPORT_TOOL_NAMES)
+    assert B.check_question_set(questions, tools, measure_names) == []
+    assert sum(q.paraphrase_of is not None for q in questions) >= 10
+    assert len({q.patient for q in questions}) >= 5
+    # follow-ups and report edits come after something to refer to, in the same thread
+    for convo in B.conversations(questions):
+        assert convo[0].category not in ("followup", "report_edit"), convo[0].id
+    # out-of-scope requests call no tool
+    assert all(not q.expect_tools for q in questions if q.category == "out_of_scope")
+
+
+def test_question_set_rejects_bad_items(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": "a", "patient": "p", "conversation": "c", "question": "x", '
+                   '"category": "gossip"}\n')
+    with pytest.raises(ValueError, match="unknown category"):
+        B.load_questions(bad)
+    bad.write_text('{"id": "a", "patient": "p", "conversation": "c", "question": "x", '
+                   '"category": "measure", "expect_tools": ["report_facts"]}\n' * 2)
+    with pytest.raises(ValueError, match="duplicate"):
+        B.load_questions(bad)
+    q = B.Question(id="a", patient="p", conversation="c", question="x", category="measure",
+                   expect_tools=["crystal_ball"], expect_facts=["ahi_9"], paraphrase_of="zz")
+    problems = B.check_question_set([q], TOOL_NAMES, {"ahi_3a"})
+    assert len(problems) == 3 and "crystal_ball" in problems[0]
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def test_numbers_and_sources():
+    toks = B.numbers_in("1. obstructive apnea at 01:19:47: (epoch 367, N2), 25.7 s; SpO2 "
+                        "nadir 88 % in sim-01003-osa_moderate on 2026-01-02, AHI by ahi_3a")
+    assert [t.text for t in toks] == ["01:19:47", "367", "25.7", "88"]
+    src = B.NumberSources(['{"onset_clock": "01:19:47", "epoch": 367, "duration_s": 25.73}',
+                           "nadir 88.0 %"])
+    assert all(src.has(t) for t in toks)
+    assert B.wrong_numbers("The AHI is 17.6 events/h at 01:20.", src) == ["17.6", "01:20"]
+    assert B.wrong_numbers("below the reference of 85 %, T90 at 90 %", src) == []
+    assert B.wrong_numbers("the first 2:\n1. a\n2. b", src) == []  # a list's own length
+
+
+def test_score_checks_routing_facts_and_numbers():
+    q = B.Question(id="a", patient="p", conversation="c", question="What is the AHI?",
+                   category="measure", expect_tools=["report_facts"], expect_facts=["ahi_3a"])
+    step = ToolStep(name="report_facts", content="- AHI: 17.6 events/h")
+    good = Answer(patient="p", question=q.question, text="AHI: 17.6 events/h",
+                  tool_calls=[step])
+    row = B.score(q, good, {"ahi_3a": "17.6 events/h"}, [])
+    assert row.passed and row.reasons == []
+    bad = Answer(patient="p", question=q.question, text="AHI: 0.0 events/h")
+    row = B.score(q, bad, {"ahi_3a": "17.6 events/h"}, [])
+    assert not row.routing_ok and not row.facts_ok and row.wrong_numbers == ["0.0"]
+    summary = B.summarise([row])
+    assert summary["all"]["routing"] == 0.0 and summary["measure"]["wrong_numbers"] == 1
+    assert "measure" in B.format_table(summary)
+
+
+# ---------------------------------------------------------------------------- offline run
+
+
+def test_offline_planner_on_a_subset(tmp_path, library):
+    by_id = {q.id: q for q in B.load_questions()}
+    subset = [by_id[i].model_copy(update={"patient": PATIENT}) for i in SUBSET]
+    config = AssistantConfig.load(env={}, state_dir=tmp_path / "state")
+    bot = Assistant(config, library=library, index=None, chat_model=OfflinePlanner())
+    rows = B.run_questions(bot, subset, progress=False)
+    assert [r.id for r in rows] == list(SUBSET)
+    for r in rows:
+        assert r.error is None, (r.id, r.error)
+        assert r.routing_ok, (r.id, r.tools, r.intent, r.reasons)
+        assert r.wrong_numbers == [], (r.id, r.answer)
+        assert r.answer.strip()
+    assert all(r.intent for r in rows)  # the planner's route is read back from the thread
+    facts = {r.id: r for r in rows}
+    assert facts["q002"].facts_ok and facts["q072"].facts_ok and facts["q099"].facts_ok
