@@ -34,7 +34,8 @@ __all__ = [
     "time_range",
 ]
 
-_AMPM = r"(?:\s*(a\.?m\.?|p\.?m\.?))?"
+_AMPM = (r"(?:\s*(a\.?m\.?|p\.?m\.?|in the (?:morning|afternoon|evening)|at night|"
+         r"tonight))?")
 _HM = r"(\d{1,2})(?:[:h.](\d{2}))?(?::(\d{2}))?"
 _CLOCK_RE = re.compile(rf"\b{_HM}{_AMPM}\b", re.I)
 _RANGE_RE = re.compile(
@@ -49,6 +50,9 @@ def _hhmm(h: str, m: str | None, s: str | None, ampm: str | None, *, night: bool
     hour, minute = int(h), int(m or 0)
     if ampm:
         a = ampm.lower().replace(".", "")
+        a = ("pm" if re.search(r"afternoon|evening|tonight", a) or (a == "at night" and
+                                                                    int(h) >= 7) else
+             "am" if re.search(r"morning|at night", a) else a)
         if not 1 <= hour <= 12:
             return None
         hour = hour % 12 + (12 if a == "pm" else 0)
@@ -260,14 +264,17 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"sleep[- ]onset latency|sleep latency|how long .* fall asleep|to fall asleep",
      "architecture", ("sleep_onset_latency_min",)),
     (r"rem latency|first rem (?:start|begin|appear|occur|come)|(?:long|time) (?:after|from) "
-     r"sleep onset .*\brem\b|\brem\b.* after sleep onset|(?:long|time) until (?:the )?first rem",
+     r"sleep onset .*\brem\b|\brem\b.* after sleep onset|(?:long|time) until (?:the )?first rem|"
+     r"\b(?:get|got|go|went|gets|goes|reach|reached|enter|entered) (?:in)?to rem\b|"
+     r"\breach(?:ed)? rem\b",
      "architecture", ("rem_latency_min",)),
     (r"awakenings|how many times .* wake|woke up", "architecture", ("awakenings",)),
     (r"time in bed|\btib\b|recording (?:time|length)|\bin bed\b", "architecture",
      ("tib_min",)),
     (r"how much rem|rem (?:time|percentage|%|share)|percent(?:age)? (?:of )?rem", "architecture",
      ("r_min", "r_pct_tst")),
-    (r"how much (?:n3|deep|slow)|n3 (?:time|percentage|%)|deep sleep", "architecture",
+    (r"how much (?:n3|deep|slow)|n3 (?:time|percentage|%)|deep sleep|slow[- ]wave sleep|"
+     r"\bsws\b|minutes of n3", "architecture",
      ("n3_min", "n3_pct_tst")),
     (r"how much n2|n2 (?:time|percentage|%)", "architecture", ("n2_min", "n2_pct_tst")),
     (r"how much n1|n1 (?:time|percentage|%)|light sleep", "architecture", ("n1_min",

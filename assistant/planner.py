@@ -257,6 +257,9 @@ class OfflinePlanner(BaseChatModel):
             return AIMessage(content="Ask me about the current patient's night.")
         question = _text(messages[last_h])
         turn = messages[last_h + 1:]
+        from assistant.routing import fix_first_verb
+
+        question = fix_first_verb(question)
         route = self._turn_route(turn) or self.router.route(question)
         results = _results(turn)
         history = messages[:last_h]
@@ -478,7 +481,12 @@ class OfflinePlanner(BaseChatModel):
             if len(labels) < 2:
                 m = re.search(r"\b(?:is|was)\s+(?:it|this|that|epochs?\s+[\d\s\-to]+|the night)?\s*"
                               r"(?:more\s+)?(.+?)\s+or\s+(.+?)\??$", low)
-                if m:
+                lst = re.search(r"\b(?:more like|look like|like|between|as)\s+([^?.]+?,[^?.]+?"
+                                r"\bor\b[^?.]+?)(?:\?|\.|$)", low)
+                if lst:
+                    labels = [x.strip() for x in re.split(r",\s*(?:or\s+)?|\s+or\s+",
+                                                          lst.group(1)) if x.strip()]
+                elif m:
                     labels = [m.group(1).strip(), m.group(2).strip()]
                 elif re.search(r"\bwhat stage\b|\bwhich stage\b", low):
                     labels = ["wake", "N1 sleep", "N2 sleep", "N3 deep sleep", "REM sleep"]
@@ -671,7 +679,7 @@ class OfflinePlanner(BaseChatModel):
                           + done[-1].content)
 
 
-_ASKS_VALUE = re.compile(r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were)\b|how (?:many|much|long|"
+_ASKS_VALUE = re.compile(r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were|s)\b|how (?:many|much|long|"
                          r"low|high|bad|severe|often)\b|give me the\b|tell me the\b|which (?:is|was)"
                          r"\b|is the\b|was the\b)", re.I)
 
@@ -686,6 +694,8 @@ def _adjust(route: Route, question: str, a: X.Args) -> Route:
             "unknown", "summary", "help", "localize", "caption", "classify", "events",
             "followup", "out_of_scope", "insight_nadir", "compare_night", "retrieve"} and not (
             a.time_range and a.event_types):
+        return Route("measure", route.score, route.ranking, "embedding+arguments")
+    if route.intent == "unknown" and a.measures:
         return Route("measure", route.score, route.ranking, "embedding+arguments")
     if route.intent == "unknown" and a.event_types:
         return Route("events", route.score, route.ranking, "embedding+arguments")

@@ -1179,7 +1179,7 @@ def _plan_edits(edits: Sequence[str], pool: dict[str, FactItem],
             continue
         named = _sections_named(e)
         if re.search(r"\b(shorten|shorter|condense|trim|abbreviate|concise|brief|briefer|"
-                     r"tighten|cut down)\b", e):
+                     r"tighten|cut down)\b|\bcut\b.*\bdown\b|\bcouple of sentences\b", e):
             targets = [k for k in named if k != "notice"]
             if not targets and re.search(r"\b(report|everything|all)\b", e):
                 targets = [k for k in SECTION_ORDER if k not in ("notice", "recommendations")]
@@ -1206,10 +1206,12 @@ def _plan_edits(edits: Sequence[str], pool: dict[str, FactItem],
         # "could you also mention X", "can you add X", "please also include X" -> "add X"
         e = re.sub(r"^(?:could|can|would|will)\s+you\s+(?:please\s+)?(?:also\s+)?", "", e)
         e = re.sub(r"^(please\s+)?also\s+", r"\1", e)
-        if re.match(r"^(please\s+)?(add|include|mention|report|show|give|state)\b", e):
-            obj = re.sub(r"^(please\s+)?(add|include|mention|report|show|give|state)\s+", "", e)
+        if re.match(r"^(please\s+)?(add|include|mention|report|show|give|state|put|insert)\b", e):
+            obj = re.sub(r"^(please\s+)?(add|include|mention|report|show|give|state|put|insert)"
+                         r"\s+", "", e)
             obj = re.sub(r"\s*\?$", "", obj)
-            target_m = re.search(r"\b(?:to|in|into|under)\s+the\s+(\w[\w\s]*)$", obj)
+            target_m = re.search(r"\b(?:to|in|into|under|within)\s+the\s+(\w[\w\s]*?)"
+                                 r"(?:\s+(?:part|paragraph|section|bit))?$", obj)
             target = "impression"
             if target_m:
                 where = _sections_named(target_m.group(1))

@@ -65,12 +65,14 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
      r"joke|weather|football|stock market|book an appointment)\b", "out_of_scope"),
     (r"\b(?:blood pressure|\bbp\b|end[- ]tidal|etco2|\bco2\b|capnograph\w*|"
      r"transcutaneous|body temperature|glucose|cortisol|\beeg\b at home)\b", "not_recorded"),
-    (r"^(?:please\s+)?(?:add|include|remove|drop|shorten|lengthen|rewrite)\b", "revise_report"),
-    (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change|mention|include)\b.*"
-     r"\b(?:report|impression|recommendations?|summary section|section|draft)\b",
-     "revise_report"),
-    (r"\b(?:draft|write|generate|make|create|prepare|produce)\b.*\breport\b|^report\b",
-     "report"),
+    (r"^(?:please\s+)?(?:also\s+)?(?:add|include|remove|drop|shorten|lengthen|rewrite|"
+     r"condense|trim)\b", "revise_report"),
+    (r"\b(?:draft|write|generate|make|create|prepare|produce|put together|write up)\s+(?:me\s+)?"
+     r"(?:a|the|an|my|up a)?\s*(?:new\s+|full\s+)?(?:draft\s+)?(?:clinical\s+|sleep\s+(?:study\s+)?"
+     r"|psg\s+)?report\b|^report\b", "report"),
+    (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change|mention|include|cut|"
+     r"trim|condense|tighten|put|insert|expand)\b.*\b(?:report|impression|recommendations?|"
+     r"summary section|section|draft|part|paragraph)\b", "revise_report"),
     (r"\bwhy\b.*\b(?:efficiency|so (?:little|short)|poor sleep|sleep so badly)",
      "insight_efficiency"),
     (r"\bpositional\b|\b(?:lying |sleeping )?on (?:the|his|her|their) back\b|"
@@ -82,7 +84,8 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
      r"(?:night|study|recording)\b", "compare_night"),
     (r"\b(?:the (?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last|"
      r"\d+(?:st|nd|rd|th)) one|that one|th(?:at|is) (?:desaturation|apnea|hypopnea|event|"
-     r"interval|arousal|period|limb movement|movement)|number \d+|#\d+)\b", "followup"),
+     r"interval|arousal|period|limb movement|movement)|number \d+|#\d+)\b|\bthe (?:first|"
+     r"second|third|fourth|fifth|last|\w+th) of (?:those|them|these)\b", "followup"),
     (r"^(?:and |so )?(?:what|which)(?: sleep)? stage was (?:it|that|this)\b", "followup"),
     (r"\"[^\"]+\"\s*(?:,|or)\s*\"[^\"]+\"|\b(?:probabilit\w*|how likely|likelihood|"
      r"classify|which (?:stage|class|label) (?:is|fits|best))\b|\bis (?:this|it|that) "
@@ -94,6 +97,11 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
      "plot_events"),
     (r"\b(?:show|plot|draw|display|pull up)\b.*\b(?:signals?|traces?|waveforms?|channels?|"
      r"raw|eeg|airflow|ecg|spo2 trace)\b", "plot_signals"),
+    (r"^(?:can you |could you )?(?:please\s+)?(?:list|enumerate)\b", "events"),
+    (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b.*"
+     r"\b(?:at|around|between|during|from|in epoch)\s+\d", "caption"),
+    (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b",
+     "summary"),
     (r"^(?:please\s+)?(?:describe|caption)\b|\bdescription\b|\bwhat (?:happens|happened|"
      r"is going on|is happening) (?:at|in|during|between|around|from)\b|\bwhat does (?:the )?"
      r"[\w\s]+ look like\b", "caption"),
@@ -101,6 +109,29 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"^(?:please\s+)?(?:find|locate|search (?:the night )?for|look for|where (?:in the night "
      r"|does|do|is|are))\b", "localize"),
 )
+
+
+#: Verbs that open requests; a misspelt first word close to one of them is read as it.
+_VERBS = ("describe", "list", "show", "plot", "draw", "find", "locate", "draft", "summarise",
+          "summarize", "classify", "compare", "shorten", "remove", "explain", "display")
+
+
+#: Real words close to those verbs, never "corrected" (prescribe is not describe).
+_REAL_WORDS = frozenset({"prescribe", "subscribe", "inscribe", "proscribe", "listen", "lists",
+                         "shows", "plots", "finds", "drafts", "display", "displays"})
+
+
+def fix_first_verb(text: str) -> str:
+    """``"desribe epoch 120"`` -> ``"describe epoch 120"`` (a typo in the opening verb)."""
+    import difflib
+
+    head, sep, rest = text.partition(" ")
+    if head and head not in _VERBS and head not in _REAL_WORDS and head.isalpha() and \
+            len(head) >= 4:
+        close = difflib.get_close_matches(head, _VERBS, n=1, cutoff=0.85)
+        if close:
+            return close[0] + sep + rest
+    return text
 
 
 @dataclass(frozen=True)
@@ -152,7 +183,7 @@ class SemanticRouter:
 
     def route(self, question: str) -> Route:
         """The intent of ``question`` (see the module docstring)."""
-        low = question.strip().lower()
+        low = fix_first_verb(question.strip().lower())
         names, vecs = self._index()
         sims = vecs @ embed([low])[0]
         per: dict[str, float] = {}
