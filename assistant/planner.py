@@ -453,15 +453,19 @@ class OfflinePlanner(BaseChatModel):
             low = q.lower()
             args: dict[str, Any] = {"k": X.limit(q, 5)}
             prof = re.search(r"\b(healthy_young|healthy_older|osa_mild|osa_moderate|osa_severe|"
-                             r"csa_cheyne_stokes|plm_disorder|insomnia|narcolepsy|rbd)\b", low)
+                             r"csa_cheyne_stokes|plm_disorder|insomnia|narcolepsy|rbd)\b",
+                             low.replace((a.patient or "\0").lower(), " "))
             if prof:
                 args["profile"] = prof.group(1)
             if sel is not None:
                 args.update(source="epoch" if "epoch" in sel else "interval", selection=sel,
                             level="epoch")
-            elif re.search(r"\bnights?\b|\bpatients?\b|\bstud(?:y|ies)\b|this one\b", low) \
-                    and not re.search(r"\bepochs?\b", low):
+            elif (a.patient or re.search(r"\bnights?\b|\bpatients?\b|\bstud(?:y|ies)\b|"
+                                         r"this one\b", low)) and not re.search(r"\bepochs?\b",
+                                                                              low):
                 args.update(source="night", level="night")
+                if a.patient:
+                    args["like_patient"] = a.patient
             else:
                 text = a.quoted[0] if a.quoted else re.sub(
                     r"^(?:find|search(?: the library)? for|show me)\s+(?:epochs?\s+)?(?:that "

@@ -532,3 +532,13 @@ def test_agent_passes_the_current_patient_as_runtime_context(ctx):
     result = tool_msgs[0].artifact.result
     assert isinstance(result, LocalizeOutput) and result.patient == OSA
     assert res["messages"][-1].content == "Here they are."
+
+
+def test_retrieve_nights_like_another_patient(ctx):
+    from tools import RetrieveInput, retrieve
+
+    out = retrieve(ctx, RetrieveInput(source="night", level="night", k=5, like_patient=HEALTHY))
+    assert out.query == f"the night of {HEALTHY}"
+    assert all(h.patient not in (HEALTHY, OSA) for h in out.hits)  # neither query nor current
+    with pytest.raises(UnknownPatientError):
+        retrieve(ctx, RetrieveInput(source="night", level="night", like_patient="sim-99999-x"))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from sleeplm.library import validate_patient_id
 from sleeplm.recording import STAGES
 from tools.common import Span, TimeSelection, resolve_selection
 from tools.context import ToolContext
@@ -63,6 +64,9 @@ class RetrieveInput(BaseModel):
     profile: str | None = Field(default=None, description="only this profile")
     exclude_current_patient: bool = Field(default=True,
                                           description="leave the current patient out")
+    like_patient: str | None = Field(
+        default=None, description="source='night': use this library patient's night as the "
+                                  "query instead of the current one ('nights like patient X')")
 
 
 class RetrievedItem(BaseModel):
@@ -185,8 +189,12 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
         vec = ctx.class_vectors({"q": [text]}, ["q"])[0]
         described = f"the text '{text}'"
     elif request.source == "night":
-        vec = np.asarray(p.night_embedding, dtype=np.float32)
-        described = f"the night of {p.patient}"
+        q = p
+        if request.like_patient and request.like_patient != p.patient:
+            validate_patient_id(request.like_patient)
+            q = ctx.library.open(request.like_patient, progress=False)  # unknown: lists ids
+        vec = np.asarray(q.night_embedding, dtype=np.float32)
+        described = f"the night of {q.patient}"
     else:
         if request.selection is None or request.selection.is_night:
             raise TimeRangeError(f"source='{request.source}' needs a selection (an epoch, "
@@ -211,6 +219,8 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
     filt = where if len(where) <= 1 else {"$and": [{k: v} for k, v in where.items()]}
     exclude = p.patient if request.exclude_current_patient else None
     extra_k = 0 if exclude else (len(own_epochs) if request.level == "epoch" else 1)
+    if request.source == "night" and request.level == "night" and request.like_patient:
+        extra_k += 1  # the query night itself comes back first and is skipped
     query = index.query_epochs if request.level == "epoch" else index.query_nights
     hits = query(vec, k=request.k + extra_k, where=filt or None, exclude_patient=exclude)
     items = []
@@ -220,6 +230,9 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
                 continue
             if request.level == "night" and request.source == "night":
                 continue
+        if request.source == "night" and request.level == "night" and \
+                h.patient == (request.like_patient or p.patient):
+            continue  # the query night itself
         items.append(RetrievedItem(id=h.id, kind=h.kind, patient=h.patient, night=h.night,
                                    profile=h.profile, score=float(h.score), epoch=h.epoch,
                                    start_s=h.start_s, clock=h.clock, stage=h.stage,
