@@ -53,10 +53,6 @@ def _ctx(env, patient: str):
     return ToolContext(library=lib, patient=patient, index=index, output_dir=out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit of the shipped checkpoint (issue 5 note): it has not learned respiratory "
-    "events yet (held-out epoch AUROC of the apnea margin 0.63, here 0.50); strict, so this "
-    "turns into a failure to remove the mark as soon as a checkpoint passes"))
 def test_localize_finds_the_placed_apneas(env):
     from sklearn.metrics import roc_auc_score
 
@@ -85,8 +81,8 @@ def test_localize_finds_the_placed_apneas(env):
 
 @pytest.mark.xfail(strict=True, reason=(
     "known limit of the shipped checkpoint (issue 5 note): a night's mean epoch embedding is "
-    "dominated by its stage mix, heart rate and SpO2 level, not by its respiratory or "
-    "limb-movement profile (0 of 6 here); strict, so a checkpoint that passes removes the mark"))
+    "dominated by its stage mix, heart rate and SpO2 level more than by its respiratory or "
+    "limb-movement profile; strict, so a checkpoint that passes removes the mark"))
 def test_retrieve_returns_the_same_profile_first(env):
     from tools import RetrieveInput, retrieve
 
