@@ -212,7 +212,7 @@ def to_markdown(report: Report) -> str:
     lines += ["## Key indices", "", "| index | value |", "|---|---|"]
     for key, k in report.key_indices.items():
         val = k.display or (f"not available ({k.reason})" if k.reason else "not available")
-        lines.append(f"| {_md(key)} | {_md(val)} |")
+        lines.append(f"| {_md(k.label or key)} | {_md(val)} |")
     if report.severity:
         lines += ["", f"Sleep apnea severity: **{_md(report.severity)}**"]
     if report.flags:
@@ -297,7 +297,7 @@ def to_html(report: Report, figures: Sequence[ReportFigure] = ()) -> str:
     h.append("<h2>Key indices</h2><table><tr><th>index</th><th>value</th></tr>")
     for key, k in report.key_indices.items():
         val = k.display or (f"not available ({k.reason})" if k.reason else "not available")
-        h.append(f"<tr><td>{_e(key)}</td><td>{_e(val)}</td></tr>")
+        h.append(f"<tr><td>{_e(k.label or key)}</td><td>{_e(val)}</td></tr>")
     h.append("</table>")
     if report.severity:
         h.append(f"<p>Sleep apnea severity: <strong>{_e(report.severity)}</strong></p>")
@@ -424,7 +424,7 @@ def to_pdf(report: Report, figures: Sequence[ReportFigure] = ()) -> bytes:
     para("Key indices", 12, "B")
     for key, k in report.key_indices.items():
         val = k.display or (f"not available ({k.reason})" if k.reason else "not available")
-        para(f"{key}: {val}", 9, gap=0.5)
+        para(f"{k.label or key}: {val}", 9, gap=0.5)
     if report.severity:
         para(f"Sleep apnea severity: {report.severity}", 10, "B")
     for s in _sections(report):
