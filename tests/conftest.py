@@ -215,3 +215,21 @@ def add_study(folder: Path, pid: str, seed: int, *, drop=(), extra_label: str | 
     row.update(patient_id=pid, profile="osa_moderate", seed=seed, hypnogram_source="SC4021E0",
                edf=files.edf.name, annotations=files.annotations.name, status="ok")
     pd.concat([man, pd.DataFrame([row])]).to_csv(folder / "manifest.csv", index=False)
+
+
+def tiny_checkpoint(root: Path, seed: int = 0) -> Path:
+    """An untrained test-sized SleepLM over ``TINY_CHANNELS`` at 16 Hz, saved in ``root/ck``
+    with a tokenizer trained on the zero-shot prompt tables (``root/tok.json``)."""
+    import torch
+
+    from sleeplm import prompts as P
+    from sleeplm.model import SleepLM, SleepLMConfig, save_model
+    from sleeplm.tokenizer import train_tokenizer
+
+    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
+             for v in table.values() for t in v]
+    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
+    tok.save(root / "tok.json")
+    torch.manual_seed(seed)
+    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
+    return save_model(SleepLM(cfg), root / "ck", root / "tok.json")

@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_CHANNELS, add_study, write_tiny_library
+from conftest import add_study, tiny_checkpoint, write_tiny_library
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
 
@@ -22,10 +21,7 @@ from assistant import extract as X
 from assistant.agent import Assistant
 from assistant.config import AssistantConfig, ConfigError
 from assistant.planner import OfflinePlanner
-from sleeplm import prompts as P
 from sleeplm.library import InvalidPatientIdError, PatientLibrary, UnknownPatientError
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 from tools import ToolContext, report_facts
 
 PLAN = (("osa_moderate", 41, "SC4031E0"),)
@@ -41,13 +37,7 @@ def library(tmp_path_factory) -> PatientLibrary:
     lib_dir.mkdir()
     write_tiny_library(lib_dir, PLAN)
     add_study(lib_dir, INJ, 42, extra_label=INJECTION)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     return PatientLibrary(lib_dir, model_dir=ck)
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from conftest import (
-    TINY_CHANNELS,
     TINY_HYPNOGRAM,
+    tiny_checkpoint,
     write_mixed_rate_edf,
     write_tiny_library,
 )
@@ -40,10 +39,7 @@ from assistant.app import (
 )
 from assistant.config import AssistantConfig
 from assistant.planner import OfflinePlanner
-from sleeplm import prompts as P
 from sleeplm.library import PatientLibrary
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 
 PLAN = (("osa_moderate", 51, "SC4031E0"),)
 OSA = "sim-00051-osa_moderate"
@@ -61,13 +57,7 @@ def tiny_library(root: Path) -> PatientLibrary:
     lib_dir = root / "lib"
     lib_dir.mkdir()
     write_tiny_library(lib_dir, PLAN)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     return PatientLibrary(lib_dir, model_dir=ck)
 
 

@@ -14,16 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_CHANNELS, write_tiny_library
+from conftest import tiny_checkpoint, write_tiny_library
 
 from assistant.agent import Answer, Assistant, ToolStep
 from assistant.config import AssistantConfig
 from assistant.planner import OfflinePlanner
-from sleeplm import prompts as P
 from sleeplm.library import PatientLibrary
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 from tools import ToolContext, report_facts
 from tools.langchain_tools import TOOL_NAMES
 
@@ -53,13 +49,7 @@ def library(tmp_path_factory) -> PatientLibrary:
     lib_dir = root / "lib"
     lib_dir.mkdir()
     write_tiny_library(lib_dir, PLAN)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     return PatientLibrary(lib_dir, model_dir=ck)
 
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from conftest import TINY_CHANNELS, write_tiny_library
+from conftest import tiny_checkpoint, write_tiny_library
 
 from assistant.batch import (
     STATUS_NAME,
@@ -28,9 +27,6 @@ from assistant.batch import (
     run_batch,
 )
 from assistant.cli import main
-from sleeplm import prompts as P
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 
 PLAN = (("healthy_young", 31, "SC4011E0"), ("osa_moderate", 32, "SC4031E0"),
         ("osa_severe", 33, "SC4021E0"))
@@ -56,13 +52,7 @@ def env(tmp_path_factory):
     (lib / "broken.edf").write_text("this is a text file, not an EDF recording\n")
     _add_row(lib, lib / "manifest.csv", patient_id=BROKEN, profile="healthy_young",
              edf="broken.edf", status="ok")
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     return lib, ck, root
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CHANNELS, write_tiny_library
+from conftest import tiny_checkpoint, write_tiny_library
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -45,10 +45,7 @@ from assistant.backends import (
     sends_data_off_machine,
 )
 from assistant.config import AssistantConfig
-from sleeplm import prompts as P
 from sleeplm.library import PatientLibrary
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 from tools import ToolContext
 
 STUDY = "sim-00022-osa_moderate"
@@ -96,13 +93,7 @@ def env(tmp_path_factory):
     manifest = pd.read_csv(lib_dir / "manifest.csv")
     manifest["edf"] = SIGNAL_NAME
     manifest.to_csv(lib_dir / "manifest.csv", index=False)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     lib = PatientLibrary(lib_dir, model_dir=ck)
     return lib, root
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 
-import pandas as pd
 import pytest
-import torch
-from conftest import TINY_CHANNELS, add_study, write_tiny_library
+from conftest import add_study, tiny_checkpoint, write_tiny_library
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from pydantic import Field
 
@@ -30,10 +27,7 @@ from assistant.report import (
     Report,
     draft_report,
 )
-from sleeplm import prompts as P
 from sleeplm.library import PatientLibrary
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 from tools import ToolContext, report_facts
 
 PLAN = (("healthy_young", 31, "SC4011E0"), ("osa_moderate", 32, "SC4031E0"))
@@ -55,13 +49,7 @@ def env(tmp_path_factory):
     add_study(lib_dir, BARE, 33, drop=("SPO2", "EEG"))
     add_study(lib_dir, INJ, 34, extra_label=INJECTION)
     add_study(lib_dir, HSAT, 35, drop=("EEG", "EOG", "EMG"), unstaged=True)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     return PatientLibrary(lib_dir, model_dir=ck), root / "figures"
 
 

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CHANNELS, TINY_HYPNOGRAM, write_tiny_library
+from conftest import TINY_HYPNOGRAM, tiny_checkpoint, write_tiny_library
 
 from sleeplm import prompts as P
 from sleeplm.index import EmbeddingIndex, IndexConfig
 from sleeplm.library import PatientLibrary, UnknownPatientError
 from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import train_tokenizer
 from sleeplm.zeroshot import localisation_margins
 from tools import (
     CaptionInput,
@@ -93,13 +92,7 @@ def env(tmp_path_factory):
     lib_dir.mkdir()
     write_tiny_library(lib_dir, PLAN)
     _add_bare_study(lib_dir)
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
-             for v in table.values() for t in v]
-    tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
-    tok.save(root / "tok.json")
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+    ck = tiny_checkpoint(root)
     lib = PatientLibrary(lib_dir, model_dir=ck)
     index = EmbeddingIndex(IndexConfig(path=root / "index", model_version=lib.model_version))
     assert index_library(lib, index) == 3
