@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,7 @@ from tools.context import ToolContext
 from tools.langchain_tools import ToolArtifact, make_tools
 
 __all__ = ["Answer", "Assistant", "AssistantContext", "StreamEvent", "ToolStep",
-           "report_tools"]
+           "report_tools", "write_draft"]
 
 
 @dataclasses.dataclass(eq=False)
@@ -57,10 +57,20 @@ class AssistantContext(ToolContext):
         The report's narrative writer (``None``: the offline templates).
     reports_dir : pathlib.Path or None
         Where drafts are kept, one folder per patient.
+    fill_index : callable or None
+        Called before the index is used (:meth:`Assistant.ensure_index`).
     """
 
     writer: Any = None
     reports_dir: Path | None = None
+    fill_index: Any = None
+
+    def require_index(self):
+        """The index, filled with the library's patients first when the assistant gave a
+        ``fill_index`` hook (so any backend's first retrieval finds every night)."""
+        if self.fill_index is not None:
+            self.fill_index()
+        return super().require_index()
 
 
 class ToolStep(BaseModel):
@@ -151,25 +161,41 @@ class ReviseReportInput(BaseModel):
 
 def _report_dir(ctx: AssistantContext) -> Path:
     patient = ctx.require_patient()
-    base = ctx.reports_dir or (ctx.library.cache_dir / "reports" if hasattr(
-        ctx.library, "cache_dir") else Path("reports"))
-    return Path(base) / patient
+    if ctx.reports_dir is None:
+        raise ToolException("the report tools need the assistant's context (reports_dir)")
+    return Path(ctx.reports_dir) / patient
 
 
 def _edits_path(ctx: AssistantContext) -> Path:
     return _report_dir(ctx) / "edits.json"
 
 
-def _draft(ctx: AssistantContext, edits: list[str], indication: str | None) -> tuple[str, Any]:
+def write_draft(ctx: AssistantContext, edits: Sequence[str] = (),
+                indication: str | None = None) -> tuple[Any, dict[str, Path]]:
+    """Draft the patient's report with ``edits``, write every format into
+    ``<reports_dir>/<patient>/`` and remember the edits (the next revision adds to them).
+
+    The context's writer is wrapped for redaction first when its LLM is off this machine.
+
+    Returns
+    -------
+    report : assistant.report.Report
+    files : dict of str to pathlib.Path
+        Format -> file.
+    """
+    from assistant.backends import redact_writer
     from assistant.render import write_report_files
     from assistant.report import draft_report
 
-    from assistant.backends import redact_writer
-
     report = draft_report(ctx, writer=redact_writer(ctx.writer, ctx), indication=indication,
-                          edits=edits)
-    out = _report_dir(ctx)
-    files = write_report_files(report, out, ctx=ctx)
+                          edits=list(edits))
+    files = write_report_files(report, _report_dir(ctx), ctx=ctx)
+    _save_edits(ctx, list(edits))
+    return report, files
+
+
+def _draft(ctx: AssistantContext, edits: list[str], indication: str | None) -> tuple[str, Any]:
+    report, files = write_draft(ctx, edits, indication)
     text = _report_text(report, files)
     return text, ToolArtifact(tool="draft_report", result=report,
                               table=[{"format": k, "path": str(v)} for k, v in files.items()])
@@ -189,11 +215,11 @@ def _report_text(report: Any, files: dict[str, Path]) -> str:
 
 
 def _save_edits(ctx: AssistantContext, edits: list[str]) -> None:
+    from assistant.render import atomic_write
+
     path = _edits_path(ctx)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(edits), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(edits).encode("utf-8"))
 
 
 def _load_edits(ctx: AssistantContext) -> list[str]:
@@ -222,7 +248,6 @@ def report_tools() -> list[BaseTool]:
         deterministic measurements; every number and time is checked against them."""
         ctx = _ctx(runtime)
         try:
-            _save_edits(ctx, [])
             return _draft(ctx, [], indication)
         except (SleepLMError, ValueError, OSError) as exc:
             raise ToolException(f"{type(exc).__name__}: {exc}") from exc
@@ -235,7 +260,6 @@ def report_tools() -> list[BaseTool]:
         try:
             edits = _load_edits(ctx) + [edit]
             text, art = _draft(ctx, edits, None)
-            _save_edits(ctx, edits)
             applied = getattr(art.result, "edits", None)
             if applied:
                 notes = [f"- {e.request}: {'applied' if e.applied else 'not applied'}"
@@ -248,14 +272,6 @@ def report_tools() -> list[BaseTool]:
     for t in (draft_report_tool, revise_report_tool):
         t.handle_tool_error = True
     return [draft_report_tool, revise_report_tool]
-
-
-def _may_retrieve(question: str) -> bool:
-    """Whether a question may need the library-wide index (then it is filled first)."""
-    import re
-
-    return bool(re.search(r"similar|like|compar|resembl|library|other patients|other nights",
-                          question, re.I))
 
 
 # ------------------------------------------------------------------------------- agent
@@ -381,7 +397,8 @@ class Assistant:
             self._contexts[patient] = AssistantContext(
                 library=self.library, patient=patient, index=self.index,
                 output_dir=self.config.state_dir / "figures",
-                writer=writer, reports_dir=self.config.state_dir / "reports")
+                writer=writer, reports_dir=self.config.state_dir / "reports",
+                fill_index=self.ensure_index)
         return self._contexts[patient]
 
     @staticmethod
@@ -420,8 +437,6 @@ class Assistant:
             raise ValueError(f"question of {len(question)} characters: keep it under 4000")
         ctx = self.context(patient)
         ctx.processed()  # unknown patient / unreadable study: fail before the agent runs
-        if not self._index_filled and _may_retrieve(question):
-            self.ensure_index()
         t0 = time.perf_counter()
         steps: dict[str, ToolStep] = {}
         started: dict[str, float] = {}

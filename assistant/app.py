@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.agent import Answer, Assistant, StreamEvent, ToolStep
 from assistant.backends import describe_backend, sends_data_off_machine
+from assistant.render import atomic_write
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
 from sleeplm.library import (
@@ -256,10 +257,7 @@ def night_overview_png(ctx: ToolContext, highlights: Sequence[tuple[float, float
     plt.close(fig)
     tag = hashlib.sha1(repr(sorted(highlights)).encode()).hexdigest()[:10]
     path = ctx.figures_dir() / f"overview-{tag}.png"
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-    return path
+    return atomic_write(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------ uploads
@@ -532,15 +530,11 @@ def draft_files(ctx: Any, indication: str | None = None) -> tuple[str, dict[str,
     files : dict of str to pathlib.Path
         Format -> file.
     """
-    from assistant.render import to_markdown, write_report_files
-    from assistant.report import draft_report
+    from assistant.agent import write_draft
+    from assistant.render import to_markdown
 
-    pid = ctx.require_patient()
-    out = Path(ctx.reports_dir or ctx.library.cache_dir / "reports") / pid
-    report = draft_report(ctx, writer=getattr(ctx, "writer", None), indication=indication)
-    files = write_report_files(report, out, ctx=ctx)
     # a fresh draft starts without edits, as the agent's draft_report tool does
-    (out / "edits.json").unlink(missing_ok=True)
+    report, files = write_draft(ctx, (), indication)
     return to_markdown(report), files
 
 

@@ -39,7 +39,6 @@ import hashlib
 import io
 import math
 import os
-import secrets
 import signal
 import threading
 import time
@@ -80,7 +79,6 @@ NOTICE = ("Draft reports for review by a sleep physician; not a medical device a
 #: A worker that overruns the per-patient timeout by this factor (plus 30 s) is stopped.
 _HARD_FACTOR = 2.0
 _MAX_ATTEMPTS = 2  # a patient whose worker died is tried once more in a fresh pool
-_TMP = ".tmp-"
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -453,18 +451,11 @@ def _sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` under a temporary name, fsync, and rename it into place."""
+    """:func:`assistant.render.atomic_write`, creating the folder first."""
+    from assistant.render import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def _now() -> str:

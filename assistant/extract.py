@@ -46,7 +46,9 @@ _BEFORE_RE = re.compile(rf"\b(?:before|until)\s+{_HM}{_AMPM}", re.I)
 _EPOCH_RE = re.compile(r"\bepochs?\s+(\d{1,5})(?:\s*(?:-|to|and|through)\s*(\d{1,5}))?", re.I)
 
 
-def _hhmm(h: str, m: str | None, s: str | None, ampm: str | None, *, night: bool) -> str | None:
+def _hhmm(h: str, m: str | None, s: str | None, ampm: str | None) -> str | None:
+    """``HH:MM[:SS]`` of parsed parts; a bare hour without am/pm is taken as written ("2" is
+    02:00, the small hours of a night)."""
     hour, minute = int(h), int(m or 0)
     if ampm:
         a = ampm.lower().replace(".", "")
@@ -56,26 +58,19 @@ def _hhmm(h: str, m: str | None, s: str | None, ampm: str | None, *, night: bool
         if not 1 <= hour <= 12:
             return None
         hour = hour % 12 + (12 if a == "pm" else 0)
-    elif night and m is None and 1 <= hour <= 11:
-        hour = hour  # "between 2 and 3": small hours of the night
     if hour > 23 or minute > 59:
         return None
     return f"{hour:02d}:{minute:02d}" + (f":{int(s):02d}" if s else "")
-
-
-def _is_time(match: re.Match, ampm_group: int) -> bool:
-    """A bare number is a clock time only with minutes or am/pm."""
-    return bool(match.group(2) or match.group(ampm_group))
 
 
 def clock(text: str) -> str | None:
     """The clock time a question points at ("at 2:14", "around 3 am") as ``HH:MM[:SS]``."""
     m = _AT_RE.search(text)
     if m and (m.group(2) or m.group(4)):
-        return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4), night=True)
+        return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4))
     for m in _CLOCK_RE.finditer(text):
         if m.group(2) or m.group(4):
-            return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4), night=True)
+            return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4))
     return None
 
 
@@ -86,16 +81,16 @@ def time_range(text: str) -> tuple[str | None, str | None] | None:
     if m:
         a1, a2 = m.group(4), m.group(8)
         amp = a1 or a2  # "between 2 and 3 am": the am applies to both
-        start = _hhmm(m.group(1), m.group(2), m.group(3), a1 or amp, night=True)
-        end = _hhmm(m.group(5), m.group(6), m.group(7), a2 or amp, night=True)
+        start = _hhmm(m.group(1), m.group(2), m.group(3), a1 or amp)
+        end = _hhmm(m.group(5), m.group(6), m.group(7), a2 or amp)
         if start and end:
             return start, end
     m = _AFTER_RE.search(text)
     if m and (m.group(2) or m.group(4)):
-        return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4), night=True), None
+        return _hhmm(m.group(1), m.group(2), m.group(3), m.group(4)), None
     m = _BEFORE_RE.search(text)
     if m and (m.group(2) or m.group(4)):
-        return None, _hhmm(m.group(1), m.group(2), m.group(3), m.group(4), night=True)
+        return None, _hhmm(m.group(1), m.group(2), m.group(3), m.group(4))
     return None
 
 

@@ -21,6 +21,7 @@ planner listed in an earlier answer, which it keeps in that answer's ``additiona
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -683,9 +684,10 @@ class OfflinePlanner(BaseChatModel):
                           + done[-1].content)
 
 
-_ASKS_VALUE = re.compile(r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were|s)\b|how (?:many|much|long|"
-                         r"low|high|bad|severe|often)\b|give me the\b|tell me the\b|which (?:is|was)"
-                         r"\b|is the\b|was the\b)", re.I)
+_ASKS_VALUE = re.compile(
+    r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were|s)\b|how (?:many|much|long|low|high|"
+    r"bad|severe|often)\b|give me the\b|tell me the\b|which (?:is|was)\b|is the\b|was the\b)",
+    re.I)
 
 
 def _adjust(route: Route, question: str, a: X.Args) -> Route:
@@ -741,6 +743,4 @@ def _error_answer(r: ToolResult) -> str:
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj)

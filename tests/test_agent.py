@@ -236,3 +236,15 @@ def test_report_drafted_and_revised_in_conversation(tmp_path, library):
     shorter = bot.ask(OSA, "shorten the impression")
     assert "shorten the impression: applied" in shorter.text
     assert "add the positional AHI: applied" in shorter.text  # earlier edits are kept
+
+
+def test_index_is_filled_on_first_retrieval_whatever_the_wording(tmp_path, library):
+    call = AIMessage("", tool_calls=[{"name": "retrieve", "args": {"source": "night",
+                                                                    "level": "night", "k": 3},
+                                      "id": "r1", "type": "tool_call"}])
+    config = AssistantConfig.load(env={}, state_dir=tmp_path / "state")
+    bot = Assistant(config, library=library,  # index "auto": empty until the first retrieval
+                    chat_model=ScriptedChat(responses=[call, AIMessage("done")]))
+    [step] = bot.ask(OSA, "what else in the collection is close to this one?").tool_calls
+    assert not step.error, step.content
+    assert [h.patient for h in step.artifact.result.hits] == [INJ]

@@ -110,7 +110,7 @@ def test_summary_files(first):
         assert col in ok
     again = BatchSummary.model_validate_json((out / "summary.json").read_text())
     assert again.n_ok == 3 and again.rows == summary.rows
-    assert not list(out.rglob(".tmp-*"))  # every file was renamed into place
+    assert not list(out.rglob("*.tmp"))  # every file was renamed into place
 
 
 def test_rerun_skips_finished_and_redoes_deleted(env, first):
