@@ -269,17 +269,6 @@ class BatchSummary(BaseModel):
 # ------------------------------------------------------------------------------ the library
 
 
-class _ManifestLibrary(PatientLibrary):
-    """A :class:`PatientLibrary` whose studies come from a manifest CSV of any name."""
-
-    def __init__(self, manifest: Path, **kwargs: Any):
-        self._manifest_path = Path(manifest)
-        super().__init__(self._manifest_path.parent, **kwargs)
-
-    def _discover(self) -> dict:
-        return dict(sorted(self._from_manifest(self._manifest_path).items()))
-
-
 def open_library(source: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None) -> PatientLibrary:
     """The patient library of a batch source.
@@ -309,7 +298,7 @@ def open_library(source: str | os.PathLike, *, model_dir: str | os.PathLike | No
     if src.is_file() and src.suffix.lower() == ".csv":
         if src.name == MANIFEST_NAME:
             return PatientLibrary(src.parent, **kwargs)
-        return _ManifestLibrary(src, **kwargs)
+        return PatientLibrary(src.parent, manifest=src, **kwargs)
     if src.exists():
         raise BatchError(f"batch input {src} is neither a library folder nor a manifest CSV")
     raise BatchError(f"batch input {src} does not exist: give a library folder (EDF/BDF "

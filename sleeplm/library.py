@@ -633,6 +633,9 @@ class PatientLibrary:
     trust_file_stats : bool
         Reuse a file's remembered content hash while its size, inode and times are unchanged
         (default); False hashes the files on every open.
+    manifest : path-like, optional
+        A manifest CSV of any name listing the studies (paths relative to ``root``); default
+        ``<root>/manifest.csv`` when present, else a scan of ``root``.
 
     Raises
     ------
@@ -649,8 +652,11 @@ class PatientLibrary:
     """
 
     def __init__(self, root: Path, model_dir: Path | None = None, cache_dir: Path | None = None,
-                 *, device: str = "cpu", trust_file_stats: bool = True):
+                 *, device: str = "cpu", trust_file_stats: bool = True,
+                 manifest: Path | None = None):
         self.root = Path(root)
+        #: The manifest listing the studies (default ``<root>/manifest.csv`` when present).
+        self.manifest = Path(manifest) if manifest is not None else self.root / MANIFEST_NAME
         if not self.root.is_dir():
             raise FileNotFoundError(f"patient library folder {self.root} does not exist (a "
                                     "library is a folder of EDF/BDF studies, optionally with "
@@ -673,8 +679,10 @@ class PatientLibrary:
     # -- discovery --------------------------------------------------------------------------
 
     def _discover(self) -> dict[str, StudyEntry]:
-        manifest = self.root / MANIFEST_NAME
-        entries = self._from_manifest(manifest) if manifest.is_file() else self._from_scan()
+        if self.manifest.name != MANIFEST_NAME and not self.manifest.is_file():
+            raise ManifestError(f"manifest {self.manifest} does not exist")
+        entries = (self._from_manifest(self.manifest) if self.manifest.is_file()
+                   else self._from_scan())
         return dict(sorted(entries.items()))
 
     def _skip(self, what: str, why: str) -> None:
