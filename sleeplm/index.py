@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sleeplm._logging import logger  # noqa: E402
 from sleeplm.errors import SleepLMError  # noqa: E402
+from sleeplm.flat_index import FlatVectors, UnsupportedFilterError, group_file_name  # noqa: E402
 from sleeplm.recording import STAGES, safe_identifier  # noqa: E402
 
 __all__ = [
@@ -73,6 +74,8 @@ _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _PAGE = 10_000  # rows per get() page when listing metadata
+#: Sub-folder of an embedded store holding the exact-search mirror (:mod:`sleeplm.flat_index`).
+FLAT_FOLDER = "sleeplm-flat"
 
 
 # --------------------------------------------------------------------------------- errors
@@ -178,6 +181,12 @@ class IndexConfig(BaseModel):
         metadata, vectors of another version are refused.
     ef_construction, ef_search, max_neighbors : int
         HNSW parameters, applied when the collections are created (ignored afterwards).
+    search : {"auto", "exact", "hnsw"}
+        How queries are answered. ``"exact"``: a flat cosine search over every stored vector
+        (:mod:`sleeplm.flat_index`, a mirror of the collections in ``path/sleeplm-flat``),
+        exact and, up to a few million epochs, faster than HNSW on a small CPU; ``"hnsw"``:
+        chromadb's approximate index; ``"auto"`` (default): exact for an embedded store, HNSW
+        for a Chroma server (whose vectors are not on this machine).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -191,6 +200,12 @@ class IndexConfig(BaseModel):
     ef_construction: int = Field(default=100, ge=1)
     ef_search: int = Field(default=100, ge=1)
     max_neighbors: int = Field(default=16, ge=2)
+    search: Literal["auto", "exact", "hnsw"] = "auto"
+
+    @property
+    def exact(self) -> bool:
+        """Whether queries use the flat (exact) search."""
+        return self.search == "exact" or (self.search == "auto" and self.path is not None)
 
     @field_validator("epochs_collection", "nights_collection")
     @classmethod
@@ -208,6 +223,10 @@ class IndexConfig(BaseModel):
         if self.epochs_collection == self.nights_collection:
             raise ValueError("epochs_collection and nights_collection must differ; both are "
                              f"{self.epochs_collection!r}")
+        if self.search == "exact" and self.path is None:
+            raise ValueError("search='exact' needs an embedded store (path=...): a Chroma "
+                             "server's vectors are searched by its own HNSW index; use "
+                             "search='auto' or 'hnsw' with host=")
         return self
 
 
@@ -425,6 +444,12 @@ class EmbeddingIndex:
             where = f"http://{config.host}:{config.port}"
         self._max_batch = max(1, int(self._client.get_max_batch_size()))
         self._dims: dict[str, int] = {}  # collection name -> embedding width (cache)
+        self._flat: dict[str, FlatVectors] = {}
+        self._flat_checked: set[str] = set()
+        if config.exact:
+            root = Path(config.path).expanduser() / FLAT_FOLDER  # type: ignore[arg-type]
+            self._flat = {name: FlatVectors(root / name)
+                          for name in (config.epochs_collection, config.nights_collection)}
         self._open_collections()
         logger.info("embedding index at %s (model %s): %s", where, config.model_version,
                     self.count())
@@ -464,6 +489,8 @@ class EmbeddingIndex:
             except (ValueError, chromadb.errors.NotFoundError):  # already gone
                 pass
         self._dims.clear()
+        for flat in self._flat.values():
+            flat.clear()
         self._open_collections()
         logger.info("embedding index cleared for model %s", self.config.model_version)
 
@@ -584,6 +611,13 @@ class EmbeddingIndex:
             hi = lo + self._max_batch
             self._epochs.upsert(ids=ids[lo:hi], embeddings=epoch_vecs[lo:hi],
                                 metadatas=metas[lo:hi])  # type: ignore[arg-type]
+        if self._flat:
+            group = group_file_name(night.patient, night.night)
+            self._flat[self._nights.name].write(group, [nid], night_vec, [night_meta])
+            if ids:
+                self._flat[self._epochs.name].write(group, ids, epoch_vecs, metas)
+            else:
+                self._flat[self._epochs.name].delete([group])
         logger.debug("added %s with %d epochs", nid, len(ids))
 
     def _delete(self, collection: Any, where: dict[str, Any]) -> int:
@@ -613,6 +647,8 @@ class EmbeddingIndex:
         _check_identifier(patient, "patient")
         n = self._delete(self._epochs, {"patient": patient})
         n += self._delete(self._nights, {"patient": patient})
+        for flat in self._flat.values():
+            flat.delete(flat.names(prefix=group_file_name(patient, "x")[:-len("x.npz")]))
         logger.info("removed patient %s: %d rows", patient, n)
         return n
 
@@ -639,42 +675,132 @@ class EmbeddingIndex:
 
         Notes
         -----
-        HNSW search is approximate: a hit can be missed, with small probability.
+        With ``config.exact`` (an embedded store, by default) the search is exact; with a
+        Chroma server it is chromadb's approximate HNSW search, which can miss hits.
         """
         return self._query(self._epochs, "epoch", vector, k, where, exclude_patient)
 
     def query_nights(self, vector: np.ndarray, k: int = 10, where: Mapping[str, Any] | None = None,
-                     exclude_patient: str | None = None) -> list[Hit]:
+                     exclude_patient: str | None = None, centred: bool = False) -> list[Hit]:
         """The ``k`` nights most similar (cosine) to ``vector``, best first.
 
         Parameters are those of :meth:`query_epochs`; ``where`` can filter on the night's
-        ``extra`` fields too (e.g. ``{"ahi": {"$gte": 15}}``).
+        ``extra`` fields too (e.g. ``{"ahi": {"$gte": 15}}``). With ``centred`` the score is
+        the cosine of the query's and each night's deviation from the mean of every stored
+        night (:func:`sleeplm.flat_index.centred_scores`): the similarity of night to night,
+        with what all nights share left out. Always exact (the nights collection is small).
         """
-        return self._query(self._nights, "night", vector, k, where, exclude_patient)
+        if not centred:
+            return self._query(self._nights, "night", vector, k, where, exclude_patient)
+        self._check_k(k)
+        vec, filt = self._query_parts(self._nights, vector, where, exclude_patient)
+        n = self._nights.count()
+        if n == 0:
+            return []
+        flat = self._flat.get(self._nights.name)
+        if flat is not None:
+            self._check_mirror(self._nights, flat, n)
+            found = flat.centred_search(vec[0], int(k), filt)
+        else:
+            found = self._centred_from_chroma(vec[0], int(k), filt)
+        return [_hit("night", rid, score, meta) for rid, score, meta in found]
 
-    def _query(self, collection: Any, kind: Literal["epoch", "night"], vector: np.ndarray, k: int,
-               where: Mapping[str, Any] | None, exclude_patient: str | None) -> list[Hit]:
+    def _centred_from_chroma(self, vec: np.ndarray, k: int, filt: dict[str, Any] | None
+                             ) -> list[tuple[str, float, dict[str, Any]]]:
+        from sleeplm.flat_index import centred_scores
+
+        ids, vecs, metas = [], [], []
+        offset = 0
+        while True:
+            page = self._nights.get(include=["embeddings", "metadatas"], limit=_PAGE,
+                                    offset=offset)
+            ids += list(page["ids"])
+            vecs += [np.asarray(v, dtype=np.float32) for v in page["embeddings"]]
+            metas += [dict(m or {}) for m in page["metadatas"]]
+            if len(page["ids"]) < _PAGE:
+                break
+            offset += _PAGE
+        scores = centred_scores(np.stack(vecs), vec)
+        allowed = set(self._ids(self._nights, filt)) if filt else None
+        order = sorted((i for i in range(len(ids)) if allowed is None or ids[i] in allowed),
+                       key=lambda i: (-scores[i], i))[:k]
+        return [(ids[i], float(scores[i]), metas[i]) for i in order]
+
+    @staticmethod
+    def _check_k(k: Any) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be an integer >= 1; got {k!r}")
+
+    def _query_parts(self, collection: Any, vector: np.ndarray, where: Mapping[str, Any] | None,
+                     exclude_patient: str | None) -> tuple[np.ndarray, dict[str, Any] | None]:
         vec = _query_vector(vector)
         dim = self._dim(collection)
         if dim is not None and vec.shape[1] != dim:
             raise EmbeddingDimensionError(
                 f"query vector has {vec.shape[1]} dimensions but collection "
                 f"{collection.name!r} holds {dim}-dimensional embeddings")
-        n = collection.count()
-        if n == 0:
-            return []
         clauses: list[dict[str, Any]] = [dict(where)] if where else []
         if exclude_patient is not None:
             clauses.append({"patient": {"$ne": _check_identifier(exclude_patient, "patient")}})
         filt = None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        return vec, filt
+
+    def _query(self, collection: Any, kind: Literal["epoch", "night"], vector: np.ndarray, k: int,
+               where: Mapping[str, Any] | None, exclude_patient: str | None) -> list[Hit]:
+        self._check_k(k)
+        vec, filt = self._query_parts(collection, vector, where, exclude_patient)
+        n = collection.count()
+        if n == 0:
+            return []
+        flat = self._flat.get(collection.name)
+        if flat is not None:
+            self._check_mirror(collection, flat, n)
+            try:
+                return [_hit(kind, rid, score, meta)
+                        for rid, score, meta in flat.search(vec[0], int(k), filt)]
+            except UnsupportedFilterError as exc:
+                logger.info("exact search cannot evaluate filter %s (%s): HNSW instead", filt,
+                            exc)
         res = collection.query(query_embeddings=vec, n_results=int(min(k, n)), where=filt,
                                include=["metadatas", "distances"])
         hits = []
         for rid, dist, meta in zip(res["ids"][0], res["distances"][0], res["metadatas"][0]):
             hits.append(_hit(kind, rid, 1.0 - float(dist), dict(meta or {})))
         return hits
+
+    def _check_mirror(self, collection: Any, flat: FlatVectors, n: int) -> None:
+        """Once per collection and process: the flat mirror holds as many rows as chromadb;
+        otherwise (a store written before the mirror existed, or a write cut short) it is
+        rebuilt from chromadb's vectors."""
+        if collection.name in self._flat_checked:
+            return
+        if len(flat) != n:
+            logger.warning("exact-search mirror of %s holds %d rows, chromadb %d: rebuilding it "
+                           "from chromadb", collection.name, len(flat), n)
+            self._rebuild_mirror(collection, flat)
+        self._flat_checked.add(collection.name)
+
+    def _rebuild_mirror(self, collection: Any, flat: FlatVectors) -> None:
+        groups: dict[str, tuple[list[str], list[np.ndarray], list[dict[str, Any]]]] = {}
+        offset = 0
+        while True:
+            page = collection.get(include=["embeddings", "metadatas"], limit=_PAGE,
+                                  offset=offset)
+            for rid, vec, meta in zip(page["ids"], page["embeddings"], page["metadatas"]):
+                meta = dict(meta or {})
+                g = groups.setdefault(group_file_name(str(meta["patient"]), str(meta["night"])),
+                                      ([], [], []))
+                g[0].append(rid)
+                g[1].append(np.asarray(vec, dtype=np.float32))
+                g[2].append(meta)
+            if len(page["ids"]) < _PAGE:
+                break
+            offset += _PAGE
+        flat.clear()
+        for name, (ids, vecs, metas) in groups.items():
+            order = np.argsort(ids, kind="stable")
+            flat.write(name, [ids[i] for i in order], np.stack([vecs[i] for i in order]),
+                       [metas[i] for i in order])
 
     def patients(self) -> list[str]:
         """Sorted ids of the patients with at least one night in the store."""

@@ -280,3 +280,219 @@ def test_batched_upserts_respect_the_max_batch_size(tmp_path):
     assert index.count() == {"epochs": 30, "nights": 1}
     assert index.query_epochs(vecs[29], k=1)[0].id == "p1/n1/00029"
     index.close()
+
+
+# ------------------------------------------------------------------ exact (flat) search
+def _ids(hits):
+    return [h.id for h in hits]
+
+
+@pytest.mark.parametrize("where", [
+    None, {"stage": "R"}, {"stage": {"$in": ["N2", "N3"]}}, {"stage": {"$nin": ["W", "R"]}},
+    {"patient": {"$ne": "p1"}}, {"epoch": {"$gte": 30}}, {"start_s": {"$lt": 300.0}},
+    {"$and": [{"stage": "N2"}, {"position": "supine"}]},
+    {"$or": [{"stage": "W"}, {"profile": "insomnia"}]},
+    {"stage": {"$eq": "N1"}}, {"profile": "nobody"},
+])
+def test_exact_search_matches_hnsw_on_a_small_store(tmp_path, where):
+    """On 120 vectors HNSW is exact, so both paths must return the same hits."""
+    exact = EmbeddingIndex(IndexConfig(path=tmp_path / "e", model_version="v1", search="exact"))
+    hnsw = EmbeddingIndex(IndexConfig(path=tmp_path / "h", model_version="v1", search="hnsw"))
+    for seed, (p, n, prof) in enumerate((("p1", "n1", "osa_moderate"), ("p1", "n2", "osa_moderate"),
+                                         ("p2", "n1", "insomnia"))):
+        for index in (exact, hnsw):
+            index.add_night(*night_data(p, n, 40, seed=seed + 1, profile=prof))
+    assert exact._flat and not hnsw._flat
+    for q in unit(np.random.default_rng(21), 4):
+        a, b = exact.query_epochs(q, k=7, where=where), hnsw.query_epochs(q, k=7, where=where)
+        assert _ids(a) == _ids(b)
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert [h.epoch_record() for h in a] == [h.epoch_record() for h in b]
+    night_where = {"ahi": {"$gt": 1.5}} if where is None else None
+    a, b = exact.query_nights(q, k=3, where=night_where), hnsw.query_nights(q, k=3,
+                                                                             where=night_where)
+    assert [(h.id, h.extra) for h in a] == [(h.id, h.extra) for h in b]
+    # centred night-to-night scores: the same on both paths, and equal to a hand computation
+    a = exact.query_nights(q, k=3, where=night_where, centred=True)
+    b = hnsw.query_nights(q, k=3, where=night_where, centred=True)
+    assert _ids(a) == _ids(b) and [h.score for h in a] == pytest.approx([h.score for h in b])
+    nights = {h.id: h for h in exact.query_nights(q, k=3)}
+    assert len(nights) == 3
+    _assert_centred(exact, q, night_where)
+    exact.close()
+    hnsw.close()
+
+
+def _assert_centred(index, q, where):
+    """query_nights(centred=True) against numpy on the stored night vectors."""
+    rows = {}
+    for seed, (p, n, prof) in enumerate((("p1", "n1", "osa_moderate"),
+                                         ("p1", "n2", "osa_moderate"), ("p2", "n1", "insomnia"))):
+        rec, nvec, _, _ = night_data(p, n, 40, seed=seed + 1, profile=prof)
+        rows[f"{p}/{n}"] = (nvec / np.linalg.norm(nvec), rec.extra["ahi"])
+    mu = np.mean([v for v, _ in rows.values()], 0)
+    qd = q / np.linalg.norm(q) - mu
+    want = {rid: float((v - mu) @ qd / np.linalg.norm(v - mu) / np.linalg.norm(qd))
+            for rid, (v, ahi) in rows.items() if where is None or ahi > 1.5}
+    got = {h.id: h.score for h in index.query_nights(q, k=10, where=where, centred=True)}
+    assert got.keys() == want.keys()
+    assert [got[k] for k in sorted(got)] == pytest.approx([want[k] for k in sorted(want)],
+                                                          abs=1e-5)
+
+
+def test_exact_search_sees_writes_of_another_client(tmp_path):
+    """Two clients on one store (the app and a batch worker): the reader's next query sees
+    nights added or removed by the writer."""
+    path = tmp_path / "shared"
+    reader = EmbeddingIndex(IndexConfig(path=path, model_version="v1"))
+    writer = EmbeddingIndex(IndexConfig(path=path, model_version="v1"))
+    writer.add_night(*night_data("p1", "n1", 10, seed=1))
+    q = night_data("p2", "n1", 10, seed=2)
+    assert {h.patient for h in reader.query_epochs(q[3][4], k=20)} == {"p1"}
+    writer.add_night(*q)
+    hit = reader.query_epochs(q[3][4], k=1)[0]
+    assert hit.id == "p2/n1/00004" and hit.score == pytest.approx(1.0, abs=1e-5)
+    writer.remove_patient("p2")
+    assert {h.patient for h in reader.query_epochs(q[3][4], k=20)} == {"p1"}
+    reader.close()
+    writer.close()
+
+
+def test_exact_mirror_is_rebuilt_from_chromadb(tmp_path):
+    """A store whose mirror is missing (written before it existed) or out of step gets its
+    mirror rebuilt from chromadb on the first query."""
+    import shutil
+
+    import chromadb
+
+    from sleeplm.index import FLAT_FOLDER
+
+    path = tmp_path / "old"
+    data = [night_data("p1", "n1", 25, seed=1), night_data("p2", "n1", 25, seed=2)]
+    with EmbeddingIndex(IndexConfig(path=path, model_version="v1", search="hnsw")) as old:
+        for d in data:
+            old.add_night(*d)
+    assert not (path / FLAT_FOLDER).exists()
+    chromadb.api.client.SharedSystemClient.clear_system_cache()
+    with EmbeddingIndex(IndexConfig(path=path, model_version="v1")) as index:
+        hit = index.query_epochs(data[1][3][17], k=1)[0]
+        assert hit.id == "p2/n1/00017" and hit.score == pytest.approx(1.0, abs=1e-5)
+        assert len(index._flat[index.config.epochs_collection]) == 50
+        assert index.query_nights(data[0][1], k=1)[0].extra == data[0][0].extra
+    shutil.rmtree(path / FLAT_FOLDER / "sleeplm_epochs")
+    chromadb.api.client.SharedSystemClient.clear_system_cache()
+    with EmbeddingIndex(IndexConfig(path=path, model_version="v1")) as index:
+        assert index.query_epochs(data[0][3][3], k=1)[0].id == "p1/n1/00003"
+
+
+def test_an_unknown_filter_operator_is_refused(store):
+    index, data = store
+    q = data[("p1", "n1")][3][0]
+    with pytest.raises(Exception):  # chromadb itself refuses the operator
+        index.query_epochs(q, k=3, where={"stage": {"$like": "N%"}})
+
+
+def test_exact_search_needs_an_embedded_store():
+    with pytest.raises(ValueError, match="embedded store"):
+        IndexConfig(host="127.0.0.1", model_version="v1", search="exact")
+    assert not IndexConfig(host="127.0.0.1", model_version="v1").exact
+
+
+def test_match_where_rules():
+    from sleeplm.flat_index import UnsupportedFilterError, _merge_columns, match_where
+
+    groups = [{"a": np.array([1, 2, 3]), "s": np.array(["x", "y", "x"])},
+              {"a": np.array([4.5, 5.0]), "b": np.array([True, False])}]
+    cols = _merge_columns(groups, [{}, {}], [3, 2])
+    m = lambda w: match_where(cols, w, 5).tolist()  # noqa: E731
+    assert m({"a": {"$gt": 2}}) == [False, False, True, True, True]
+    assert m({"s": "x"}) == [True, False, True, False, False]
+    assert m({"s": {"$ne": "x"}}) == [False, True, False, False, False]  # no key: no match
+    assert m({"b": True}) == [False, False, False, True, False]
+    assert m({"missing": 1}) == [False] * 5
+    assert m({"$or": [{"s": "y"}, {"a": 5.0}]}) == [False, True, False, False, True]
+    assert m({"a": {"$in": [1, 5.0]}}) == [True, False, False, False, True]
+    assert m({"a": "1"}) == [False] * 5  # a string never equals a number
+    for bad in ({"a": {"$regex": "1"}}, {"$not": [{"a": 1}]}, {"a": {"$gt": "2"}},
+                {"a": {"$in": 1}}, {"$and": []}):
+        with pytest.raises(UnsupportedFilterError):
+            match_where(cols, bad, 5)
+
+
+# ----------------------------------------------------------------- a real Chroma server
+@pytest.fixture(scope="module")
+def chroma_server(tmp_path_factory):
+    """``chroma run`` (the server chromadb ships) on a free loopback port."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("chroma")
+    if not exe.exists() and shutil.which("chroma") is None:
+        pytest.skip("the chroma server command is not installed")
+    exe = exe if exe.exists() else Path(shutil.which("chroma"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path_factory.mktemp("chroma_server")
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen([str(exe), "run", "--path", str(data / "db"), "--host",
+                             "127.0.0.1", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env={**__import__("os").environ, "ANONYMIZED_TELEMETRY": "False"})
+    import chromadb
+    from chromadb.config import Settings
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            chromadb.HttpClient(host="127.0.0.1", port=port,
+                                settings=Settings(anonymized_telemetry=False)).heartbeat()
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"chroma server did not start: {(data / 'server.log').read_text()}")
+            time.sleep(0.3)
+    yield port
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def test_a_chroma_server_is_a_configuration_change(chroma_server):
+    """The same calls against a Chroma server (HNSW search there) as against the embedded
+    store: add, query with filters, replace, remove."""
+    cfg = IndexConfig(host="127.0.0.1", port=chroma_server, model_version="v1")
+    assert cfg.search == "auto" and not cfg.exact
+    with EmbeddingIndex(cfg) as index:
+        index.clear()
+        data = [night_data("p1", "n1", 30, seed=1, profile="osa_severe"),
+                night_data("p2", "n1", 30, seed=2, profile="insomnia")]
+        for d in data:
+            index.add_night(*d)
+        assert index.count() == {"epochs": 60, "nights": 2} and not index._flat
+        hit = index.query_epochs(data[1][3][9], k=1)[0]
+        assert hit.id == "p2/n1/00009" and hit.score == pytest.approx(1.0, abs=1e-5)
+        assert hit.epoch_record() == data[1][2][9]
+        hits = index.query_epochs(data[1][3][9], k=5, where={"stage": "N3"},
+                                  exclude_patient="p2")
+        assert hits and all(h.patient == "p1" and h.stage == "N3" for h in hits)
+        assert index.query_nights(data[0][1], k=1)[0].extra == data[0][0].extra
+        hits = index.query_nights(data[0][1], k=5, centred=True)
+        assert [h.id for h in hits] == ["p1/n1", "p2/n1"]  # two nights: +1 and -1
+        assert [h.score for h in hits] == pytest.approx([1.0, -1.0], abs=1e-5)
+        index.add_night(*data[0])
+        assert index.count() == {"epochs": 60, "nights": 2}
+        assert index.remove_patient("p1") == 31
+        assert index.patients() == ["p2"]
+    with EmbeddingIndex(IndexConfig(host="127.0.0.1", port=chroma_server,
+                                    model_version="v2")) as other:
+        with pytest.raises(ModelVersionMismatchError):
+            other.query_epochs(data[1][3][0], k=1)

@@ -318,7 +318,18 @@ def test_retrieve(ctx):
                                          exclude_current_patient=False))
     assert OSA not in {h.patient for h in nights.hits} and len(nights.hits) == 2
     assert [h.score for h in nights.hits] == sorted((h.score for h in nights.hits), reverse=True)
-    assert all(h.unit == "cosine" and h.kind == "night" and h.n_epochs for h in nights.hits)
+    assert all(h.unit == "centred cosine" and h.kind == "night" and h.n_epochs
+               for h in nights.hits)
+    # night to night is the cosine of deviations from the library's mean night
+    from sleeplm.flat_index import centred_scores
+
+    lib = ctx.library
+    vecs = {pid: np.asarray(lib.open(pid, progress=False).night_embedding)
+            for pid in lib.patients()}
+    ids = sorted(vecs)
+    want = dict(zip(ids, centred_scores(np.stack([vecs[i] for i in ids]), vecs[OSA])))
+    assert [h.score for h in nights.hits] == pytest.approx([want[h.patient]
+                                                            for h in nights.hits], abs=1e-4)
     ep = retrieve(ctx, RetrieveInput(source="epoch", selection=TimeSelection(epoch=25), k=4,
                                      stage="N2"))
     assert len(ep.hits) == 4 and all(h.stage == "N2" and h.patient != OSA for h in ep.hits)

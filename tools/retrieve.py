@@ -6,6 +6,13 @@ epochs, or the night embedding; hits come from :class:`sleeplm.index.EmbeddingIn
 similarity, best first), with filters on stage and profile and the current patient left out by
 default. When the current patient is kept, the query's own epochs (or night) are dropped from the
 hits, so the first hit is never the query itself.
+
+**Night to night** (``source="night"``, ``level="night"``) scores the *centred* cosine: the
+cosine of the two nights' deviations from the mean of every night in the index
+(``EmbeddingIndex.query_nights(centred=True)``). A night's embedding is the mean of its epochs,
+so its raw direction is mostly what every night shares (a typical stage mix, heart rate and
+SpO2 level); the deviation is what sets it apart (frequent apneas, periodic leg movements),
+and it decides which nights come first. Text queries keep the plain cosine.
 """
 
 from __future__ import annotations
@@ -79,7 +86,10 @@ class RetrievedItem(BaseModel):
     kind : {"epoch", "night"}
     patient, night, profile : str
     score : float
-        Cosine similarity with the query (unit: cosine, -1..1).
+        Similarity with the query, -1..1: the cosine (``unit="cosine"``), or for night-to-night
+        queries the cosine of both nights' deviations from the library's mean night
+        (``unit="centred cosine"``).
+    unit : str
     epoch : int or None
     start_s : float or None
         Seconds from that recording's start.
@@ -143,7 +153,8 @@ class RetrieveOutput(BaseModel):
                              f"{h.stage}, {h.profile or 'profile unknown'}): cos {h.score:.3f}")
             else:
                 lines.append(f"- {h.patient} ({h.profile or 'profile unknown'}, {h.n_epochs} "
-                             f"epochs): cos {h.score:.3f}")
+                             f"epochs): {'centred ' if h.unit != 'cosine' else ''}cos "
+                             f"{h.score:.3f}")
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -221,8 +232,13 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
     extra_k = 0 if exclude else (len(own_epochs) if request.level == "epoch" else 1)
     if request.source == "night" and request.level == "night" and request.like_patient:
         extra_k += 1  # the query night itself comes back first and is skipped
-    query = index.query_epochs if request.level == "epoch" else index.query_nights
-    hits = query(vec, k=request.k + extra_k, where=filt or None, exclude_patient=exclude)
+    centred = request.source == "night" and request.level == "night"
+    if request.level == "epoch":
+        hits = index.query_epochs(vec, k=request.k + extra_k, where=filt or None,
+                                  exclude_patient=exclude)
+    else:
+        hits = index.query_nights(vec, k=request.k + extra_k, where=filt or None,
+                                  exclude_patient=exclude, centred=centred)
     items = []
     for h in hits:
         if h.patient == p.patient and not exclude:
@@ -234,7 +250,9 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
                 h.patient == (request.like_patient or p.patient):
             continue  # the query night itself
         items.append(RetrievedItem(id=h.id, kind=h.kind, patient=h.patient, night=h.night,
-                                   profile=h.profile, score=float(h.score), epoch=h.epoch,
+                                   profile=h.profile, score=float(h.score),
+                                   unit="centred cosine" if centred else "cosine",
+                                   epoch=h.epoch,
                                    start_s=h.start_s, clock=h.clock, stage=h.stage,
                                    n_epochs=h.n_epochs, extra=dict(h.extra)))
     out = RetrieveOutput(patient=p.patient, source=request.source, level=request.level,
