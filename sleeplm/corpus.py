@@ -17,7 +17,8 @@ An **epoch sample** (key ``<night>_e<epoch:05d>``) is two tar members:
 * ``<key>.x.npy``: float16 ``[C, T]`` (channels of ``config.json``, model rate);
 * ``<key>.json``: ``{"night", "patient_id", "subject", "split", "epoch", "onset_s", "stage",
   "mask": [C bools], "invalid": [C fractions], "captions": [{"level", "system", "text",
-  "facts", "start", "end"}, ...]}``.
+  "facts", "start", "end", "clauses": [{"text", "facts"}, ...]}, ...]}`` (``clauses``: the
+  caption's clauses as written, since format ``sleeplm-corpus-2``).
 
 A **night sample** (key ``<night>``) is one member ``<night>.json``: ``{"night", "patient_id",
 "subject", "split", "epochs", "stages": [N labels], "epoch_onset_s", "channels", "mask",
@@ -637,7 +638,7 @@ def build_corpus(
     fractions = tuple(float(f) for f in split_fractions)
     fingerprint = {"model_input": cfg.model_dump(mode="json"), "seed": seed,
                    "segment_min": segment_min, "split_fractions": list(fractions),
-                   "format": "sleeplm-corpus-1"}
+                   "format": "sleeplm-corpus-2"}
     fp_path = out / "config.json"
     if fp_path.exists():
         old = json.loads(fp_path.read_text())

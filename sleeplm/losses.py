@@ -9,7 +9,10 @@ Modelled on open_clip's ``loss.py`` (``gather_features``, ``ClipLoss``, ``CoCaLo
 * :class:`ClipLoss` is the symmetric InfoNCE loss ``(CE(s·I·Tᵀ) + CE(s·T·Iᵀ)) / 2`` on
   L2-normalised embeddings, ``s`` the (learned, clamped to <= 100) logit scale. With
   ``local_loss`` each rank scores its own rows against the gathered columns and the labels are
-  offset by ``rank * local_batch``.
+  offset by ``rank * local_batch``. Given ``keys`` (one integer per pair, equal for equal
+  texts) it is the multi-positive form: the target of a row is spread evenly over every column
+  with the same key, so two epochs paired with the same short text ("no arousal") are not
+  pushed apart; with distinct keys it is exactly the plain loss.
 * :class:`CaptionLoss` is token cross-entropy that ignores padding.
 * :func:`reconstruction_loss` is the MSE over the masked patches only.
 * :class:`SleepLMLoss` weights and sums them; a weight of 0 removes its term (it is not even
@@ -98,15 +101,28 @@ class ClipLoss(nn.Module):
         logits_per_image = logit_scale * image_features @ text_features.T
         return logits_per_image, logits_per_image.T
 
-    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float
-                ) -> Tensor:
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
+                keys: Tensor | None = None) -> Tensor:
         """Mean of the two directions' cross-entropies. ``logit_scale`` is the scale itself
-        (already ``exp``-ed), clamped here to :data:`MAX_LOGIT_SCALE`."""
+        (already ``exp``-ed), clamped here to :data:`MAX_LOGIT_SCALE`. ``keys`` (int ``[B]``,
+        optional): pairs with equal keys are positives of each other."""
         scale = torch.as_tensor(logit_scale, dtype=image_features.dtype,
                                 device=image_features.device).clamp(max=MAX_LOGIT_SCALE)
         logits_per_image, logits_per_text = self.get_logits(image_features, text_features, scale)
         n = logits_per_image.shape[0]
         rank, world_size = dist_info()
+        if keys is not None:
+            keys = keys.to(image_features.device).reshape(-1)
+            all_keys = keys
+            if world_size > 1:
+                gathered = [torch.zeros_like(keys) for _ in range(world_size)]
+                torch.distributed.all_gather(gathered, keys)
+                all_keys = torch.cat(gathered)
+            rows = keys if (world_size > 1 and self.local_loss) else all_keys
+            target = (rows[:, None] == all_keys[None, :]).float()
+            target = target / target.sum(1, keepdim=True)
+            return (F.cross_entropy(logits_per_image.float(), target)
+                    + F.cross_entropy(logits_per_text.float(), target)) / 2
         labels = torch.arange(n, device=image_features.device)
         if world_size > 1 and self.local_loss:
             labels = labels + n * rank
@@ -160,12 +176,15 @@ class SleepLMLoss(nn.Module):
         self.reconstruction_weight = reconstruction_weight
         self.clip = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
         self.caption = CaptionLoss(pad_id)
+        #: Weights of the texts of a multi-text contrastive loss (``[S]``; None = their mean).
+        self.text_weights: tuple[float, ...] | None = None
 
     def forward(self, *, image_features: Tensor | None = None,
                 text_features: Tensor | None = None, logit_scale: Tensor | float = 1.0,
                 logits: Tensor | None = None, targets: Tensor | None = None,
                 recon_pred: Tensor | None = None, recon_target: Tensor | None = None,
-                recon_mask: Tensor | None = None) -> dict[str, Tensor]:
+                recon_mask: Tensor | None = None, text_keys: Tensor | None = None
+                ) -> dict[str, Tensor]:
         ref = next(t for t in (image_features, logits, recon_pred) if t is not None)
         zero = ref.new_zeros(())
         out = {"contrastive": zero, "caption": zero, "reconstruction": zero}
@@ -173,11 +192,20 @@ class SleepLMLoss(nn.Module):
         if self.contrastive_weight > 0:
             if image_features is None or text_features is None:
                 raise ValueError("contrastive weight > 0 needs image and text features")
-            if text_features.dim() == 3:  # [S, B, E]: several texts per signal, mean loss
-                out["contrastive"] = torch.stack([self.clip(image_features, t, logit_scale)
-                                                  for t in text_features]).mean()
+            if text_features.dim() == 3:  # [S, B, E]: several texts per signal, (weighted) mean
+                S = text_features.shape[0]
+                keys = [None] * S if text_keys is None else list(text_keys.reshape(-1, S).T)
+                terms = torch.stack([self.clip(image_features, t, logit_scale, k)
+                                     for t, k in zip(text_features, keys)])
+                w = self.text_weights
+                if w is not None and len(w) != S:
+                    raise ValueError(f"{len(w)} contrastive text weights for {S} texts")
+                out["contrastive"] = (terms.mean() if w is None else
+                                      (terms * terms.new_tensor(w)).sum() / float(sum(w)))
             else:
-                out["contrastive"] = self.clip(image_features, text_features, logit_scale)
+                out["contrastive"] = self.clip(image_features, text_features, logit_scale,
+                                               None if text_keys is None
+                                               else text_keys.reshape(-1))
             total = total + self.contrastive_weight * out["contrastive"]
         if self.caption_weight > 0:
             if logits is None or targets is None:

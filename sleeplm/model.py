@@ -530,12 +530,15 @@ class SleepLM(nn.Module):
         return self.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
     def forward(self, x: Tensor, mask: Tensor | None, text_ids: Tensor, system,
-                mask_patches: bool | None = None, contrastive_ids: Tensor | None = None
-                ) -> dict[str, Tensor]:
+                mask_patches: bool | None = None, contrastive_ids: Tensor | None = None,
+                contrastive_keys: Tensor | None = None) -> dict[str, Tensor]:
         """Training step losses. ``system``: ``[B]`` indices, one int/name, or a list.
         ``text_ids`` are the caption decoder's targets; ``contrastive_ids`` (default: the
         same) the texts paired with the signals in the contrastive loss: ``[B, L]``, or
-        ``[B, S, L]`` for ``S`` captions per signal (the mean of the ``S`` CLIP losses).
+        ``[B, S, L]`` for ``S`` captions per signal (the mean of the ``S`` CLIP losses, or
+        their weighted mean with ``loss_fn.text_weights``); ``contrastive_keys`` (``[B]`` or
+        ``[B, S]`` integers, optional) mark equal texts, which are then positives of each
+        other (:class:`sleeplm.losses.ClipLoss`).
         Patches are masked for reconstruction when ``mask_patches`` (default: in training
         mode with a positive reconstruction weight). Returns ``loss``, ``contrastive``,
         ``caption``, ``reconstruction``, ``logit_scale``."""
@@ -556,7 +559,9 @@ class SleepLM(nn.Module):
             else:
                 text_emb = self.encode_text(contrastive_ids.to(emb.device))
             kw.update(image_features=emb, text_features=text_emb,
-                      logit_scale=self.logit_scale_value)
+                      logit_scale=self.logit_scale_value,
+                      text_keys=None if contrastive_keys is None else contrastive_keys.to(
+                          emb.device))
         if cfg.caption_weight > 0:
             logits = self.decoder(dec_in, self._system(system, B, emb.device), tokens, valid)
             kw.update(logits=logits, targets=targets)

@@ -30,7 +30,8 @@ from sleeplm.captions.caption import SYSTEMS
 from sleeplm.corpus import read_shard
 
 __all__ = ["EpochShardDataset", "collate", "night_samples", "load_split_epochs", "list_shards",
-           "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS"]
+           "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS", "EVENT_FACTS",
+           "has_event", "text_key"]
 
 #: Integer stage labels; anything else (UNS, "?", movement) is -1.
 STAGE_IDS: dict[str, int] = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "N4": 3, "R": 4}
@@ -219,6 +220,15 @@ class EpochShardDataset(IterableDataset):
     ``contrastive_ids`` ``[max_text_len]``: the text paired with the signal in the contrastive
     loss, while ``text``/``text_ids`` stay the caption decoder's target. With a sequence of
     systems (e.g. ``("holistic", "brain")``) they are a list of texts and ``[S, max_text_len]``.
+    With ``contrastive_clauses`` (fact keys such as ``"respiratory_events"``) one more text is
+    paired: a single *clause* of the epoch's captions ("an obstructive apnea scored", "no
+    arousal", "2 spindles"; the corpus stores each caption's clauses), drawn seeded, uniformly
+    over the fact keys the epoch's clauses state, then over the clauses stating that key.
+    Every contrastive text also gets an integer key (``contrastive_keys``, a CRC-32 of the
+    text): samples whose texts are the same are positives of each other in the loss.
+    ``event_repeat = r`` yields every epoch whose captions state an event (a respiratory
+    event, a desaturation, an arousal, a limb movement) ``1 + r`` times per pass, each copy
+    with its own caption draws: rare findings get more of the gradient.
 
     Partitioning: shard files are dealt to ``world_size * num_workers`` partitions
     (rank-major), after a shuffle of the shard order by ``(seed, epoch)`` common to all of
@@ -234,7 +244,9 @@ class EpochShardDataset(IterableDataset):
                  shuffle_buffer: int = 1000, seed: int = 0, epoch: int = 0,
                  context_epochs: int = 0, rank: int | None = None,
                  world_size: int | None = None,
-                 contrastive_system: str | Sequence[str] | None = None) -> None:
+                 contrastive_system: str | Sequence[str] | None = None,
+                 contrastive_clauses: Sequence[str] | None = None,
+                 event_repeat: int = 0) -> None:
         super().__init__()
         self.corpus_dir = Path(corpus_dir)
         self.split = split
@@ -260,7 +272,11 @@ class EpochShardDataset(IterableDataset):
                              f"or more of {SYSTEMS}")
         self.contrastive_system = contrastive_system
         self._contrastive = wanted
-        self._several = several
+        self.contrastive_clauses = tuple(contrastive_clauses or ())
+        self._several = several or bool(self.contrastive_clauses)
+        if event_repeat < 0:
+            raise ValueError("event_repeat must be >= 0")
+        self.event_repeat = int(event_repeat)
         self.tokenizer = tokenizer
         if tokenizer is not None and max_text_len < 2:
             raise ValueError("max_text_len must be at least 2")
@@ -363,21 +379,29 @@ class EpochShardDataset(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
+    def _repeated(self, entries: Iterable[Any]) -> Iterator[tuple[Any, int]]:
+        for e in entries:
+            meta = e[0].samples[e[1]]["json"] if isinstance(e, tuple) else e["json"]
+            reps = 1 + (self.event_repeat if self.event_repeat and has_event(meta) else 0)
+            for r in range(reps):
+                yield e, r
+
     def __iter__(self) -> Iterator[dict]:
         rank, world = self._rank_world()
         wid, nworkers = _worker_info()
         part, parts = rank * nworkers + wid, world * nworkers
         rng = np.random.default_rng([self.seed, self.epoch, rank, wid, 0xB0F])
-        for entry in self._shuffled(self._entries(part, parts), rng):
-            yield self._item(entry)
+        for entry, rep in self._shuffled(self._repeated(self._entries(part, parts)), rng):
+            yield self._item(entry, rep)
 
     # ------------------------------------------------------------------ samples
-    def _draw_caption(self, meta: dict, key: str) -> tuple[int, str, str]:
+    def _draw_caption(self, meta: dict, key: str, rep: int = 0) -> tuple[int, str, str]:
         caps = [c for c in meta.get("captions", ()) if c.get("system") in self.systems
                 and c.get("text")]
         if not caps:
             return -1, "", "{}"
-        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key)])
+        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key, rep) if rep
+                                     else _key_seed(key)])
         have = sorted({c["system"] for c in caps}, key=SYSTEMS.index)
         system = have[int(rng.integers(len(have)))]
         of_system = [c for c in caps if c["system"] == system]
@@ -386,7 +410,7 @@ class EpochShardDataset(IterableDataset):
                            ensure_ascii=False)
         return SYSTEMS.index(system), cap["text"], facts
 
-    def _item(self, entry: Any) -> dict:
+    def _item(self, entry: Any, rep: int = 0) -> dict:
         if isinstance(entry, tuple):  # (night, index): a context window
             night, i = entry
             sample = night.samples[i]
@@ -405,13 +429,17 @@ class EpochShardDataset(IterableDataset):
             meta = sample["json"]
             x, mask = _remap(sample["x"], meta["mask"], self._index)
         key = sample["key"]
-        system, text, facts = self._draw_caption(meta, key)
+        system, text, facts = self._draw_caption(meta, key, rep)
         out = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "system": system,
                "text": text, "stage": str(meta["stage"]), "stage_id": stage_id(meta["stage"]),
                "key": key, "night": meta["night"], "epoch": int(meta["epoch"]), "facts": facts}
-        pair = [self._contrastive_text(meta, key, c) or text for c in self._contrastive]
+        pair = [self._contrastive_text(meta, key, c, rep) or text for c in self._contrastive]
+        if self.contrastive_clauses:
+            pair.append(self._clause_text(meta, key, rep) or text)
         if pair:
             out["contrastive_text"] = pair if self._several else pair[0]
+            keys = torch.tensor([text_key(t) for t in pair], dtype=torch.long)
+            out["contrastive_keys"] = keys if self._several else keys[0]
         if self.tokenizer is not None:
             out["text_ids"] = self._ids(text)
             if pair:
@@ -425,19 +453,58 @@ class EpochShardDataset(IterableDataset):
         t[: len(ids)] = torch.tensor(ids, dtype=torch.long)
         return t
 
-    def _contrastive_text(self, meta: dict, key: str, system: str) -> str:
+    def _contrastive_text(self, meta: dict, key: str, system: str, rep: int = 0) -> str:
         caps = [c["text"] for c in meta.get("captions", ())
                 if c.get("system") == system and c.get("text")]
         if len(caps) <= 1:
             return caps[0] if caps else ""
-        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key), 0xC0,
-                                     SYSTEMS.index(system)])
+        words = [self.seed, self.epoch, _key_seed(key), 0xC0, SYSTEMS.index(system)]
+        rng = np.random.default_rng(words + [rep] if rep else words)
         return caps[int(rng.integers(len(caps)))]
+
+    def _clause_text(self, meta: dict, key: str, rep: int = 0) -> str:
+        """One clause stating one of ``contrastive_clauses`` (see the class docstring); ""
+        when the epoch's captions have none (e.g. a corpus built before clauses were
+        stored)."""
+        by_key: dict[str, list[str]] = {}
+        for c in meta.get("captions", ()):
+            for cl in c.get("clauses") or ():
+                for k in self.contrastive_clauses:
+                    if k in (cl.get("facts") or {}) and cl.get("text"):
+                        by_key.setdefault(k, []).append(cl["text"])
+        if not by_key:
+            return ""
+        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key), 0xC1, rep])
+        names = sorted(by_key)
+        texts = by_key[names[int(rng.integers(len(names)))]]
+        return texts[int(rng.integers(len(texts)))]
 
     def __repr__(self) -> str:
         return (f"EpochShardDataset({str(self.corpus_dir)!r}, {self.split!r}, "
                 f"shards={len(self.shards)}, channels={len(self.channels)}, "
                 f"context_epochs={self.context_epochs})")
+
+
+#: Fact keys of a caption that state an event (see ``EpochShardDataset(event_repeat=...)``).
+EVENT_FACTS: tuple[str, ...] = ("respiratory_events", "desaturations", "arousals", "plm",
+                                "limb_movements")
+
+
+def has_event(meta: dict) -> bool:
+    """Whether an epoch sample's captions state an event (a non-empty / non-zero value of one
+    of :data:`EVENT_FACTS`)."""
+    for c in meta.get("captions", ()):
+        f = c.get("facts") or {}
+        for k in EVENT_FACTS:
+            if f.get(k):
+                return True
+    return False
+
+
+def text_key(text: str) -> int:
+    """Integer key of a contrastive text (CRC-32 of its case- and space-normalised form): two
+    samples with equal keys are positives of each other in the contrastive loss."""
+    return zlib.crc32(" ".join(str(text).lower().split()).encode())
 
 
 def collate(batch: Sequence[dict]) -> dict:

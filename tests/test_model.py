@@ -315,6 +315,56 @@ def test_clip_loss_hand_computation():
         ClipLoss()(img, txt, 100.0).item())
 
 
+def test_multi_positive_clip_loss():
+    """Keys mark equal texts: with distinct keys the loss is the plain one; with two pairs
+    sharing a key each of those rows' targets is split over both columns."""
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(4, 3), dim=-1)
+    txt = F.normalize(torch.randn(4, 3), dim=-1)
+    plain = ClipLoss()(img, txt, 7.0)
+    assert ClipLoss()(img, txt, 7.0, torch.tensor([5, 6, 7, 8])).item() == pytest.approx(
+        plain.item(), rel=1e-6)
+    keys = torch.tensor([1, 2, 1, 3])
+    logits = 7.0 * img @ txt.T
+    target = torch.tensor([[0.5, 0, 0.5, 0], [0, 1, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1.0]])
+    by_hand = (-(target * logits.log_softmax(1)).sum(1).mean()
+               - (target * logits.T.log_softmax(1)).sum(1).mean()) / 2
+    assert ClipLoss()(img, txt, 7.0, keys).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    # when the equal texts have exactly equal embeddings (no dropout) the plain loss is the
+    # same function; the keys matter once the two embeddings differ (dropout in training)
+    same = txt.clone()
+    same[2] = same[0]
+    assert ClipLoss()(img, same, 7.0, keys).item() == pytest.approx(
+        ClipLoss()(img, same, 7.0).item(), rel=1e-6)
+    near = same.clone()
+    near[2] = F.normalize(same[0] + 0.3 * torch.randn(3), dim=-1)
+    assert ClipLoss()(img, near, 7.0, keys).item() != pytest.approx(
+        ClipLoss()(img, near, 7.0).item(), rel=1e-4)
+
+
+def test_weighted_multi_text_contrastive_loss():
+    from sleeplm.losses import SleepLMLoss
+
+    torch.manual_seed(1)
+    img = F.normalize(torch.randn(5, 4), dim=-1)
+    texts = F.normalize(torch.randn(3, 5, 4), dim=-1)
+    loss = SleepLMLoss(1.0, 0.0, 0.0)
+    terms = [ClipLoss()(img, t, 10.0).item() for t in texts]
+    assert loss(image_features=img, text_features=texts, logit_scale=10.0)[
+        "contrastive"].item() == pytest.approx(sum(terms) / 3, rel=1e-6)
+    loss.text_weights = (2.0, 1.0, 1.0)
+    assert loss(image_features=img, text_features=texts, logit_scale=10.0)[
+        "contrastive"].item() == pytest.approx((2 * terms[0] + terms[1] + terms[2]) / 4,
+                                               rel=1e-6)
+    keys = torch.arange(15).reshape(5, 3)  # [B, S], all distinct: the same as without
+    assert loss(image_features=img, text_features=texts, logit_scale=10.0, text_keys=keys)[
+        "contrastive"].item() == pytest.approx((2 * terms[0] + terms[1] + terms[2]) / 4,
+                                               rel=1e-6)
+    loss.text_weights = (1.0, 1.0)
+    with pytest.raises(ValueError, match="2 contrastive text weights for 3"):
+        loss(image_features=img, text_features=texts, logit_scale=10.0)
+
+
 def test_gather_features_is_identity_without_distributed():
     a, b = torch.randn(4, 8), torch.randn(4, 8)
     for gwg in (True, False):

@@ -198,6 +198,59 @@ def test_contrastive_system_pairs_the_holistic_caption(corpus, raw, tokenizer):
         EpochShardDataset(corpus, "train", contrastive_system="kidney")
 
 
+def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
+    """contrastive_clauses adds one clause of the epoch's captions that states a wanted fact;
+    equal texts get equal keys."""
+    from sleeplm.shards import text_key
+
+    wanted = ("respiratory_events", "arousals", "spindles")
+    ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, tokenizer=tokenizer,
+                           max_text_len=64, contrastive_system=("holistic",),
+                           contrastive_clauses=wanted)
+    samples = list(ds)
+    seen = Counter()
+    for s in samples:
+        hol, clause = s["contrastive_text"]
+        caps = raw[s["key"]]["json"]["captions"]
+        stating = {cl["text"]: set(cl["facts"]) & set(wanted) for c in caps
+                   for cl in c["clauses"]}
+        assert clause in stating and stating[clause], (clause, stating)
+        seen.update(stating[clause])
+        assert s["contrastive_ids"].shape == (2, 64)
+        assert s["contrastive_keys"].tolist() == [text_key(hol), text_key(clause)]
+    assert set(seen) == set(wanted)  # every wanted fact gets drawn somewhere
+    assert text_key("No arousal.") == text_key("  no   AROUSAL. ") != text_key("1 arousal.")
+    # every epoch caption's clauses are its text, piece by piece, with its facts
+    for sample in list(raw.values())[::17]:
+        for c in sample["json"]["captions"]:
+            assert c["clauses"], c
+            low = c["text"].lower()
+            for cl in c["clauses"]:
+                assert cl["text"].lower() in low
+                assert all(c["facts"][k] == v for k, v in cl["facts"].items())
+
+
+def test_event_repeat_yields_event_epochs_again(corpus, raw):
+    from sleeplm.shards import has_event
+
+    base = _keys(EpochShardDataset(corpus, "train", shuffle_buffer=0))
+    ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, event_repeat=2,
+                           contrastive_clauses=("respiratory_events", "arousals"))
+    items = list(ds)
+    counts = Counter(s["key"] for s in items)
+    events = {k for k in base if has_event(raw[k]["json"])}
+    assert events and len(events) < len(base)
+    assert all(counts[k] == (3 if k in events else 1) for k in base)
+    # the copies draw their captions and clauses anew
+    draws = {}
+    for s in items:
+        if s["key"] in events:
+            draws.setdefault(s["key"], set()).add((s["text"], s["contrastive_text"][-1]))
+    assert sum(len(v) > 1 for v in draws.values()) > len(draws) // 3
+    with pytest.raises(ValueError, match="event_repeat"):
+        EpochShardDataset(corpus, "train", event_repeat=-1)
+
+
 def test_context_windows(corpus, raw):
     k = 1
     ds = EpochShardDataset(corpus, "train", context_epochs=k, shuffle_buffer=20, seed=4)

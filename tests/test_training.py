@@ -170,7 +170,8 @@ def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
     B = 4
     cfg = _cfg(corpus, tmp_path / "ddp", f"batch_size={B}", "max_text_len=10",
                "model.reconstruction_weight=0", "gather_with_grad=true", "local_loss=true",
-               "lr=0.001")
+               "lr=0.001", 'contrastive_clauses=["respiratory_events", "arousals"]',
+               "contrastive_weights=[1.0, 0.5, 1.0]")
     tok = CaptionTokenizer.load(tokenizer_file)
     mcfg = model_config_for(cfg, tok)
     ds = make_dataset(cfg, mcfg, tok, Dist(), epoch=0)
@@ -181,7 +182,12 @@ def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
         if len(samples) == 2 * B:
             break
     batch = collate(samples)
-    batch = {k: v for k, v in batch.items() if k in ("x", "mask", "text_ids", "system")}
+    batch = {k: v for k, v in batch.items() if k in ("x", "mask", "text_ids", "system",
+                                                       "contrastive_ids", "contrastive_keys")}
+    # the clause texts repeat across the two ranks' halves ("no respiratory events"): the
+    # multi-positive targets must be built from the keys of both ranks
+    clause_keys = batch["contrastive_keys"][:, -1]
+    assert len(set(clause_keys.tolist())) < len(clause_keys)
     lens = (batch["text_ids"] != tok.pad_id).sum(1)
     assert (lens == lens[0]).all()  # precondition for the caption-mean equality
     batch_file, out_file = tmp_path / "batch.pt", tmp_path / "ddp_out.pt"

@@ -46,6 +46,13 @@ class TrainConfig(BaseModel):
     # or of each of these systems (mean of their CLIP losses); the decoder still learns every
     # system's captions; None = the drawn caption itself
     contrastive_system: str | tuple[str, ...] | None = ("holistic", "brain")
+    # one more contrastive text: a single clause stating one of these caption fact keys
+    # (e.g. "respiratory_events"), equal texts being positives of each other; None = off
+    contrastive_clauses: tuple[str, ...] | None = None
+    # weights of the contrastive texts (contrastive_system's, then the clause); None = mean
+    contrastive_weights: tuple[float, ...] | None = None
+    # extra passes over epochs whose captions state an event (train split only)
+    event_repeat: int = Field(default=0, ge=0)
     shuffle_buffer: int = Field(default=1000, ge=0)
     # optimisation
     batch_size: int = Field(default=32, ge=1)  # per process, per micro-step
@@ -108,6 +115,16 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.contrastive_weights is not None:
+            n = (0 if self.contrastive_system is None else 1 if isinstance(
+                self.contrastive_system, str) else len(self.contrastive_system))
+            n += 1 if self.contrastive_clauses else 0
+            if len(self.contrastive_weights) != n or n < 2 or \
+                    any(w < 0 for w in self.contrastive_weights) or \
+                    sum(self.contrastive_weights) <= 0:
+                raise ValueError(f"contrastive_weights needs one weight >= 0 per contrastive "
+                                 f"text ({n}: contrastive_system, then the clause), with a "
+                                 f"positive sum; got {self.contrastive_weights}")
         if self.stop_at_step is not None and self.max_steps is not None \
                 and self.stop_at_step > self.max_steps:
             raise ValueError("stop_at_step must be <= max_steps")

@@ -150,6 +150,8 @@ def build_model(model_cfg: SleepLMConfig, cfg: TrainConfig) -> SleepLM:
     model = SleepLM(model_cfg)
     model.loss_fn.clip.local_loss = cfg.local_loss
     model.loss_fn.clip.gather_with_grad = cfg.gather_with_grad
+    if cfg.contrastive_weights is not None:
+        model.loss_fn.text_weights = tuple(cfg.contrastive_weights)
     return model
 
 
@@ -187,7 +189,9 @@ def make_dataset(cfg: TrainConfig, model_cfg: SleepLMConfig, tokenizer: CaptionT
                              shuffle_buffer=cfg.shuffle_buffer if split == "train" else 0,
                              seed=cfg.seed, epoch=epoch, context_epochs=cfg.context_epochs,
                              rank=d.rank, world_size=d.world_size,
-                             contrastive_system=cfg.contrastive_system)
+                             contrastive_system=cfg.contrastive_system,
+                             contrastive_clauses=cfg.contrastive_clauses,
+                             event_repeat=cfg.event_repeat if split == "train" else 0)
 
 
 def make_loader(ds: EpochShardDataset, cfg: TrainConfig, epoch: int, d: Dist):
@@ -272,7 +276,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         with (model.no_sync() if sync else contextlib.nullcontext()):
             with _autocast(cfg, device):
                 out = model(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0),
-                            contrastive_ids=b.get("contrastive_ids"))
+                            contrastive_ids=b.get("contrastive_ids"),
+                            contrastive_keys=b.get("contrastive_keys"))
             (out["loss"] / n).backward()
         for k in sums:
             sums[k] += float(out[k].detach()) / n
@@ -310,7 +315,8 @@ def evaluate_loss(model: nn.Module, cfg: TrainConfig, model_cfg: SleepLMConfig,
         with _autocast(cfg, d.device):
             out = raw(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0),
                       mask_patches=raw.cfg.reconstruction_weight > 0,
-                      contrastive_ids=b.get("contrastive_ids"))
+                      contrastive_ids=b.get("contrastive_ids"),
+                      contrastive_keys=b.get("contrastive_keys"))
         sums += torch.tensor([1.0] + [float(out[k]) for k in
                                       ("loss", "contrastive", "caption", "reconstruction")],
                              dtype=torch.float64)

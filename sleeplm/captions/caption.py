@@ -6,11 +6,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Caption", "EpochCaptions", "NightCaptions", "LEVELS", "SYSTEMS"]
+__all__ = ["Caption", "CaptionClause", "EpochCaptions", "NightCaptions", "LEVELS", "SYSTEMS"]
 
 LEVELS = ("epoch", "event", "segment", "night")
 #: Physiological systems of targeted captions, plus the holistic one.
 SYSTEMS = ("brain", "cardiac", "respiration", "somatic", "holistic")
+
+
+class CaptionClause(BaseModel):
+    """One clause of a caption as written (e.g. "an obstructive apnea scored") and the facts
+    it states; the unit of the clause-level contrastive pairs in training."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    facts: dict[str, Any] = Field(default_factory=dict)
 
 
 class Caption(BaseModel):
@@ -29,6 +39,8 @@ class Caption(BaseModel):
         units in the key names, e.g. ``{"stage": "N2", "spindles": 3, "hr_bpm": 61.2}``).
     start, end : float
         The time span the caption describes, seconds from the recording start.
+    clauses : list of CaptionClause
+        The caption's clauses in the order written (epoch captions; empty for the others).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -39,6 +51,7 @@ class Caption(BaseModel):
     facts: dict[str, Any] = Field(default_factory=dict)
     start: float
     end: float
+    clauses: list[CaptionClause] = Field(default_factory=list)
 
 
 class EpochCaptions(BaseModel):

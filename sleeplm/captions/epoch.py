@@ -14,7 +14,7 @@ import pandas as pd
 
 from sleeplm.captions.caption import Caption, EpochCaptions
 from sleeplm.captions.features import EpochFeatures, RESP_TYPES
-from sleeplm.captions.phrasing import (EVENT_NAMES, Clause, article, compose, make_rng, num,
+from sleeplm.captions.phrasing import (EVENT_NAMES, Clause, article, compose_clauses, make_rng, num,
                                        plural, stage_phrases)
 from sleeplm.recording import Recording
 
@@ -247,8 +247,11 @@ def somatic_clauses(r: dict, staged: bool, lm_source: str | None) -> list[Clause
 
 
 # ------------------------------------------------------------------------------ main
-def _caption(system: str, text: str, facts: dict, start: float, end: float) -> Caption:
-    return Caption(level="epoch", system=system, text=text, facts=facts, start=start, end=end)
+def _caption(system: str, composed: tuple[str, dict, list[dict]], start: float, end: float
+             ) -> Caption:
+    text, facts, clauses = composed
+    return Caption(level="epoch", system=system, text=text, facts=facts, start=start, end=end,
+                   clauses=clauses)
 
 
 def epoch_captions(rec: Recording, feats: EpochFeatures, desat_nums: dict[int, dict], *,
@@ -287,21 +290,22 @@ def epoch_captions(rec: Recording, feats: EpochFeatures, desat_nums: dict[int, d
         lead_stage = Clause(stage_phrases(stage), {"stage": stage}, first=True) if staged else None
 
         if has_eeg:
-            text, facts = compose(make_rng(seed, e, "brain"), brain_clauses(r, staged))
-            if text:
-                caps.append(_caption("brain", text, facts, start, end))
+            composed = compose_clauses(make_rng(seed, e, "brain"), brain_clauses(r, staged))
+            if composed[0]:
+                caps.append(_caption("brain", composed, start, end))
         cl = cardiac_clauses(r)
         if cl:
-            text, facts = compose(make_rng(seed, e, "cardiac"), cl)
-            caps.append(_caption("cardiac", text, facts, start, end))
+            caps.append(_caption("cardiac", compose_clauses(make_rng(seed, e, "cardiac"), cl),
+                                 start, end))
         if resp_available:
             cl = respiration_clauses(r, resp_types, desat_nums, use_detected)
-            text, facts = compose(make_rng(seed, e, "respiration"), cl)
-            caps.append(_caption("respiration", text, facts, start, end))
+            caps.append(_caption("respiration",
+                                 compose_clauses(make_rng(seed, e, "respiration"), cl),
+                                 start, end))
         cl = somatic_clauses(r, staged, lm_source)
         if cl:
-            text, facts = compose(make_rng(seed, e, "somatic"), cl)
-            caps.append(_caption("somatic", text, facts, start, end))
+            caps.append(_caption("somatic", compose_clauses(make_rng(seed, e, "somatic"), cl),
+                                 start, end))
 
         # holistic: the key facts together
         rng = make_rng(seed, e, "holistic")
@@ -347,7 +351,6 @@ def epoch_captions(rec: Recording, feats: EpochFeatures, desat_nums: dict[int, d
                 hol.append(Clause([plural(int(rem), "rapid eye movement")],
                                   {"rapid_eye_movements": int(rem)}))
         if hol:
-            text, facts = compose(rng, hol)
-            caps.append(_caption("holistic", text, facts, start, end))
+            caps.append(_caption("holistic", compose_clauses(rng, hol), start, end))
         out.append(EpochCaptions(epoch=e, stage=stage, captions=caps))
     return out

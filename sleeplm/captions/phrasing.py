@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Clause", "make_rng", "pick", "compose", "num", "plural", "STAGE_NAMES",
+__all__ = ["Clause", "make_rng", "pick", "compose", "compose_clauses", "num", "plural", "STAGE_NAMES",
            "stage_phrases", "EVENT_NAMES", "jsonable", "article"]
 
 
@@ -81,6 +81,14 @@ def compose(rng: np.random.Generator, clauses: list[Clause], *, lead: str | None
     lead : str, optional
         A fixed opening ("Epoch 12:") before the clauses.
     """
+    text, facts, _ = compose_clauses(rng, clauses, lead=lead)
+    return text, facts
+
+
+def compose_clauses(rng: np.random.Generator, clauses: list[Clause], *,
+                    lead: str | None = None) -> tuple[str, dict, list[dict]]:
+    """:func:`compose`, plus the clauses as written, in caption order: ``[{"text": phrasing
+    picked, "facts": that clause's facts}, ...]`` (same random draws, so the same caption)."""
     facts: dict[str, Any] = {}
     heads = [c for c in clauses if c.first]
     rest = [c for c in clauses if not c.first]
@@ -89,8 +97,9 @@ def compose(rng: np.random.Generator, clauses: list[Clause], *, lead: str | None
     parts = [pick(rng, c.options) for c in ordered]
     for c in ordered:
         facts.update(c.facts)
+    written = [{"text": p, "facts": jsonable(c.facts)} for p, c in zip(parts, ordered)]
     if not parts:
-        return (lead or "").strip(), facts
+        return (lead or "").strip(), facts, written
     style = int(rng.integers(3))
     if style == 1 and any("," in p for p in parts):
         style = 0  # commas inside clauses: separate clauses with semicolons instead
@@ -104,7 +113,7 @@ def compose(rng: np.random.Generator, clauses: list[Clause], *, lead: str | None
     text = f"{lead} {body}" if lead else body
     if not text.endswith("."):
         text += "."
-    return text, jsonable(facts)
+    return text, jsonable(facts), written
 
 
 STAGE_NAMES = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "unscored"}
