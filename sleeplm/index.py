@@ -694,13 +694,12 @@ class EmbeddingIndex:
             return self._query(self._nights, "night", vector, k, where, exclude_patient)
         self._check_k(k)
         vec, filt = self._query_parts(self._nights, vector, where, exclude_patient)
-        n = self._nights.count()
-        if n == 0:
-            return []
         flat = self._flat.get(self._nights.name)
         if flat is not None:
-            self._check_mirror(self._nights, flat, n)
+            self._check_mirror(self._nights, flat)
             found = flat.centred_search(vec[0], int(k), filt)
+        elif self._nights.count() == 0:
+            return []
         else:
             found = self._centred_from_chroma(vec[0], int(k), filt)
         return [_hit("night", rid, score, meta) for rid, score, meta in found]
@@ -749,18 +748,18 @@ class EmbeddingIndex:
                where: Mapping[str, Any] | None, exclude_patient: str | None) -> list[Hit]:
         self._check_k(k)
         vec, filt = self._query_parts(collection, vector, where, exclude_patient)
-        n = collection.count()
-        if n == 0:
-            return []
         flat = self._flat.get(collection.name)
         if flat is not None:
-            self._check_mirror(collection, flat, n)
+            self._check_mirror(collection, flat)
             try:
                 return [_hit(kind, rid, score, meta)
                         for rid, score, meta in flat.search(vec[0], int(k), filt)]
             except UnsupportedFilterError as exc:
                 logger.info("exact search cannot evaluate filter %s (%s): HNSW instead", filt,
                             exc)
+        n = collection.count()
+        if n == 0:
+            return []
         res = collection.query(query_embeddings=vec, n_results=int(min(k, n)), where=filt,
                                include=["metadatas", "distances"])
         hits = []
@@ -768,12 +767,13 @@ class EmbeddingIndex:
             hits.append(_hit(kind, rid, 1.0 - float(dist), dict(meta or {})))
         return hits
 
-    def _check_mirror(self, collection: Any, flat: FlatVectors, n: int) -> None:
+    def _check_mirror(self, collection: Any, flat: FlatVectors) -> None:
         """Once per collection and process: the flat mirror holds as many rows as chromadb;
         otherwise (a store written before the mirror existed, or a write cut short) it is
         rebuilt from chromadb's vectors."""
         if collection.name in self._flat_checked:
             return
+        n = collection.count()
         if len(flat) != n:
             logger.warning("exact-search mirror of %s holds %d rows, chromadb %d: rebuilding it "
                            "from chromadb", collection.name, len(flat), n)

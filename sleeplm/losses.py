@@ -102,15 +102,21 @@ class ClipLoss(nn.Module):
         return logits_per_image, logits_per_image.T
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
-                keys: Tensor | None = None) -> Tensor:
+                keys: Tensor | None = None, extra_text_features: Tensor | None = None,
+                extra_keys: Tensor | None = None) -> Tensor:
         """Mean of the two directions' cross-entropies. ``logit_scale`` is the scale itself
         (already ``exp``-ed), clamped here to :data:`MAX_LOGIT_SCALE`. ``keys`` (int ``[B]``,
-        optional): pairs with equal keys are positives of each other."""
+        optional): pairs with equal keys are positives of each other. ``extra_text_features``
+        ``[M, E]`` with ``extra_keys`` ``[M]`` (the same on every rank; needs ``keys``): more
+        text columns for the signal-to-text direction only, negatives unless their key equals
+        a signal's key."""
         scale = torch.as_tensor(logit_scale, dtype=image_features.dtype,
                                 device=image_features.device).clamp(max=MAX_LOGIT_SCALE)
         logits_per_image, logits_per_text = self.get_logits(image_features, text_features, scale)
         n = logits_per_image.shape[0]
         rank, world_size = dist_info()
+        if extra_text_features is not None and (keys is None or extra_keys is None):
+            raise ValueError("extra text columns need keys for the pairs and for the columns")
         if keys is not None:
             keys = keys.to(image_features.device).reshape(-1)
             all_keys = keys
@@ -120,9 +126,19 @@ class ClipLoss(nn.Module):
                 all_keys = torch.cat(gathered)
             rows = keys if (world_size > 1 and self.local_loss) else all_keys
             target = (rows[:, None] == all_keys[None, :]).float()
-            target = target / target.sum(1, keepdim=True)
-            return (F.cross_entropy(logits_per_image.float(), target)
-                    + F.cross_entropy(logits_per_text.float(), target)) / 2
+            target_t = target / target.sum(1, keepdim=True)
+            if extra_text_features is not None:
+                images = image_features if (world_size > 1 and self.local_loss) else \
+                    gather_features(image_features, text_features,
+                                    gather_with_grad=self.gather_with_grad,
+                                    local_loss=self.local_loss)[0]
+                logits_per_image = torch.cat(
+                    [logits_per_image, scale * images @ extra_text_features.T], dim=1)
+                extra_keys = extra_keys.to(image_features.device).reshape(-1)
+                target = torch.cat([target, (rows[:, None] == extra_keys[None, :]).float()], 1)
+            target_i = target / target.sum(1, keepdim=True)
+            return (F.cross_entropy(logits_per_image.float(), target_i)
+                    + F.cross_entropy(logits_per_text.float(), target_t)) / 2
         labels = torch.arange(n, device=image_features.device)
         if world_size > 1 and self.local_loss:
             labels = labels + n * rank
@@ -183,8 +199,11 @@ class SleepLMLoss(nn.Module):
                 text_features: Tensor | None = None, logit_scale: Tensor | float = 1.0,
                 logits: Tensor | None = None, targets: Tensor | None = None,
                 recon_pred: Tensor | None = None, recon_target: Tensor | None = None,
-                recon_mask: Tensor | None = None, text_keys: Tensor | None = None
+                recon_mask: Tensor | None = None, text_keys: Tensor | None = None,
+                extra_text_features: Tensor | None = None, extra_keys: Tensor | None = None
                 ) -> dict[str, Tensor]:
+        """``extra_text_features``/``extra_keys``: extra negative text columns for the
+        **last** contrastive text (:meth:`ClipLoss.forward`)."""
         ref = next(t for t in (image_features, logits, recon_pred) if t is not None)
         zero = ref.new_zeros(())
         out = {"contrastive": zero, "caption": zero, "reconstruction": zero}
@@ -195,8 +214,10 @@ class SleepLMLoss(nn.Module):
             if text_features.dim() == 3:  # [S, B, E]: several texts per signal, (weighted) mean
                 S = text_features.shape[0]
                 keys = [None] * S if text_keys is None else list(text_keys.reshape(-1, S).T)
-                terms = torch.stack([self.clip(image_features, t, logit_scale, k)
-                                     for t, k in zip(text_features, keys)])
+                terms = torch.stack([
+                    self.clip(image_features, t, logit_scale, k,
+                              *((extra_text_features, extra_keys) if j == S - 1 else ()))
+                    for j, (t, k) in enumerate(zip(text_features, keys))])
                 w = self.text_weights
                 if w is not None and len(w) != S:
                     raise ValueError(f"{len(w)} contrastive text weights for {S} texts")
@@ -205,7 +226,8 @@ class SleepLMLoss(nn.Module):
             else:
                 out["contrastive"] = self.clip(image_features, text_features, logit_scale,
                                                None if text_keys is None
-                                               else text_keys.reshape(-1))
+                                               else text_keys.reshape(-1),
+                                               extra_text_features, extra_keys)
             total = total + self.contrastive_weight * out["contrastive"]
         if self.caption_weight > 0:
             if logits is None or targets is None:

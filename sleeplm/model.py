@@ -531,14 +531,17 @@ class SleepLM(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None, text_ids: Tensor, system,
                 mask_patches: bool | None = None, contrastive_ids: Tensor | None = None,
-                contrastive_keys: Tensor | None = None) -> dict[str, Tensor]:
+                contrastive_keys: Tensor | None = None, negative_ids: Tensor | None = None,
+                negative_keys: Tensor | None = None) -> dict[str, Tensor]:
         """Training step losses. ``system``: ``[B]`` indices, one int/name, or a list.
         ``text_ids`` are the caption decoder's targets; ``contrastive_ids`` (default: the
         same) the texts paired with the signals in the contrastive loss: ``[B, L]``, or
         ``[B, S, L]`` for ``S`` captions per signal (the mean of the ``S`` CLIP losses, or
         their weighted mean with ``loss_fn.text_weights``); ``contrastive_keys`` (``[B]`` or
         ``[B, S]`` integers, optional) mark equal texts, which are then positives of each
-        other (:class:`sleeplm.losses.ClipLoss`).
+        other (:class:`sleeplm.losses.ClipLoss`). ``negative_ids`` ``[M, L]`` with
+        ``negative_keys`` ``[M]``: extra texts (e.g. a :class:`sleeplm.shards.ClauseBank`
+        draw) scored against every signal as negatives of the last contrastive text.
         Patches are masked for reconstruction when ``mask_patches`` (default: in training
         mode with a positive reconstruction weight). Returns ``loss``, ``contrastive``,
         ``caption``, ``reconstruction``, ``logit_scale``."""
@@ -562,6 +565,9 @@ class SleepLM(nn.Module):
                       logit_scale=self.logit_scale_value,
                       text_keys=None if contrastive_keys is None else contrastive_keys.to(
                           emb.device))
+            if negative_ids is not None and negative_ids.shape[0]:
+                kw.update(extra_text_features=self.encode_text(negative_ids.to(emb.device)),
+                          extra_keys=negative_keys)
         if cfg.caption_weight > 0:
             logits = self.decoder(dec_in, self._system(system, B, emb.device), tokens, valid)
             kw.update(logits=logits, targets=targets)

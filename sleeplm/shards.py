@@ -31,7 +31,7 @@ from sleeplm.corpus import read_shard
 
 __all__ = ["EpochShardDataset", "collate", "night_samples", "load_split_epochs", "list_shards",
            "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS", "EVENT_FACTS",
-           "has_event", "text_key"]
+           "has_event", "fact_key", "ClauseBank"]
 
 #: Integer stage labels; anything else (UNS, "?", movement) is -1.
 STAGE_IDS: dict[str, int] = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "N4": 3, "R": 4}
@@ -224,8 +224,9 @@ class EpochShardDataset(IterableDataset):
     paired: a single *clause* of the epoch's captions ("an obstructive apnea scored", "no
     arousal", "2 spindles"; the corpus stores each caption's clauses), drawn seeded, uniformly
     over the fact keys the epoch's clauses state, then over the clauses stating that key.
-    Every contrastive text also gets an integer key (``contrastive_keys``, a CRC-32 of the
-    text): samples whose texts are the same are positives of each other in the loss.
+    Every contrastive text also gets an integer key (``contrastive_keys``, :func:`fact_key`
+    of the facts it states): samples whose texts state the same facts, in whatever phrasing
+    ("no respiratory events" / "no apnea or hypopnea scored"), are positives of each other.
     ``event_repeat = r`` yields every epoch whose captions state an event (a respiratory
     event, a desaturation, an arousal, a limb movement) ``1 + r`` times per pass, each copy
     with its own caption draws: rare findings get more of the gradient.
@@ -433,12 +434,14 @@ class EpochShardDataset(IterableDataset):
         out = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "system": system,
                "text": text, "stage": str(meta["stage"]), "stage_id": stage_id(meta["stage"]),
                "key": key, "night": meta["night"], "epoch": int(meta["epoch"]), "facts": facts}
-        pair = [self._contrastive_text(meta, key, c, rep) or text for c in self._contrastive]
+        drawn = (text, json.loads(facts))
+        pair = [self._contrastive_text(meta, key, c, rep) or drawn for c in self._contrastive]
         if self.contrastive_clauses:
-            pair.append(self._clause_text(meta, key, rep) or text)
+            pair.append(self._clause_text(meta, key, rep) or drawn)
+        keys = torch.tensor([fact_key(f) for _, f in pair], dtype=torch.long)
+        pair = [t for t, _ in pair]
         if pair:
             out["contrastive_text"] = pair if self._several else pair[0]
-            keys = torch.tensor([text_key(t) for t in pair], dtype=torch.long)
             out["contrastive_keys"] = keys if self._several else keys[0]
         if self.tokenizer is not None:
             out["text_ids"] = self._ids(text)
@@ -453,27 +456,29 @@ class EpochShardDataset(IterableDataset):
         t[: len(ids)] = torch.tensor(ids, dtype=torch.long)
         return t
 
-    def _contrastive_text(self, meta: dict, key: str, system: str, rep: int = 0) -> str:
-        caps = [c["text"] for c in meta.get("captions", ())
+    def _contrastive_text(self, meta: dict, key: str, system: str, rep: int = 0
+                          ) -> tuple[str, dict] | None:
+        """``(text, facts)`` of the epoch's caption of ``system`` (seeded draw), or None."""
+        caps = [(c["text"], c.get("facts") or {}) for c in meta.get("captions", ())
                 if c.get("system") == system and c.get("text")]
         if len(caps) <= 1:
-            return caps[0] if caps else ""
+            return caps[0] if caps else None
         words = [self.seed, self.epoch, _key_seed(key), 0xC0, SYSTEMS.index(system)]
         rng = np.random.default_rng(words + [rep] if rep else words)
         return caps[int(rng.integers(len(caps)))]
 
-    def _clause_text(self, meta: dict, key: str, rep: int = 0) -> str:
-        """One clause stating one of ``contrastive_clauses`` (see the class docstring); ""
-        when the epoch's captions have none (e.g. a corpus built before clauses were
-        stored)."""
-        by_key: dict[str, list[str]] = {}
+    def _clause_text(self, meta: dict, key: str, rep: int = 0) -> tuple[str, dict] | None:
+        """``(text, facts)`` of one clause stating one of ``contrastive_clauses`` (see the
+        class docstring); None when the epoch's captions have none (e.g. a corpus built before
+        clauses were stored)."""
+        by_key: dict[str, list[tuple[str, dict]]] = {}
         for c in meta.get("captions", ()):
             for cl in c.get("clauses") or ():
                 for k in self.contrastive_clauses:
                     if k in (cl.get("facts") or {}) and cl.get("text"):
-                        by_key.setdefault(k, []).append(cl["text"])
+                        by_key.setdefault(k, []).append((cl["text"], cl["facts"]))
         if not by_key:
-            return ""
+            return None
         rng = np.random.default_rng([self.seed, self.epoch, _key_seed(key), 0xC1, rep])
         names = sorted(by_key)
         texts = by_key[names[int(rng.integers(len(names)))]]
@@ -501,10 +506,67 @@ def has_event(meta: dict) -> bool:
     return False
 
 
-def text_key(text: str) -> int:
-    """Integer key of a contrastive text (CRC-32 of its case- and space-normalised form): two
+class ClauseBank:
+    """The distinct finding clauses of a corpus split, grouped by the fact key they state (see
+    ``EpochShardDataset(contrastive_clauses=...)``), to be drawn as extra contrastive
+    negatives: rare findings ("an obstructive apnea scored") then compete with the common
+    ones ("no respiratory events") in every batch, not only in the few batches that hold an
+    epoch with that finding, which is what puts the zero of a query-versus-absence margin
+    where it belongs. A drawn clause is a positive, not a negative, for a signal whose own
+    clause states the same facts (:func:`fact_key`).
+
+    Parameters
+    ----------
+    groups : dict of str to list of (str, dict)
+        Fact key -> its distinct clauses, ``(text, facts)``.
+    """
+
+    def __init__(self, groups: dict[str, list[tuple[str, dict]]]) -> None:
+        self.groups: dict[str, list[tuple[str, int]]] = {}
+        for k, items in groups.items():
+            uniq = {t: fact_key(f) for t, f in items}
+            if uniq:
+                self.groups[k] = sorted(uniq.items())
+        self._keys = sorted(self.groups)
+
+    @classmethod
+    def from_corpus(cls, corpus_dir: str | os.PathLike, split: str,
+                    keys: Sequence[str]) -> "ClauseBank":
+        """Scan the split's epoch JSON (no signals) for the clauses stating ``keys``."""
+        groups: dict[str, dict[str, dict]] = {k: {} for k in keys}
+        for shard in list_shards(corpus_dir, split, "epochs"):
+            for _, meta in iter_shard_json(shard):
+                for c in meta.get("captions", ()):
+                    for cl in c.get("clauses") or ():
+                        for k in keys:
+                            if k in (cl.get("facts") or {}) and cl.get("text"):
+                                groups[k][cl["text"]] = cl["facts"]
+        return cls({k: list(v.items()) for k, v in groups.items()})
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.groups.values())
+
+    def sample(self, n: int, seed: Sequence[int]) -> list[tuple[str, int]]:
+        """``n`` distinct clauses ``(text, fact key)`` (fewer when the bank is smaller): a
+        fact key uniformly, then one of its texts uniformly; seeded, so every rank draws the
+        same ones."""
+        if not self._keys or n <= 0:
+            return []
+        rng = np.random.default_rng(list(seed))
+        n = min(n, len(self))
+        out: dict[str, int] = {}
+        while len(out) < n:
+            items = self.groups[self._keys[int(rng.integers(len(self._keys)))]]
+            text, k = items[int(rng.integers(len(items)))]
+            out.setdefault(text, k)
+        return list(out.items())
+
+
+def fact_key(facts: dict) -> int:
+    """Integer key of what a contrastive text states (CRC-32 of its facts as sorted JSON): two
     samples with equal keys are positives of each other in the contrastive loss."""
-    return zlib.crc32(" ".join(str(text).lower().split()).encode())
+    return zlib.crc32(json.dumps(facts, sort_keys=True, separators=(",", ":"),
+                                 ensure_ascii=False).encode())
 
 
 def collate(batch: Sequence[dict]) -> dict:

@@ -342,6 +342,25 @@ def test_multi_positive_clip_loss():
         ClipLoss()(img, near, 7.0).item(), rel=1e-4)
 
 
+def test_extra_negative_columns():
+    """Extra text columns join the signal-to-text softmax only; one whose key equals a pair's
+    key is a positive of that signal."""
+    torch.manual_seed(2)
+    img = F.normalize(torch.randn(3, 4), dim=-1)
+    txt = F.normalize(torch.randn(3, 4), dim=-1)
+    extra = F.normalize(torch.randn(2, 4), dim=-1)
+    keys, extra_keys = torch.tensor([1, 2, 3]), torch.tensor([9, 2])
+    got = ClipLoss()(img, txt, 5.0, keys, extra, extra_keys).item()
+    li = 5.0 * img @ torch.cat([txt, extra]).T
+    ti = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0.5, 0, 0, 0.5], [0, 0, 1, 0, 0]])
+    lt = 5.0 * txt @ img.T
+    want = (-(ti * li.log_softmax(1)).sum(1).mean()
+            + F.cross_entropy(lt, torch.arange(3))) / 2
+    assert got == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="need keys"):
+        ClipLoss()(img, txt, 5.0, None, extra, extra_keys)
+
+
 def test_weighted_multi_text_contrastive_loss():
     from sleeplm.losses import SleepLMLoss
 

@@ -201,7 +201,7 @@ def test_contrastive_system_pairs_the_holistic_caption(corpus, raw, tokenizer):
 def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
     """contrastive_clauses adds one clause of the epoch's captions that states a wanted fact;
     equal texts get equal keys."""
-    from sleeplm.shards import text_key
+    from sleeplm.shards import fact_key
 
     wanted = ("respiratory_events", "arousals", "spindles")
     ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, tokenizer=tokenizer,
@@ -212,14 +212,21 @@ def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
     for s in samples:
         hol, clause = s["contrastive_text"]
         caps = raw[s["key"]]["json"]["captions"]
-        stating = {cl["text"]: set(cl["facts"]) & set(wanted) for c in caps
+        stating = {cl["text"]: (set(cl["facts"]) & set(wanted), cl["facts"]) for c in caps
                    for cl in c["clauses"]}
-        assert clause in stating and stating[clause], (clause, stating)
-        seen.update(stating[clause])
+        assert clause in stating and stating[clause][0], (clause, stating)
+        seen.update(stating[clause][0])
         assert s["contrastive_ids"].shape == (2, 64)
-        assert s["contrastive_keys"].tolist() == [text_key(hol), text_key(clause)]
+        hol_facts = next(c["facts"] for c in caps if c["text"] == hol)
+        assert s["contrastive_keys"].tolist() == [fact_key(hol_facts),
+                                                  fact_key(stating[clause][1])]
     assert set(seen) == set(wanted)  # every wanted fact gets drawn somewhere
-    assert text_key("No arousal.") == text_key("  no   AROUSAL. ") != text_key("1 arousal.")
+    # phrasings of the same facts share a key ("no arousal" / "no arousals scored")
+    by_key = {}
+    for s in samples:
+        by_key.setdefault(int(s["contrastive_keys"][1]), set()).add(s["contrastive_text"][1])
+    assert any(len(v) > 1 for v in by_key.values())
+    assert fact_key({"a": 1, "b": []}) == fact_key({"b": [], "a": 1}) != fact_key({"a": 2})
     # every epoch caption's clauses are its text, piece by piece, with its facts
     for sample in list(raw.values())[::17]:
         for c in sample["json"]["captions"]:
@@ -228,6 +235,26 @@ def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
             for cl in c["clauses"]:
                 assert cl["text"].lower() in low
                 assert all(c["facts"][k] == v for k, v in cl["facts"].items())
+
+
+def test_clause_bank(corpus, raw):
+    from sleeplm.shards import ClauseBank, fact_key
+
+    wanted = ("respiratory_events", "arousals", "spindles")
+    bank = ClauseBank.from_corpus(corpus, "train", wanted)
+    want = {}
+    for sample in raw.values():
+        for c in sample["json"]["captions"]:
+            for cl in c["clauses"]:
+                for k in wanted:
+                    if k in cl["facts"]:
+                        want.setdefault(k, {})[cl["text"]] = fact_key(cl["facts"])
+    assert {k: dict(v) for k, v in bank.groups.items()} == want
+    a = bank.sample(10, (0, 3))
+    assert a == bank.sample(10, (0, 3)) != bank.sample(10, (0, 4))
+    assert len({t for t, _ in a}) == 10
+    assert len(bank.sample(10_000, (1,))) == len(bank)
+    assert ClauseBank({}).sample(5, (0,)) == []
 
 
 def test_event_repeat_yields_event_epochs_again(corpus, raw):

@@ -146,7 +146,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file
         opt = build_optimizer(model, cfg)
         net = DDP(model, find_unused_parameters=True)
         B = cfg.batch_size
-        part = {k: v[rank * B:(rank + 1) * B] for k, v in data["batch"].items()}
+        # each rank its half of the samples; the bank negatives are the same on every rank
+        part = {k: v if k.startswith("negative_") else v[rank * B:(rank + 1) * B]
+                for k, v in data["batch"].items()}
         m = train_step(net, opt, [part], cfg, torch.device("cpu"))
         terms = torch.tensor([m["contrastive"], m["caption"]], dtype=torch.float64)
         dist.all_reduce(terms)  # mean over the ranks = the global-batch mean
@@ -188,6 +190,13 @@ def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
     # multi-positive targets must be built from the keys of both ranks
     clause_keys = batch["contrastive_keys"][:, -1]
     assert len(set(clause_keys.tolist())) < len(clause_keys)
+    # extra negatives from the clause bank: the same columns on every rank
+    from sleeplm.shards import ClauseBank
+    from training.train import add_negatives
+
+    bank = ClauseBank.from_corpus(corpus, "train", cfg.contrastive_clauses)
+    add_negatives([batch], bank, tok, cfg.model_copy(update={"clause_negatives": 6}), step=0)
+    assert batch["negative_ids"].shape == (6, cfg.max_text_len)
     lens = (batch["text_ids"] != tok.pad_id).sum(1)
     assert (lens == lens[0]).all()  # precondition for the caption-mean equality
     batch_file, out_file = tmp_path / "batch.pt", tmp_path / "ddp_out.pt"

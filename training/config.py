@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     contrastive_weights: tuple[float, ...] | None = None
     # extra passes over epochs whose captions state an event (train split only)
     event_repeat: int = Field(default=0, ge=0)
+    # distinct finding clauses of the train split drawn per step as extra negatives of the
+    # clause pair (sleeplm.shards.ClauseBank); 0 = off
+    clause_negatives: int = Field(default=0, ge=0)
     shuffle_buffer: int = Field(default=1000, ge=0)
     # optimisation
     batch_size: int = Field(default=32, ge=1)  # per process, per micro-step

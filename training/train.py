@@ -58,7 +58,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from sleeplm._logging import logger
 from sleeplm.losses import MAX_LOGIT_SCALE
 from sleeplm.model import SleepLM, SleepLMConfig, count_parameters, save_model
-from sleeplm.shards import EpochShardDataset, collate
+from sleeplm.shards import ClauseBank, EpochShardDataset, collate
 from sleeplm.tokenizer import CaptionTokenizer, corpus_texts, train_tokenizer
 from training.config import TrainConfig
 
@@ -245,6 +245,19 @@ def _next_micro_batches(it: Iterator[dict], n: int) -> list[dict] | None:
     return out
 
 
+def add_negatives(micro_batches: Sequence[dict], bank: ClauseBank, tokenizer: CaptionTokenizer,
+                  cfg: TrainConfig, step: int) -> None:
+    """Put ``cfg.clause_negatives`` bank clauses (``negative_ids``/``negative_keys``) into each
+    micro-batch; the draw depends on (seed, step, micro-batch) only, so every rank scores the
+    same extra columns."""
+    for i, b in enumerate(micro_batches):
+        drawn = bank.sample(cfg.clause_negatives, (cfg.seed, step, i, 0xBA))
+        b["negative_ids"] = torch.stack([
+            torch.tensor(ids + [tokenizer.pad_id] * (cfg.max_text_len - len(ids)))
+            for ids in (tokenizer.encode(t, cfg.max_text_len) for t, _ in drawn)])
+        b["negative_keys"] = torch.tensor([k for _, k in drawn], dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------- the step
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.precision == "bf16" and device.type == "cuda":
@@ -277,7 +290,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             with _autocast(cfg, device):
                 out = model(b["x"], b["mask"], b["text_ids"], b["system"].clamp(min=0),
                             contrastive_ids=b.get("contrastive_ids"),
-                            contrastive_keys=b.get("contrastive_keys"))
+                            contrastive_keys=b.get("contrastive_keys"),
+                            negative_ids=b.get("negative_ids"),
+                            negative_keys=b.get("negative_keys"))
             (out["loss"] / n).backward()
         for k in sums:
             sums[k] += float(out[k].detach()) / n
@@ -487,6 +502,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path | None:
                    file=sys.stderr)
 
     ds = make_dataset(cfg, model_cfg, tokenizer, d, epoch=epoch)
+    bank = None
+    if cfg.clause_negatives and cfg.contrastive_clauses:
+        bank = ClauseBank.from_corpus(cfg.corpus_dir, "train", cfg.contrastive_clauses)
+        if d.main:
+            logger.info("clause bank: %d distinct clauses over %s; %d drawn per step as "
+                        "extra negatives", len(bank), sorted(bank.groups),
+                        cfg.clause_negatives)
     last_ckpt = step if resume else -1
     while step < stop and epoch < cfg.epochs:
         ds.set_epoch(epoch)
@@ -501,6 +523,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path | None:
             mbs = _next_micro_batches(it, cfg.grad_accum)
             if not _all_have(mbs is not None, d):
                 break
+            if bank is not None:
+                add_negatives(mbs, bank, tokenizer, cfg, step)
             m = train_step(net, optimizer, mbs, cfg, d.device, scheduler)
             step += 1
             step_in_epoch += 1
