@@ -82,9 +82,11 @@ def test_sections_and_ranges(result, setup):
     assert len(est) == 1 and next(iter(est.values()))["ahi_3a_per_h"] > 15
     assert u["osa_severity"]["truth_counts"] == {"moderate": 1}  # AHI 22/h
     assert u["osa_severity"]["baseline"]["majority_train_source"] == "train"
+    nr = r["night_retrieval"]  # one test night: nothing to retrieve, and it says why
+    assert nr["available"] is False and "profile" in nr["reason"]
     md = ev.to_markdown(r)
     for title in ("Zero-shot", "Few-shot", "Retrieval", "Captioning", "localisation",
-                  "Unseen"):
+                  "Unseen", "Night-to-night"):
         assert title in md
     json.dumps(r, default=ev._json_default)
 
@@ -164,6 +166,31 @@ def test_localisation_margins_and_event_index_hand_cases():
     asleep = epochs < 240
     assert ev.night_event_index(m, epochs, asleep) == pytest.approx(1.0)
     assert np.isnan(ev.night_event_index(m, epochs, np.zeros(250, bool)))
+
+
+def test_night_retrieval_hand_case():
+    """Four nights, two profiles sharing one large common direction: every night's deviation
+    from the mean points at its partner."""
+    common = np.array([10.0, 0, 0, 0])
+    night_vec = {"a1": common + [0, 1, 0, 0.3], "a2": common + [0, 1, 0, -0.3],
+                 "b1": common + [0, -1, 0.3, 0], "b2": common + [0, -1, -0.3, 0]}
+    names = list(night_vec)
+    rng = np.random.default_rng(0)
+    emb, night = [], []
+    for n in names:
+        e = night_vec[n] + 0.01 * rng.normal(size=(20, 4))
+        emb.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+        night += [n] * 20
+    data = {"night": np.asarray(night, dtype=object)}
+    out = ev._night_retrieval(np.concatenate(emb), data,
+                              {"a1": "A", "a2": "A", "b1": "B", "b2": "B"})
+    assert out["available"] and out["n_queries"] == 4
+    assert out["chance_top1"] == pytest.approx(1 / 3)
+    assert out["centred"]["same_profile_top1"] == 1.0 and out["centred"]["mrr"] == 1.0
+    assert out["centred"]["first_neighbour"] == {"a1": "a2", "a2": "a1", "b1": "b2",
+                                                 "b2": "b1"}
+    assert ev._night_retrieval(np.concatenate(emb), data, {"a1": "A", "b1": "B"})[
+        "available"] is False
 
 
 def test_majority_and_retrieval_hand_cases():

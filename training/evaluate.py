@@ -50,6 +50,13 @@ then carries a warning). Sections (each metric comes with its ``n``):
   "no respiratory events") is positive, merged into runs, counted in epochs the zero-shot
   staging calls sleep, per hour of that sleep (:func:`night_event_index`), then the AASM
   cut-offs.
+* ``night_retrieval``: the ``retrieve`` tool's night-to-night rule
+  (:func:`sleeplm.flat_index.centred_scores`: cosine of the night embeddings' deviations from
+  the mean of the evaluated nights) against the plain cosine of the night embeddings, in the
+  same run: for each night with another night of its profile among the evaluated ones, is the
+  first neighbour of the same profile; chance = the mean share of same-profile nights among
+  the others. Profiles come from the ``profile`` column of the library manifest next to the
+  nights' source files (simulated libraries); without profiles the section says so.
 """
 
 from __future__ import annotations
@@ -647,6 +654,63 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
     return out
 
 
+def _night_profiles(corpus: Path) -> dict[str, str]:
+    """night -> profile, from the ``profile`` column of the manifest.csv next to each night's
+    source file (the corpus manifest's ``source``); {} when there is none."""
+    import pandas as pd
+
+    man = corpus / "manifest.csv"
+    if not man.exists():
+        return {}
+    out: dict[str, str] = {}
+    cache: dict[Path, dict[str, str]] = {}
+    for row in pd.read_csv(man).to_dict("records"):
+        src = Path(str(row.get("source") or ""))
+        if not src.is_absolute():
+            src = (corpus.parent / src) if not (corpus / src).exists() else corpus / src
+        lib = src.parent / "manifest.csv"
+        if lib not in cache:
+            cache[lib] = {}
+            if lib.exists():
+                lm = pd.read_csv(lib)
+                if {"patient_id", "profile"} <= set(lm.columns):
+                    cache[lib] = {str(a): str(b) for a, b in zip(lm["patient_id"], lm["profile"])
+                                  if isinstance(b, str) and b}
+        prof = cache[lib].get(str(row.get("patient_id")))
+        if prof:
+            out[str(row["night"])] = prof
+    return out
+
+
+def _night_retrieval(emb: np.ndarray, data: dict, profiles: dict[str, str]) -> dict:
+    from sleeplm.flat_index import centred_scores
+
+    names = [n for n in dict.fromkeys(data["night"]) if n in profiles]
+    counts = Counter(profiles[n] for n in names)
+    queries = [n for n in names if counts[profiles[n]] > 1]
+    if not queries:
+        return {"available": False, "n_nights": len(names),
+                "reason": "no two evaluated nights share a known profile"
+                          if names else "no profiles for these nights"}
+    V = np.stack([night_embedding(emb[data["night"] == n]) for n in names])
+    out: dict[str, Any] = {"available": True, "n_nights": len(names), "n_queries": len(queries),
+                           "chance_top1": float(np.mean([(counts[profiles[q]] - 1)
+                                                         / (len(names) - 1) for q in queries]))}
+    for rule in ("centred", "plain"):
+        top1, rr, per = [], [], {}
+        for q in queries:
+            i = names.index(q)
+            sc = centred_scores(V, V[i]) if rule == "centred" else V @ V[i]
+            order = [j for j in np.argsort(-sc, kind="stable") if j != i]
+            same = [profiles[names[j]] == profiles[q] for j in order]
+            top1.append(bool(same[0]))
+            rr.append(1.0 / (1 + same.index(True)))
+            per[q] = names[order[0]]
+        out[rule] = {"same_profile_top1": float(np.mean(top1)), "mrr": float(np.mean(rr)),
+                     "first_neighbour": per}
+    return out
+
+
 # ------------------------------------------------------------------------------ driver
 def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
              max_epochs: int | None = None, yasa: bool = True, allow_train: bool = False,
@@ -709,6 +773,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     t = tick("localisation", t)
     res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights, pred)
     t = tick("unseen_tasks", t)
+    res["night_retrieval"] = _night_retrieval(emb, data, _night_profiles(corpus))
+    t = tick("night_retrieval", t)
     timings["total"] = round(time.time() - t0, 2)
     res["timings_s"] = timings
     return res
@@ -832,6 +898,20 @@ def to_markdown(res: dict) -> str:
             "AASM cut-offs.", "",
             _table(["task", "n nights", "accuracy", "macro-F1", "majority (train)",
                     "best constant (eval)", "truth counts"], rows)]
+    nr = res.get("night_retrieval")
+    if nr is not None:
+        out += ["", "## Night-to-night retrieval (same profile first)", ""]
+        if nr.get("available"):
+            out += [f"{nr['n_queries']} query nights (a same-profile night among the other "
+                    f"{nr['n_nights'] - 1}); chance of a same-profile first neighbour "
+                    f"{_f(nr['chance_top1'])}.", "",
+                    _table(["rule", "same profile first", "MRR"],
+                           [["centred cosine (the retrieve tool)",
+                             nr["centred"]["same_profile_top1"], nr["centred"]["mrr"]],
+                            ["plain cosine of night embeddings",
+                             nr["plain"]["same_profile_top1"], nr["plain"]["mrr"]]])]
+        else:
+            out += [f"Not available: {nr['reason']}."]
     out += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in res["timings_s"].items())]
     return "\n".join(out) + "\n"
 
