@@ -103,13 +103,15 @@ class ClipLoss(nn.Module):
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
                 keys: Tensor | None = None, extra_text_features: Tensor | None = None,
-                extra_keys: Tensor | None = None) -> Tensor:
+                extra_keys: Tensor | None = None, keysets: Tensor | None = None) -> Tensor:
         """Mean of the two directions' cross-entropies. ``logit_scale`` is the scale itself
         (already ``exp``-ed), clamped here to :data:`MAX_LOGIT_SCALE`. ``keys`` (int ``[B]``,
         optional): pairs with equal keys are positives of each other. ``extra_text_features``
         ``[M, E]`` with ``extra_keys`` ``[M]`` (the same on every rank; needs ``keys``): more
         text columns for the signal-to-text direction only, negatives unless their key equals
-        a signal's key."""
+        a signal's key. ``keysets`` ``[B, K]`` (needs ``keys``; -1 pads): the keys of every
+        text true of each signal (its own key among them): text ``j`` is a positive of signal
+        ``i`` when ``key_j`` is in ``keysets_i``, in both directions."""
         scale = torch.as_tensor(logit_scale, dtype=image_features.dtype,
                                 device=image_features.device).clamp(max=MAX_LOGIT_SCALE)
         logits_per_image, logits_per_text = self.get_logits(image_features, text_features, scale)
@@ -124,9 +126,23 @@ class ClipLoss(nn.Module):
                 gathered = [torch.zeros_like(keys) for _ in range(world_size)]
                 torch.distributed.all_gather(gathered, keys)
                 all_keys = torch.cat(gathered)
-            rows = keys if (world_size > 1 and self.local_loss) else all_keys
-            target = (rows[:, None] == all_keys[None, :]).float()
-            target_t = target / target.sum(1, keepdim=True)
+            local = world_size > 1 and self.local_loss
+            rows = keys if local else all_keys
+            if keysets is None:
+                target = (rows[:, None] == all_keys[None, :]).float()
+                target_t = target
+                row_sets = rows[:, None]
+            else:
+                ks = keysets.to(image_features.device).reshape(keys.shape[0], -1)
+                all_ks = ks
+                if world_size > 1:
+                    gathered_ks = [torch.zeros_like(ks) for _ in range(world_size)]
+                    torch.distributed.all_gather(gathered_ks, ks)
+                    all_ks = torch.cat(gathered_ks)
+                row_sets = ks if local else all_ks  # [R, K], signals as rows
+                target = (row_sets[:, :, None] == all_keys[None, None, :]).any(1).float()
+                target_t = (all_ks[None, :, :] == rows[:, None, None]).any(2).float()
+            target_t = target_t / target_t.sum(1, keepdim=True)
             if extra_text_features is not None:
                 images = image_features if (world_size > 1 and self.local_loss) else \
                     gather_features(image_features, text_features,
@@ -135,7 +151,8 @@ class ClipLoss(nn.Module):
                 logits_per_image = torch.cat(
                     [logits_per_image, scale * images @ extra_text_features.T], dim=1)
                 extra_keys = extra_keys.to(image_features.device).reshape(-1)
-                target = torch.cat([target, (rows[:, None] == extra_keys[None, :]).float()], 1)
+                extra_pos = (row_sets[:, :, None] == extra_keys[None, None, :]).any(1)
+                target = torch.cat([target, extra_pos.float()], 1)
             target_i = target / target.sum(1, keepdim=True)
             return (F.cross_entropy(logits_per_image.float(), target_i)
                     + F.cross_entropy(logits_per_text.float(), target_t)) / 2
@@ -200,10 +217,11 @@ class SleepLMLoss(nn.Module):
                 logits: Tensor | None = None, targets: Tensor | None = None,
                 recon_pred: Tensor | None = None, recon_target: Tensor | None = None,
                 recon_mask: Tensor | None = None, text_keys: Tensor | None = None,
-                extra_text_features: Tensor | None = None, extra_keys: Tensor | None = None
-                ) -> dict[str, Tensor]:
-        """``extra_text_features``/``extra_keys``: extra negative text columns for the
-        **last** contrastive text (:meth:`ClipLoss.forward`)."""
+                extra_text_features: Tensor | None = None, extra_keys: Tensor | None = None,
+                keysets: Tensor | None = None) -> dict[str, Tensor]:
+        """``extra_text_features``/``extra_keys`` (extra negative text columns) and
+        ``keysets`` (every key true of each signal) apply to the **last** contrastive text
+        (:meth:`ClipLoss.forward`)."""
         ref = next(t for t in (image_features, logits, recon_pred) if t is not None)
         zero = ref.new_zeros(())
         out = {"contrastive": zero, "caption": zero, "reconstruction": zero}
@@ -216,7 +234,8 @@ class SleepLMLoss(nn.Module):
                 keys = [None] * S if text_keys is None else list(text_keys.reshape(-1, S).T)
                 terms = torch.stack([
                     self.clip(image_features, t, logit_scale, k,
-                              *((extra_text_features, extra_keys) if j == S - 1 else ()))
+                              *((extra_text_features, extra_keys, keysets) if j == S - 1
+                                else ()))
                     for j, (t, k) in enumerate(zip(text_features, keys))])
                 w = self.text_weights
                 if w is not None and len(w) != S:
@@ -227,7 +246,7 @@ class SleepLMLoss(nn.Module):
                 out["contrastive"] = self.clip(image_features, text_features, logit_scale,
                                                None if text_keys is None
                                                else text_keys.reshape(-1),
-                                               extra_text_features, extra_keys)
+                                               extra_text_features, extra_keys, keysets)
             total = total + self.contrastive_weight * out["contrastive"]
         if self.caption_weight > 0:
             if logits is None or targets is None:

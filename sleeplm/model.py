@@ -532,7 +532,8 @@ class SleepLM(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None, text_ids: Tensor, system,
                 mask_patches: bool | None = None, contrastive_ids: Tensor | None = None,
                 contrastive_keys: Tensor | None = None, negative_ids: Tensor | None = None,
-                negative_keys: Tensor | None = None) -> dict[str, Tensor]:
+                negative_keys: Tensor | None = None, clause_keyset: Tensor | None = None
+                ) -> dict[str, Tensor]:
         """Training step losses. ``system``: ``[B]`` indices, one int/name, or a list.
         ``text_ids`` are the caption decoder's targets; ``contrastive_ids`` (default: the
         same) the texts paired with the signals in the contrastive loss: ``[B, L]``, or
@@ -541,7 +542,9 @@ class SleepLM(nn.Module):
         ``[B, S]`` integers, optional) mark equal texts, which are then positives of each
         other (:class:`sleeplm.losses.ClipLoss`). ``negative_ids`` ``[M, L]`` with
         ``negative_keys`` ``[M]``: extra texts (e.g. a :class:`sleeplm.shards.ClauseBank`
-        draw) scored against every signal as negatives of the last contrastive text.
+        draw) scored against every signal as negatives of the last contrastive text;
+        ``clause_keyset`` ``[B, K]``: the keys of every text true of each signal, for that
+        last text (:meth:`sleeplm.losses.ClipLoss.forward`).
         Patches are masked for reconstruction when ``mask_patches`` (default: in training
         mode with a positive reconstruction weight). Returns ``loss``, ``contrastive``,
         ``caption``, ``reconstruction``, ``logit_scale``."""
@@ -565,6 +568,8 @@ class SleepLM(nn.Module):
                       logit_scale=self.logit_scale_value,
                       text_keys=None if contrastive_keys is None else contrastive_keys.to(
                           emb.device))
+            if clause_keyset is not None:
+                kw.update(keysets=clause_keyset.to(emb.device))
             if negative_ids is not None and negative_ids.shape[0]:
                 kw.update(extra_text_features=self.encode_text(negative_ids.to(emb.device)),
                           extra_keys=negative_keys)

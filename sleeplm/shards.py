@@ -227,6 +227,10 @@ class EpochShardDataset(IterableDataset):
     Every contrastive text also gets an integer key (``contrastive_keys``, :func:`fact_key`
     of the facts it states): samples whose texts state the same facts, in whatever phrasing
     ("no respiratory events" / "no apnea or hypopnea scored"), are positives of each other.
+    For the clause pair a sample also carries ``clause_keyset`` (``[CLAUSE_KEYSET]``, -1
+    padded): the keys of **every** finding clause true of the epoch, so that another sample's
+    "no respiratory events" is a positive, not a negative, of an epoch whose drawn clause was
+    "no arousal" but that had no respiratory event either.
     ``event_repeat = r`` yields every epoch whose captions state an event (a respiratory
     event, a desaturation, an arousal, a limb movement) ``1 + r`` times per pass, each copy
     with its own caption draws: rare findings get more of the gradient.
@@ -438,6 +442,10 @@ class EpochShardDataset(IterableDataset):
         pair = [self._contrastive_text(meta, key, c, rep) or drawn for c in self._contrastive]
         if self.contrastive_clauses:
             pair.append(self._clause_text(meta, key, rep) or drawn)
+            true = dict.fromkeys([fact_key(pair[-1][1])] + self._clause_keys(meta))
+            ks = list(true)[:CLAUSE_KEYSET]
+            out["clause_keyset"] = torch.tensor(ks + [-1] * (CLAUSE_KEYSET - len(ks)),
+                                                dtype=torch.long)
         keys = torch.tensor([fact_key(f) for _, f in pair], dtype=torch.long)
         pair = [t for t, _ in pair]
         if pair:
@@ -467,6 +475,17 @@ class EpochShardDataset(IterableDataset):
         rng = np.random.default_rng(words + [rep] if rep else words)
         return caps[int(rng.integers(len(caps)))]
 
+    def _clause_keys(self, meta: dict) -> list[int]:
+        """:func:`fact_key` of every clause of the epoch's captions that states one of
+        ``contrastive_clauses``: everything true of the epoch that a clause pair can say."""
+        out: dict[int, None] = {}
+        for c in meta.get("captions", ()):
+            for cl in c.get("clauses") or ():
+                f = cl.get("facts") or {}
+                if any(k in f for k in self.contrastive_clauses):
+                    out.setdefault(fact_key(f))
+        return list(out)
+
     def _clause_text(self, meta: dict, key: str, rep: int = 0) -> tuple[str, dict] | None:
         """``(text, facts)`` of one clause stating one of ``contrastive_clauses`` (see the
         class docstring); None when the epoch's captions have none (e.g. a corpus built before
@@ -490,6 +509,8 @@ class EpochShardDataset(IterableDataset):
                 f"context_epochs={self.context_epochs})")
 
 
+#: Length of a sample's ``clause_keyset`` (padded with -1).
+CLAUSE_KEYSET = 16
 #: Fact keys of a caption that state an event (see ``EpochShardDataset(event_repeat=...)``).
 EVENT_FACTS: tuple[str, ...] = ("respiratory_events", "desaturations", "arousals", "plm",
                                 "limb_movements")

@@ -361,6 +361,29 @@ def test_extra_negative_columns():
         ClipLoss()(img, txt, 5.0, None, extra, extra_keys)
 
 
+def test_keysets_make_every_true_text_a_positive():
+    """Signal 0 drew "no arousal" (key 1) but "no respiratory events" (key 2) is true of it
+    too: signal 1's text with key 2 is then a positive of signal 0, both ways."""
+    torch.manual_seed(3)
+    img = F.normalize(torch.randn(3, 4), dim=-1)
+    txt = F.normalize(torch.randn(3, 4), dim=-1)
+    extra = F.normalize(torch.randn(1, 4), dim=-1)
+    keys = torch.tensor([1, 2, 3])
+    keysets = torch.tensor([[1, 2, -1], [2, -1, -1], [3, 2, 7]])
+    li = 5.0 * img @ torch.cat([txt, extra]).T
+    ti = torch.tensor([[1.0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1]])  # extra column key 7
+    lt = 5.0 * txt @ img.T
+    tt = torch.tensor([[1.0, 0, 0], [1, 1, 1], [0, 0, 1]])
+    want = (-(ti / ti.sum(1, keepdim=True) * li.log_softmax(1)).sum(1).mean()
+            - (tt / tt.sum(1, keepdim=True) * lt.log_softmax(1)).sum(1).mean()) / 2
+    got = ClipLoss()(img, txt, 5.0, keys, extra, torch.tensor([7]), keysets)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # keysets holding only each signal's own key are the plain multi-positive loss
+    own = torch.tensor([[1, -1], [2, -1], [3, -1]])
+    assert ClipLoss()(img, txt, 5.0, keys, keysets=own).item() == pytest.approx(
+        ClipLoss()(img, txt, 5.0, keys).item(), rel=1e-6)
+
+
 def test_weighted_multi_text_contrastive_loss():
     from sleeplm.losses import SleepLMLoss
 

@@ -221,6 +221,12 @@ def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
         assert s["contrastive_keys"].tolist() == [fact_key(hol_facts),
                                                   fact_key(stating[clause][1])]
     assert set(seen) == set(wanted)  # every wanted fact gets drawn somewhere
+    for s in samples[::7]:  # the keyset: every wanted clause true of the epoch, own key first
+        caps = raw[s["key"]]["json"]["captions"]
+        true = {fact_key(cl["facts"]) for c in caps for cl in c["clauses"]
+                if set(cl["facts"]) & set(wanted)}
+        ks = [k for k in s["clause_keyset"].tolist() if k != -1]
+        assert ks[0] == int(s["contrastive_keys"][1]) and set(ks) == true | {ks[0]}
     # phrasings of the same facts share a key ("no arousal" / "no arousals scored")
     by_key = {}
     for s in samples:

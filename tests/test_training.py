@@ -185,7 +185,9 @@ def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
             break
     batch = collate(samples)
     batch = {k: v for k, v in batch.items() if k in ("x", "mask", "text_ids", "system",
-                                                       "contrastive_ids", "contrastive_keys")}
+                                                       "contrastive_ids", "contrastive_keys",
+                                                       "clause_keyset")}
+    assert batch["clause_keyset"].shape[0] == 2 * B
     # the clause texts repeat across the two ranks' halves ("no respiratory events"): the
     # multi-positive targets must be built from the keys of both ranks
     clause_keys = batch["contrastive_keys"][:, -1]

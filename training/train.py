@@ -292,7 +292,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
                             contrastive_ids=b.get("contrastive_ids"),
                             contrastive_keys=b.get("contrastive_keys"),
                             negative_ids=b.get("negative_ids"),
-                            negative_keys=b.get("negative_keys"))
+                            negative_keys=b.get("negative_keys"),
+                            clause_keyset=b.get("clause_keyset"))
             (out["loss"] / n).backward()
         for k in sums:
             sums[k] += float(out[k].detach()) / n
