@@ -13,12 +13,12 @@ dot product is a cosine similarity in [-1, 1].
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["embed_texts", "class_embeddings", "stage_scores", "localisation_margins",
-           "to_intervals", "night_event_index"]
+           "known_query_margins", "any_margins", "to_intervals", "night_event_index"]
 
 
 def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256
@@ -70,6 +70,37 @@ def localisation_margins(emb: np.ndarray, query: np.ndarray, background: np.ndar
     query paired with row i of the background). Positive means the epoch reads more like the
     query than like the query's absence."""
     return np.asarray(emb) @ np.asarray(query).T - np.asarray(emb) @ np.asarray(background).T
+
+
+def known_query_margins(emb: np.ndarray, embed: Callable[[Mapping[str, Sequence[str]],
+                                                          Sequence[str]], np.ndarray],
+                        keys: Sequence[str]) -> np.ndarray:
+    """Margins ``[N, len(keys)]`` of the known localisation queries
+    (:data:`sleeplm.prompts.LOCALISATION_QUERIES`): ``cos(epoch, query)`` minus the highest of
+    ``cos(epoch, absence)`` (:data:`~sleeplm.prompts.LOCALISATION_BACKGROUND`) and
+    ``cos(epoch, rival query)`` (:data:`~sleeplm.prompts.LOCALISATION_RIVALS`). ``embed(table,
+    classes)`` gives class vectors (:func:`class_embeddings` with a model and tokenizer, or a
+    cache of them): the held-out evaluation and the ``localize`` tool both score through
+    here."""
+    from sleeplm import prompts as P
+
+    emb = np.asarray(emb)
+    out = np.zeros((emb.shape[0], len(keys)), dtype=np.float32)
+    for j, key in enumerate(keys):
+        q = embed(P.LOCALISATION_QUERIES, [key])[0]
+        alts = [embed(P.LOCALISATION_BACKGROUND, [key])[0]]
+        alts += [embed(P.LOCALISATION_QUERIES, [r])[0] for r in P.LOCALISATION_RIVALS.get(key, ())]
+        out[:, j] = emb @ q - np.max(np.stack([emb @ a for a in alts]), 0)
+    return out
+
+
+def any_margins(emb: np.ndarray, queries: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per-epoch evidence that **any** of several queries fits: ``max_k cos(epoch, query_k) -
+    cos(epoch, background)`` (``queries [K, E]``, ``background [E]``): one prompt class per kind
+    of event (obstructive, central, mixed apnea, hypopnea) instead of the mean of their
+    prompts, which lies between the kinds and fits none of them well."""
+    e = np.asarray(emb)
+    return (e @ np.asarray(queries).T).max(1) - e @ np.asarray(background)
 
 
 def to_intervals(epochs: Sequence[int], positive: Sequence[bool]) -> list[tuple[int, int]]:

@@ -226,7 +226,8 @@ def tiny_checkpoint(root: Path, seed: int = 0) -> Path:
     from sleeplm.model import SleepLM, SleepLMConfig, save_model
     from sleeplm.tokenizer import train_tokenizer
 
-    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND)
+    texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND,
+                             P.LOCALISATION_ALIASES, P.RESPIRATORY_EVENT_PROMPTS)
              for v in table.values() for t in v]
     tok = train_tokenizer(texts * 3, vocab_size=300, min_frequency=1)
     tok.save(root / "tok.json")

@@ -159,6 +159,11 @@ def test_localisation_margins_and_event_index_hand_cases():
     np.testing.assert_allclose(ev.localisation_margins(emb, q, bg), [1.0, -1.0, -0.2])
     both = ev.localisation_margins(emb, np.stack([q, bg]), np.stack([bg, q]))
     np.testing.assert_allclose(both, [[1.0, -1.0], [-1.0, 1.0], [-0.2, 0.2]])
+    # any of several queries: the best one against the background
+    from sleeplm.zeroshot import any_margins
+
+    np.testing.assert_allclose(any_margins(emb, np.stack([q, [0.6, 0.8]]), bg),
+                               [1.0 - 0.0, 0.8 - 1.0, 1.0 - 0.8])
     # 2 h asleep (240 epochs), three runs of event epochs, one of them in wake -> 2 events/2 h
     epochs = np.arange(250)
     m = -np.ones(250)

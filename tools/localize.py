@@ -1,17 +1,20 @@
 """localize: where in this night does something described in words happen?
 
-Scoring is :func:`sleeplm.zeroshot.localisation_margins`, the function the held-out evaluation
-(``training/evaluate.py``) uses: every epoch gets the margin
-``cos(epoch, query) - cos(epoch, background)`` of its SleepLM embedding.
+Scoring for known queries is :func:`sleeplm.zeroshot.known_query_margins`, the function the
+held-out evaluation (``training/evaluate.py``) uses: every epoch gets the margin
+``cos(epoch, query) - max(cos(epoch, background), cos(epoch, rival queries))`` of its SleepLM
+embedding.
 
 The background (what the query is contrasted with):
 
 * a **known query** (a key of :data:`sleeplm.prompts.LOCALISATION_QUERIES`, e.g.
-  ``"obstructive apnea"``, ``"spindles"``, or one of its prompts): the query vector is the
-  normalised mean of that entry's prompts and the background the matching
+  ``"obstructive apnea"``, ``"spindles"``, one of its prompts or of its
+  :data:`~sleeplm.prompts.LOCALISATION_ALIASES`): the query vector is the normalised mean of
+  that entry's prompts, the background the matching
   :data:`~sleeplm.prompts.LOCALISATION_BACKGROUND` entry (the captions' wording for the event's
-  absence), exactly as in the evaluation; the default threshold is 0 (closer to the event than
-  to its absence), the evaluation's rule;
+  absence) and its :data:`~sleeplm.prompts.LOCALISATION_RIVALS` (an apnea must also read more
+  like an apnea than like a hypopnea), exactly as in the evaluation; the default threshold is
+  0, the evaluation's rule;
 * **free text**: no absence wording is known, so the background is the night itself: the
   margin is ``cos(epoch, query)`` minus the night's median of that cosine over all its epochs
   (the query's background similarity in this night). Half the night is above 0 by
@@ -32,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sleeplm import prompts as P
-from sleeplm.zeroshot import localisation_margins, stage_scores, to_intervals
+from sleeplm.zeroshot import known_query_margins, stage_scores, to_intervals
 from tools.common import (
     Requirement,
     Span,
@@ -82,12 +85,13 @@ def _norm(text: str) -> str:
 def match_known_query(query: str) -> str | None:
     """The :data:`~sleeplm.prompts.LOCALISATION_QUERIES` key ``query`` names, or None.
 
-    Matches the key ("obstructive_apnea", "obstructive apnea", "obstructive apneas") or one of
-    its prompts, ignoring case, punctuation and a plural ``s``.
+    Matches the key ("obstructive_apnea", "obstructive apnea", "obstructive apneas"), one of
+    its prompts or one of its aliases, ignoring case, punctuation and a plural ``s``.
     """
     q = _norm(query)
     for key, prompts in P.LOCALISATION_QUERIES.items():
-        if q == _norm(key) or q in {_norm(p) for p in prompts}:
+        names = [key, *prompts, *P.LOCALISATION_ALIASES.get(key, ())]
+        if q in {_norm(p) for p in names}:
             return key
     return None
 
@@ -245,13 +249,14 @@ def epoch_margins(ctx: ToolContext, query: str) -> EpochMargins:
     emb = np.asarray(p.epoch_embeddings, dtype=np.float32)
     known = match_known_query(query)
     if known is not None:
-        q = ctx.class_vectors(P.LOCALISATION_QUERIES, [known])[0]
-        bg = ctx.class_vectors(P.LOCALISATION_BACKGROUND, [known])[0]
-        margins = localisation_margins(emb, q, bg)
+        margins = known_query_margins(emb, ctx.class_vectors, [known])[:, 0]
+        rivals = P.LOCALISATION_RIVALS.get(known, [])
         return EpochMargins(margins=[float(v) for v in margins], known_query=known,
                             background="the absence wording of LOCALISATION_BACKGROUND["
                                        f"'{known}']: " + "; ".join(
-                                           P.LOCALISATION_BACKGROUND[known]),
+                                           P.LOCALISATION_BACKGROUND[known])
+                            + (f", and the rival queries {', '.join(rivals)}" if rivals
+                               else ""),
                             default_threshold=0.0)
     q = ctx.class_vectors({"query": [query.strip()]}, ["query"])
     cos = stage_scores(emb, q)[:, 0]
@@ -298,7 +303,8 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     reqs, refusal = check_requirements(p, needs)
     out = LocalizeOutput(patient=p.patient, query=query, known_query=known, requirements=reqs,
                          method="zero-shot: cos(epoch, query) - background (sleeplm.zeroshot."
-                                "localisation_margins); runs of epochs above the threshold")
+                                "known_query_margins for known events); runs of epochs above "
+                                "the threshold")
     if refusal:
         out.refusal = refusal
         return out

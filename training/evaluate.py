@@ -34,8 +34,9 @@ then carries a warning). Sections (each metric comes with its ``n``):
   arousal, limb_movement) over (epoch, event) pairs; ``reader_check`` = how often the reader
   recovers the reference facts from the reference text (a check of the reader itself).
 * ``localisation``: per query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`) every epoch gets
-  the margin ``cos(query) - cos(background)`` (:data:`sleeplm.prompts.LOCALISATION_BACKGROUND`:
-  the captions' wording for the event's absence); epochs with a positive margin are positive;
+  the margin ``cos(query) - max(cos(background), cos(rivals))``
+  (:func:`sleeplm.zeroshot.known_query_margins`; background: the captions' wording for the
+  event's absence, rivals: e.g. hypopnea for apnea); epochs with a positive margin are positive;
   consecutive positive epochs merge into intervals. Truth: epochs whose
   captions' facts contain the event (respiratory_events, desaturations, spindles > 0,
   arousals > 0), merged the same way. Intervals are matched one-to-one (greedy by IoU) at
@@ -45,11 +46,11 @@ then carries a warning). Sections (each metric comes with its ``n``):
   disorder (``plmi_per_h`` >= 15) predicted by the nearest prompt class. Baseline: the majority
   class of the train split's nights (``majority_train``) and the best constant on the evaluated
   nights (``majority_eval``, an upper bound for any constant). ``osa_severity_from_epochs``:
-  a second zero-shot route, the one the assistant's tools take: epochs whose margin for the
-  respiratory-event prompts (:data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS` against
-  "no respiratory events") is positive, merged into runs, counted in epochs the zero-shot
-  staging calls sleep, per hour of that sleep (:func:`night_event_index`), then the AASM
-  cut-offs.
+  a second zero-shot route: epochs where one kind of respiratory event (obstructive, central,
+  mixed apnea, hypopnea: :data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS`) reads more like the
+  epoch than "no respiratory events" (:func:`sleeplm.zeroshot.any_margins`), merged into runs,
+  counted in epochs the zero-shot staging calls sleep, per hour of that sleep
+  (:func:`night_event_index`), then the AASM cut-offs.
 * ``night_retrieval``: the ``retrieve`` tool's night-to-night rule
   (:func:`sleeplm.flat_index.centred_scores`: cosine of the night embeddings' deviations from
   the mean of the evaluated nights) against the plain cosine of the night embeddings, in the
@@ -77,8 +78,8 @@ import torch
 
 from sleeplm import prompts as P
 from sleeplm.library import night_embedding
-from sleeplm.zeroshot import (class_embeddings, embed_texts, localisation_margins,
-                              night_event_index, to_intervals)
+from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts, known_query_margins,
+                              localisation_margins, night_event_index, to_intervals)
 
 __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
            "interval_f1", "to_intervals", "classification_metrics", "majority_baseline",
@@ -577,12 +578,11 @@ def _localisation(model, tok, emb, data, facts, iou: float = 0.3) -> dict:
     from sklearn.metrics import roc_auc_score
 
     names = list(P.LOCALISATION_QUERIES)
-    q = class_embeddings(model, tok, P.LOCALISATION_QUERIES, names)
-    bg = class_embeddings(model, tok, P.LOCALISATION_BACKGROUND, names)
-    scores = localisation_margins(emb, q, bg)  # [N, Q]: query i against its background i
+    scores = known_query_margins(emb, lambda t, c: class_embeddings(model, tok, t, c), names)
     truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
     out: dict[str, Any] = {"rule": "epoch positive when closer to the query's prompts than to "
-                                   f"its absence prompts; runs of positive epochs; IoU >= {iou}"}
+                                   "its absence prompts and to any rival query's; runs of "
+                                   f"positive epochs; IoU >= {iou}"}
     for qi, name in enumerate(names):
         tp = n_pred = n_true = 0
         y = np.asarray([name in t for t in truth])
@@ -627,9 +627,10 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
                      "baseline": majority_baseline(train_y, ys),
                      "truth_counts": dict(Counter(ys))}
     # OSA severity, second zero-shot route: event epochs found by prompts, counted per hour
-    ev = class_embeddings(model, tok, {"e": P.RESPIRATORY_EVENT_PROMPTS}, ["e"])[0]
+    kinds = list(P.RESPIRATORY_EVENT_PROMPTS)
+    ev = class_embeddings(model, tok, P.RESPIRATORY_EVENT_PROMPTS, kinds)
     bg = class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
-    margins = localisation_margins(emb, ev, bg)
+    margins = any_margins(emb, ev, bg)
     ys, pred, idx = [], [], {}
     for n in names:
         v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
@@ -646,8 +647,8 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
                if (v := _night_fact(n, "ahi_3a_per_h")) is not None]
     out["osa_severity_from_epochs"] = {
         "truth_fact": "ahi_3a_per_h",
-        "method": "event epochs by prompt margin, runs per hour of zero-shot-staged sleep, "
-                  "AASM cut-offs 5/15/30",
+        "method": "event epochs (any kind of respiratory event closer than its absence), "
+                  "runs per hour of zero-shot-staged sleep, AASM cut-offs 5/15/30",
         **classification_metrics(ys, pred, P.OSA_SEVERITY_CLASSES),
         "baseline": majority_baseline(train_y, ys), "truth_counts": dict(Counter(ys)),
         "per_night": idx}
@@ -893,9 +894,9 @@ def to_markdown(res: dict) -> str:
                      json.dumps(v["truth_counts"])])
     out += ["", "## Unseen night-level tasks (zero-shot; never trained as labels)", "",
             "`osa_severity`/`plm_disorder`: night embedding (mean of its epochs) against "
-            "severity prompts. `osa_severity_from_epochs`: epochs closer to respiratory-event "
-            "prompts than to 'no respiratory events', runs per hour of zero-shot-staged sleep, "
-            "AASM cut-offs.", "",
+            "severity prompts. `osa_severity_from_epochs`: epochs closer to one kind of "
+            "respiratory event than to 'no respiratory events', runs per hour of "
+            "zero-shot-staged sleep, AASM cut-offs.", "",
             _table(["task", "n nights", "accuracy", "macro-F1", "majority (train)",
                     "best constant (eval)", "truth counts"], rows)]
     nr = res.get("night_retrieval")
