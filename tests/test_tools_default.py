@@ -1,6 +1,7 @@
-"""The tools' behaviour with the shipped checkpoint (models/sleeplm-default), on short
-simulated nights: localize finds the placed apneas, retrieve returns the same profile's nights
-first, classify ranks 'REM sleep' highest on REM epochs.
+"""The tools' behaviour with the shipped checkpoint (models/sleeplm-default): localize finds the
+placed apneas and classify ranks 'REM sleep' highest on REM epochs (short simulated nights);
+retrieve returns the same profile's nights first (whole simulated nights, ~2 min: a night's
+profile needs a night; on the 35-minute nights with one shared hypnogram it managed 2 of 6).
 
 Skipped while the default checkpoint is not in the repository (the mechanics are tested with a
 tiny untrained model in tests/test_tools.py).
@@ -79,23 +80,60 @@ def test_localize_finds_the_placed_apneas(env):
         assert auc > 0.6, f"epoch-level AUROC of the apnea margin in sleep is {auc:.2f}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit of the shipped checkpoint (issue 5 note): a night's mean epoch embedding is "
-    "dominated by its stage mix, heart rate and SpO2 level more than by its respiratory or "
-    "limb-movement profile; strict, so a checkpoint that passes removes the mark"))
-def test_retrieve_returns_the_same_profile_first(env):
+#: Whole nights on the bundled Sleep-EDF hypnograms of held-out (test-split) subjects; the
+#: two nights of one profile are driven by different hypnograms, and nights of different
+#: profiles share them, so the stage sequence cannot decide the neighbours.
+FULL_PLAN = (("healthy_young", 41), ("healthy_young", 42), ("osa_severe", 43), ("osa_severe", 44),
+             ("plm_disorder", 45), ("plm_disorder", 46), ("osa_moderate", 47))
+
+
+@pytest.fixture(scope="module")
+def full_env(tmp_path_factory):
+    import pandas as pd
+
+    from sleeplm.corpus import split_of
+    from sleeplm.data import hypnogram_ids
+    from sleeplm.index import EmbeddingIndex, IndexConfig
+    from sleeplm.library import PatientLibrary
+    from sleeplm.simulate import simulate_night, write_study
+    from sleeplm.simulate.library import MANIFEST_COLUMNS
+    from tools import index_library
+
+    sources = [h for h in hypnogram_ids() if split_of(h) == "test"]
+    assert len(sources) >= 2
+    root = tmp_path_factory.mktemp("tools_default_full")
+    folder = root / "lib"
+    folder.mkdir()
+    rows = []
+    for i, (profile, seed) in enumerate(FULL_PLAN):
+        pid = f"sim-{seed:05d}-{profile}"
+        source = sources[i % len(sources)]
+        files = write_study(simulate_night(hypnogram=source, profile=profile, seed=seed,
+                                           patient_id=pid), folder)
+        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
+                     "hypnogram_source": source, "edf": files.edf.name,
+                     "annotations": files.annotations.name, "status": "ok"})
+    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
+                                                              index=False)
+    lib = PatientLibrary(folder, model_dir=CHECKPOINT)
+    index = EmbeddingIndex(IndexConfig(path=root / "index", model_version=lib.model_version))
+    index_library(lib, index)
+    return lib, index, root / "out"
+
+
+def test_retrieve_returns_the_same_profile_first(full_env):
     from tools import RetrieveInput, retrieve
 
-    lib = env[0]
+    lib = full_env[0]
     same = 0
     queries = [pid for pid in lib.patients() if pid != OSA_NIGHT]
     for pid in queries:
-        ctx = _ctx(env, pid)
+        ctx = _ctx(full_env, pid)
         out = retrieve(ctx, RetrieveInput(source="night", level="night", k=3))
         assert out.hits and all(h.patient != pid for h in out.hits)
         same += out.hits[0].profile == ctx.processed().study.profile
-    # chance is about 1 in 5 per query (one same-profile night among six others)
-    assert same >= 4, f"same profile first for only {same} of {len(queries)} nights"
+    # chance is about 1 in 6 per query (one same-profile night among six others)
+    assert same >= 5, f"same profile first for only {same} of {len(queries)} nights"
 
 
 def test_classify_ranks_rem_highest_on_rem_epochs(env):
