@@ -91,7 +91,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="sleeplm-index-bench-", dir=args.store_dir))
     try:
         index = EmbeddingIndex(IndexConfig(path=root / "store", model_version="bench",
-                                           ef_search=args.ef_search))  # writes both
+                                           ef_search=args.ef_search))  # exact client; add_night writes chromadb and the mirror
         gen_s = 0.0
         t_build = time.perf_counter()
         row = 0

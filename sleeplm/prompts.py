@@ -18,6 +18,8 @@ earlier set that added each stage's typical findings (accuracy 0.941 -> 0.967, m
 
 from __future__ import annotations
 
+from sleeplm.captions.phrasing import stage_phrases
+
 __all__ = ["STAGE_PROMPTS", "STAGES", "LOCALISATION_QUERIES", "LOCALISATION_BACKGROUND",
            "LOCALISATION_ALIASES", "LOCALISATION_RIVALS",
            "RESPIRATORY_EVENT_PROMPTS", "OSA_SEVERITY_PROMPTS",
@@ -26,12 +28,10 @@ __all__ = ["STAGE_PROMPTS", "STAGES", "LOCALISATION_QUERIES", "LOCALISATION_BACK
 #: Stage labels in the order of :data:`sleeplm.shards.STAGE_IDS` (W=0 ... R=4).
 STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "R")
 
+#: Stage -> prompts: the captioner's own stage phrases as a caption's first clause
+#: ("Stage N2 sleep.", "REM sleep (R)."), so they follow any change to the captioner.
 STAGE_PROMPTS: dict[str, list[str]] = {
-    "W": ["Wake (W).", "Scored as wake (W).", "Awake, stage W."],
-    "N1": ["Light sleep (N1).", "Stage N1.", "N1, the lightest sleep stage."],
-    "N2": ["Stage N2 sleep.", "N2 sleep.", "Light-to-intermediate sleep (N2)."],
-    "N3": ["Deep slow-wave sleep (N3).", "Stage N3.", "N3, deep sleep."],
-    "R": ["REM sleep (R).", "Stage R (REM).", "Rapid-eye-movement sleep (R)."],
+    stage: [p[:1].upper() + p[1:] + "." for p in stage_phrases(stage)] for stage in STAGES
 }
 
 #: Localisation queries: event name -> prompts (averaged, like the stage classes). The

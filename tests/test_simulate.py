@@ -152,3 +152,14 @@ def test_library_manifest_and_failures_do_not_stop_the_batch(tmp_path):
     assert list(manifest["status"]) == ["ok"]
     assert (tmp_path / manifest["edf"][0]).exists()
     assert {"patient_id", "profile", "age", "sex", "seed"} <= set(manifest.columns)
+
+
+def test_library_plan_gives_each_night_its_own_hypnogram(tmp_path):
+    # a plan's third item overrides ``hypnogram`` for that night only (both ids are missing,
+    # so each night fails fast, naming the source it was given)
+    manifest = simulate_library(0, tmp_path, plan=[("osa_mild", 5, "no_such_one"),
+                                                   ("osa_mild", 6)],
+                                hypnogram="no_such_default", progress=False)
+    status = dict(zip(manifest["seed"], manifest["status"]))
+    assert "no_such_one" in status[5] and "no_such_default" not in status[5]
+    assert "no_such_default" in status[6]

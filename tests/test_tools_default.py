@@ -89,33 +89,22 @@ FULL_PLAN = (("healthy_young", 41), ("healthy_young", 42), ("osa_severe", 43), (
 
 @pytest.fixture(scope="module")
 def full_env(tmp_path_factory):
-    import pandas as pd
-
     from sleeplm.corpus import split_of
     from sleeplm.data import hypnogram_ids
     from sleeplm.index import EmbeddingIndex, IndexConfig
     from sleeplm.library import PatientLibrary
-    from sleeplm.simulate import simulate_night, write_study
-    from sleeplm.simulate.library import MANIFEST_COLUMNS
+    from sleeplm.simulate import simulate_library
     from tools import index_library
 
     sources = [h for h in hypnogram_ids() if split_of(h) == "test"]
     assert len(sources) >= 2
     root = tmp_path_factory.mktemp("tools_default_full")
-    folder = root / "lib"
-    folder.mkdir()
-    rows = []
-    for i, (profile, seed) in enumerate(FULL_PLAN):
-        pid = f"sim-{seed:05d}-{profile}"
-        source = sources[i % len(sources)]
-        files = write_study(simulate_night(hypnogram=source, profile=profile, seed=seed,
-                                           patient_id=pid), folder)
-        rows.append({"patient_id": pid, "profile": profile, "seed": seed,
-                     "hypnogram_source": source, "edf": files.edf.name,
-                     "annotations": files.annotations.name, "status": "ok"})
-    pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).to_csv(folder / "manifest.csv",
-                                                              index=False)
-    lib = PatientLibrary(folder, model_dir=CHECKPOINT)
+    plan = [(profile, seed, sources[i % len(sources)])
+            for i, (profile, seed) in enumerate(FULL_PLAN)]
+    manifest = simulate_library(0, root / "lib", plan=plan, workers=2, progress=False)
+    assert (manifest["status"] == "ok").all(), manifest
+    assert list(manifest["hypnogram_source"]) == [h for _, _, h in plan]
+    lib = PatientLibrary(root / "lib", model_dir=CHECKPOINT)
     index = EmbeddingIndex(IndexConfig(path=root / "index", model_version=lib.model_version))
     index_library(lib, index)
     return lib, index, root / "out"

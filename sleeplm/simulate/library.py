@@ -55,7 +55,7 @@ def simulate_library(
     workers: int = 1,
     hypnogram: str | None = None,
     progress: bool = True,
-    plan: Iterable[tuple[str, int]] | None = None,
+    plan: Iterable[tuple[str, int] | tuple[str, int, str]] | None = None,
 ) -> pd.DataFrame:
     """Simulate ``n`` nights into ``out`` and write its ``manifest.csv``.
 
@@ -75,8 +75,9 @@ def simulate_library(
         Stage source for every night (default: a bundled night picked by each seed).
     progress : bool
         Show a progress bar.
-    plan : iterable of (profile, seed), optional
-        Exact patients to make instead of ``n``/``profiles``/``seed``.
+    plan : iterable of (profile, seed) or (profile, seed, hypnogram), optional
+        Exact patients to make instead of ``n``/``profiles``/``seed``; a third item is that
+        night's stage source, overriding ``hypnogram``.
 
     Returns
     -------
@@ -87,8 +88,9 @@ def simulate_library(
     for name in names:
         if name not in PROFILES:
             raise KeyError(f"unknown profile '{name}'; choose from {sorted(PROFILES)}")
-    jobs = list(plan) if plan is not None else [(names[k % len(names)], seed + k)
-                                                 for k in range(n)]
+    jobs = ([(job[0], job[1], job[2] if len(job) > 2 else hypnogram) for job in plan]
+            if plan is not None else [(names[k % len(names)], seed + k, hypnogram)
+                                      for k in range(n)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -96,12 +98,12 @@ def simulate_library(
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), unit="night", desc="simulating", disable=not progress)
     if workers <= 1:
-        for profile, s in jobs:
-            rows.append(_one(profile, s, str(out), hypnogram))
+        for profile, s, source in jobs:
+            rows.append(_one(profile, s, str(out), source))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_one, p, s, str(out), hypnogram) for p, s in jobs]
+            futures = [pool.submit(_one, p, s, str(out), h) for p, s, h in jobs]
             for fut in as_completed(futures):
                 rows.append(fut.result())
                 bar.update()
