@@ -90,8 +90,9 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     ids: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="sleeplm-index-bench-", dir=args.store_dir))
     try:
+        # the exact client (the default); its add_night writes chromadb and the flat mirror
         index = EmbeddingIndex(IndexConfig(path=root / "store", model_version="bench",
-                                           ef_search=args.ef_search))  # exact client; add_night writes chromadb and the mirror
+                                           ef_search=args.ef_search))
         gen_s = 0.0
         t_build = time.perf_counter()
         row = 0
