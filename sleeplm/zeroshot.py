@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["embed_texts", "class_embeddings", "stage_scores", "localisation_margins",
-           "known_query_margins", "any_margins", "to_intervals", "night_event_index"]
+           "known_query_margins", "any_margins", "to_intervals", "rule_intervals",
+           "count_events", "night_event_index"]
 
 
 def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256
@@ -103,38 +104,76 @@ def any_margins(emb: np.ndarray, queries: np.ndarray, background: np.ndarray) ->
     return (e @ np.asarray(queries).T).max(1) - e @ np.asarray(background)
 
 
-def to_intervals(epochs: Sequence[int], positive: Sequence[bool]) -> list[tuple[int, int]]:
-    """Runs of consecutive positive epoch numbers as inclusive ``(first, last)`` intervals."""
+def to_intervals(epochs: Sequence[int], positive: Sequence[bool], max_gap: int = 0
+                 ) -> list[tuple[int, int]]:
+    """Runs of consecutive positive epoch numbers as inclusive ``(first, last)`` intervals.
+
+    Parameters
+    ----------
+    epochs : sequence of int
+        Epoch numbers (any order; sorted here).
+    positive : sequence of bool
+        Whether each epoch is positive.
+    max_gap : int
+        Runs separated by at most this many epoch numbers that are not positive merge into
+        one interval (0: only consecutive epochs form a run).
+    """
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0 epochs, got {max_gap}")
     out: list[list[int]] = []
     for e, p in sorted(zip((int(e) for e in epochs), (bool(p) for p in positive))):
         if not p:
             continue
-        if out and e == out[-1][1] + 1:
+        if out and e <= out[-1][1] + 1 + max_gap:
             out[-1][1] = e
         else:
             out.append([e, e])
     return [tuple(x) for x in out]
 
 
+def rule_intervals(epochs: Sequence[int], margins: Sequence[float], rule: Any = None
+                   ) -> list[tuple[int, int]]:
+    """Intervals of epochs whose margin is above ``rule.threshold``, runs closer than
+    ``rule.max_gap`` quiet epochs merged (:class:`sleeplm.calibration.IntervalRule`; None:
+    margin > 0, consecutive epochs only)."""
+    thr = float(getattr(rule, "threshold", 0.0))
+    gap = int(getattr(rule, "max_gap", 0))
+    return to_intervals(epochs, np.asarray(margins, dtype=float) > thr, max_gap=gap)
+
+
+def count_events(intervals: Sequence[tuple[int, int]], epochs_per_event: float = 0.0) -> int:
+    """Events in inclusive epoch intervals: each interval counts ``max(1, round(length /
+    epochs_per_event))`` (0: one per interval)."""
+    if epochs_per_event <= 0:
+        return len(intervals)
+    return int(sum(max(1, round((b - a + 1) / epochs_per_event)) for a, b in intervals))
+
+
 def night_event_index(margins: np.ndarray, epochs: np.ndarray, asleep: np.ndarray,
-                      epoch_sec: float = 30.0) -> float:
-    """Zero-shot event index of one night (events/h of predicted sleep): runs of consecutive
-    epochs with a positive event margin (:func:`localisation_margins`), counted in
-    predicted-sleep epochs only, per hour of predicted sleep. NaN when no epoch is asleep.
+                      epoch_sec: float = 30.0, rule: Any = None) -> float:
+    """Zero-shot event index of one night (events/h of predicted sleep): intervals of epochs
+    with an event margin above the rule's threshold (:func:`rule_intervals`), in
+    predicted-sleep epochs only, counted by :func:`count_events`, per hour of predicted sleep.
+    NaN when no epoch is asleep.
 
     Parameters
     ----------
     margins : array [N]
-        Event margin per epoch.
+        Event margin per epoch (:func:`any_margins`; cosine units).
     epochs : array [N]
         Epoch numbers in the night (consecutive numbers form one run).
     asleep : array of bool [N]
         Epochs the (zero-shot) staging calls sleep.
     epoch_sec : float
         Epoch length (s).
+    rule : sleeplm.calibration.EventIndexRule, optional
+        Threshold, gap and epochs per event chosen on validation nights
+        (:mod:`sleeplm.calibration`); None: margin > 0, consecutive epochs, one event per run.
     """
     asleep = np.asarray(asleep, dtype=bool)
     sleep_h = float(np.sum(asleep)) * epoch_sec / 3600.0
     if sleep_h <= 0:
         return float("nan")
-    return len(to_intervals(epochs, (np.asarray(margins) > 0) & asleep)) / sleep_h
+    m = np.where(asleep, np.asarray(margins, dtype=float), -np.inf)
+    ivs = rule_intervals(epochs, m, rule)
+    return count_events(ivs, float(getattr(rule, "epochs_per_event", 0.0))) / sleep_h

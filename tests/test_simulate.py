@@ -163,3 +163,18 @@ def test_library_plan_gives_each_night_its_own_hypnogram(tmp_path):
     status = dict(zip(manifest["seed"], manifest["status"]))
     assert "no_such_one" in status[5] and "no_such_default" not in status[5]
     assert "no_such_default" in status[6]
+
+
+def test_library_runs_into_one_folder_add_up(tmp_path):
+    # two runs with different seeds make one manifest; a patient simulated again replaces its
+    # row (missing stage sources: each night fails fast, which is still a manifest row)
+    simulate_library(2, tmp_path, profiles=["osa_mild"], seed=10, hypnogram="no_such_a",
+                     progress=False)
+    run2 = simulate_library(2, tmp_path, profiles=["osa_mild"], seed=11, hypnogram="no_such_b",
+                            progress=False)
+    assert list(run2["seed"]) == [11, 12]
+    on_disk = pd.read_csv(tmp_path / "manifest.csv")
+    assert list(on_disk["seed"]) == [10, 11, 12]
+    assert on_disk["patient_id"].is_unique
+    status = dict(zip(on_disk["seed"], on_disk["status"]))
+    assert "no_such_a" in status[10] and "no_such_b" in status[11]

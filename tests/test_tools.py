@@ -190,6 +190,37 @@ def test_errors_for_patient_and_query(env, ctx):
 # ------------------------------------------------------------------------------ localize
 
 
+def test_localize_uses_the_checkpoints_calibrated_rule(env):
+    # calibration.json next to the weights sets a known query's default threshold and gap;
+    # free-text queries and other known queries keep their own defaults
+    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
+                                     save_calibration, weights_digest)
+    from sleeplm.zeroshot import to_intervals
+
+    lib, index, ck, out_dir = env
+    rule = IntervalRule(threshold=-0.02, max_gap=2)
+    save_calibration(Calibration(weights_sha256=weights_digest(ck), n_nights=4,
+                                 localisation={"obstructive_apnea": rule}), ck)
+    try:
+        c = ToolContext(library=lib, patient=OSA, index=index, output_dir=out_dir)
+        out = localize(c, LocalizeInput(query="obstructive apnea", limit=200))
+        assert out.threshold == rule.threshold and out.max_gap == 2
+        assert "validation nights" in out.rule_source
+        em = np.asarray(epoch_margins(c, "obstructive apnea").margins)
+        want = to_intervals(np.arange(em.size), em > rule.threshold, max_gap=2)
+        got = sorted((iv.span.first_epoch, iv.span.last_epoch) for iv in out.intervals)
+        assert got == want and out.n_intervals_total == len(want)
+        if any(b - a > 0 for a, b in want):
+            assert "quiet epochs apart merged" in out.summary()
+        other = localize(c, LocalizeInput(query="hypopnea"))
+        assert other.threshold == 0.0 and other.max_gap == 0 and "plain rule" in other.rule_source
+        given = localize(c, LocalizeInput(query="obstructive apnea", threshold=0.5))
+        assert given.threshold == 0.5 and given.max_gap == 2
+        assert given.rule_source.startswith("threshold given by the caller")
+    finally:
+        (ck / CALIBRATION_NAME).unlink()
+
+
 def test_localize_known_query(ctx):
     out = localize(ctx, LocalizeInput(query="Obstructive apneas", limit=3))
     assert out.known_query == "obstructive_apnea" and out.threshold == 0.0 and not out.refusal

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # torch-heavy imports only when a tool needs the model
     from sleeplm.index import EmbeddingIndex
     from sleeplm.model import SleepLM
     from sleeplm.recording import Recording
+    from sleeplm.calibration import Calibration
     from sleeplm.tokenizer import CaptionTokenizer
 
 __all__ = ["ToolContext", "index_library"]
@@ -132,6 +133,14 @@ class ToolContext:
                                         "must hold tokenizer.json (save_model(tokenizer_path=))")
             self._tokenizer = CaptionTokenizer.load(path)
         return self._tokenizer
+
+    @property
+    def calibration(self) -> Calibration:
+        """The checkpoint's decision rules (``calibration.json``, chosen on validation nights by
+        ``python -m training.calibrate``; the plain rule when it has none), read once."""
+        from sleeplm.calibration import load_calibration
+
+        return self.memo(("calibration",), lambda: load_calibration(self.library.model_dir))
 
     def class_vectors(self, table: Mapping[str, Sequence[str]], classes: Sequence[str]
                       ) -> np.ndarray:

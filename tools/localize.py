@@ -13,16 +13,19 @@ The background (what the query is contrasted with):
   that entry's prompts, the background the matching
   :data:`~sleeplm.prompts.LOCALISATION_BACKGROUND` entry (the captions' wording for the event's
   absence) and its :data:`~sleeplm.prompts.LOCALISATION_RIVALS` (an apnea must also read more
-  like an apnea than like a hypopnea), exactly as in the evaluation; the default threshold is
-  0, the evaluation's rule;
+  like an apnea than like a hypopnea), exactly as in the evaluation; the default threshold and
+  the largest gap of quiet epochs inside one interval are the checkpoint's decision rule for
+  that query (``calibration.json``, chosen on validation nights by ``python -m
+  training.calibrate``; :mod:`sleeplm.calibration`), the rule the evaluation scores; without
+  one, threshold 0 and no gap;
 * **free text**: no absence wording is known, so the background is the night itself: the
   margin is ``cos(epoch, query)`` minus the night's median of that cosine over all its epochs
   (the query's background similarity in this night). Half the night is above 0 by
   construction, so the default threshold is a robust two-sigma above the median:
   ``2 * 1.4826 * MAD`` of the night's cosines.
 
-Runs of consecutive epochs above the threshold (:func:`sleeplm.zeroshot.to_intervals`) are the
-intervals; each is scored by its peak margin and listed best first. A best margin under
+Runs of epochs above the threshold (:func:`sleeplm.zeroshot.to_intervals`, runs closer than
+the gap merged) are the intervals; each is scored by its peak margin and listed best first. A best margin under
 :data:`WEAK_MARGIN` is reported as weak. A query naming a signal the night lacks (SpO2 for a
 desaturation, EEG for spindles) is refused (see :func:`tools.common.requirements_for`).
 """
@@ -158,12 +161,18 @@ class EpochMargins(BaseModel):
         What the query was contrasted with.
     default_threshold : float
         The threshold used when none is given.
+    max_gap : int
+        Runs of positive epochs closer than this many quiet epochs are one interval.
+    rule_source : str
+        Where the threshold and gap come from.
     """
 
     margins: list[float]
     known_query: str | None
     background: str
     default_threshold: float
+    max_gap: int = 0
+    rule_source: str = ""
 
 
 class LocalizeOutput(BaseModel):
@@ -178,6 +187,10 @@ class LocalizeOutput(BaseModel):
         What the query was contrasted with.
     threshold : float
         Threshold used (cosine margin).
+    max_gap : int
+        Quiet epochs allowed inside one interval.
+    rule_source : str
+        Where the default threshold and gap come from.
     intervals : list of ScoredInterval
         Best first, at most ``limit``.
     n_intervals_total : int
@@ -201,6 +214,8 @@ class LocalizeOutput(BaseModel):
     known_query: str | None = None
     background: str = ""
     threshold: float | None = None
+    max_gap: int = 0
+    rule_source: str = ""
     intervals: list[ScoredInterval] = Field(default_factory=list)
     n_intervals_total: int = 0
     n_epochs_searched: int = 0
@@ -221,8 +236,10 @@ class LocalizeOutput(BaseModel):
         if not self.intervals:
             lines = [f"No interval of {head} exceeds the threshold {self.threshold:.3f}."]
         else:
+            gap = (f" (runs up to {self.max_gap} quiet epochs apart merged)" if self.max_gap
+                   else "")
             lines = [f"{self.n_intervals_total} interval(s) of {head} above {self.threshold:.3f}"
-                     f"; best {len(self.intervals)}:"]
+                     f"{gap}; best {len(self.intervals)}:"]
             lines += [f"- {iv.span.describe()}: peak {iv.score:.3f} at epoch {iv.peak_epoch}"
                       for iv in self.intervals]
         lines += [f"Warning: {w}" for w in self.warnings]
@@ -251,20 +268,28 @@ def epoch_margins(ctx: ToolContext, query: str) -> EpochMargins:
     if known is not None:
         margins = known_query_margins(emb, ctx.class_vectors, [known])[:, 0]
         rivals = P.LOCALISATION_RIVALS.get(known, [])
+        cal = ctx.calibration
+        rule = cal.interval_rule(known)
         return EpochMargins(margins=[float(v) for v in margins], known_query=known,
                             background="the absence wording of LOCALISATION_BACKGROUND["
                                        f"'{known}']: " + "; ".join(
                                            P.LOCALISATION_BACKGROUND[known])
                             + (f", and the rival queries {', '.join(rivals)}" if rivals
                                else ""),
-                            default_threshold=0.0)
+                            default_threshold=rule.threshold, max_gap=rule.max_gap,
+                            rule_source=(f"the checkpoint's rule for {known}, chosen on "
+                                         f"{cal.n_nights} validation nights"
+                                         if known in cal.localisation else
+                                         "plain rule (margin > 0; the checkpoint has no "
+                                         "calibration for this query)"))
     q = ctx.class_vectors({"query": [query.strip()]}, ["query"])
     cos = stage_scores(emb, q)[:, 0]
     margins = cos - float(np.median(cos)) if cos.size else cos
     return EpochMargins(margins=[float(v) for v in margins], known_query=None,
                         background="the night's median cosine with the query (generic "
                                    "background for free text)",
-                        default_threshold=_mad_threshold(cos) if cos.size else 0.0)
+                        default_threshold=_mad_threshold(cos) if cos.size else 0.0,
+                        rule_source="two robust SDs above the night's median (free text)")
 
 
 def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
@@ -314,7 +339,7 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     a, b = sel.span.first_epoch, sel.span.last_epoch
     idx = np.arange(a, b + 1)
     m = margins[a:b + 1]
-    runs = to_intervals(idx, m > thr)
+    runs = to_intervals(idx, m > thr, max_gap=em.max_gap)
     t0 = recording_start(p)
     ivs = []
     for first, last in runs:
@@ -325,6 +350,9 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     ivs.sort(key=lambda iv: (-iv.score, iv.span.first_epoch))
     best = int(idx[int(np.argmax(m))]) if m.size else None
     out.known_query, out.background, out.threshold = em.known_query, em.background, thr
+    out.max_gap = em.max_gap
+    out.rule_source = (em.rule_source if request.threshold is None else
+                       f"threshold given by the caller; gap: {em.rule_source}")
     out.intervals, out.n_intervals_total = ivs[:request.limit], len(ivs)
     out.n_epochs_searched = int(m.size)
     out.best_epoch = best

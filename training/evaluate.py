@@ -36,8 +36,11 @@ then carries a warning). Sections (each metric comes with its ``n``):
 * ``localisation``: per query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`) every epoch gets
   the margin ``cos(query) - max(cos(background), cos(rivals))``
   (:func:`sleeplm.zeroshot.known_query_margins`; background: the captions' wording for the
-  event's absence, rivals: e.g. hypopnea for apnea); epochs with a positive margin are positive;
-  consecutive positive epochs merge into intervals. Truth: epochs whose
+  event's absence, rivals: e.g. hypopnea for apnea); epochs with a margin above the
+  checkpoint's threshold for the query are positive, and runs of positive epochs closer than
+  its ``max_gap`` quiet epochs merge into intervals (the checkpoint's ``calibration.json``,
+  chosen on the validation split by :mod:`training.calibrate`; without one: margin > 0,
+  consecutive epochs; with one, the plain rule's figures are reported too). Truth: epochs whose
   captions' facts contain the event (respiratory_events, desaturations, spindles > 0,
   arousals > 0), merged the same way. Intervals are matched one-to-one (greedy by IoU) at
   IoU >= 0.3: event-level precision, recall, F1; plus the epoch-level AUROC of the margin.
@@ -48,9 +51,12 @@ then carries a warning). Sections (each metric comes with its ``n``):
   nights (``majority_eval``, an upper bound for any constant). ``osa_severity_from_epochs``:
   a second zero-shot route: epochs where one kind of respiratory event (obstructive, central,
   mixed apnea, hypopnea: :data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS`) reads more like the
-  epoch than "no respiratory events" (:func:`sleeplm.zeroshot.any_margins`), merged into runs,
-  counted in epochs the zero-shot staging calls sleep, per hour of that sleep
-  (:func:`night_event_index`), then the AASM cut-offs.
+  epoch than "no respiratory events" (:func:`sleeplm.zeroshot.any_margins`) by more than the
+  checkpoint's event-index threshold, merged into runs (gaps up to its ``max_gap``), each run
+  counting ``max(1, round(epochs / epochs_per_event))`` events, in epochs the zero-shot staging
+  calls sleep, per hour of that sleep (:func:`night_event_index`), then the AASM cut-offs.
+  Only the prompts find the events; the three numbers of the rule come from the validation
+  nights (``calibration.json``), never from these labels on the evaluated split.
 * ``night_retrieval``: the ``retrieve`` tool's night-to-night rule
   (:func:`sleeplm.flat_index.centred_scores`: cosine of the night embeddings' deviations from
   the mean of the evaluated nights) against the plain cosine of the night embeddings, in the
@@ -63,6 +69,8 @@ then carries a warning). Sections (each metric comes with its ``n``):
 from __future__ import annotations
 
 import argparse
+import bisect
+import itertools
 import json
 import math
 import re
@@ -78,11 +86,14 @@ import torch
 
 from sleeplm import prompts as P
 from sleeplm.library import night_embedding
+from sleeplm._logging import logger
+from sleeplm.calibration import Calibration, load_calibration
 from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts, known_query_margins,
-                              localisation_margins, night_event_index, to_intervals)
+                              localisation_margins, night_event_index, rule_intervals,
+                              to_intervals)
 
 __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
-           "interval_f1", "to_intervals", "classification_metrics", "majority_baseline",
+           "interval_f1", "pooled_interval_f1", "localisation_truth", "to_intervals", "classification_metrics", "majority_baseline",
            "retrieval_recall", "severity_class", "to_markdown", "main"]
 
 HELD_OUT = ("validation", "test")
@@ -302,10 +313,25 @@ def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
 def interval_f1(pred: Sequence[tuple[int, int]], true: Sequence[tuple[int, int]],
                 iou: float = 0.3) -> dict:
     """One-to-one greedy matching (highest IoU first) of inclusive epoch intervals; a pair
-    counts when IoU >= ``iou``. Returns tp, n_pred, n_true, precision, recall, f1 (None when
-    undefined)."""
-    pairs = sorted(((_iou(p, t), i, j) for i, p in enumerate(pred) for j, t in enumerate(true)),
-                   reverse=True)
+    counts when IoU >= ``iou`` (> 0). Returns tp, n_pred, n_true, precision, recall, f1 (None
+    when undefined)."""
+    if not 0 < iou <= 1:
+        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    # only overlapping pairs can reach IoU > 0: true intervals sorted by start; each pred
+    # interval scans back from the last one starting before its end while some earlier true
+    # interval may still reach it (running maximum of the ends)
+    order = sorted(range(len(true)), key=lambda j: true[j][0])
+    starts = [true[j][0] for j in order]
+    max_end = list(itertools.accumulate((true[j][1] for j in order), max))
+    pairs = []
+    for i, p in enumerate(pred):
+        k = bisect.bisect_right(starts, p[1]) - 1
+        while k >= 0 and max_end[k] >= p[0]:
+            v = _iou(p, true[order[k]])
+            if v > 0:
+                pairs.append((v, i, order[k]))
+            k -= 1
+    pairs.sort(reverse=True)
     used_p, used_t, tp = set(), set(), 0
     for v, i, j in pairs:
         if v < iou:
@@ -574,35 +600,67 @@ def _captioning(model, tok, data, facts, sample: int, seed: int, batch: int = 50
     return out
 
 
-def _localisation(model, tok, emb, data, facts, iou: float = 0.3) -> dict:
+def pooled_interval_f1(nights: np.ndarray, epochs: np.ndarray, margins: np.ndarray,
+                       truth: np.ndarray, rule: Any = None, iou: float = 0.3) -> dict:
+    """Event-level precision, recall and F1 over several nights: per night, intervals from the
+    margins by ``rule`` (:func:`sleeplm.zeroshot.rule_intervals`; None: margin > 0) matched to
+    the runs of true epochs (:func:`interval_f1`), counts pooled over nights."""
+    tp = n_pred = n_true = 0
+    for night in dict.fromkeys(nights):
+        rows = np.flatnonzero(nights == night)
+        r = interval_f1(rule_intervals(epochs[rows], margins[rows], rule),
+                        to_intervals(epochs[rows], truth[rows]), iou)
+        tp, n_pred, n_true = tp + r["tp"], n_pred + r["n_pred"], n_true + r["n_true"]
+    prec, rec = _ratio(tp, n_pred), _ratio(tp, n_true)
+    return {"tp": tp, "n_pred": n_pred, "n_true": n_true, "precision": prec, "recall": rec,
+            "f1": (2 * prec * rec / (prec + rec) if prec and rec else
+                   (0.0 if n_pred or n_true else None))}
+
+
+def localisation_truth(data: dict, facts: dict, names: Sequence[str]) -> np.ndarray:
+    """``[N, len(names)]`` bool: epochs whose captions' facts contain each query's event."""
+    truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
+    return np.asarray([[n in t for n in names] for t in truth], dtype=bool).reshape(
+        len(truth), len(names))
+
+
+def _localisation(model, tok, emb, data, facts, cal: Calibration, iou: float = 0.3) -> dict:
     from sklearn.metrics import roc_auc_score
 
     names = list(P.LOCALISATION_QUERIES)
     scores = known_query_margins(emb, lambda t, c: class_embeddings(model, tok, t, c), names)
-    truth = [_truth_events(facts.get(k, {}).values()) for k in data["key"]]
-    out: dict[str, Any] = {"rule": "epoch positive when closer to the query's prompts than to "
-                                   "its absence prompts and to any rival query's; runs of "
-                                   f"positive epochs; IoU >= {iou}"}
+    truth = localisation_truth(data, facts, names)
+    out: dict[str, Any] = {
+        "rule": "epoch positive when closer to the query's prompts than to its absence "
+                "prompts and to any rival query's by more than the checkpoint's threshold; "
+                "runs of positive epochs, closer than its max_gap merged; IoU >= "
+                f"{iou}", "calibration": _calibration_note(cal)}
     for qi, name in enumerate(names):
-        tp = n_pred = n_true = 0
-        y = np.asarray([name in t for t in truth])
-        for night in dict.fromkeys(data["night"]):
-            rows = np.flatnonzero(data["night"] == night)
-            r = interval_f1(to_intervals(data["epoch"][rows], scores[rows, qi] > 0),
-                            to_intervals(data["epoch"][rows], y[rows]), iou)
-            tp, n_pred, n_true = tp + r["tp"], n_pred + r["n_pred"], n_true + r["n_true"]
-        prec, rec = _ratio(tp, n_pred), _ratio(tp, n_true)
+        y = truth[:, qi]
+        rule = cal.interval_rule(name)
         auc = (float(roc_auc_score(y, scores[:, qi])) if 0 < y.sum() < len(y) else None)
-        out[name] = {"tp": tp, "n_pred": n_pred, "n_true": n_true, "precision": prec,
-                     "recall": rec, "f1": (2 * prec * rec / (prec + rec) if prec and rec else
-                                           (0.0 if n_pred or n_true else None)),
+        out[name] = {**pooled_interval_f1(data["night"], data["epoch"], scores[:, qi], y, rule,
+                                          iou),
+                     "threshold": rule.threshold, "max_gap": rule.max_gap,
                      "epoch_auroc": auc, "n_epochs": int(len(y)),
                      "n_positive_epochs": int(y.sum())}
+        if name in cal.localisation:
+            out[name]["plain_rule"] = pooled_interval_f1(data["night"], data["epoch"],
+                                                         scores[:, qi], y, None, iou)
     return out
 
 
+def _calibration_note(cal: Calibration) -> dict:
+    if cal.is_plain:
+        return {"calibrated": False, "rule": "plain: margin > 0, consecutive epochs, one event "
+                                             "per run (no calibration.json)"}
+    return {"calibrated": True, "chosen_on": f"{cal.corpus} split {cal.split} "
+                                             f"({cal.n_nights} nights, {cal.n_epochs} epochs)",
+            "weights_sha256": cal.weights_sha256}
+
+
 def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
-            stage_pred: np.ndarray) -> dict:
+            stage_pred: np.ndarray, cal: Calibration | None = None) -> dict:
     names = list(dict.fromkeys(data["night"]))
     nemb = np.stack([night_embedding(emb[data["night"] == n]) for n in names]) if names else \
         np.zeros((0, emb.shape[1]))
@@ -627,32 +685,55 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
                      "baseline": majority_baseline(train_y, ys),
                      "truth_counts": dict(Counter(ys))}
     # OSA severity, second zero-shot route: event epochs found by prompts, counted per hour
-    kinds = list(P.RESPIRATORY_EVENT_PROMPTS)
-    ev = class_embeddings(model, tok, P.RESPIRATORY_EVENT_PROMPTS, kinds)
-    bg = class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
-    margins = any_margins(emb, ev, bg)
-    ys, pred, idx = [], [], {}
-    for n in names:
-        v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
-        if v is None:
-            continue
-        rows = np.flatnonzero(data["night"] == n)
-        order = rows[np.argsort(data["epoch"][rows])]
-        est = night_event_index(margins[order], data["epoch"][order],
-                                stage_pred[order] != "W", float(model.cfg.epoch_sec))
-        idx[n] = {"estimated_index_per_h": round(est, 1), "ahi_3a_per_h": round(v, 1)}
-        ys.append(severity_class(v))
-        pred.append(severity_class(est) if math.isfinite(est) else "none")
+    cal = cal or Calibration()
+    margins = respiratory_event_margins(model, tok, emb)
+    est_by_rule = {}
+    for label, rule in (("chosen", cal.event_index), ("plain", None)):
+        ys, pred, idx = [], [], {}
+        for n in names:
+            v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
+            if v is None:
+                continue
+            rows = np.flatnonzero(data["night"] == n)
+            order = rows[np.argsort(data["epoch"][rows])]
+            est = night_event_index(margins[order], data["epoch"][order],
+                                    stage_pred[order] != "W", float(model.cfg.epoch_sec), rule)
+            idx[n] = {"estimated_index_per_h": round(est, 1), "ahi_3a_per_h": round(v, 1)}
+            ys.append(severity_class(v))
+            pred.append(severity_class(est) if math.isfinite(est) else "none")
+        est_by_rule[label] = (ys, pred, idx)
+        if cal.is_plain:
+            break
+    ys, pred, idx = est_by_rule["chosen"]
     train_y = [severity_class(v) for n in train_nights.values()
                if (v := _night_fact(n, "ahi_3a_per_h")) is not None]
+    rule = cal.event_index
     out["osa_severity_from_epochs"] = {
         "truth_fact": "ahi_3a_per_h",
-        "method": "event epochs (any kind of respiratory event closer than its absence), "
-                  "runs per hour of zero-shot-staged sleep, AASM cut-offs 5/15/30",
+        "method": "event epochs (any kind of respiratory event closer than its absence by more "
+                  f"than {rule.threshold:g}), runs closer than {rule.max_gap} epochs merged, "
+                  + (f"a run counting round(epochs / {rule.epochs_per_event:g}) events"
+                     if rule.epochs_per_event > 0 else "one event per run")
+                  + ", per hour of zero-shot-staged sleep, AASM cut-offs 5/15/30",
+        "rule": rule.model_dump(), "calibration": _calibration_note(cal),
         **classification_metrics(ys, pred, P.OSA_SEVERITY_CLASSES),
         "baseline": majority_baseline(train_y, ys), "truth_counts": dict(Counter(ys)),
         "per_night": idx}
+    if "plain" in est_by_rule and not cal.is_plain:
+        pys, ppred, _ = est_by_rule["plain"]
+        out["osa_severity_from_epochs"]["plain_rule"] = {
+            k: v for k, v in classification_metrics(pys, ppred, P.OSA_SEVERITY_CLASSES).items()
+            if k in ("accuracy", "macro_f1", "n")}
     return out
+
+
+def respiratory_event_margins(model, tok, emb: np.ndarray) -> np.ndarray:
+    """Per-epoch evidence of any respiratory event (:func:`sleeplm.zeroshot.any_margins` with
+    :data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS` against "no respiratory events")."""
+    kinds = list(P.RESPIRATORY_EVENT_PROMPTS)
+    ev = class_embeddings(model, tok, P.RESPIRATORY_EVENT_PROMPTS, kinds)
+    bg = class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
+    return any_margins(emb, ev, bg)
 
 
 def _night_profiles(corpus: Path) -> dict[str, str]:
@@ -727,6 +808,11 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     t0 = time.time()
     corpus = Path(corpus)
     model, tok = _load(checkpoint)
+    cal = load_calibration(checkpoint)
+    if not cal.is_plain and cal.split == split and Path(cal.corpus).resolve() == corpus.resolve():
+        logger.warning("evaluating on the split the checkpoint's decision rules were chosen on "
+                       "(%s): localisation and event-index figures are not held-out figures",
+                       split)
     cache = _cache if _cache is not None else {}
     ckey = (tuple(model.cfg.channels), split, max_epochs)
     if ckey not in cache:
@@ -770,9 +856,9 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     t = tick("retrieval", t)
     res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed)
     t = tick("captioning", t)
-    res["localisation"] = _localisation(model, tok, emb, data, facts)
+    res["localisation"] = _localisation(model, tok, emb, data, facts, cal)
     t = tick("localisation", t)
-    res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights, pred)
+    res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights, pred, cal)
     t = tick("unseen_tasks", t)
     res["night_retrieval"] = _night_retrieval(emb, data, _night_profiles(corpus))
     t = tick("night_retrieval", t)
@@ -874,12 +960,21 @@ def to_markdown(res: dict) -> str:
     for ex in c["examples"][:3]:
         out += ["", f"- `{ex['key']}` ref: {ex['reference']}", f"  gen: {ex['generated']}"]
     loc = res["localisation"]
+    qs = {k: v for k, v in loc.items() if isinstance(v, dict) and "f1" in v}
+    note = loc.get("calibration", {})
     out += ["", f"## Language-guided localisation ({loc['rule']})", "",
-            _table(["query", "true intervals", "pred intervals", "TP", "precision", "recall",
-                    "F1", "epoch AUROC", "pos epochs / n"],
-                   [[k, v["n_true"], v["n_pred"], v["tp"], v["precision"], v["recall"], v["f1"],
-                     v["epoch_auroc"], f"{v['n_positive_epochs']}/{v['n_epochs']}"]
-                    for k, v in loc.items() if isinstance(v, dict)])]
+            ("Decision rules (threshold, max gap) chosen on " + note["chosen_on"]
+             + " (`calibration.json`, `python -m training.calibrate`); the plain rule (margin "
+               "> 0, gap 0) on the same nights in the last column."
+             if note.get("calibrated") else "Plain rule: margin > 0, consecutive epochs."), "",
+            _table(["query", "threshold / gap", "true intervals", "pred intervals", "TP",
+                    "precision", "recall", "F1", "epoch AUROC", "pos epochs / n",
+                    "F1 plain rule"],
+                   [[k, f"{v.get('threshold', 0.0):+.2f} / {v.get('max_gap', 0)}", v["n_true"],
+                     v["n_pred"], v["tp"], v["precision"], v["recall"], v["f1"],
+                     v["epoch_auroc"], f"{v['n_positive_epochs']}/{v['n_epochs']}",
+                     (v.get("plain_rule") or v)["f1"]]
+                    for k, v in qs.items()])]
     u = res["unseen_tasks"]
     rows = []
     for task in ("osa_severity", "osa_severity_from_epochs", "plm_disorder"):
@@ -887,7 +982,9 @@ def to_markdown(res: dict) -> str:
             continue
         v = u[task]
         b = v["baseline"]
-        rows.append([task, v["n"], v["accuracy"], v["macro_f1"],
+        name = task + (f" (plain rule: {_f(v['plain_rule']['accuracy'])})"
+                       if v.get("plain_rule") else "")
+        rows.append([name, v["n"], v["accuracy"], v["macro_f1"],
                      f"{_f(b['majority_train_accuracy'])} ({b['majority_train_class']}, "
                      f"from {b['majority_train_source']})",
                      f"{_f(b['majority_eval_accuracy'])} ({b['majority_eval_class']})",
@@ -895,8 +992,9 @@ def to_markdown(res: dict) -> str:
     out += ["", "## Unseen night-level tasks (zero-shot; never trained as labels)", "",
             "`osa_severity`/`plm_disorder`: night embedding (mean of its epochs) against "
             "severity prompts. `osa_severity_from_epochs`: epochs closer to one kind of "
-            "respiratory event than to 'no respiratory events', runs per hour of "
-            "zero-shot-staged sleep, AASM cut-offs.", "",
+            "respiratory event than to 'no respiratory events' (by more than the checkpoint's "
+            "threshold), runs (gaps merged, long runs counted as several events by the "
+            "checkpoint's rule) per hour of zero-shot-staged sleep, AASM cut-offs.", "",
             _table(["task", "n nights", "accuracy", "macro-F1", "majority (train)",
                     "best constant (eval)", "truth counts"], rows)]
     nr = res.get("night_retrieval")

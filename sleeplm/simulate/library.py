@@ -46,6 +46,24 @@ def _one(profile: str, seed: int, folder: str, hypnogram: str | None) -> dict:
     return row
 
 
+def _merge_manifest(path: Path, new: pd.DataFrame) -> None:
+    """Write ``new`` to ``path``, keeping rows of other patients already listed there."""
+    if path.exists():
+        try:
+            old = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+            logger.warning("%s unreadable (%s); writing this run's patients only", path, exc)
+            old = pd.DataFrame(columns=list(MANIFEST_COLUMNS))
+        if "patient_id" in old.columns:
+            old = old[~old["patient_id"].isin(set(new["patient_id"]))]
+            if len(old):
+                new = pd.concat([old.reindex(columns=list(MANIFEST_COLUMNS)), new],
+                                ignore_index=True).sort_values("seed", ignore_index=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    new.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def simulate_library(
     n: int,
     out: str | os.PathLike,
@@ -58,6 +76,10 @@ def simulate_library(
     plan: Iterable[tuple[str, int] | tuple[str, int, str]] | None = None,
 ) -> pd.DataFrame:
     """Simulate ``n`` nights into ``out`` and write its ``manifest.csv``.
+
+    A folder that already has a manifest keeps its other patients' rows: runs with different
+    seeds (e.g. one per stage source) add up to one library; a patient simulated again
+    replaces its row.
 
     Parameters
     ----------
@@ -82,7 +104,7 @@ def simulate_library(
     Returns
     -------
     pandas.DataFrame
-        The manifest.
+        The manifest rows of this run's patients.
     """
     names = list(profiles or PROFILES)
     for name in names:
@@ -110,7 +132,7 @@ def simulate_library(
     bar.close()
     manifest = pd.DataFrame(rows).reindex(columns=list(MANIFEST_COLUMNS))
     manifest = manifest.sort_values("seed", ignore_index=True)
-    manifest.to_csv(out / "manifest.csv", index=False)
+    _merge_manifest(out / "manifest.csv", manifest)
     failed = manifest[manifest["status"] != "ok"]
     if len(failed):
         logger.warning("%d of %d nights failed; see manifest.csv", len(failed), len(manifest))
