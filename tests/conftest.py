@@ -183,6 +183,22 @@ def build_tiny_corpus(tmp_path_factory, plan, name: str, shard_size: int = 30):
     return out, report
 
 
+def corpus_checkpoint(corpus: Path, folder: Path, seed: int = 0) -> Path:
+    """An untrained test-sized SleepLM over ``TINY_CHANNELS`` at 16 Hz with a tokenizer trained
+    on the corpus's train captions (``corpus/tok.json``), saved in ``folder``."""
+    import torch
+
+    from sleeplm.model import SleepLM, SleepLMConfig, save_model
+    from sleeplm.tokenizer import corpus_texts, train_tokenizer
+
+    tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
+    tok_path = corpus / "tok.json"
+    tok.save(tok_path)
+    torch.manual_seed(seed)
+    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
+    return save_model(SleepLM(cfg), folder, tok_path)
+
+
 def add_study(folder: Path, pid: str, seed: int, *, drop=(), extra_label: str | None = None,
                unstaged: bool = False) -> None:
     """Add a simulated osa_moderate study ``pid`` to a tiny library: ``drop`` channels (by

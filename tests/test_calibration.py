@@ -9,13 +9,10 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import TINY_CHANNELS, build_tiny_corpus
+from conftest import build_tiny_corpus, corpus_checkpoint
 from sleeplm.calibration import (CALIBRATION_NAME, Calibration, EventIndexRule, IntervalRule,
                                  load_calibration, save_calibration, weights_digest)
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import corpus_texts, train_tokenizer
 from sleeplm.zeroshot import count_events, night_event_index, rule_intervals, to_intervals
 from training import calibrate as C
 from training import evaluate as ev
@@ -117,12 +114,7 @@ def test_choose_event_index_rule_reads_severity_of_merged_runs():
 def setup(tmp_path_factory):
     corpus, report = build_tiny_corpus(tmp_path_factory, PLAN, "cal")
     assert report.nights_per_split.get("validation") == 1
-    tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
-    tok_path = corpus / "tok.json"
-    tok.save(tok_path)
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), tmp_path_factory.mktemp("cal_ck"), tok_path)
+    ck = corpus_checkpoint(corpus, tmp_path_factory.mktemp("cal_ck"))
     return corpus, ck
 
 

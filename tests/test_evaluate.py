@@ -7,28 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import TINY_CHANNELS, build_tiny_corpus
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.tokenizer import corpus_texts, train_tokenizer
+from conftest import build_tiny_corpus, corpus_checkpoint
 from training import evaluate as ev
 
 #: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
         ("osa_moderate", 13, "SC4021E0"))
-CHANNELS = TINY_CHANNELS
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     corpus, _ = build_tiny_corpus(tmp_path_factory, PLAN, "eval")
-    tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
-    tok_path = corpus / "tok.json"
-    tok.save(tok_path)
-    torch.manual_seed(0)
-    cfg = SleepLMConfig.tiny(channels=CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
-    ck = save_model(SleepLM(cfg), tmp_path_factory.mktemp("eval_ck"), tok_path)
+    ck = corpus_checkpoint(corpus, tmp_path_factory.mktemp("eval_ck"))
     return corpus, ck
 
 

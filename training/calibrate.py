@@ -167,16 +167,8 @@ def calibrate(checkpoint: str | Path, corpus: str | Path, split: str = "validati
         rules[name] = rule
         report[name] = {"plain": plain, "chosen": chosen}
     _, pred, _ = E._zero_shot(model, tok, emb, data)
-    margins = E.respiratory_event_margins(model, tok, emb)
-    per_night, ahi = {}, {}
-    for n in dict.fromkeys(data["night"]):
-        v = E._night_fact(nights.get(n, {}), "ahi_3a_per_h")
-        if v is None:
-            continue
-        rows = np.flatnonzero(data["night"] == n)
-        order = rows[np.argsort(data["epoch"][rows])]
-        per_night[n] = (margins[order], data["epoch"][order], pred[order] != "W")
-        ahi[n] = v
+    per_night, ahi = E.night_event_inputs(data, E.respiratory_event_margins(model, tok, emb),
+                                          pred, nights)
     ev_rule, ev_chosen, ev_plain = choose_event_index_rule(per_night, ahi,
                                                            float(model.cfg.epoch_sec))
     report["event_index"] = {"plain": ev_plain, "chosen": ev_chosen,

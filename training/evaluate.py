@@ -93,7 +93,8 @@ from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts, known_
                               to_intervals)
 
 __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
-           "interval_f1", "pooled_interval_f1", "localisation_truth", "to_intervals", "classification_metrics", "majority_baseline",
+           "interval_f1", "pooled_interval_f1", "localisation_truth", "night_event_inputs",
+           "respiratory_event_margins", "to_intervals", "classification_metrics", "majority_baseline",
            "retrieval_recall", "severity_class", "to_markdown", "main"]
 
 HELD_OUT = ("validation", "test")
@@ -686,25 +687,19 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
                      "truth_counts": dict(Counter(ys))}
     # OSA severity, second zero-shot route: event epochs found by prompts, counted per hour
     cal = cal or Calibration()
-    margins = respiratory_event_margins(model, tok, emb)
-    est_by_rule = {}
-    for label, rule in (("chosen", cal.event_index), ("plain", None)):
-        ys, pred, idx = [], [], {}
-        for n in names:
-            v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
-            if v is None:
-                continue
-            rows = np.flatnonzero(data["night"] == n)
-            order = rows[np.argsort(data["epoch"][rows])]
-            est = night_event_index(margins[order], data["epoch"][order],
-                                    stage_pred[order] != "W", float(model.cfg.epoch_sec), rule)
-            idx[n] = {"estimated_index_per_h": round(est, 1), "ahi_3a_per_h": round(v, 1)}
-            ys.append(severity_class(v))
-            pred.append(severity_class(est) if math.isfinite(est) else "none")
-        est_by_rule[label] = (ys, pred, idx)
-        if cal.is_plain:
-            break
-    ys, pred, idx = est_by_rule["chosen"]
+    per_night, ahi = night_event_inputs(data, respiratory_event_margins(model, tok, emb),
+                                        stage_pred, nights)
+    epoch_sec = float(model.cfg.epoch_sec)
+
+    def estimate(rule):
+        est = {n: night_event_index(*per_night[n], epoch_sec, rule) for n in ahi}
+        pred = [severity_class(v) if math.isfinite(v) else "none" for v in est.values()]
+        return est, pred
+
+    ys = [severity_class(v) for v in ahi.values()]
+    est, pred = estimate(cal.event_index)
+    idx = {n: {"estimated_index_per_h": round(est[n], 1), "ahi_3a_per_h": round(v, 1)}
+           for n, v in ahi.items()}
     train_y = [severity_class(v) for n in train_nights.values()
                if (v := _night_fact(n, "ahi_3a_per_h")) is not None]
     rule = cal.event_index
@@ -719,12 +714,29 @@ def _unseen(model, tok, emb, data, nights: dict, train_nights: dict,
         **classification_metrics(ys, pred, P.OSA_SEVERITY_CLASSES),
         "baseline": majority_baseline(train_y, ys), "truth_counts": dict(Counter(ys)),
         "per_night": idx}
-    if "plain" in est_by_rule and not cal.is_plain:
-        pys, ppred, _ = est_by_rule["plain"]
+    if not cal.is_plain:
+        plain = classification_metrics(ys, estimate(None)[1], P.OSA_SEVERITY_CLASSES)
         out["osa_severity_from_epochs"]["plain_rule"] = {
-            k: v for k, v in classification_metrics(pys, ppred, P.OSA_SEVERITY_CLASSES).items()
-            if k in ("accuracy", "macro_f1", "n")}
+            k: plain[k] for k in ("accuracy", "macro_f1", "n")}
     return out
+
+
+def night_event_inputs(data: dict, margins: np.ndarray, stage_pred: np.ndarray, nights: dict
+                       ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                                  dict[str, float]]:
+    """Per night with a true AHI: (margins, epoch numbers, asleep) in epoch order, the
+    arguments of :func:`sleeplm.zeroshot.night_event_index` (asleep = zero-shot staging says
+    not W), and night -> true AHI (``ahi_3a_per_h`` of the night facts)."""
+    per_night, ahi = {}, {}
+    for n in dict.fromkeys(data["night"]):
+        v = _night_fact(nights.get(n, {}), "ahi_3a_per_h")
+        if v is None:
+            continue
+        rows = np.flatnonzero(data["night"] == n)
+        order = rows[np.argsort(data["epoch"][rows])]
+        per_night[n] = (margins[order], data["epoch"][order], stage_pred[order] != "W")
+        ahi[n] = v
+    return per_night, ahi
 
 
 def respiratory_event_margins(model, tok, emb: np.ndarray) -> np.ndarray:
