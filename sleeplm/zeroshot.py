@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["embed_texts", "class_embeddings", "stage_scores", "localisation_margins",
            "known_query_margins", "any_margins", "to_intervals", "rule_intervals",
-           "count_events", "night_event_index"]
+           "count_events", "night_event_index", "clause_logprobs", "generative_margins"]
 
 
 def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256
@@ -177,3 +177,76 @@ def night_event_index(margins: np.ndarray, epochs: np.ndarray, asleep: np.ndarra
     m = np.where(asleep, np.asarray(margins, dtype=float), -np.inf)
     ivs = rule_intervals(epochs, m, rule)
     return count_events(ivs, float(getattr(rule, "epochs_per_event", 0.0))) / sleep_h
+
+
+def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages: Sequence[str],
+                    clauses: Sequence[str], system: str = "holistic") -> np.ndarray:
+    """Caption-decoder log-probabilities ``[B, len(clauses)]`` (nats) of each clause written
+    as the second clause of a caption: ``"<Stage phrase>; <clause>;"``, the stage phrase the
+    captioner writes for ``stages[b]`` (:func:`sleeplm.captions.phrasing.stage_phrases`).
+
+    The stage phrase is the same for every clause of an epoch, so differences between clauses
+    are differences of the clause (and its closing ``;``) given the signal: a CoCa-style
+    generative score, no label trained.
+
+    Parameters
+    ----------
+    model : SleepLM
+    tokenizer : CaptionTokenizer
+    tokens, valid : torch.Tensor
+        Signal tokens ``[B, N, d]`` and their mask ``[B, N]`` from ``model.encode_signal``.
+    stages : sequence of str
+        One AASM stage per epoch (W, N1, N2, N3, R), e.g. the zero-shot staging.
+    clauses : sequence of str
+        Clause texts in the captions' wording.
+    system : str
+        Caption system token (default holistic).
+    """
+    import torch
+
+    from sleeplm.captions.phrasing import stage_phrases
+
+    if len(stages) != tokens.shape[0]:
+        raise ValueError(f"{len(stages)} stages for {tokens.shape[0]} epochs")
+    if not clauses:
+        raise ValueError("no clause to score")
+    cache: dict[str, Any] = {}
+    rows = []
+    for s in stages:
+        if s not in cache:
+            phrase = stage_phrases(str(s))[0]
+            phrase = phrase[:1].upper() + phrase[1:]
+            cache[s] = tokenizer.encode_batch([f"{phrase}; {c};" for c in clauses],
+                                              max_len=model.cfg.max_text_len)
+        rows.append(cache[s])
+    width = max(r.shape[1] for r in rows)
+    ids = torch.stack([torch.nn.functional.pad(r, (0, width - r.shape[1]),
+                                               value=tokenizer.pad_id) for r in rows])
+    B, H, L = ids.shape
+    ids = ids.view(B * H, L).to(tokens.device)
+    inp, tgt = ids[:, :-1], ids[:, 1:]
+    sys_idx = model._system(system, B * H, tokens.device)
+    with torch.inference_mode():
+        logits = model.decoder(inp, sys_idx, tokens.repeat_interleave(H, 0),
+                               valid.repeat_interleave(H, 0))
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, tgt[..., None])[..., 0]
+        lp = lp.masked_fill((tgt == tokenizer.pad_id) | (tgt == tokenizer.eos_id), 0.0)
+    return lp.sum(-1).view(B, H).cpu().numpy().astype(np.float32)
+
+
+def generative_margins(logp: np.ndarray, clauses: Sequence[str], positive: Sequence[str],
+                       rivals: Sequence[str]) -> np.ndarray:
+    """Per-epoch evidence ``log sum_pos p - log sum_rival p`` (nats) from
+    :func:`clause_logprobs` columns named by ``clauses``: positive means the decoder would
+    rather write a clause that mentions the event than one of its rivals."""
+    col = {c: i for i, c in enumerate(clauses)}
+    missing = [c for c in (*positive, *rivals) if c not in col]
+    if missing:
+        raise KeyError(f"clauses not scored: {missing}")
+
+    def lse(names):
+        a = np.asarray(logp, dtype=np.float64)[:, [col[c] for c in names]]
+        m = a.max(1, keepdims=True)
+        return m[:, 0] + np.log(np.exp(a - m).sum(1))
+
+    return (lse(positive) - lse(rivals)).astype(np.float32)

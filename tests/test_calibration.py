@@ -173,11 +173,18 @@ def test_calibrate_then_evaluate_uses_the_rules(setup, capsys):
     assert loc["calibration"]["calibrated"] is True
     assert "validation" in loc["calibration"]["chosen_on"]
     for name, rule in cal.localisation.items():
+        if name.startswith(ev.GENERATIVE_PREFIX):  # the caption decoder's rule, same nights
+            g = loc[name[len(ev.GENERATIVE_PREFIX):]]["generative"]
+            assert g["threshold"] == rule.threshold and g["max_gap"] == rule.max_gap
+            assert g["plain_rule"]["f1"] == plain["localisation"][
+                name[len(ev.GENERATIVE_PREFIX):]]["generative"]["f1"]
+            continue
         assert loc[name]["threshold"] == rule.threshold and loc[name]["max_gap"] == rule.max_gap
         assert loc[name]["plain_rule"]["f1"] == plain["localisation"][name]["f1"]
+    assert any(n.startswith(ev.GENERATIVE_PREFIX) for n in cal.localisation)
     sev = res["unseen_tasks"]["osa_severity_from_epochs"]
     assert sev["rule"] == cal.event_index.model_dump()
     assert sev["plain_rule"]["accuracy"] == \
         plain["unseen_tasks"]["osa_severity_from_epochs"]["accuracy"]
     md = ev.to_markdown(res)
-    assert "chosen on" in md and "F1 plain rule" in md
+    assert "chosen on" in md and "F1 plain rule" in md and "Generative localisation" in md

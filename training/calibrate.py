@@ -14,6 +14,9 @@ refused: rules chosen there would make the test figures training figures):
 * per localisation query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`): the margin threshold
   and the largest gap of quiet epochs inside one interval, maximising event-level F1 at IoU
   >= 0.3 pooled over the nights (:func:`training.evaluate.pooled_interval_f1`);
+* per generative query (:data:`sleeplm.prompts.GENERATIVE_QUERIES`, caption-decoder evidence
+  in nats, :func:`training.evaluate.generative_query_margins`): the same, stored as
+  ``generative:<query>``;
 * the night-level respiratory event index (:func:`sleeplm.zeroshot.night_event_index`):
   threshold, gap and epochs per event, maximising the accuracy of the AASM severity class
   (none / mild / moderate / severe) over the nights, ties broken by the mean absolute error
@@ -44,10 +47,12 @@ from sleeplm.zeroshot import class_embeddings, known_query_margins, night_event_
 from training import evaluate as E
 
 __all__ = ["calibrate", "choose_interval_rule", "choose_event_index_rule", "THRESHOLDS",
-           "GAPS", "EPOCHS_PER_EVENT", "main"]
+           "GAPS", "EPOCHS_PER_EVENT", "GENERATIVE_THRESHOLDS", "main"]
 
 #: Margin thresholds searched (cosine units).
 THRESHOLDS: tuple[float, ...] = tuple(round(t, 3) for t in np.arange(-0.10, 0.301, 0.01))
+#: Thresholds searched for the generative (caption-decoder) queries (nats).
+GENERATIVE_THRESHOLDS: tuple[float, ...] = tuple(round(t, 2) for t in np.arange(-4.0, 4.01, 0.25))
 #: Gaps of quiet epochs searched.
 GAPS: tuple[int, ...] = (0, 1, 2, 3, 4, 6)
 #: Epochs per event searched for the night index (0: one event per interval).
@@ -167,6 +172,16 @@ def calibrate(checkpoint: str | Path, corpus: str | Path, split: str = "validati
         rules[name] = rule
         report[name] = {"plain": plain, "chosen": chosen}
     _, pred, _ = E._zero_shot(model, tok, emb, data)
+    logger.info("calibrate: generative queries (caption decoder) on %d epochs", len(pred))
+    gnames, gen = E.generative_query_margins(model, tok, data, pred)
+    for gi, name in enumerate(gnames):
+        y = truth[:, names.index(name)]
+        if not y.any():
+            continue
+        rule, chosen, plain = choose_interval_rule(data["night"], data["epoch"], gen[:, gi], y,
+                                                   thresholds=GENERATIVE_THRESHOLDS)
+        rules[E.GENERATIVE_PREFIX + name] = rule
+        report[E.GENERATIVE_PREFIX + name] = {"plain": plain, "chosen": chosen}
     per_night, ahi = E.night_event_inputs(data, E.respiratory_event_margins(model, tok, emb),
                                           pred, nights)
     ev_rule, ev_chosen, ev_plain = choose_event_index_rule(per_night, ahi,

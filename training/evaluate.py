@@ -88,13 +88,13 @@ from sleeplm import prompts as P
 from sleeplm.library import night_embedding
 from sleeplm._logging import logger
 from sleeplm.calibration import Calibration, load_calibration
-from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts, known_query_margins,
-                              localisation_margins, night_event_index, rule_intervals,
-                              to_intervals)
+from sleeplm.zeroshot import (any_margins, class_embeddings, clause_logprobs, embed_texts,
+                              generative_margins, known_query_margins, localisation_margins,
+                              night_event_index, rule_intervals, to_intervals)
 
 __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
            "interval_f1", "pooled_interval_f1", "localisation_truth", "night_event_inputs",
-           "respiratory_event_margins", "to_intervals", "classification_metrics", "majority_baseline",
+           "respiratory_event_margins", "generative_query_margins", "GENERATIVE_PREFIX", "to_intervals", "classification_metrics", "majority_baseline",
            "retrieval_recall", "severity_class", "to_markdown", "main"]
 
 HELD_OUT = ("validation", "test")
@@ -625,7 +625,35 @@ def localisation_truth(data: dict, facts: dict, names: Sequence[str]) -> np.ndar
         len(truth), len(names))
 
 
-def _localisation(model, tok, emb, data, facts, cal: Calibration, iou: float = 0.3) -> dict:
+#: Prefix of a generative query's decision rule in ``calibration.json`` (``generative:hypopnea``).
+GENERATIVE_PREFIX = "generative:"
+
+
+@torch.no_grad()
+def generative_query_margins(model, tok, data: dict, stages: Sequence[str], batch: int = 64
+                             ) -> tuple[list[str], np.ndarray]:
+    """Caption-decoder evidence ``[N, Q]`` (nats) for the generative queries
+    (:data:`sleeplm.prompts.GENERATIVE_QUERIES`), every loaded epoch scored after its stage
+    phrase ``stages[i]`` (the zero-shot staging): :func:`sleeplm.zeroshot.clause_logprobs` then
+    :func:`~sleeplm.zeroshot.generative_margins`. Returns the query names and the margins."""
+    names = list(P.GENERATIVE_QUERIES)
+    clauses = list(dict.fromkeys(c for q in names for part in P.GENERATIVE_QUERIES[q]
+                                 for c in part))
+    n = len(data["key"])
+    logp = np.zeros((n, len(clauses)), np.float32)
+    for s in range(0, n, batch):
+        idx = np.arange(s, min(n, s + batch))
+        x, m = _inputs(model, data, idx)
+        _, tokens, valid = model.encode_signal(x, m)
+        logp[idx] = clause_logprobs(model, tok, tokens, valid, [str(stages[i]) for i in idx],
+                                    clauses)
+    out = np.stack([generative_margins(logp, clauses, *P.GENERATIVE_QUERIES[q]) for q in names],
+                   1) if n else np.zeros((0, len(names)), np.float32)
+    return names, out
+
+
+def _localisation(model, tok, emb, data, facts, cal: Calibration, iou: float = 0.3,
+                  stage_pred: Sequence[str] | None = None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     names = list(P.LOCALISATION_QUERIES)
@@ -648,6 +676,17 @@ def _localisation(model, tok, emb, data, facts, cal: Calibration, iou: float = 0
         if name in cal.localisation:
             out[name]["plain_rule"] = pooled_interval_f1(data["night"], data["epoch"],
                                                          scores[:, qi], y, None, iou)
+    if stage_pred is not None:
+        gnames, gen = generative_query_margins(model, tok, data, stage_pred)
+        for gi, name in enumerate(gnames):
+            y = truth[:, names.index(name)]
+            rule = cal.interval_rule(GENERATIVE_PREFIX + name)
+            auc = (float(roc_auc_score(y, gen[:, gi])) if 0 < y.sum() < len(y) else None)
+            out[name]["generative"] = {
+                **pooled_interval_f1(data["night"], data["epoch"], gen[:, gi], y, rule, iou),
+                "threshold": rule.threshold, "max_gap": rule.max_gap, "epoch_auroc": auc,
+                "plain_rule": pooled_interval_f1(data["night"], data["epoch"], gen[:, gi], y,
+                                                 None, iou)}
     return out
 
 
@@ -868,7 +907,8 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     t = tick("retrieval", t)
     res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed)
     t = tick("captioning", t)
-    res["localisation"] = _localisation(model, tok, emb, data, facts, cal)
+    res["localisation"] = _localisation(model, tok, emb, data, facts, cal,
+                                         stage_pred=pred)
     t = tick("localisation", t)
     res["unseen_tasks"] = _unseen(model, tok, emb, data, nights, train_nights, pred, cal)
     t = tick("unseen_tasks", t)
@@ -987,6 +1027,17 @@ def to_markdown(res: dict) -> str:
                      v["epoch_auroc"], f"{v['n_positive_epochs']}/{v['n_epochs']}",
                      (v.get("plain_rule") or v)["f1"]]
                     for k, v in qs.items()])]
+    gen = {k: v["generative"] for k, v in qs.items() if isinstance(v.get("generative"), dict)}
+    if gen:
+        out += ["", "Generative localisation (caption decoder, no label trained): evidence = "
+                    "log p(a clause naming the event) - log p(its rival clauses), each written "
+                    "after the epoch's zero-shot stage phrase (nats; threshold and gap chosen "
+                    "on the same validation nights as above).", "",
+                _table(["query", "threshold / gap", "true intervals", "pred intervals", "TP",
+                        "precision", "recall", "F1", "epoch AUROC", "F1 plain rule"],
+                       [[k, f"{v['threshold']:+.2f} / {v['max_gap']}", v["n_true"], v["n_pred"],
+                         v["tp"], v["precision"], v["recall"], v["f1"], v["epoch_auroc"],
+                         v["plain_rule"]["f1"]] for k, v in gen.items()])]
     u = res["unseen_tasks"]
     rows = []
     for task in ("osa_severity", "osa_severity_from_epochs", "plm_disorder"):
