@@ -183,7 +183,7 @@ def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages:
                     clauses: Sequence[str], system: str = "holistic") -> np.ndarray:
     """Caption-decoder log-probabilities ``[B, len(clauses)]`` (nats) of each clause written
     as the second clause of a caption: ``"<Stage phrase>; <clause>;"``, the stage phrase the
-    captioner writes for ``stages[b]`` (:func:`sleeplm.captions.phrasing.stage_phrases`).
+    captioner writes for ``stages[b]`` (the first of :data:`sleeplm.prompts.STAGE_PROMPTS`).
 
     The stage phrase is the same for every clause of an epoch, so differences between clauses
     are differences of the clause (and its closing ``;``) given the signal: a CoCa-style
@@ -204,7 +204,7 @@ def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages:
     """
     import torch
 
-    from sleeplm.captions.phrasing import stage_phrases
+    from sleeplm.prompts import STAGE_PROMPTS
 
     if len(stages) != tokens.shape[0]:
         raise ValueError(f"{len(stages)} stages for {tokens.shape[0]} epochs")
@@ -214,8 +214,7 @@ def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages:
     rows = []
     for s in stages:
         if s not in cache:
-            phrase = stage_phrases(str(s))[0]
-            phrase = phrase[:1].upper() + phrase[1:]
+            phrase = STAGE_PROMPTS[str(s)][0].rstrip(".")  # the captioner's first stage phrase
             cache[s] = tokenizer.encode_batch([f"{phrase}; {c};" for c in clauses],
                                               max_len=model.cfg.max_text_len)
         rows.append(cache[s])
