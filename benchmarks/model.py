@@ -5,7 +5,8 @@ Times, in one run on the same simulated 8-hour night:
 * reading + model input (``sleeplm.preprocess.epoch_tensor``),
 * embedding every epoch with the SleepLM signal encoder (batched),
 * YASA's ``SleepStaging`` of the same night (EEG + EOG + EMG), the peer,
-* caption generation for a batch of epochs (time per epoch),
+* caption generation for a batch of epochs (time per epoch), greedy and, with a calibrated
+  checkpoint, checked as the caption tool makes them (:mod:`sleeplm.captioning`),
 * training throughput (epochs/s, forward + backward) on CPU,
 
 and the peak resident memory of the inference steps and then including the training steps
@@ -107,6 +108,21 @@ def main() -> None:
     with torch.inference_mode():
         model.generate(x[:n_cap].float(), mask, system=4, max_len=48)
     cap_per_epoch = (time.perf_counter() - t0) / n_cap
+    checked_per_epoch, n_checked = None, 0
+    if args.checkpoint and (Path(args.checkpoint) / "tokenizer.json").is_file():
+        # the caption tool's path: greedy, then the check of event clauses (sleeplm.captioning)
+        from sleeplm.calibration import load_calibration
+        from sleeplm.captioning import caption_epochs
+        from sleeplm.tokenizer import CaptionTokenizer
+
+        tok = CaptionTokenizer.load(Path(args.checkpoint) / "tokenizer.json")
+        thresholds = load_calibration(args.checkpoint).captions
+        if thresholds:
+            t0 = time.perf_counter()
+            caps = caption_epochs(model, tok, x[:n_cap].float(), mask, "holistic", 48,
+                                  thresholds)
+            checked_per_epoch = (time.perf_counter() - t0) / n_cap
+            n_checked = sum(bool(c.margins) for c in caps)
     peak_inference = _peak_mib()  # reading, model input, embedding, YASA, captions
 
     train_model = SleepLM(cfg).train()
@@ -134,6 +150,10 @@ def main() -> None:
     print(f"{'ratio SleepLM embed / YASA staging':<34}{ratio:>10.2f}   (target <= 1)")
     print(f"caption generation: {cap_per_epoch * 1000:.0f} ms per epoch (batch {n_cap}, "
           "greedy, 48 tokens)")
+    if checked_per_epoch is not None:
+        print(f"checked captions (greedy + event check, the caption tool): "
+              f"{checked_per_epoch * 1000:.0f} ms per epoch ({n_checked} of {n_cap} named an "
+              f"event and were scored; ratio to greedy {checked_per_epoch / cap_per_epoch:.2f})")
     print(f"training throughput (CPU, batch 32, fwd+bwd+step): {train_eps:.1f} epochs/s")
     print(f"peak resident memory, inference (input, embedding, YASA, captions): "
           f"{peak_inference:.0f} MiB (target < 2048)")
@@ -141,7 +161,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model.json").write_text(json.dumps({
         "epochs": int(x.shape[0]), "seconds": rows, "ratio_embed_vs_yasa": ratio,
-        "caption_ms_per_epoch": cap_per_epoch * 1000, "train_epochs_per_s_cpu": train_eps,
+        "caption_ms_per_epoch": cap_per_epoch * 1000,
+        "checked_caption_ms_per_epoch": (None if checked_per_epoch is None
+                                         else checked_per_epoch * 1000),
+        "n_checked_captions_scored": n_checked, "train_epochs_per_s_cpu": train_eps,
         "peak_mib_inference": peak_inference, "peak_mib_with_training": _peak_mib(),
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
     }, indent=2))

@@ -64,6 +64,9 @@ class Calibration(BaseModel):
     n_epochs: int = 0
     localisation: dict[str, IntervalRule] = Field(default_factory=dict)
     event_index: EventIndexRule = Field(default_factory=EventIndexRule)
+    captions: dict[str, float] = Field(default_factory=dict, description=(
+        "caption check (sleeplm.captioning): generative query -> margin threshold (nats) "
+        "below which a greedy caption's mention of the query's event is withdrawn"))
     validation: dict = Field(default_factory=dict, description="figures on the calibration "
                                                                "nights, plain rule and chosen")
 

@@ -591,11 +591,18 @@ class SleepLM(nn.Module):
                  bos_id: int | None = None, eos_id: int | None = None) -> Tensor:
         """Greedy captions ``[B, <= max_len]`` without BOS; a row ends at its EOS (kept) and
         is padded with ``pad_id`` after it. No kv cache: every step re-runs the decoder."""
+        _, tokens, valid = self.encode_signal(x, mask)
+        return self.generate_from_tokens(tokens, valid, system, max_len, bos_id, eos_id)
+
+    @torch.no_grad()
+    def generate_from_tokens(self, tokens: Tensor, valid: Tensor, system=4, max_len: int = 64,
+                             bos_id: int | None = None, eos_id: int | None = None) -> Tensor:
+        """:meth:`generate` from signal tokens ``[B, N, d]`` and their mask ``[B, N]``
+        (``encode_signal``), so a caller that also scores clauses encodes once."""
         cfg = self.cfg
         bos_id = cfg.bos_id if bos_id is None else bos_id
         eos_id = cfg.eos_id if eos_id is None else eos_id
         max_len = min(max_len, cfg.max_text_len)
-        _, tokens, valid = self.encode_signal(x, mask)
         B, dev = tokens.shape[0], tokens.device
         sys_idx = self._system(system, B, dev)
         ids = torch.full((B, 1), bos_id, dtype=torch.long, device=dev)

@@ -148,6 +148,11 @@ def test_calibrate_refuses_other_splits(setup):
         with pytest.raises(ValueError, match="validation split only"):
             C.calibrate(ck, corpus, split)
     assert C.main(["--checkpoint", str(ck), "--corpus", str(corpus), "--split", "test"]) == 2
+    if not (ck / CALIBRATION_NAME).exists():  # --only captions keeps rules that must exist
+        with pytest.raises(ValueError, match="without --only first"):
+            C.calibrate(ck, corpus, only="captions")
+    with pytest.raises(ValueError, match="only='rules'"):
+        C.calibrate(ck, corpus, only="rules")
 
 
 def test_calibrate_then_evaluate_uses_the_rules(setup, capsys):
@@ -164,7 +169,7 @@ def test_calibrate_then_evaluate_uses_the_rules(setup, capsys):
     cal = load_calibration(ck)
     # on the calibration night, the chosen rule is at least as good as the plain one
     for name, r in cal.validation.items():
-        if name != "event_index":
+        if name not in ("event_index", "captions"):
             assert (r["chosen"]["f1"] or 0) >= (r["plain"]["f1"] or 0), name
     assert cal.validation["event_index"]["chosen"]["accuracy"] >= \
         cal.validation["event_index"]["plain"]["accuracy"]
@@ -188,3 +193,22 @@ def test_calibrate_then_evaluate_uses_the_rules(setup, capsys):
         plain["unseen_tasks"]["osa_severity_from_epochs"]["accuracy"]
     md = ev.to_markdown(res)
     assert "chosen on" in md and "F1 plain rule" in md and "Generative localisation" in md
+    # the caption check: chosen on validation captions, never worse there than greedy
+    cr = cal.validation["captions"]
+    assert cr["n_captions"] > 0 and set(cal.captions) <= {"hypopnea", "arousal",
+                                                          "obstructive_apnea"}
+    f1 = lambda r: 2 * (r["event_precision"] or 0) * (r["event_recall"] or 0) / max(  # noqa
+        (r["event_precision"] or 0) + (r["event_recall"] or 0), 1e-12)
+    assert f1(cr["chosen"]) >= f1(cr["greedy"])
+    cap, cap0 = res["captioning"], plain["captioning"]
+    assert cap["checked"] is bool(cal.captions) and cap0["checked"] is False
+    for k in ("event_precision", "event_recall", "stage_accuracy", "bleu4"):
+        assert cap["greedy"][k] == cap0[k] == cap0["greedy"][k]  # same epochs, same greedy
+    # --only captions: a new caption check, every other rule kept as it was
+    before = json.loads((ck / CALIBRATION_NAME).read_text())
+    assert C.main(["--checkpoint", str(ck), "--corpus", str(corpus), "--only", "captions",
+                   "--caption-sample", "7"]) == 0
+    after = json.loads((ck / CALIBRATION_NAME).read_text())
+    assert after["validation"]["captions"]["n_captions"] == 7
+    for k in ("localisation", "event_index", "weights_sha256", "n_epochs"):
+        assert after[k] == before[k], k

@@ -20,6 +20,7 @@ import torch
 from conftest import TINY_HYPNOGRAM, tiny_checkpoint, write_tiny_library
 
 from sleeplm import prompts as P
+from sleeplm.captioning import read_facts
 from sleeplm.index import EmbeddingIndex, IndexConfig
 from sleeplm.library import PatientLibrary, UnknownPatientError
 from sleeplm.model import SleepLM, SleepLMConfig, save_model
@@ -426,6 +427,40 @@ def test_events_in_range(ctx):
 
 
 # -------------------------------------------------------------------------------- caption
+
+
+def test_caption_checks_holistic_captions_with_the_calibrated_thresholds(env, monkeypatch):
+    # a checkpoint calibrated to withdraw every hypopnea and arousal the decoder names: the
+    # tool's holistic captions carry none, and say what was withdrawn
+    from sleeplm import captioning
+    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, save_calibration,
+                                     weights_digest)
+
+    lib, index, ck, out_dir = env
+    save_calibration(Calibration(weights_sha256=weights_digest(ck), n_nights=1,
+                                 captions={"hypopnea": 1e9, "arousal": 1e9}), ck)
+    real = captioning.check_captions
+
+    def on_named(model, tok, tokens, valid, texts, thresholds, stages=None):
+        # the tiny test model rarely names an event: name one in every other caption
+        texts = [t if i % 2 else t.rstrip(".") + "; a hypopnea; 1 arousal."
+                 for i, t in enumerate(texts)]
+        return real(model, tok, tokens, valid, texts, thresholds, stages)
+
+    monkeypatch.setattr(captioning, "check_captions", on_named)
+    try:
+        c = ToolContext(library=lib, patient=OSA, index=index, output_dir=out_dir)
+        out = caption(c, CaptionInput(target=TimeSelection(epochs=(10, 13)), max_epochs=4))
+        assert len(out.generated) == 4
+        for g in out.generated:
+            assert "hypopnea" not in read_facts(g.text)["events"]
+            assert "arousal" not in read_facts(g.text)["events"]
+        staged = [g for g in out.generated if g.withdrawn]
+        assert staged and all(g.withdrawn == ["a hypopnea", "1 arousal"] for g in staged)
+        again = caption(c, CaptionInput(target=TimeSelection(epochs=(10, 13)), max_epochs=4))
+        assert again.generated == out.generated  # from the cache, withdrawals kept
+    finally:
+        (ck / CALIBRATION_NAME).unlink()
 
 
 def test_caption_epoch_range_night(ctx, bare):

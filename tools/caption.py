@@ -4,8 +4,11 @@ Two parts, kept apart on purpose:
 
 * ``generated``: greedy captions from SleepLM's decoder (``SleepLM.generate``) for the target
   epochs (a range or night: up to ``max_epochs`` epochs evenly spread over it), optionally
-  targeted at one system (brain, cardiac, respiration, somatic; default holistic). They are the
-  model's reading of the signals, not measurements: numbers in them must not be quoted;
+  targeted at one system (brain, cardiac, respiration, somatic; default holistic). Holistic
+  captions are checked (:mod:`sleeplm.captioning`): a hypopnea, obstructive apnea or arousal
+  the decoder's own evidence does not carry, by the checkpoint's calibrated thresholds, is
+  withdrawn, and the caption lists what was taken out. They are the model's reading of the
+  signals, not measurements: numbers in them must not be quoted;
 * ``facts``: the deterministic captions of :mod:`sleeplm.captions` for the same epochs
   (epoch captions; for a range also the 5-min segment captions; for a night the night captions
   and the clinical summary's measures), each with its facts (units in the key names) and time
@@ -25,6 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from sleeplm.captioning import CheckedCaption
 from sleeplm.captions.caption import Caption, NightCaptions
 from sleeplm.clinical.measure import Measure
 from sleeplm.library import ProcessedPatient
@@ -87,11 +91,16 @@ class GeneratedCaption(BaseModel):
     epoch : int
     span : Span
     text : str
+        The caption after the check (holistic captions with a calibrated checkpoint).
+    withdrawn : list of str
     """
 
     epoch: int
     span: Span
     text: str
+    withdrawn: list[str] = Field(default_factory=list, description=(
+        "parts of the greedy caption withdrawn by the check (weak decoder evidence for the "
+        "event, or a clause contradicting a confirmed one)"))
 
 
 class CaptionOutput(BaseModel):
@@ -187,40 +196,45 @@ def _model_inputs(p: ProcessedPatient, idx: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "holistic",
-                      max_len: int = 64) -> list[str]:
-    """SleepLM's greedy captions of ``epochs`` of the current patient (one text per epoch).
+                      max_len: int = 64) -> list[CheckedCaption]:
+    """SleepLM's captions of ``epochs`` of the current patient (one per epoch): greedy, and for
+    holistic captions checked with the checkpoint's calibrated thresholds
+    (:func:`sleeplm.captioning.caption_epochs`; ``captions`` in ``calibration.json``).
 
     Kept in the patient's ``captions/`` cache folder (``generated-<system>-<hash>.json``), so
     asking again is instant; the folder goes away with the cache when the study or model
-    changes.
+    changes, and other thresholds make another cache entry.
     """
     import torch
 
+    from sleeplm.captioning import caption_epochs
+
     p = ctx.processed()
-    key = hashlib.sha256(json.dumps([system, int(max_len), [int(e) for e in epochs]]
-                                    ).encode()).hexdigest()[:16]
+    thresholds = dict(ctx.calibration.captions) if system == "holistic" else {}
+    key = hashlib.sha256(json.dumps([system, int(max_len), [int(e) for e in epochs],
+                                     sorted(thresholds.items())]).encode()).hexdigest()[:16]
     path = p.captions_dir / f"generated-{system}-{key}.json"
     if path.is_file():  # same request, same cache key (patient files and model): reuse
         try:
-            cached = json.loads(path.read_text())
-            if isinstance(cached, list) and len(cached) == len(epochs):
-                return [str(t) for t in cached]
-        except ValueError:
-            pass
+            cached = [CheckedCaption.model_validate(c) for c in json.loads(path.read_text())]
+            if len(cached) == len(epochs):
+                return cached
+        except (ValueError, TypeError):
+            pass  # unreadable or an older format: caption again
     model, tok = ctx.model, ctx.tokenizer
     idx = np.asarray(epochs, dtype=int)
-    texts: list[str] = []
+    out: list[CheckedCaption] = []
+    dev = model.logit_scale.device
     for s in range(0, len(idx), 32):
         x, m = _model_inputs(p, idx[s:s + 32], int(model.cfg.context_epochs))
-        dev = model.logit_scale.device
         with torch.inference_mode():
-            ids = model.generate(torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev),
-                                 system=system, max_len=max_len)
-        texts += [t.strip() for t in tok.decode_batch(ids.cpu())]
+            out += caption_epochs(model, tok, torch.from_numpy(x).to(dev),
+                                  torch.from_numpy(m).to(dev), system, max_len,
+                                  thresholds or None)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(texts))
+    tmp.write_text(json.dumps([c.model_dump() for c in out]))
     os.replace(tmp, path)
-    return texts
+    return out
 
 
 def caption(ctx: ToolContext, request: CaptionInput | None = None) -> CaptionOutput:
@@ -257,9 +271,9 @@ def caption(ctx: ToolContext, request: CaptionInput | None = None) -> CaptionOut
     n_dec = min(request.max_epochs, b - a + 1)
     chosen = sorted(set(np.linspace(a, b, n_dec).round().astype(int).tolist()))
     t0 = recording_start(p)
-    texts = generate_captions(ctx, chosen, request.system, request.max_len)
-    out.generated = [GeneratedCaption(epoch=e, span=span_of(p, e, e, t0), text=t)
-                     for e, t in zip(chosen, texts)]
+    checked = generate_captions(ctx, chosen, request.system, request.max_len)
+    out.generated = [GeneratedCaption(epoch=e, span=span_of(p, e, e, t0), text=c.text,
+                                      withdrawn=c.withdrawn) for e, c in zip(chosen, checked)]
     if len(chosen) < b - a + 1:
         out.warnings.append(f"SleepLM captioned {len(chosen)} of the {b - a + 1} epochs "
                             "(evenly spread); ask for a shorter range for every epoch")

@@ -79,7 +79,8 @@ def _rows(name: str, out: Any) -> list[dict[str, Any]]:
                 for k, ms in out.sections.items() for m in ms]
     if name == "caption":
         return ([{"kind": "generated", "epoch": g.epoch, "start_s": g.span.start_s,
-                  "clock": g.span.start_clock, "text": g.text} for g in out.generated]
+                  "clock": g.span.start_clock, "text": g.text,
+                  "withdrawn": "; ".join(g.withdrawn)} for g in out.generated]
                 + [{"kind": f"fact-{c.level}", "system": c.system, "start_s": c.start,
                     "end_s": c.end, "text": c.text, "facts": c.facts} for c in out.facts])
     return []

@@ -26,7 +26,9 @@ then carries a warning). Sections (each metric comes with its ``n``):
   text->signal recall@1/5/10. A candidate whose caption text equals the query's caption counts as
   correct (identical captions are indistinguishable); rank = number of wrong candidates scoring
   strictly higher than the best correct one.
-* ``captioning``: greedy captions (holistic system token, <= 64 tokens) for a seeded sample of <= 200 epochs;
+* ``captioning``: greedy captions (holistic system token, <= 64 tokens) for a seeded sample of <= 200 epochs,
+  checked with the checkpoint's calibrated thresholds when it has them
+  (:mod:`sleeplm.captioning`; the greedy captions' figures are kept under ``greedy``);
   corpus BLEU-4 (uniform weights, brevity penalty, add-one smoothing of the 2-4-gram precisions,
   none for unigrams, so disjoint texts give 0) and mean ROUGE-L F1 (LCS, beta = 1) on lower-cased
   word/number/punctuation tokens; facts read back with :func:`read_facts` from both texts: stage
@@ -86,6 +88,7 @@ import torch
 
 from sleeplm import prompts as P
 from sleeplm.library import night_embedding
+from sleeplm.captioning import CheckedCaption, caption_epochs, read_facts
 from sleeplm._logging import logger
 from sleeplm.calibration import Calibration, load_calibration
 from sleeplm.zeroshot import (any_margins, class_embeddings, clause_logprobs, embed_texts,
@@ -160,37 +163,7 @@ def rouge_l(hypothesis: str, reference: str) -> float:
 
 
 # ------------------------------------------------------------------------------ fact reader
-_STAGE_RX = {
-    "W": re.compile(r"\bwake\b|\bawake\b|\bstage w\b|\(w\)"),
-    "N1": re.compile(r"\bn1\b"),
-    "N2": re.compile(r"\bn2\b"),
-    "N3": re.compile(r"\bn3\b|slow-wave sleep"),
-    "R": re.compile(r"\brem\b|\(r\)|\bstage r\b|rapid-eye-movement sleep"),
-}
-_NO_RESP = re.compile(r"no respiratory events|no apnea or hypopnea( scored)?|"
-                      r"breathing without scored events|normal breathing events-wise")
-_NEGATED = re.compile(r"\bno arousals?( scored)?|no leg movements( on the leg emg)?|legs quiet|"
-                      r"no phasic chin twitches")
-_EVENT_RX = {
-    "apnea": re.compile(r"\bapneas?\b"),
-    "hypopnea": re.compile(r"\bhypopneas?\b"),
-    "desaturation": re.compile(r"\bdesaturations?\b"),
-    "arousal": re.compile(r"\barousals?\b"),
-    "limb_movement": re.compile(r"limb movements?|\bplms?\b|leg movements?"),
-}
-
-
-def read_facts(text: str) -> dict:
-    """Facts read back from a caption text with keyword rules: ``stage`` (the earliest stage
-    phrase, None if none), ``events`` (sorted subset of :data:`EVENTS` mentioned, negated
-    phrases such as "no arousal" removed first) and ``no_respiratory_events`` (bool)."""
-    t = str(text).lower()
-    hits = [(m.start(), s) for s, rx in _STAGE_RX.items() for m in [rx.search(t)] if m]
-    stage = min(hits)[1] if hits else None
-    no_resp = bool(_NO_RESP.search(t))
-    rest = _NEGATED.sub(" ", _NO_RESP.sub(" ", t))
-    events = sorted(e for e, rx in _EVENT_RX.items() if rx.search(rest))
-    return {"stage": stage, "events": events, "no_respiratory_events": no_resp}
+# read_facts: sleeplm.captioning (the caption check reads captions with the same rules)
 
 
 def reference_facts(facts: dict) -> dict:
@@ -578,26 +551,49 @@ def _few_shot(emb: np.ndarray, true: np.ndarray, seed: int, shots=(1, 5, 10), dr
     return out
 
 
-def _captioning(model, tok, data, facts, sample: int, seed: int, batch: int = 50,
-                max_len: int = 64) -> dict:
+def caption_indices(data: dict, sample: int, seed: int, stream: int = 7) -> np.ndarray:
+    """Seeded sample (sorted indices) of at most ``sample`` loaded epochs with a holistic
+    caption; ``stream`` keeps the calibration's sample apart from the evaluation's."""
     have = np.flatnonzero(np.asarray([bool(c) for c in data["caption_holistic"]]))
-    rng = np.random.default_rng([seed, 7])
-    idx = np.sort(rng.choice(have, min(sample, len(have)), replace=False)) if len(have) else have
-    gen: list[str] = []
+    rng = np.random.default_rng([seed, stream])
+    return np.sort(rng.choice(have, min(sample, len(have)), replace=False)) if len(have) else have
+
+
+def checked_captions(model, tok, data: dict, idx: np.ndarray, thresholds: dict | None,
+                     batch: int = 50, max_len: int = 64) -> list[CheckedCaption]:
+    """Holistic captions of epochs ``idx`` (:func:`sleeplm.captioning.caption_epochs`: greedy,
+    then checked with ``thresholds`` when given)."""
+    out: list[CheckedCaption] = []
+    for s in range(0, len(idx), batch):
+        x, m = _inputs(model, data, idx[s:s + batch])
+        out += caption_epochs(model, tok, x, m, "holistic", max_len, thresholds)
+    return out
+
+
+def _captioning(model, tok, data, facts, sample: int, seed: int, cal: Calibration | None = None,
+                batch: int = 50, max_len: int = 64) -> dict:
+    idx = caption_indices(data, sample, seed)
+    thresholds = dict(cal.captions) if cal is not None and cal.captions else None
     with torch.no_grad():
-        for s in range(0, len(idx), batch):
-            x, m = _inputs(model, data, idx[s:s + batch])
-            ids = model.generate(x, m, system="holistic", max_len=max_len)
-            gen += tok.decode_batch(ids)
+        caps = checked_captions(model, tok, data, idx, thresholds, batch, max_len)
+    gen = [c.text for c in caps]
     refs = [str(data["caption_holistic"][i]) for i in idx]
     ref_f = [reference_facts(facts.get(data["key"][i], {}).get("holistic", {})) for i in idx]
     reader_ok = [read_facts(r) == f for r, f in zip(refs, ref_f)]
+    withdrawn = Counter(q for c in caps for q in c.rejected)
     out = {"n": len(idx), "bleu4": bleu4(gen, refs) if len(idx) else None,
            "rouge_l": float(np.mean([rouge_l(g, r) for g, r in zip(gen, refs)])) if len(idx)
            else None, **_fact_scores(gen, ref_f),
+           "checked": thresholds is not None, "check_thresholds": thresholds,
+           "n_captions_changed": sum(bool(c.withdrawn) for c in caps),
+           "greedy": {"bleu4": bleu4([c.greedy for c in caps], refs) if len(idx) else None,
+                      **_fact_scores([c.greedy for c in caps], ref_f)},
            "reader_check": _ratio(sum(reader_ok), len(reader_ok)),
-           "examples": [{"key": str(data["key"][i]), "reference": r, "generated": g}
-                        for i, r, g in list(zip(idx, refs, gen))[:5]]}
+           "examples": [{"key": str(data["key"][i]), "reference": r, "generated": c.text,
+                         **({"greedy": c.greedy} if c.withdrawn else {})}
+                        for i, r, c in list(zip(idx, refs, caps))[:5]]}
+    if withdrawn:
+        out["withdrawn_by_query"] = dict(sorted(withdrawn.items()))
     return out
 
 
@@ -905,7 +901,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     texts = [str(data["caption_holistic"][i]) for i in ridx]
     res["retrieval"] = retrieval_recall(emb[ridx], embed_texts(model, tok, texts), texts)
     t = tick("retrieval", t)
-    res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed)
+    res["captioning"] = _captioning(model, tok, data, facts, caption_sample, seed, cal)
     t = tick("captioning", t)
     res["localisation"] = _localisation(model, tok, emb, data, facts, cal,
                                          stage_pred=pred)
@@ -1009,6 +1005,17 @@ def to_markdown(res: dict) -> str:
                     ["'no respiratory events' agreement", c["no_resp_events_accuracy"],
                      c["n_no_resp"]],
                     ["fact reader on references", c["reader_check"], c["n"]]])]
+    g = c.get("greedy")
+    if c.get("checked") and g:
+        out += ["", f"Caption check (thresholds {c['check_thresholds']}, chosen on validation; "
+                    f"{c['n_captions_changed']} of {c['n']} captions changed): greedy captions "
+                    "before the check, same epochs:", "",
+                _table(["captions", "event precision", "event recall", "stage correct",
+                        "BLEU-4"],
+                       [["greedy", g["event_precision"], g["event_recall"],
+                         g["stage_accuracy"], g["bleu4"]],
+                        ["checked", c["event_precision"], c["event_recall"],
+                         c["stage_accuracy"], c["bleu4"]]])]
     for ex in c["examples"][:3]:
         out += ["", f"- `{ex['key']}` ref: {ex['reference']}", f"  gen: {ex['generated']}"]
     loc = res["localisation"]
