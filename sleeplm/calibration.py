@@ -28,10 +28,12 @@ from pydantic import BaseModel, Field
 
 from sleeplm._logging import logger
 
-__all__ = ["CALIBRATION_NAME", "IntervalRule", "EventIndexRule", "Calibration",
+__all__ = ["CALIBRATION_NAME", "GENERATIVE_PREFIX", "IntervalRule", "EventIndexRule", "Calibration",
            "weights_digest", "load_calibration", "save_calibration"]
 
 CALIBRATION_NAME = "calibration.json"
+#: Key prefix of the caption decoder's (generative) localisation rules: ``generative:<query>``.
+GENERATIVE_PREFIX = "generative:"
 
 
 class IntervalRule(BaseModel):

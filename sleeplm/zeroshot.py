@@ -19,7 +19,8 @@ import numpy as np
 
 __all__ = ["embed_texts", "class_embeddings", "stage_scores", "localisation_margins",
            "known_query_margins", "any_margins", "to_intervals", "rule_intervals",
-           "count_events", "night_event_index", "clause_logprobs", "generative_margins"]
+           "count_events", "night_event_index", "clause_logprobs", "generative_margins",
+           "generative_query_scores"]
 
 
 def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256
@@ -249,3 +250,25 @@ def generative_margins(logp: np.ndarray, clauses: Sequence[str], positive: Seque
         return m[:, 0] + np.log(np.exp(a - m).sum(1))
 
     return (lse(positive) - lse(rivals)).astype(np.float32)
+
+
+def generative_query_scores(model: Any, tokenizer: Any, tokens: Any, valid: Any,
+                            stages: Sequence[str], queries: Sequence[str]) -> np.ndarray:
+    """Caption-decoder evidence ``[B, len(queries)]`` (nats) for generative queries
+    (:data:`sleeplm.prompts.GENERATIVE_QUERIES`): :func:`clause_logprobs` of every clause the
+    queries name, after each epoch's stage phrase ``stages[b]``, then
+    :func:`generative_margins` per query. The held-out evaluation and the ``localize`` tool
+    score through here."""
+    from sleeplm.prompts import GENERATIVE_QUERIES
+
+    unknown = [q for q in queries if q not in GENERATIVE_QUERIES]
+    if unknown:
+        raise ValueError(f"no generative clauses for {unknown}: known are "
+                         f"{sorted(GENERATIVE_QUERIES)}")
+    clauses = list(dict.fromkeys(c for q in queries for part in GENERATIVE_QUERIES[q]
+                                 for c in part))
+    if tokens.shape[0] == 0:
+        return np.zeros((0, len(queries)), np.float32)
+    logp = clause_logprobs(model, tokenizer, tokens, valid, stages, clauses)
+    return np.stack([generative_margins(logp, clauses, *GENERATIVE_QUERIES[q])
+                     for q in queries], 1).astype(np.float32)

@@ -222,6 +222,53 @@ def test_localize_uses_the_checkpoints_calibrated_rule(env):
         (ck / CALIBRATION_NAME).unlink()
 
 
+def test_localize_generative_scorer(env):
+    # scorer="generative": the caption decoder's evidence (nats) with the checkpoint's
+    # generative rule, the same numbers as sleeplm.zeroshot.generative_query_scores; the
+    # contrastive answer points to it when it did materially better on validation nights
+    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
+                                     save_calibration, weights_digest)
+    from sleeplm.zeroshot import generative_query_scores, stage_scores
+    from tools.caption import _model_inputs
+    from tools.errors import UnsupportedScorerError
+
+    lib, index, ck, out_dir = env
+    save_calibration(Calibration(
+        weights_sha256=weights_digest(ck), n_nights=3,
+        localisation={"generative:hypopnea": IntervalRule(threshold=-1.0, max_gap=1)},
+        validation={"hypopnea": {"chosen": {"f1": 0.40}},
+                    "generative:hypopnea": {"chosen": {"f1": 0.70}}}), ck)
+    try:
+        c = ToolContext(library=lib, patient=OSA, index=index, output_dir=out_dir)
+        out = localize(c, LocalizeInput(query="hypopnea", scorer="generative", limit=200))
+        assert out.scorer == "generative" and out.unit == "nats"
+        assert out.threshold == -1.0 and out.max_gap == 1 and "generative rule" in out.rule_source
+        assert all(iv.unit == "nats" for iv in out.intervals)
+        em = np.asarray(epoch_margins(c, "hypopnea", "generative").margins)
+        p = c.processed()
+        assert em.shape == (p.n_epochs,) and (p.captions_dir / "generative-hypopnea.npy").is_file()
+        emb = np.asarray(p.epoch_embeddings, dtype=np.float32)
+        stages = np.asarray(P.STAGES)[stage_scores(emb, c.class_vectors(
+            P.STAGE_PROMPTS, list(P.STAGES))).argmax(1)]
+        idx = np.array([0, 5, p.n_epochs - 1])
+        x, m = _model_inputs(p, idx, int(c.model.cfg.context_epochs))
+        with torch.no_grad():
+            _, tokens, valid = c.model.encode_signal(torch.from_numpy(x), torch.from_numpy(m))
+        want = generative_query_scores(c.model, c.tokenizer, tokens, valid,
+                                       list(stages[idx]), ["hypopnea"])[:, 0]
+        assert np.allclose(em[idx], want, atol=1e-4)
+        got = sorted((iv.span.first_epoch, iv.span.last_epoch) for iv in out.intervals)
+        from sleeplm.zeroshot import to_intervals
+        assert got == to_intervals(np.arange(em.size), em > -1.0, max_gap=1)
+        fast = localize(c, LocalizeInput(query="hypopnea"))
+        assert fast.scorer == "contrastive" and any("scorer='generative'" in w
+                                                      for w in fast.warnings)
+        with pytest.raises(UnsupportedScorerError, match="generative scorer knows"):
+            localize(c, LocalizeInput(query="bursts of fast EEG", scorer="generative"))
+    finally:
+        (ck / CALIBRATION_NAME).unlink()
+
+
 def test_localize_known_query(ctx):
     out = localize(ctx, LocalizeInput(query="Obstructive apneas", limit=3))
     assert out.known_query == "obstructive_apnea" and out.threshold == 0.0 and not out.refusal

@@ -11,6 +11,7 @@ __all__ = [
     "TimeRangeError",
     "ToolError",
     "UnknownEventTypeError",
+    "UnsupportedScorerError",
 ]
 
 
@@ -20,6 +21,10 @@ class ToolError(SleepLMError):
 
 class EmptyQueryError(ToolError, ValueError):
     """A text query or label list is empty or blank."""
+
+
+class UnsupportedScorerError(ToolError, ValueError):
+    """A scorer asked for a query it cannot score (e.g. the generative scorer, free text)."""
 
 
 class TimeRangeError(ToolError, ValueError):

@@ -24,6 +24,16 @@ The background (what the query is contrasted with):
   construction, so the default threshold is a robust two-sigma above the median:
   ``2 * 1.4826 * MAD`` of the night's cosines.
 
+``scorer="generative"`` scores a known event that has caption-decoder clauses
+(:data:`sleeplm.prompts.GENERATIVE_QUERIES`: hypopnea, obstructive apnea, arousal) with the
+decoder instead: per epoch, the log-probability of the clauses naming the event minus that of
+its rival clauses, right after the epoch's zero-shot stage phrase
+(:func:`sleeplm.zeroshot.generative_query_scores`, the evaluation's "generative localisation"),
+in nats, with the checkpoint's ``generative:<query>`` rule. It costs a decoder pass per epoch
+(tens of seconds for a night on a CPU, then kept in the patient's cache); the default
+``contrastive`` scorer says when the generative one did materially better on the validation
+nights.
+
 Runs of epochs above the threshold (:func:`sleeplm.zeroshot.to_intervals`, runs closer than
 the gap merged) are the intervals; each is scored by its peak margin and listed best first. A best margin under
 :data:`WEAK_MARGIN` is reported as weak. A query naming a signal the night lacks (SpO2 for a
@@ -32,13 +42,18 @@ desaturation, EEG for spindles) is refused (see :func:`tools.common.requirements
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sleeplm import prompts as P
-from sleeplm.zeroshot import known_query_margins, stage_scores, to_intervals
+from sleeplm._logging import logger
+from sleeplm.calibration import GENERATIVE_PREFIX
+from sleeplm.zeroshot import (generative_query_scores, known_query_margins, stage_scores,
+                              to_intervals)
 from tools.common import (
     Requirement,
     Span,
@@ -50,9 +65,10 @@ from tools.common import (
     span_of,
 )
 from tools.context import ToolContext
-from tools.errors import EmptyQueryError
+from tools.errors import EmptyQueryError, UnsupportedScorerError
 
 __all__ = [
+    "GENERATIVE_HINT_GAIN",
     "KNOWN_QUERY_NEEDS",
     "WEAK_MARGIN",
     "EpochMargins",
@@ -66,6 +82,9 @@ __all__ = [
 
 #: A best margin below this (cosine units) is reported as weak evidence.
 WEAK_MARGIN = 0.05
+#: Validation F1 gain of the generative scorer over the contrastive one above which a
+#: contrastive answer points to it.
+GENERATIVE_HINT_GAIN = 0.1
 #: Signals the known queries need.
 KNOWN_QUERY_NEEDS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "obstructive_apnea": [("respiratory effort or airflow",
@@ -113,6 +132,9 @@ class LocalizeInput(BaseModel):
         At most this many intervals, best first.
     within : TimeSelection or None
         Search only this part of the night (default: all of it).
+    scorer : {"contrastive", "generative"}
+        Embedding margins (fast, default) or the caption decoder's evidence for a known
+        hypopnea / obstructive apnea / arousal query (slower; see the module docstring).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -122,6 +144,9 @@ class LocalizeInput(BaseModel):
                                     "default: 0 for known events, a robust 2-sigma otherwise")
     limit: int = Field(default=10, ge=1, le=200, description="at most this many intervals")
     within: TimeSelection | None = Field(default=None, description="search only this part")
+    scorer: Literal["contrastive", "generative"] = Field(
+        default="contrastive", description="'generative': score a known hypopnea, obstructive "
+        "apnea or arousal query with the caption decoder (slower, better for hypopneas)")
 
 
 class ScoredInterval(BaseModel):
@@ -138,7 +163,7 @@ class ScoredInterval(BaseModel):
     peak_epoch : int
         Epoch of the peak.
     unit : str
-        ``"cosine margin"``.
+        ``"cosine margin"``, or ``"nats"`` for the generative scorer.
     """
 
     span: Span
@@ -165,6 +190,10 @@ class EpochMargins(BaseModel):
         Runs of positive epochs closer than this many quiet epochs are one interval.
     rule_source : str
         Where the threshold and gap come from.
+    scorer : str
+        ``contrastive`` or ``generative``.
+    unit : str
+        ``cosine margin`` or ``nats``.
     """
 
     margins: list[float]
@@ -173,6 +202,8 @@ class EpochMargins(BaseModel):
     default_threshold: float
     max_gap: int = 0
     rule_source: str = ""
+    scorer: str = "contrastive"
+    unit: str = "cosine margin"
 
 
 class LocalizeOutput(BaseModel):
@@ -226,13 +257,15 @@ class LocalizeOutput(BaseModel):
     refusal: str | None = None
     requirements: list[Requirement] = Field(default_factory=list)
     method: str = ""
+    scorer: str = "contrastive"
+    unit: str = "cosine margin"
 
     def summary(self) -> str:
         """A short text for the LLM."""
         if self.refusal:
             return f"Cannot localise '{self.query}': {self.refusal}"
         head = (f"'{self.query}'" + (f" (known event {self.known_query})" if self.known_query
-                                     else "") + f", margin vs {self.background}")
+                                     else "") + f", {self.unit} vs {self.background}")
         if not self.intervals:
             lines = [f"No interval of {head} exceeds the threshold {self.threshold:.3f}."]
         else:
@@ -251,13 +284,72 @@ def _mad_threshold(cos: np.ndarray) -> float:
     return 2.0 * 1.4826 * float(np.median(np.abs(cos - med)))
 
 
-def epoch_margins(ctx: ToolContext, query: str) -> EpochMargins:
+def _generative_margins(ctx: ToolContext, known: str) -> np.ndarray:
+    """The caption decoder's evidence (nats) for ``known`` in every epoch of the current
+    patient, after each epoch's zero-shot stage; kept in the patient's ``captions/`` cache."""
+    import torch
+    from tqdm import tqdm
+
+    from tools.caption import _model_inputs
+
+    p = ctx.processed()
+
+    def make() -> np.ndarray:
+        path = p.captions_dir / f"generative-{known}.npy"
+        if path.is_file():
+            try:
+                cached = np.load(path)
+                if cached.shape == (p.n_epochs,):
+                    return cached
+            except (ValueError, OSError):
+                pass  # unreadable: score again
+        model, tok = ctx.model, ctx.tokenizer
+        emb = np.asarray(p.epoch_embeddings, dtype=np.float32)
+        stages = np.asarray(P.STAGES)[stage_scores(emb, ctx.class_vectors(
+            P.STAGE_PROMPTS, list(P.STAGES))).argmax(1)] if len(emb) else np.asarray([])
+        out = np.zeros(p.n_epochs, np.float32)
+        dev = model.logit_scale.device
+        k = int(model.cfg.context_epochs)
+        logger.info("localize: caption-decoder scoring of %s over %d epochs", known, p.n_epochs)
+        for s in tqdm(range(0, p.n_epochs, 32), desc=f"scoring {known}", unit="batch",
+                      disable=None):
+            idx = np.arange(s, min(p.n_epochs, s + 32))
+            x, m = _model_inputs(p, idx, k)
+            with torch.inference_mode():
+                _, tokens, valid = model.encode_signal(torch.from_numpy(x).to(dev),
+                                                       torch.from_numpy(m).to(dev))
+                out[idx] = generative_query_scores(model, tok, tokens, valid,
+                                                   [str(v) for v in stages[idx]], [known])[:, 0]
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        with open(tmp, "wb") as f:
+            np.save(f, out)
+        os.replace(tmp, path)
+        return out
+
+    return ctx.memo(("generative_margins", p.patient, known), make)
+
+
+def _generative_hint(ctx: ToolContext, known: str) -> str | None:
+    """A pointer to the generative scorer when it did materially better on validation."""
+    cal = ctx.calibration
+    g = cal.validation.get(GENERATIVE_PREFIX + known, {}).get("chosen", {}).get("f1")
+    c = cal.validation.get(known, {}).get("chosen", {}).get("f1")
+    if g is None or c is None or g < c + GENERATIVE_HINT_GAIN:
+        return None
+    return (f"on {cal.n_nights} validation nights the caption-decoder scorer found {known} "
+            f"better (event F1 {g:.2f} vs {c:.2f}); ask again with scorer='generative' "
+            "(slower: a decoder pass per epoch)")
+
+
+def epoch_margins(ctx: ToolContext, query: str, scorer: str = "contrastive") -> EpochMargins:
     """Per-epoch margins of ``query`` for the current patient (see the module docstring).
 
     Raises
     ------
     EmptyQueryError
         ``query`` is blank.
+    UnsupportedScorerError
+        ``scorer="generative"`` for a query without caption-decoder clauses.
     """
     if not query or not query.strip():
         raise EmptyQueryError("the query is empty: say in words what to look for, e.g. "
@@ -265,6 +357,26 @@ def epoch_margins(ctx: ToolContext, query: str) -> EpochMargins:
     p = ctx.processed()
     emb = np.asarray(p.epoch_embeddings, dtype=np.float32)
     known = match_known_query(query)
+    if scorer == "generative":
+        if known not in P.GENERATIVE_QUERIES:
+            raise UnsupportedScorerError(f"the generative scorer knows {', '.join(P.GENERATIVE_QUERIES)}; "
+                             f"'{query}' is not one of them: use scorer='contrastive'")
+        cal = ctx.calibration
+        rule = cal.interval_rule(GENERATIVE_PREFIX + known)
+        pos, riv = P.GENERATIVE_QUERIES[known]
+        return EpochMargins(
+            margins=[float(v) for v in _generative_margins(ctx, known)], known_query=known,
+            background="the rival clauses " + "; ".join(riv) + " (caption decoder, after "
+                       "the epoch's zero-shot stage)",
+            default_threshold=rule.threshold, max_gap=rule.max_gap, scorer="generative",
+            unit="nats",
+            rule_source=(f"the checkpoint's generative rule for {known}, chosen on "
+                         f"{cal.n_nights} validation nights"
+                         if GENERATIVE_PREFIX + known in cal.localisation else
+                         "plain rule (margin > 0; the checkpoint has no calibration for the "
+                         "generative scorer)"))
+    if scorer != "contrastive":
+        raise UnsupportedScorerError(f"unknown scorer {scorer!r}: use 'contrastive' or 'generative'")
     if known is not None:
         margins = known_query_margins(emb, ctx.class_vectors, [known])[:, 0]
         rivals = P.LOCALISATION_RIVALS.get(known, [])
@@ -333,7 +445,11 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     if refusal:
         out.refusal = refusal
         return out
-    em = epoch_margins(ctx, query)
+    if request.scorer == "generative" and known not in P.GENERATIVE_QUERIES:
+        raise UnsupportedScorerError(
+            f"the generative scorer knows {', '.join(P.GENERATIVE_QUERIES)} only; "
+            f"'{query}' is not one of them: ask again without scorer='generative'")
+    em = epoch_margins(ctx, query, request.scorer)
     margins = np.asarray(em.margins, dtype=float)
     thr = em.default_threshold if request.threshold is None else float(request.threshold)
     a, b = sel.span.first_epoch, sel.span.last_epoch
@@ -346,26 +462,36 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
         seg = margins[first:last + 1]
         k = int(np.argmax(seg))
         ivs.append(ScoredInterval(span=span_of(p, first, last, t0), score=float(seg[k]),
-                                  mean_score=float(seg.mean()), peak_epoch=first + k))
+                                  mean_score=float(seg.mean()), peak_epoch=first + k,
+                                  unit=em.unit))
     ivs.sort(key=lambda iv: (-iv.score, iv.span.first_epoch))
     best = int(idx[int(np.argmax(m))]) if m.size else None
     out.known_query, out.background, out.threshold = em.known_query, em.background, thr
-    out.max_gap = em.max_gap
+    out.max_gap, out.scorer, out.unit = em.max_gap, em.scorer, em.unit
+    if em.scorer == "generative":
+        out.method = ("zero-shot, caption decoder: log p(clauses naming the event) - log p(rival "
+                      "clauses) after the epoch's zero-shot stage phrase (sleeplm.zeroshot."
+                      "generative_query_scores); runs of epochs above the threshold")
     out.rule_source = (em.rule_source if request.threshold is None else
                        f"threshold given by the caller; gap: {em.rule_source}")
     out.intervals, out.n_intervals_total = ivs[:request.limit], len(ivs)
     out.n_epochs_searched = int(m.size)
     out.best_epoch = best
     out.best_score = float(margins[best]) if best is not None else None
-    out.weak = out.best_score is None or out.best_score < WEAK_MARGIN
+    weak_at = 0.0 if em.scorer == "generative" else WEAK_MARGIN
+    out.weak = out.best_score is None or out.best_score < weak_at
     if out.weak:
         out.warnings.append(
             f"weak evidence: the best margin in the searched part is "
             f"{out.best_score if out.best_score is not None else float('nan'):.3f} (under "
-            f"{WEAK_MARGIN}); the model barely separates '{query}' from its background here, "
+            f"{weak_at} {em.unit}); the model barely separates '{query}' from its background here, "
             "so treat these intervals as unreliable")
     if not ivs:
         out.warnings.append(f"no epoch exceeds the threshold {thr:.3f}")
+    if em.scorer == "contrastive" and known in P.GENERATIVE_QUERIES:
+        hint = _generative_hint(ctx, known)
+        if hint:
+            out.warnings.append(hint)
     if known is None:
         out.warnings.append("free-text query: contrasted with the night's median similarity, "
                             "so scores are relative to this night, not absolute evidence")

@@ -90,10 +90,11 @@ from sleeplm import prompts as P
 from sleeplm.library import night_embedding
 from sleeplm.captioning import CheckedCaption, caption_epochs, read_facts
 from sleeplm._logging import logger
-from sleeplm.calibration import Calibration, load_calibration
-from sleeplm.zeroshot import (any_margins, class_embeddings, clause_logprobs, embed_texts,
-                              generative_margins, known_query_margins, localisation_margins,
-                              night_event_index, rule_intervals, to_intervals)
+from sleeplm.calibration import GENERATIVE_PREFIX, Calibration, load_calibration
+from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts,
+                              generative_query_scores, known_query_margins,
+                              localisation_margins, night_event_index, rule_intervals,
+                              to_intervals)
 
 __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_index", "read_facts", "reference_facts", "bleu4", "rouge_l",
            "interval_f1", "pooled_interval_f1", "localisation_truth", "night_event_inputs",
@@ -621,30 +622,22 @@ def localisation_truth(data: dict, facts: dict, names: Sequence[str]) -> np.ndar
         len(truth), len(names))
 
 
-#: Prefix of a generative query's decision rule in ``calibration.json`` (``generative:hypopnea``).
-GENERATIVE_PREFIX = "generative:"
-
-
 @torch.no_grad()
 def generative_query_margins(model, tok, data: dict, stages: Sequence[str], batch: int = 64
                              ) -> tuple[list[str], np.ndarray]:
     """Caption-decoder evidence ``[N, Q]`` (nats) for the generative queries
     (:data:`sleeplm.prompts.GENERATIVE_QUERIES`), every loaded epoch scored after its stage
-    phrase ``stages[i]`` (the zero-shot staging): :func:`sleeplm.zeroshot.clause_logprobs` then
-    :func:`~sleeplm.zeroshot.generative_margins`. Returns the query names and the margins."""
+    phrase ``stages[i]`` (the zero-shot staging):
+    :func:`sleeplm.zeroshot.generative_query_scores`. Returns the query names and the margins."""
     names = list(P.GENERATIVE_QUERIES)
-    clauses = list(dict.fromkeys(c for q in names for part in P.GENERATIVE_QUERIES[q]
-                                 for c in part))
     n = len(data["key"])
-    logp = np.zeros((n, len(clauses)), np.float32)
+    out = np.zeros((n, len(names)), np.float32)
     for s in range(0, n, batch):
         idx = np.arange(s, min(n, s + batch))
         x, m = _inputs(model, data, idx)
         _, tokens, valid = model.encode_signal(x, m)
-        logp[idx] = clause_logprobs(model, tok, tokens, valid, [str(stages[i]) for i in idx],
-                                    clauses)
-    out = np.stack([generative_margins(logp, clauses, *P.GENERATIVE_QUERIES[q]) for q in names],
-                   1) if n else np.zeros((0, len(names)), np.float32)
+        out[idx] = generative_query_scores(model, tok, tokens, valid,
+                                           [str(stages[i]) for i in idx], names)
     return names, out
 
 
