@@ -170,32 +170,29 @@ def check_captions(model: Any, tokenizer: Any, tokens: Any, valid: Any, texts: S
         caption with neither is returned unchecked.
     """
     from sleeplm import prompts as P
-    from sleeplm.zeroshot import clause_logprobs, generative_margins
+    from sleeplm.zeroshot import generative_query_scores
 
     if len(texts) != tokens.shape[0]:
         raise ValueError(f"{len(texts)} captions for {tokens.shape[0]} epochs")
     out = [CheckedCaption(text=str(t).strip(), greedy=str(t).strip()) for t in texts]
     queries = [q for q in thresholds if q in CHECKED_QUERIES and q in P.GENERATIVE_QUERIES]
-    todo, todo_stage = [], []
+    todo, named = [], {}
     for i, c in enumerate(out):
         stage = read_facts(c.greedy)["stage"] or (stages[i] if stages is not None else None)
         c.stage = stage if stage in P.STAGES else None
-        if c.stage and any(mentions(p, q) for q in queries for p in _split(c.greedy)[0]):
+        named[i] = [q for q in queries if mentions(c.greedy, q)]
+        if c.stage and named[i]:
             todo.append(i)
-            todo_stage.append(c.stage)
     if not todo:
         return out
-    clauses = list(dict.fromkeys(c for q in queries for part in P.GENERATIVE_QUERIES[q]
-                                 for c in part))
     sel = np.asarray(todo)
-    logp = clause_logprobs(model, tokenizer, tokens[sel], valid[sel], todo_stage, clauses)
-    margins = {q: generative_margins(logp, clauses, *P.GENERATIVE_QUERIES[q]) for q in queries}
+    scores = generative_query_scores(model, tokenizer, tokens[sel], valid[sel],
+                                     [out[i].stage for i in todo], queries)
     for j, i in enumerate(todo):
-        c = out[i]
-        named = [q for q in queries if any(mentions(p, q) for p in _split(c.greedy)[0])]
-        c.margins = {q: round(float(margins[q][j]), 3) for q in named}
-        rejected = [q for q in named if margins[q][j] < float(thresholds[q])]
-        confirmed = [q for q in named if q not in rejected]
+        c, margin = out[i], dict(zip(queries, scores[j]))
+        c.margins = {q: round(float(margin[q]), 3) for q in named[i]}
+        rejected = [q for q in named[i] if margin[q] < float(thresholds[q])]
+        confirmed = [q for q in named[i] if q not in rejected]
         c.rejected = rejected
         c.text, c.withdrawn = withdraw(c.greedy, rejected, confirmed)
     return out

@@ -575,8 +575,7 @@ def _captioning(model, tok, data, facts, sample: int, seed: int, cal: Calibratio
                 batch: int = 50, max_len: int = 64) -> dict:
     idx = caption_indices(data, sample, seed)
     thresholds = dict(cal.captions) if cal is not None and cal.captions else None
-    with torch.no_grad():
-        caps = checked_captions(model, tok, data, idx, thresholds, batch, max_len)
+    caps = checked_captions(model, tok, data, idx, thresholds, batch, max_len)
     gen = [c.text for c in caps]
     refs = [str(data["caption_holistic"][i]) for i in idx]
     ref_f = [reference_facts(facts.get(data["key"][i], {}).get("holistic", {})) for i in idx]
