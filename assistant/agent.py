@@ -39,7 +39,7 @@ from assistant.config import AssistantConfig
 from assistant.prompts import load_prompt
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
-from sleeplm.library import PatientLibrary, validate_patient_id
+from sleeplm.library.patients import PatientLibrary, validate_patient_id
 from tools.context import ToolContext
 from tools.langchain_tools import ToolArtifact, make_tools
 
@@ -306,7 +306,7 @@ class Assistant:
                 library = PatientLibrary(example_library(progress=False))
         self.library = library
         if isinstance(index, str) and index == "auto":
-            from sleeplm.index import EmbeddingIndex, IndexConfig
+            from sleeplm.library.index import EmbeddingIndex, IndexConfig
 
             index = EmbeddingIndex(IndexConfig(path=self.config.state_dir / "index",
                                                model_version=library.model_version))

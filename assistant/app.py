@@ -11,7 +11,7 @@ folders it may serve files from. ``demo.py`` only parses options and calls :func
 Patients come from the assistant's library (the SIMULATED example patients by default) and from
 an upload folder (``<state_dir>/uploads``): an uploaded EDF/BDF (plus an optional annotation
 file) is checked (size, magic bytes, patient id), copied under a sanitised name, listed in the
-folder's ``manifest.csv`` and processed through :class:`~sleeplm.library.PatientLibrary`. Every
+folder's ``manifest.csv`` and processed through :class:`~sleeplm.library.patients.PatientLibrary`. Every
 handler turns errors into a message in the page (a warning toast and the status box), never a
 traceback.
 """
@@ -48,7 +48,7 @@ from assistant.backends import describe_backend, sends_data_off_machine
 from assistant.render import atomic_write
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
-from sleeplm.library import (
+from sleeplm.library.patients import (
     MANIFEST_NAME,
     PatientLibrary,
     patient_id_from_name,
@@ -80,7 +80,10 @@ APP_THEME = gr.themes.Default(font=[gr.themes.Font("system-ui"), "sans-serif"],
 APP_CSS = """
 .sleeplm-notice {border-left: 4px solid #d62839; padding: 4px 10px; background: #fff4f4;}
 .sleeplm-status {min-height: 1.5em;}
-.sleeplm-card table {font-size: 0.9em;}
+.sleeplm-card table {font-size: 0.9em; width: 100%; table-layout: auto;}
+.sleeplm-card th, .sleeplm-card td {padding: 4px 8px !important; hyphens: none;
+  word-break: normal !important; overflow-wrap: break-word !important;}
+.sleeplm-card th:first-child, .sleeplm-card td:first-child {white-space: nowrap;}
 """
 _SIGNAL_SUFFIXES = (".edf", ".bdf")
 _ANNOTATION_SUFFIXES = (".xml", ".csv", ".tsv", ".txt", ".edf", ".json")

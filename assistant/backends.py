@@ -68,7 +68,7 @@ from sleeplm.errors import SleepLMError
 from sleeplm.recording import safe_identifier
 
 if TYPE_CHECKING:
-    from sleeplm.library import ProcessedPatient
+    from sleeplm.library.patients import ProcessedPatient
     from sleeplm.recording import Recording
     from tools.context import ToolContext
 

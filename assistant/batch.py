@@ -1,7 +1,7 @@
 """Draft reports for every patient of a library, resumably, with a summary table.
 
 :func:`run_batch` takes a library folder (studies plus an optional ``manifest.csv``) or a
-manifest CSV, and for each patient: opens it through :class:`~sleeplm.library.PatientLibrary`
+manifest CSV, and for each patient: opens it through :class:`~sleeplm.library.patients.PatientLibrary`
 (processed once, then cached), builds a :class:`~tools.ToolContext`, drafts the report
 (:func:`assistant.report.draft_report`) and writes it in every format
 (:func:`assistant.render.write_report_files`) into ``<out_dir>/<patient>/``. The output folder
@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
-from sleeplm.library import MANIFEST_NAME, PatientLibrary, validate_patient_id
+from sleeplm.library.patients import MANIFEST_NAME, PatientLibrary, validate_patient_id
 
 if TYPE_CHECKING:
     from assistant.config import AssistantConfig
@@ -279,7 +279,7 @@ def open_library(source: str | os.PathLike, *, model_dir: str | os.PathLike | No
         A library folder (with or without ``manifest.csv``) or a manifest CSV file (paths in
         it relative to its folder).
     model_dir : path-like, optional
-        SleepLM checkpoint (default :func:`sleeplm.model.default_checkpoint`).
+        SleepLM checkpoint (default :func:`sleeplm.model.network.default_checkpoint`).
     cache_dir : path-like, optional
         Cache of processed patients (default ``<library>/.sleeplm-cache``).
 

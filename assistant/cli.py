@@ -127,7 +127,7 @@ def _checkpoint(args: argparse.Namespace) -> Path | None:
 
 def _check_patient(library: Path | None, patient: str, checkpoint: Path | None) -> None:
     """Fail early (exit 2) on an unsafe id, a missing library or an unknown patient."""
-    from sleeplm.library import PatientLibrary, validate_patient_id
+    from sleeplm.library.patients import PatientLibrary, validate_patient_id
 
     validate_patient_id(patient)
     if library is None:
@@ -168,7 +168,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from assistant.batch import report_patient, writer_for
-    from sleeplm.library import PatientLibrary
+    from sleeplm.library.patients import PatientLibrary
 
     checkpoint = _checkpoint(args)
     _check_patient(args.library, args.patient, checkpoint)

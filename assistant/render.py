@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.report import Report, ReportSection
 from sleeplm._logging import logger
-from sleeplm.library import validate_patient_id
+from sleeplm.library.patients import validate_patient_id
 from sleeplm.recording import safe_identifier
 from tools.common import clock_of, recording_start
 from tools.context import ToolContext

@@ -547,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from assistant.agent import Assistant
     from assistant.config import AssistantConfig
-    from sleeplm.library import PatientLibrary
+    from sleeplm.library.patients import PatientLibrary
     from tools import report_facts  # noqa: F401 - fail early when the tools are missing
 
     questions = load_questions(args.questions)

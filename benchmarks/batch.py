@@ -114,7 +114,7 @@ def main() -> None:
     if args.checkpoint is not None:
         os.environ["SLEEPLM_MODEL"] = str(args.checkpoint.resolve())
     from assistant.batch import STAGES, run_batch
-    from sleeplm.model import default_checkpoint
+    from sleeplm.model.network import default_checkpoint
 
     ck = args.checkpoint or default_checkpoint()
     with tempfile.TemporaryDirectory() as tmp:

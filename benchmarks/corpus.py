@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", help="keep the simulated library and corpora in this folder")
     args = parser.parse_args(argv)
 
-    from sleeplm.corpus import build_corpus
+    from sleeplm.corpus.build import build_corpus
     from sleeplm.simulate import simulate_library
 
     tmp_ctx = tempfile.TemporaryDirectory(prefix="sleeplm-corpus-bench-")

@@ -3,7 +3,7 @@ bare numpy.
 
 For each size N in ``--sizes``, in one run:
 
-* builds an :class:`sleeplm.index.EmbeddingIndex` in a fresh temporary folder from N synthetic
+* builds an :class:`sleeplm.library.index.EmbeddingIndex` in a fresh temporary folder from N synthetic
   unit vectors (dim 128) laid out like real epochs: nights of ``--epochs-per-night`` epochs,
   stages drawn with typical proportions, vectors clustered by stage and by night (real
   embeddings are not uniform on the sphere, and HNSW recall depends on that), added night by
@@ -11,7 +11,7 @@ For each size N in ``--sizes``, in one run:
 * times ``--queries`` queries (k = 10, vectors of a held-out night), without a filter and with
   ``where={"stage": "R"}`` (about 20 % of the rows), through ``query_epochs`` of two clients of
   that one store: ``search="exact"`` (the default for an embedded store: the flat mirror of
-  :mod:`sleeplm.flat_index`, metadata filter included, hits built as ``Hit`` objects) and
+  :mod:`sleeplm.library.flat_index`, metadata filter included, hits built as ``Hit`` objects) and
   ``search="hnsw"`` (chromadb's approximate index, as a Chroma server would answer);
 * times the floor on the same vectors and queries: bare exact brute-force search in numpy (one
   matrix product, ``argpartition``, sort of the k best; the filter as a precomputed mask);
@@ -80,7 +80,7 @@ def dir_mib(path: Path) -> float:
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict:
-    from sleeplm.index import EmbeddingIndex, EpochRecord, IndexConfig, NightRecord
+    from sleeplm.library.index import EmbeddingIndex, EpochRecord, IndexConfig, NightRecord
 
     gen = Generator(args.dim, seed=args.seed)
     per_night = args.epochs_per_night

@@ -2,10 +2,10 @@
 
 On one simulated 8-hour night written as EDF + NSRR XML, in one run:
 
-* first-time processing by :class:`sleeplm.library.PatientLibrary` with the shipped checkpoint
+* first-time processing by :class:`sleeplm.library.patients.PatientLibrary` with the shipped checkpoint
   (read, clinical facts, model input tensor, SleepLM embeddings, write), with its time split;
 * reopening the processed patient from a new library object (the cache path: target < 1 s);
-* indexing the night in the embedded chromadb store (:mod:`sleeplm.index`);
+* indexing the night in the embedded chromadb store (:mod:`sleeplm.library.index`);
 * the peer: YASA's ``SleepStaging`` of the same night (EEG + EOG + EMG), read from the same
   EDF with MNE, as YASA users do.
 
@@ -53,9 +53,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from sleeplm.index import EmbeddingIndex, EpochRecord, IndexConfig, NightRecord
-    from sleeplm.library import PatientLibrary
-    from sleeplm.model import default_checkpoint
+    from sleeplm.library.index import EmbeddingIndex, EpochRecord, IndexConfig, NightRecord
+    from sleeplm.library.patients import PatientLibrary
+    from sleeplm.model.network import default_checkpoint
     from sleeplm.simulate import simulate_night, write_study
 
     ck = args.checkpoint or default_checkpoint()

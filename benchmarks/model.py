@@ -2,11 +2,11 @@
 
 Times, in one run on the same simulated 8-hour night:
 
-* reading + model input (``sleeplm.preprocess.epoch_tensor``),
+* reading + model input (``sleeplm.corpus.preprocess.epoch_tensor``),
 * embedding every epoch with the SleepLM signal encoder (batched),
 * YASA's ``SleepStaging`` of the same night (EEG + EOG + EMG), the peer,
 * caption generation for a batch of epochs (time per epoch), greedy and, with a calibrated
-  checkpoint, checked as the caption tool makes them (:mod:`sleeplm.captioning`),
+  checkpoint, checked as the caption tool makes them (:mod:`sleeplm.model.captioning`),
 * training throughput (epochs/s, forward + backward) on CPU,
 
 and the peak resident memory of the inference steps and then including the training steps
@@ -58,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from sleeplm.model import SleepLM, SleepLMConfig, load_model
-    from sleeplm.preprocess import ModelInputConfig, epoch_tensor
+    from sleeplm.model.network import SleepLM, SleepLMConfig, load_model
+    from sleeplm.corpus.preprocess import ModelInputConfig, epoch_tensor
     from sleeplm.simulate import simulate_night
 
     if args.checkpoint:
@@ -110,10 +110,10 @@ def main() -> None:
     cap_per_epoch = (time.perf_counter() - t0) / n_cap
     checked_per_epoch, n_checked = None, 0
     if args.checkpoint and (Path(args.checkpoint) / "tokenizer.json").is_file():
-        # the caption tool's path: greedy, then the check of event clauses (sleeplm.captioning)
-        from sleeplm.calibration import load_calibration
-        from sleeplm.captioning import caption_epochs
-        from sleeplm.tokenizer import CaptionTokenizer
+        # the caption tool's path: greedy, then the check of event clauses (sleeplm.model.captioning)
+        from sleeplm.model.calibration import load_calibration
+        from sleeplm.model.captioning import caption_epochs
+        from sleeplm.model.tokenizer import CaptionTokenizer
 
         tok = CaptionTokenizer.load(Path(args.checkpoint) / "tokenizer.json")
         thresholds = load_calibration(args.checkpoint).captions

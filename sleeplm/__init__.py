@@ -1,4 +1,4 @@
-"""sleeplm: read polysomnograms, compute their clinical numbers, and (later) talk to them."""
+"""sleeplm: read polysomnograms, measure them, caption and embed them with SleepLM."""
 
 from sleeplm.recording import EventType, Recording, RecordingInfo, Signal
 

@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ok < len(manifest):
                 return 1
         elif args.command == "build-corpus":
-            from sleeplm.corpus import build_corpus
+            from sleeplm.corpus.build import build_corpus
 
             try:
                 report = build_corpus(args.input, args.out, workers=args.workers, seed=args.seed,

@@ -3,7 +3,8 @@
 A recording holds canonical channels, each at its own native sampling rate and unit, an AASM
 hypnogram in 30-s epochs, a table of scored events and the study's metadata. Missing channels are
 absent, never zero-filled. Every reader (:mod:`sleeplm.io`) and the simulator produce this object;
-every analysis (:mod:`sleeplm.clinical`, later the model) consumes it.
+every analysis consumes it (:mod:`sleeplm.clinical`; :mod:`sleeplm.corpus.preprocess` turns it
+into the model's input).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def write_tiny_library(folder: Path, plan) -> Path:
     """Short simulated studies plus the manifest.csv ``simulate_library`` would write.
 
     ``plan`` holds (profile, seed, Sleep-EDF source) triples; the source decides the subject and
-    so the split (SC401 and SC403 hash to train, SC402 to test: sleeplm.corpus.split_of).
+    so the split (SC401 and SC403 hash to train, SC402 to test: sleeplm.corpus.build.split_of).
     """
     import pandas as pd
 
@@ -172,8 +172,8 @@ def write_tiny_library(folder: Path, plan) -> Path:
 
 def build_tiny_corpus(tmp_path_factory, plan, name: str, shard_size: int = 30):
     """A tiny corpus (16 Hz, :data:`TINY_CHANNELS`) of short simulated nights: (folder, report)."""
-    from sleeplm.corpus import build_corpus
-    from sleeplm.preprocess import ModelInputConfig
+    from sleeplm.corpus.build import build_corpus
+    from sleeplm.corpus.preprocess import ModelInputConfig
 
     library = write_tiny_library(tmp_path_factory.mktemp(f"{name}_library"), plan)
     out = tmp_path_factory.mktemp(f"{name}_corpus")
@@ -188,8 +188,9 @@ def corpus_checkpoint(corpus: Path, folder: Path, seed: int = 0) -> Path:
     on the corpus's train captions (``corpus/tok.json``), saved in ``folder``."""
     import torch
 
-    from sleeplm.model import SleepLM, SleepLMConfig, save_model
-    from sleeplm.tokenizer import corpus_texts, train_tokenizer
+    from sleeplm.model.network import SleepLM, SleepLMConfig, save_model
+    from sleeplm.corpus.shards import corpus_texts
+    from sleeplm.model.tokenizer import train_tokenizer
 
     tok = train_tokenizer(corpus_texts(corpus, "train"), vocab_size=400, min_frequency=2)
     tok_path = corpus / "tok.json"
@@ -238,9 +239,9 @@ def tiny_checkpoint(root: Path, seed: int = 0) -> Path:
     with a tokenizer trained on the zero-shot prompt tables (``root/tok.json``)."""
     import torch
 
-    from sleeplm import prompts as P
-    from sleeplm.model import SleepLM, SleepLMConfig, save_model
-    from sleeplm.tokenizer import train_tokenizer
+    from sleeplm.model import prompts as P
+    from sleeplm.model.network import SleepLM, SleepLMConfig, save_model
+    from sleeplm.model.tokenizer import train_tokenizer
 
     texts = [t for table in (P.STAGE_PROMPTS, P.LOCALISATION_QUERIES, P.LOCALISATION_BACKGROUND,
                              P.LOCALISATION_ALIASES, P.RESPIRATORY_EVENT_PROMPTS)

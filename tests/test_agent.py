@@ -21,7 +21,7 @@ from assistant import extract as X
 from assistant.agent import Assistant
 from assistant.config import AssistantConfig, ConfigError
 from assistant.planner import OfflinePlanner
-from sleeplm.library import InvalidPatientIdError, PatientLibrary, UnknownPatientError
+from sleeplm.library.patients import InvalidPatientIdError, PatientLibrary, UnknownPatientError
 from tools import ToolContext, report_facts
 
 PLAN = (("osa_moderate", 41, "SC4031E0"),)

@@ -39,7 +39,7 @@ from assistant.app import (
 )
 from assistant.config import AssistantConfig
 from assistant.planner import OfflinePlanner
-from sleeplm.library import PatientLibrary
+from sleeplm.library.patients import PatientLibrary
 
 PLAN = (("osa_moderate", 51, "SC4031E0"),)
 OSA = "sim-00051-osa_moderate"

@@ -19,7 +19,7 @@ from conftest import tiny_checkpoint, write_tiny_library
 from assistant.agent import Answer, Assistant, ToolStep
 from assistant.config import AssistantConfig
 from assistant.planner import OfflinePlanner
-from sleeplm.library import PatientLibrary
+from sleeplm.library.patients import PatientLibrary
 from tools import ToolContext, report_facts
 from tools.langchain_tools import TOOL_NAMES
 

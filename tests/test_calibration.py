@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_corpus, corpus_checkpoint
-from sleeplm.calibration import (CALIBRATION_NAME, Calibration, EventIndexRule, IntervalRule,
+from sleeplm.model.calibration import (CALIBRATION_NAME, Calibration, EventIndexRule, IntervalRule,
                                  load_calibration, save_calibration, weights_digest)
-from sleeplm.zeroshot import count_events, night_event_index, rule_intervals, to_intervals
+from sleeplm.model.zeroshot import count_events, night_event_index, rule_intervals, to_intervals
 from training import calibrate as C
 from training import evaluate as ev
 
-#: SC401 hashes to train, SC402 to test, SC419 to validation (sleeplm.corpus.split_of).
+#: SC401 hashes to train, SC402 to test, SC419 to validation (sleeplm.corpus.build.split_of).
 PLAN = (("healthy_young", 31, "SC4011E0"), ("osa_moderate", 32, "SC4021E0"),
         ("osa_severe", 33, "SC4191E0"))
 

@@ -1,4 +1,4 @@
-"""The caption check (:mod:`sleeplm.captioning`): clause withdrawal in each caption style, the
+"""The caption check (:mod:`sleeplm.model.captioning`): clause withdrawal in each caption style, the
 margins it scores against the generative scorer, and the threshold search of calibrate."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from sleeplm import prompts as P
-from sleeplm.captioning import (CheckedCaption, caption_epochs, check_captions, mentions,
+from sleeplm.model import prompts as P
+from sleeplm.model.captioning import (CheckedCaption, caption_epochs, check_captions, mentions,
                                 read_facts, withdraw)
 from sleeplm.captions.phrasing import stage_phrases
-from sleeplm.model import SleepLM, SleepLMConfig
-from sleeplm.tokenizer import train_tokenizer
-from sleeplm.zeroshot import clause_logprobs, generative_margins
+from sleeplm.model.network import SleepLM, SleepLMConfig
+from sleeplm.model.tokenizer import train_tokenizer
+from sleeplm.model.zeroshot import clause_logprobs, generative_margins
 from training import calibrate as C
 
 

@@ -1,4 +1,4 @@
-"""Model input (sleeplm.preprocess) and the pre-training corpus (sleeplm.corpus)."""
+"""Model input (sleeplm.corpus.preprocess) and the pre-training corpus (sleeplm.corpus.build)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_HYPNOGRAM, write_tiny_library
-from sleeplm.preprocess import DEFAULT_CHANNELS, ModelInputConfig, epoch_tensor
+from sleeplm.corpus.preprocess import DEFAULT_CHANNELS, ModelInputConfig, epoch_tensor
 from sleeplm.simulate import simulate_night
 
 
@@ -121,7 +121,7 @@ def _digests(out: Path) -> dict[str, bytes]:
 
 
 def test_build_corpus_end_to_end_and_resume(library: Path, tmp_path: Path):
-    from sleeplm.corpus import build_corpus
+    from sleeplm.corpus.build import build_corpus
     from sleeplm.io import read_recording
 
     (library / "x.edf").write_text("this is not an EDF file\n")  # a corrupt study
@@ -183,7 +183,7 @@ def test_build_corpus_end_to_end_and_resume(library: Path, tmp_path: Path):
 
 
 def test_build_corpus_from_manifest_and_list(library: Path, tmp_path: Path):
-    from sleeplm.corpus import build_corpus
+    from sleeplm.corpus.build import build_corpus
 
     rep = build_corpus(library / "manifest.csv", tmp_path / "a", shard_size=1000, progress=False)
     assert rep.nights == 3 and rep.nights_failed == 0
@@ -194,7 +194,7 @@ def test_build_corpus_from_manifest_and_list(library: Path, tmp_path: Path):
 
 
 def test_corpus_settings_and_ray(tmp_path: Path):
-    from sleeplm.corpus import build_corpus, split_of, subject_for
+    from sleeplm.corpus.build import build_corpus, split_of, subject_for
 
     assert subject_for(hypnogram_source="SC4012E0", patient_id="p1") == "SC401"
     assert subject_for(hypnogram_source="markov", patient_id="p1") == "p1"
@@ -233,7 +233,7 @@ def test_killed_build_resumes_to_identical_shards(library: Path, tmp_path: Path)
     import sys
     import time
 
-    from sleeplm.corpus import build_corpus
+    from sleeplm.corpus.build import build_corpus
 
     clean = tmp_path / "clean"
     build_corpus(library / "manifest.csv", clean, workers=1, shard_size=50, progress=False)

@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_corpus, corpus_checkpoint
 from training import evaluate as ev
 
-#: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
+#: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.build.split_of).
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
         ("osa_moderate", 13, "SC4021E0"))
 
@@ -151,7 +151,7 @@ def test_localisation_margins_and_event_index_hand_cases():
     both = ev.localisation_margins(emb, np.stack([q, bg]), np.stack([bg, q]))
     np.testing.assert_allclose(both, [[1.0, -1.0], [-1.0, 1.0], [-0.2, 0.2]])
     # any of several queries: the best one against the background
-    from sleeplm.zeroshot import any_margins
+    from sleeplm.model.zeroshot import any_margins
 
     np.testing.assert_allclose(any_margins(emb, np.stack([q, [0.6, 0.8]]), bg),
                                [1.0 - 0.0, 0.8 - 1.0, 1.0 - 0.8])

@@ -1,5 +1,5 @@
-"""Generative (caption-decoder) zero-shot scores: :func:`sleeplm.zeroshot.clause_logprobs`
-and :func:`~sleeplm.zeroshot.generative_margins`, checked against a token-by-token decoder
+"""Generative (caption-decoder) zero-shot scores: :func:`sleeplm.model.zeroshot.clause_logprobs`
+and :func:`~sleeplm.model.zeroshot.generative_margins`, checked against a token-by-token decoder
 loop on a tiny random model."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sleeplm import prompts as P
+from sleeplm.model import prompts as P
 from sleeplm.captions.phrasing import stage_phrases
-from sleeplm.model import SleepLM, SleepLMConfig, system_index
-from sleeplm.tokenizer import train_tokenizer
-from sleeplm.zeroshot import clause_logprobs, generative_margins
+from sleeplm.model.network import SleepLM, SleepLMConfig, system_index
+from sleeplm.model.tokenizer import train_tokenizer
+from sleeplm.model.zeroshot import clause_logprobs, generative_margins
 
 CLAUSES = ["a hypopnea", "no respiratory events", "an obstructive apnea and a hypopnea"]
 

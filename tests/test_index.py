@@ -1,4 +1,4 @@
-"""The SleepLM embedding store (sleeplm.index) on an embedded chromadb in tmp_path folders."""
+"""The SleepLM embedding store (sleeplm.library.index) on an embedded chromadb in tmp_path folders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("chromadb")
 
-from sleeplm.index import (  # noqa: E402
+from sleeplm.library.index import (  # noqa: E402
     EmbeddingDimensionError,
     EmbeddingFunctionCalledError,
     EmbeddingIndex,
@@ -365,7 +365,7 @@ def test_exact_mirror_is_rebuilt_from_chromadb(tmp_path):
 
     import chromadb
 
-    from sleeplm.index import FLAT_FOLDER
+    from sleeplm.library.index import FLAT_FOLDER
 
     path = tmp_path / "old"
     data = [night_data("p1", "n1", 25, seed=1), night_data("p2", "n1", 25, seed=2)]
@@ -399,7 +399,7 @@ def test_exact_search_needs_an_embedded_store():
 
 
 def test_match_where_rules():
-    from sleeplm.flat_index import UnsupportedFilterError, _merge_columns, match_where
+    from sleeplm.library.flat_index import UnsupportedFilterError, _merge_columns, match_where
 
     groups = [{"a": np.array([1, 2, 3]), "s": np.array(["x", "y", "x"])},
               {"a": np.array([4.5, 5.0]), "b": np.array([True, False])}]

@@ -1,4 +1,4 @@
-"""sleeplm.library: discovery, id validation, processing once, cache hits and invalidation.
+"""sleeplm.library.patients: discovery, id validation, processing once, cache hits and invalidation.
 
 Two short simulated nights (conftest.TINY_HYPNOGRAM, about an hour each) written as real EDF +
 NSRR XML files, and an untrained tiny SleepLM at 16 Hz on conftest.TINY_CHANNELS.
@@ -19,11 +19,11 @@ import torch
 from conftest import TINY_CHANNELS, write_tiny_library
 from sleeplm.clinical.summary import ClinicalSummary
 from sleeplm.errors import RecordingFileError, SleepLMError
-from sleeplm.library import (
+from sleeplm.library.patients import (
     DEFAULT_CACHE_NAME, InvalidPatientIdError, PatientLibrary, PatientProcessingError,
     UnknownPatientError, embed_epochs, patient_id_from_name, validate_patient_id,
 )
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
+from sleeplm.model.network import SleepLM, SleepLMConfig, save_model
 
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"))
 IDS = ["sim-00011-healthy_young", "sim-00012-osa_moderate"]
@@ -186,7 +186,7 @@ def test_reopen_loads_from_cache_without_model_or_reader(processed, source, chec
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(SleepLM, "encode_signal", boom)
-    monkeypatch.setattr("sleeplm.model.load_model", boom)
+    monkeypatch.setattr("sleeplm.model.network.load_model", boom)
     monkeypatch.setattr("sleeplm.io.reader.read_recording", boom)
     monkeypatch.setattr("sleeplm.clinical.summary.clinical_summary", boom)
     t = time.perf_counter()
@@ -207,7 +207,7 @@ def test_reopen_loads_from_cache_without_model_or_reader(processed, source, chec
 def test_content_hashes_are_remembered_by_file_stats(processed, source, checkpoint,
                                                       monkeypatch):
     _, cache, _ = processed
-    monkeypatch.setattr("sleeplm.library.RACY_SECONDS", 0.0)  # files were written just now
+    monkeypatch.setattr("sleeplm.library.patients.RACY_SECONDS", 0.0)  # files were written just now
     assert PatientLibrary(source, model_dir=checkpoint, cache_dir=cache).open(
         IDS[0], progress=False).from_cache
     assert (cache / "hashes.json").is_file()
@@ -215,7 +215,7 @@ def test_content_hashes_are_remembered_by_file_stats(processed, source, checkpoi
     def no_hashing(*a, **k):
         raise AssertionError("hashed again although size, inode and times are unchanged")
 
-    monkeypatch.setattr("sleeplm.library.file_sha256", no_hashing)
+    monkeypatch.setattr("sleeplm.library.patients.file_sha256", no_hashing)
     p = PatientLibrary(source, model_dir=checkpoint, cache_dir=cache).open(IDS[0],
                                                                             progress=False)
     assert p.from_cache
@@ -294,7 +294,7 @@ def test_crash_while_processing_leaves_nothing(source, checkpoint, tmp_path, mon
     def crash(*a, **k):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr("sleeplm.library.np.save", crash)
+    monkeypatch.setattr("sleeplm.library.patients.np.save", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         lib.open(IDS[0], progress=False)
     assert _key_dirs(cache, IDS[0]) == [] and not list((cache / IDS[0]).iterdir())
@@ -351,7 +351,8 @@ def test_processing_error_type_exists():
 
 
 def test_checkpoint_file_names_match_the_model_module():
-    from sleeplm import library, model
+    from sleeplm.library import patients
+    from sleeplm.model import network
 
-    assert (library._CONFIG_NAME, library._WEIGHTS_NAME) == (model.CONFIG_NAME,
-                                                              model.WEIGHTS_NAME)
+    assert (patients._CONFIG_NAME, patients._WEIGHTS_NAME) == (network.CONFIG_NAME,
+                                                                network.WEIGHTS_NAME)

@@ -45,7 +45,7 @@ from assistant.backends import (
     sends_data_off_machine,
 )
 from assistant.config import AssistantConfig
-from sleeplm.library import PatientLibrary
+from sleeplm.library.patients import PatientLibrary
 from tools import ToolContext
 
 STUDY = "sim-00022-osa_moderate"

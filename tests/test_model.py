@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sleeplm.losses import (CaptionLoss, ClipLoss, SleepLMLoss, gather_features,
+from sleeplm.model.losses import (CaptionLoss, ClipLoss, SleepLMLoss, gather_features,
                             reconstruction_loss)
-from sleeplm.model import (SLEEPLM_CHANNELS, SleepLM, SleepLMConfig, count_parameters,
+from sleeplm.model.network import (SLEEPLM_CHANNELS, SleepLM, SleepLMConfig, count_parameters,
                            load_model, save_model)
 
 B, C, T = 3, 12, 1920
@@ -193,7 +193,7 @@ def test_contrastive_ids_change_only_the_contrastive_term(model, cfg):
 
 
 def test_spectral_patch_features():
-    from sleeplm.model import SignalEncoder
+    from sleeplm.model.network import SignalEncoder
 
     L = 128
     t = torch.arange(L) / 64.0
@@ -259,7 +259,7 @@ def test_save_load_round_trip(tmp_path, model, cfg):
 
 
 def test_default_checkpoint_and_missing_files(tmp_path, monkeypatch):
-    from sleeplm.model import DEFAULT_CHECKPOINT, default_checkpoint
+    from sleeplm.model.network import DEFAULT_CHECKPOINT, default_checkpoint
 
     monkeypatch.delenv("SLEEPLM_MODEL", raising=False)
     assert default_checkpoint() == DEFAULT_CHECKPOINT  # shipped in the repository
@@ -385,7 +385,7 @@ def test_keysets_make_every_true_text_a_positive():
 
 
 def test_weighted_multi_text_contrastive_loss():
-    from sleeplm.losses import SleepLMLoss
+    from sleeplm.model.losses import SleepLMLoss
 
     torch.manual_seed(1)
     img = F.normalize(torch.randn(5, 4), dim=-1)

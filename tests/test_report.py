@@ -27,7 +27,7 @@ from assistant.report import (
     Report,
     draft_report,
 )
-from sleeplm.library import PatientLibrary
+from sleeplm.library.patients import PatientLibrary
 from tools import ToolContext, report_facts
 
 PLAN = (("healthy_young", 31, "SC4011E0"), ("osa_moderate", 32, "SC4031E0"))

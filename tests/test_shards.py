@@ -1,4 +1,4 @@
-"""Caption tokenizer (sleeplm.tokenizer) and corpus loading (sleeplm.shards)."""
+"""Caption tokenizer (sleeplm.model.tokenizer) and corpus loading (sleeplm.corpus.shards)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import torch
 
 from conftest import TINY_CHANNELS, build_tiny_corpus
 from sleeplm.captions.caption import SYSTEMS
-from sleeplm.corpus import read_shard
-from sleeplm import shards as shards_mod
-from sleeplm.shards import (EpochShardDataset, collate, load_split_epochs, night_samples,
+from sleeplm.corpus.build import read_shard
+from sleeplm.corpus import shards as shards_mod
+from sleeplm.corpus.shards import (EpochShardDataset, collate, load_split_epochs, night_samples,
                             stage_id)
-from sleeplm.tokenizer import CaptionTokenizer, corpus_texts, train_tokenizer
+from sleeplm.corpus.shards import corpus_texts
+from sleeplm.model.tokenizer import CaptionTokenizer, train_tokenizer
 
-#: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.split_of).
+#: SC401 and SC403 hash to train, SC402 to test (sleeplm.corpus.build.split_of).
 PLAN = (("healthy_young", 11, "SC4011E0"), ("osa_moderate", 12, "SC4031E0"),
         ("healthy_young", 13, "SC4021E0"))
 CHANNELS = TINY_CHANNELS
@@ -201,7 +202,7 @@ def test_contrastive_system_pairs_the_holistic_caption(corpus, raw, tokenizer):
 def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
     """contrastive_clauses adds one clause of the epoch's captions that states a wanted fact;
     equal texts get equal keys."""
-    from sleeplm.shards import fact_key
+    from sleeplm.corpus.shards import fact_key
 
     wanted = ("respiratory_events", "arousals", "spindles")
     ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, tokenizer=tokenizer,
@@ -244,7 +245,7 @@ def test_clause_pairs_and_their_keys(corpus, raw, tokenizer):
 
 
 def test_clause_bank(corpus, raw):
-    from sleeplm.shards import ClauseBank, fact_key
+    from sleeplm.corpus.shards import ClauseBank, fact_key
 
     wanted = ("respiratory_events", "arousals", "spindles")
     bank = ClauseBank.from_corpus(corpus, "train", wanted)
@@ -264,7 +265,7 @@ def test_clause_bank(corpus, raw):
 
 
 def test_event_repeat_yields_event_epochs_again(corpus, raw):
-    from sleeplm.shards import has_event
+    from sleeplm.corpus.shards import has_event
 
     base = _keys(EpochShardDataset(corpus, "train", shuffle_buffer=0))
     ds = EpochShardDataset(corpus, "train", shuffle_buffer=0, event_repeat=2,

@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import TINY_HYPNOGRAM, tiny_checkpoint, write_tiny_library
 
-from sleeplm import prompts as P
-from sleeplm.captioning import read_facts
-from sleeplm.index import EmbeddingIndex, IndexConfig
-from sleeplm.library import PatientLibrary, UnknownPatientError
-from sleeplm.model import SleepLM, SleepLMConfig, save_model
-from sleeplm.zeroshot import localisation_margins
+from sleeplm.model import prompts as P
+from sleeplm.model.captioning import read_facts
+from sleeplm.library.index import EmbeddingIndex, IndexConfig
+from sleeplm.library.patients import PatientLibrary, UnknownPatientError
+from sleeplm.model.network import SleepLM, SleepLMConfig, save_model
+from sleeplm.model.zeroshot import localisation_margins
 from tools import (
     CaptionInput,
     ClassifyInput,
@@ -194,9 +194,9 @@ def test_errors_for_patient_and_query(env, ctx):
 def test_localize_uses_the_checkpoints_calibrated_rule(env):
     # calibration.json next to the weights sets a known query's default threshold and gap;
     # free-text queries and other known queries keep their own defaults
-    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
+    from sleeplm.model.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
                                      save_calibration, weights_digest)
-    from sleeplm.zeroshot import to_intervals
+    from sleeplm.model.zeroshot import to_intervals
 
     lib, index, ck, out_dir = env
     rule = IntervalRule(threshold=-0.02, max_gap=2)
@@ -224,11 +224,11 @@ def test_localize_uses_the_checkpoints_calibrated_rule(env):
 
 def test_localize_generative_scorer(env):
     # scorer="generative": the caption decoder's evidence (nats) with the checkpoint's
-    # generative rule, the same numbers as sleeplm.zeroshot.generative_query_scores; the
+    # generative rule, the same numbers as sleeplm.model.zeroshot.generative_query_scores; the
     # contrastive answer points to it when it did materially better on validation nights
-    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
+    from sleeplm.model.calibration import (CALIBRATION_NAME, Calibration, IntervalRule,
                                      save_calibration, weights_digest)
-    from sleeplm.zeroshot import generative_query_scores, stage_scores
+    from sleeplm.model.zeroshot import generative_query_scores, stage_scores
     from tools.caption import _model_inputs
     from tools.errors import UnsupportedScorerError
 
@@ -258,7 +258,7 @@ def test_localize_generative_scorer(env):
                                        list(stages[idx]), ["hypopnea"])[:, 0]
         assert np.allclose(em[idx], want, atol=1e-4)
         got = sorted((iv.span.first_epoch, iv.span.last_epoch) for iv in out.intervals)
-        from sleeplm.zeroshot import to_intervals
+        from sleeplm.model.zeroshot import to_intervals
         assert got == to_intervals(np.arange(em.size), em > -1.0, max_gap=1)
         fast = localize(c, LocalizeInput(query="hypopnea"))
         assert fast.scorer == "contrastive" and any("scorer='generative'" in w
@@ -404,7 +404,7 @@ def test_retrieve(ctx):
     assert all(h.unit == "centred cosine" and h.kind == "night" and h.n_epochs
                for h in nights.hits)
     # night to night is the cosine of deviations from the library's mean night
-    from sleeplm.flat_index import centred_scores
+    from sleeplm.library.flat_index import centred_scores
 
     lib = ctx.library
     vecs = {pid: np.asarray(lib.open(pid, progress=False).night_embedding)
@@ -479,8 +479,8 @@ def test_events_in_range(ctx):
 def test_caption_checks_holistic_captions_with_the_calibrated_thresholds(env, monkeypatch):
     # a checkpoint calibrated to withdraw every hypopnea and arousal the decoder names: the
     # tool's holistic captions carry none, and say what was withdrawn
-    from sleeplm import captioning
-    from sleeplm.calibration import (CALIBRATION_NAME, Calibration, save_calibration,
+    from sleeplm.model import captioning
+    from sleeplm.model.calibration import (CALIBRATION_NAME, Calibration, save_calibration,
                                      weights_digest)
 
     lib, index, ck, out_dir = env

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import write_tiny_library
 
-from sleeplm.model import DEFAULT_CHECKPOINT
+from sleeplm.model.network import DEFAULT_CHECKPOINT
 
 CHECKPOINT = Path(DEFAULT_CHECKPOINT)
 _FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -34,8 +34,8 @@ OSA_NIGHT = "sim-00047-osa_moderate"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from sleeplm.index import EmbeddingIndex, IndexConfig
-    from sleeplm.library import PatientLibrary
+    from sleeplm.library.index import EmbeddingIndex, IndexConfig
+    from sleeplm.library.patients import PatientLibrary
     from tools import index_library
 
     root = tmp_path_factory.mktemp("tools_default")
@@ -89,10 +89,10 @@ FULL_PLAN = (("healthy_young", 41), ("healthy_young", 42), ("osa_severe", 43), (
 
 @pytest.fixture(scope="module")
 def full_env(tmp_path_factory):
-    from sleeplm.corpus import split_of
+    from sleeplm.corpus.build import split_of
     from sleeplm.data import hypnogram_ids
-    from sleeplm.index import EmbeddingIndex, IndexConfig
-    from sleeplm.library import PatientLibrary
+    from sleeplm.library.index import EmbeddingIndex, IndexConfig
+    from sleeplm.library.patients import PatientLibrary
     from sleeplm.simulate import simulate_library
     from tools import index_library
 

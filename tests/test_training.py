@@ -15,8 +15,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from conftest import TINY_CHANNELS, build_tiny_corpus
-from sleeplm.model import load_model
-from sleeplm.tokenizer import corpus_texts, train_tokenizer
+from sleeplm.model.network import load_model
+from sleeplm.corpus.shards import corpus_texts
+from sleeplm.model.tokenizer import train_tokenizer
 from training.config import TrainConfig, apply_overrides
 from training.train import (Dist, build_model, build_optimizer, cosine_lr, main,
                             make_dataset, model_config_for, train, train_step)
@@ -133,7 +134,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from sleeplm.model import SleepLMConfig
+    from sleeplm.model.network import SleepLMConfig
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -163,8 +164,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file
 
 
 def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
-    from sleeplm.tokenizer import CaptionTokenizer
-    from sleeplm.shards import collate
+    from sleeplm.model.tokenizer import CaptionTokenizer
+    from sleeplm.corpus.shards import collate
 
     # no reconstruction (its random patch mask would differ per process) and captions all
     # truncated to max_text_len (equal token counts per rank, so the DDP-averaged caption
@@ -193,7 +194,7 @@ def test_ddp_step_matches_single_process(corpus, tokenizer_file, tmp_path):
     clause_keys = batch["contrastive_keys"][:, -1]
     assert len(set(clause_keys.tolist())) < len(clause_keys)
     # extra negatives from the clause bank: the same columns on every rank
-    from sleeplm.shards import ClauseBank
+    from sleeplm.corpus.shards import ClauseBank
     from training.train import add_negatives
 
     bank = ClauseBank.from_corpus(corpus, "train", cfg.contrastive_clauses)

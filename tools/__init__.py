@@ -5,7 +5,7 @@ models (every number with its unit and the epochs or times it came from), and a 
 built by :func:`tools.langchain_tools.make_tools` (imported lazily: plain use needs no
 LangChain).
 
->>> from sleeplm.library import PatientLibrary                      # doctest: +SKIP
+>>> from sleeplm.library.patients import PatientLibrary                      # doctest: +SKIP
 >>> ctx = ToolContext(library=PatientLibrary("library/"), patient="sim-00012-osa_moderate")
 >>> localize(ctx, LocalizeInput(query="obstructive apnea", limit=5)).summary()  # doctest: +SKIP
 """

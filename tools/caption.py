@@ -5,7 +5,7 @@ Two parts, kept apart on purpose:
 * ``generated``: greedy captions from SleepLM's decoder (``SleepLM.generate``) for the target
   epochs (a range or night: up to ``max_epochs`` epochs evenly spread over it), optionally
   targeted at one system (brain, cardiac, respiration, somatic; default holistic). Holistic
-  captions are checked (:mod:`sleeplm.captioning`): a hypopnea, obstructive apnea or arousal
+  captions are checked (:mod:`sleeplm.model.captioning`): a hypopnea, obstructive apnea or arousal
   the decoder's own evidence does not carry, by the checkpoint's calibrated thresholds, is
   withdrawn, and the caption lists what was taken out. They are the model's reading of the
   signals, not measurements: numbers in them must not be quoted;
@@ -28,10 +28,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleeplm.captioning import CheckedCaption
+from sleeplm.model.captioning import CheckedCaption
 from sleeplm.captions.caption import Caption, NightCaptions
 from sleeplm.clinical.measure import Measure
-from sleeplm.library import ProcessedPatient
+from sleeplm.library.patients import ProcessedPatient
 from tools.common import (
     SYSTEM_CHANNELS,
     Requirement,
@@ -181,7 +181,7 @@ def deterministic_captions(ctx: ToolContext) -> NightCaptions:
 
 def _model_inputs(p: ProcessedPatient, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``x`` and ``mask`` of epochs ``idx`` (``[B, C, T]``, or ``[B, 2k+1, C, T]`` windows with
-    absent neighbours zeroed and masked, as :func:`sleeplm.library.embed_epochs` feeds them)."""
+    absent neighbours zeroed and masked, as :func:`sleeplm.library.patients.embed_epochs` feeds them)."""
     n, C = p.n_epochs, len(p.channels)
     mask = np.asarray(p.mask, dtype=bool)
     if k == 0:
@@ -199,7 +199,7 @@ def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "hol
                       max_len: int = 64) -> list[CheckedCaption]:
     """SleepLM's captions of ``epochs`` of the current patient (one per epoch): greedy, and for
     holistic captions checked with the checkpoint's calibrated thresholds
-    (:func:`sleeplm.captioning.caption_epochs`; ``captions`` in ``calibration.json``).
+    (:func:`sleeplm.model.captioning.caption_epochs`; ``captions`` in ``calibration.json``).
 
     Kept in the patient's ``captions/`` cache folder (``generated-<system>-<hash>.json``), so
     asking again is instant; the folder goes away with the cache when the study or model
@@ -207,7 +207,7 @@ def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "hol
     """
     import torch
 
-    from sleeplm.captioning import caption_epochs
+    from sleeplm.model.captioning import caption_epochs
 
     p = ctx.processed()
     thresholds = dict(ctx.calibration.captions) if system == "holistic" else {}

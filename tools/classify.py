@@ -1,13 +1,13 @@
 """classify: zero-shot (labels in words) or few-shot (example epochs) probabilities.
 
-Zero-shot: each label is a class vector from :func:`sleeplm.zeroshot.class_embeddings`; a label
+Zero-shot: each label is a class vector from :func:`sleeplm.model.zeroshot.class_embeddings`; a label
 that names an AASM stage ("REM sleep", "N2", "wake", "deep sleep", ...) uses that stage's
-:data:`sleeplm.prompts.STAGE_PROMPTS`, the very class vectors of the evaluation's zero-shot
+:data:`sleeplm.model.prompts.STAGE_PROMPTS`, the very class vectors of the evaluation's zero-shot
 staging, any other label is embedded as written. Few-shot: each label's prototype is the
 normalised mean embedding of its example epochs (the evaluation's prototype classifier).
 
 The target (an epoch, a range or the night) is scored by
-:func:`sleeplm.zeroshot.stage_scores` (cosine) of its embedding: the epoch's own, the
+:func:`sleeplm.model.zeroshot.stage_scores` (cosine) of its embedding: the epoch's own, the
 normalised mean of a range's epochs, the night embedding for a whole night. Probabilities are
 ``softmax(logit_scale * cosine)`` over the labels, with the model's learned contrastive
 temperature. For a range or a night each epoch's own best label is counted too.
@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleeplm import prompts as P
-from sleeplm.zeroshot import stage_scores
+from sleeplm.model import prompts as P
+from sleeplm.model.zeroshot import stage_scores
 from tools.common import (
     Requirement,
     Span,
@@ -229,7 +229,7 @@ def classify(ctx: ToolContext, request: ClassifyInput) -> ClassifyOutput:
             sources.append(f"STAGE_PROMPTS[{st}]" if st else "label text")
         classes = ctx.class_vectors(table, labels)
         out.method = ("zero-shot: class vector = normalised mean text embedding of the label's "
-                      "prompts (sleeplm.zeroshot.class_embeddings); softmax(logit_scale * cos)")
+                      "prompts (sleeplm.model.zeroshot.class_embeddings); softmax(logit_scale * cos)")
     else:
         rows, sources = [], []
         n = p.n_epochs

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleeplm.library import ProcessedPatient
+from sleeplm.library.patients import ProcessedPatient
 from tools.errors import TimeRangeError
 
 __all__ = [

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sleeplm._logging import logger
-from sleeplm.library import PatientLibrary, ProcessedPatient, validate_patient_id
+from sleeplm.library.patients import PatientLibrary, ProcessedPatient, validate_patient_id
 from tools.common import clock_of
 from tools.errors import NoIndexError, NoPatientError
 
 if TYPE_CHECKING:  # torch-heavy imports only when a tool needs the model
-    from sleeplm.index import EmbeddingIndex
-    from sleeplm.model import SleepLM
+    from sleeplm.library.index import EmbeddingIndex
+    from sleeplm.model.network import SleepLM
     from sleeplm.recording import Recording
-    from sleeplm.calibration import Calibration
-    from sleeplm.tokenizer import CaptionTokenizer
+    from sleeplm.model.calibration import Calibration
+    from sleeplm.model.tokenizer import CaptionTokenizer
 
 __all__ = ["ToolContext", "index_library"]
 
@@ -39,7 +39,7 @@ class ToolContext:
         The patient library (its checkpoint is the model the tools use).
     patient : str or None
         The current patient id (validated; unknown ids raise the library's
-        :class:`~sleeplm.library.UnknownPatientError` when first used).
+        :class:`~sleeplm.library.patients.UnknownPatientError` when first used).
     index : EmbeddingIndex or None
         The embedding store for retrieval across the library (see :func:`index_library`).
     output_dir : pathlib.Path or None
@@ -125,7 +125,7 @@ class ToolContext:
             The checkpoint has no ``tokenizer.json`` and none was given.
         """
         if self._tokenizer is None:
-            from sleeplm.tokenizer import CaptionTokenizer
+            from sleeplm.model.tokenizer import CaptionTokenizer
 
             path = self.tokenizer_path or self.library.model_dir / "tokenizer.json"
             if not Path(path).is_file():
@@ -138,14 +138,14 @@ class ToolContext:
     def calibration(self) -> Calibration:
         """The checkpoint's decision rules (``calibration.json``, chosen on validation nights by
         ``python -m training.calibrate``; the plain rule when it has none), read once."""
-        from sleeplm.calibration import load_calibration
+        from sleeplm.model.calibration import load_calibration
 
         return self.memo(("calibration",), lambda: load_calibration(self.library.model_dir))
 
     def class_vectors(self, table: Mapping[str, Sequence[str]], classes: Sequence[str]
                       ) -> np.ndarray:
-        """:func:`sleeplm.zeroshot.class_embeddings` of ``table``, memoised per context."""
-        from sleeplm.zeroshot import class_embeddings
+        """:func:`sleeplm.model.zeroshot.class_embeddings` of ``table``, memoised per context."""
+        from sleeplm.model.zeroshot import class_embeddings
 
         key = tuple((c, tuple(table[c])) for c in classes)
         if key not in self._text_memo:
@@ -193,7 +193,7 @@ def index_library(library: PatientLibrary, index: EmbeddingIndex,
     int
         Nights added.
     """
-    from sleeplm.index import EpochRecord, NightRecord
+    from sleeplm.library.index import EpochRecord, NightRecord
 
     added = 0
     for pid in patients if patients is not None else library.patients():

@@ -1,22 +1,22 @@
 """localize: where in this night does something described in words happen?
 
-Scoring for known queries is :func:`sleeplm.zeroshot.known_query_margins`, the function the
+Scoring for known queries is :func:`sleeplm.model.zeroshot.known_query_margins`, the function the
 held-out evaluation (``training/evaluate.py``) uses: every epoch gets the margin
 ``cos(epoch, query) - max(cos(epoch, background), cos(epoch, rival queries))`` of its SleepLM
 embedding.
 
 The background (what the query is contrasted with):
 
-* a **known query** (a key of :data:`sleeplm.prompts.LOCALISATION_QUERIES`, e.g.
+* a **known query** (a key of :data:`sleeplm.model.prompts.LOCALISATION_QUERIES`, e.g.
   ``"obstructive apnea"``, ``"spindles"``, one of its prompts or of its
-  :data:`~sleeplm.prompts.LOCALISATION_ALIASES`): the query vector is the normalised mean of
+  :data:`~sleeplm.model.prompts.LOCALISATION_ALIASES`): the query vector is the normalised mean of
   that entry's prompts, the background the matching
-  :data:`~sleeplm.prompts.LOCALISATION_BACKGROUND` entry (the captions' wording for the event's
-  absence) and its :data:`~sleeplm.prompts.LOCALISATION_RIVALS` (an apnea must also read more
+  :data:`~sleeplm.model.prompts.LOCALISATION_BACKGROUND` entry (the captions' wording for the event's
+  absence) and its :data:`~sleeplm.model.prompts.LOCALISATION_RIVALS` (an apnea must also read more
   like an apnea than like a hypopnea), exactly as in the evaluation; the default threshold and
   the largest gap of quiet epochs inside one interval are the checkpoint's decision rule for
   that query (``calibration.json``, chosen on validation nights by ``python -m
-  training.calibrate``; :mod:`sleeplm.calibration`), the rule the evaluation scores; without
+  training.calibrate``; :mod:`sleeplm.model.calibration`), the rule the evaluation scores; without
   one, threshold 0 and no gap;
 * **free text**: no absence wording is known, so the background is the night itself: the
   margin is ``cos(epoch, query)`` minus the night's median of that cosine over all its epochs
@@ -25,16 +25,16 @@ The background (what the query is contrasted with):
   ``2 * 1.4826 * MAD`` of the night's cosines.
 
 ``scorer="generative"`` scores a known event that has caption-decoder clauses
-(:data:`sleeplm.prompts.GENERATIVE_QUERIES`: hypopnea, obstructive apnea, arousal) with the
+(:data:`sleeplm.model.prompts.GENERATIVE_QUERIES`: hypopnea, obstructive apnea, arousal) with the
 decoder instead: per epoch, the log-probability of the clauses naming the event minus that of
 its rival clauses, right after the epoch's zero-shot stage phrase
-(:func:`sleeplm.zeroshot.generative_query_scores`, the evaluation's "generative localisation"),
+(:func:`sleeplm.model.zeroshot.generative_query_scores`, the evaluation's "generative localisation"),
 in nats, with the checkpoint's ``generative:<query>`` rule. It costs a decoder pass per epoch
 (tens of seconds for a night on a CPU, then kept in the patient's cache); the default
 ``contrastive`` scorer says when the generative one did materially better on the validation
 nights.
 
-Runs of epochs above the threshold (:func:`sleeplm.zeroshot.to_intervals`, runs closer than
+Runs of epochs above the threshold (:func:`sleeplm.model.zeroshot.to_intervals`, runs closer than
 the gap merged) are the intervals; each is scored by its peak margin and listed best first. A best margin under
 :data:`WEAK_MARGIN` is reported as weak. A query naming a signal the night lacks (SpO2 for a
 desaturation, EEG for spindles) is refused (see :func:`tools.common.requirements_for`).
@@ -49,10 +49,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleeplm import prompts as P
+from sleeplm.model import prompts as P
 from sleeplm._logging import logger
-from sleeplm.calibration import GENERATIVE_PREFIX
-from sleeplm.zeroshot import (generative_query_scores, known_query_margins, stage_scores,
+from sleeplm.model.calibration import GENERATIVE_PREFIX
+from sleeplm.model.zeroshot import (generative_query_scores, known_query_margins, stage_scores,
                               to_intervals)
 from tools.common import (
     Requirement,
@@ -105,7 +105,7 @@ def _norm(text: str) -> str:
 
 
 def match_known_query(query: str) -> str | None:
-    """The :data:`~sleeplm.prompts.LOCALISATION_QUERIES` key ``query`` names, or None.
+    """The :data:`~sleeplm.model.prompts.LOCALISATION_QUERIES` key ``query`` names, or None.
 
     Matches the key ("obstructive_apnea", "obstructive apnea", "obstructive apneas"), one of
     its prompts or one of its aliases, ignoring case, punctuation and a plural ``s``.
@@ -181,7 +181,7 @@ class EpochMargins(BaseModel):
     margins : list of float
         One per epoch (cosine units).
     known_query : str or None
-        The matched :data:`~sleeplm.prompts.LOCALISATION_QUERIES` key.
+        The matched :data:`~sleeplm.model.prompts.LOCALISATION_QUERIES` key.
     background : str
         What the query was contrasted with.
     default_threshold : float
@@ -439,7 +439,7 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     needs = KNOWN_QUERY_NEEDS.get(known, []) if known else requirements_for(query)
     reqs, refusal = check_requirements(p, needs)
     out = LocalizeOutput(patient=p.patient, query=query, known_query=known, requirements=reqs,
-                         method="zero-shot: cos(epoch, query) - background (sleeplm.zeroshot."
+                         method="zero-shot: cos(epoch, query) - background (sleeplm.model.zeroshot."
                                 "known_query_margins for known events); runs of epochs above "
                                 "the threshold")
     if refusal:
@@ -470,7 +470,7 @@ def localize(ctx: ToolContext, request: LocalizeInput) -> LocalizeOutput:
     out.max_gap, out.scorer, out.unit = em.max_gap, em.scorer, em.unit
     if em.scorer == "generative":
         out.method = ("zero-shot, caption decoder: log p(clauses naming the event) - log p(rival "
-                      "clauses) after the epoch's zero-shot stage phrase (sleeplm.zeroshot."
+                      "clauses) after the epoch's zero-shot stage phrase (sleeplm.model.zeroshot."
                       "generative_query_scores); runs of epochs above the threshold")
     out.rule_source = (em.rule_source if request.threshold is None else
                        f"threshold given by the caller; gap: {em.rule_source}")

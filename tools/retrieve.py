@@ -1,8 +1,8 @@
 """retrieve: similar epochs or nights across the library.
 
 The query vector is a SleepLM embedding: a text's (normalised mean of its prompt embedding,
-:func:`sleeplm.zeroshot.class_embeddings`), an epoch's, the normalised mean of an interval's
-epochs, or the night embedding; hits come from :class:`sleeplm.index.EmbeddingIndex` (cosine
+:func:`sleeplm.model.zeroshot.class_embeddings`), an epoch's, the normalised mean of an interval's
+epochs, or the night embedding; hits come from :class:`sleeplm.library.index.EmbeddingIndex` (cosine
 similarity, best first), with filters on stage and profile and the current patient left out by
 default. When the current patient is kept, the query's own epochs (or night) are dropped from the
 hits, so the first hit is never the query itself.
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleeplm.library import validate_patient_id
+from sleeplm.library.patients import validate_patient_id
 from sleeplm.recording import STAGES
 from tools.common import Span, TimeSelection, resolve_selection
 from tools.context import ToolContext

@@ -5,25 +5,25 @@ Usage::
     python -m training.calibrate --checkpoint CKPT --corpus CORPUS [--split validation]
                                  [--only captions]
 
-Writes ``calibration.json`` into the checkpoint folder (:mod:`sleeplm.calibration`) and prints
+Writes ``calibration.json`` into the checkpoint folder (:mod:`sleeplm.model.calibration`) and prints
 what was chosen, next to the plain rule (margin > 0, consecutive epochs, one event per run) on
 the same nights. Python: ``calibrate(checkpoint, corpus) -> Calibration``.
 
 What is chosen, by grid search on the held-out **validation** split (the test split is
 refused: rules chosen there would make the test figures training figures):
 
-* per localisation query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`): the margin threshold
+* per localisation query (:data:`sleeplm.model.prompts.LOCALISATION_QUERIES`): the margin threshold
   and the largest gap of quiet epochs inside one interval, maximising event-level F1 at IoU
   >= 0.3 pooled over the nights (:func:`training.evaluate.pooled_interval_f1`);
-* per generative query (:data:`sleeplm.prompts.GENERATIVE_QUERIES`, caption-decoder evidence
+* per generative query (:data:`sleeplm.model.prompts.GENERATIVE_QUERIES`, caption-decoder evidence
   in nats, :func:`training.evaluate.generative_query_margins`): the same, stored as
   ``generative:<query>``;
-* the caption check (:mod:`sleeplm.captioning`): per generative query, the margin threshold
+* the caption check (:mod:`sleeplm.model.captioning`): per generative query, the margin threshold
   below which a greedy holistic caption's mention of the query's event is withdrawn (or no
   check), maximising the micro F1 of the event mentions read back from the captions of a
   seeded sample of validation epochs (coordinate ascent over the queries, two rounds), stored
   as ``captions``;
-* the night-level respiratory event index (:func:`sleeplm.zeroshot.night_event_index`):
+* the night-level respiratory event index (:func:`sleeplm.model.zeroshot.night_event_index`):
   threshold, gap and epochs per event, maximising the accuracy of the AASM severity class
   (none / mild / moderate / severe) over the nights, ties broken by the mean absolute error
   of log(1 + index).
@@ -45,12 +45,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sleeplm import prompts as P
+from sleeplm.model import prompts as P
 from sleeplm._logging import logger
-from sleeplm.captioning import CHECKED_QUERIES, CheckedCaption, withdraw
-from sleeplm.calibration import (Calibration, EventIndexRule, IntervalRule, load_calibration,
+from sleeplm.model.captioning import CHECKED_QUERIES, CheckedCaption, withdraw
+from sleeplm.model.calibration import (Calibration, EventIndexRule, IntervalRule, load_calibration,
                                  save_calibration, weights_digest)
-from sleeplm.zeroshot import class_embeddings, known_query_margins, night_event_index
+from sleeplm.model.zeroshot import class_embeddings, known_query_margins, night_event_index
 from training import evaluate as E
 
 __all__ = ["calibrate", "choose_interval_rule", "choose_event_index_rule",

@@ -3,7 +3,7 @@
 ``TrainConfig.load("training/configs/tiny.json", ["batch_size=4", "model.d_model=64"])``
 reads the JSON file (keys starting with ``_`` such as ``_comment`` are ignored), applies each
 ``key=value`` override (the value is parsed as JSON when it can be, else kept as a string;
-``model.<field>`` sets a :class:`sleeplm.model.SleepLMConfig` field) and validates the lot.
+``model.<field>`` sets a :class:`sleeplm.model.network.SleepLMConfig` field) and validates the lot.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sleeplm.captions.caption import SYSTEMS
-from sleeplm.model import SleepLMConfig
+from sleeplm.model.network import SleepLMConfig
 
 __all__ = ["TrainConfig", "parse_override", "apply_overrides"]
 
@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     # extra passes over epochs whose captions state an event (train split only)
     event_repeat: int = Field(default=0, ge=0)
     # distinct finding clauses of the train split drawn per step as extra negatives of the
-    # clause pair (sleeplm.shards.ClauseBank); 0 = off
+    # clause pair (sleeplm.corpus.shards.ClauseBank); 0 = off
     clause_negatives: int = Field(default=0, ge=0)
     shuffle_buffer: int = Field(default=1000, ge=0)
     # optimisation

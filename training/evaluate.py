@@ -13,7 +13,7 @@ subject). ``split="train"`` is refused unless ``allow_train=True`` (debugging on
 then carries a warning). Sections (each metric comes with its ``n``):
 
 * ``zero_shot_staging``: class embedding = normalised mean text embedding of the stage prompts
-  (:mod:`sleeplm.prompts`); predicted stage = argmax cosine with the epoch embedding. Epochs
+  (:mod:`sleeplm.model.prompts`); predicted stage = argmax cosine with the epoch embedding. Epochs
   with a W/N1/N2/N3/R label only. Accuracy, macro-F1 (over the labels present in truth or
   prediction), Cohen's kappa, confusion matrix (rows true, columns predicted, order W N1 N2 N3
   R). ``yasa``: YASA SleepStaging on the nights' raw EDF (corpus manifest ``source``; C4 else C3,
@@ -28,16 +28,16 @@ then carries a warning). Sections (each metric comes with its ``n``):
   strictly higher than the best correct one.
 * ``captioning``: greedy captions (holistic system token, <= 64 tokens) for a seeded sample of <= 200 epochs,
   checked with the checkpoint's calibrated thresholds when it has them
-  (:mod:`sleeplm.captioning`; the greedy captions' figures are kept under ``greedy``);
+  (:mod:`sleeplm.model.captioning`; the greedy captions' figures are kept under ``greedy``);
   corpus BLEU-4 (uniform weights, brevity penalty, add-one smoothing of the 2-4-gram precisions,
   none for unigrams, so disjoint texts give 0) and mean ROUGE-L F1 (LCS, beta = 1) on lower-cased
   word/number/punctuation tokens; facts read back with :func:`read_facts` from both texts: stage
   accuracy, and micro precision/recall of event mentions (apnea, hypopnea, desaturation,
   arousal, limb_movement) over (epoch, event) pairs; ``reader_check`` = how often the reader
   recovers the reference facts from the reference text (a check of the reader itself).
-* ``localisation``: per query (:data:`sleeplm.prompts.LOCALISATION_QUERIES`) every epoch gets
+* ``localisation``: per query (:data:`sleeplm.model.prompts.LOCALISATION_QUERIES`) every epoch gets
   the margin ``cos(query) - max(cos(background), cos(rivals))``
-  (:func:`sleeplm.zeroshot.known_query_margins`; background: the captions' wording for the
+  (:func:`sleeplm.model.zeroshot.known_query_margins`; background: the captions' wording for the
   event's absence, rivals: e.g. hypopnea for apnea); epochs with a margin above the
   checkpoint's threshold for the query are positive, and runs of positive epochs closer than
   its ``max_gap`` quiet epochs merge into intervals (the checkpoint's ``calibration.json``,
@@ -52,15 +52,15 @@ then carries a warning). Sections (each metric comes with its ``n``):
   class of the train split's nights (``majority_train``) and the best constant on the evaluated
   nights (``majority_eval``, an upper bound for any constant). ``osa_severity_from_epochs``:
   a second zero-shot route: epochs where one kind of respiratory event (obstructive, central,
-  mixed apnea, hypopnea: :data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS`) reads more like the
-  epoch than "no respiratory events" (:func:`sleeplm.zeroshot.any_margins`) by more than the
+  mixed apnea, hypopnea: :data:`sleeplm.model.prompts.RESPIRATORY_EVENT_PROMPTS`) reads more like the
+  epoch than "no respiratory events" (:func:`sleeplm.model.zeroshot.any_margins`) by more than the
   checkpoint's event-index threshold, merged into runs (gaps up to its ``max_gap``), each run
   counting ``max(1, round(epochs / epochs_per_event))`` events, in epochs the zero-shot staging
   calls sleep, per hour of that sleep (:func:`night_event_index`), then the AASM cut-offs.
   Only the prompts find the events; the three numbers of the rule come from the validation
   nights (``calibration.json``), never from these labels on the evaluated split.
 * ``night_retrieval``: the ``retrieve`` tool's night-to-night rule
-  (:func:`sleeplm.flat_index.centred_scores`: cosine of the night embeddings' deviations from
+  (:func:`sleeplm.library.flat_index.centred_scores`: cosine of the night embeddings' deviations from
   the mean of the evaluated nights) against the plain cosine of the night embeddings, in the
   same run: for each night with another night of its profile among the evaluated ones, is the
   first neighbour of the same profile; chance = the mean share of same-profile nights among
@@ -86,12 +86,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sleeplm import prompts as P
-from sleeplm.library import night_embedding
-from sleeplm.captioning import CheckedCaption, caption_epochs, read_facts
+from sleeplm.model import prompts as P
+from sleeplm.library.patients import night_embedding
+from sleeplm.model.captioning import CheckedCaption, caption_epochs, read_facts
 from sleeplm._logging import logger
-from sleeplm.calibration import GENERATIVE_PREFIX, Calibration, load_calibration
-from sleeplm.zeroshot import (any_margins, class_embeddings, embed_texts,
+from sleeplm.model.calibration import GENERATIVE_PREFIX, Calibration, load_calibration
+from sleeplm.model.zeroshot import (any_margins, class_embeddings, embed_texts,
                               generative_query_scores, known_query_margins,
                               localisation_margins, night_event_index, rule_intervals,
                               to_intervals)
@@ -164,7 +164,7 @@ def rouge_l(hypothesis: str, reference: str) -> float:
 
 
 # ------------------------------------------------------------------------------ fact reader
-# read_facts: sleeplm.captioning (the caption check reads captions with the same rules)
+# read_facts: sleeplm.model.captioning (the caption check reads captions with the same rules)
 
 
 def reference_facts(facts: dict) -> dict:
@@ -344,8 +344,8 @@ def _truth_events(facts_list: Iterable[dict]) -> set[str]:
 
 # ------------------------------------------------------------------------------ model io
 def _load(checkpoint: str | Path):
-    from sleeplm.model import load_model
-    from sleeplm.tokenizer import CaptionTokenizer
+    from sleeplm.model.network import load_model
+    from sleeplm.model.tokenizer import CaptionTokenizer
 
     ck = Path(checkpoint)
     tok_path = ck / "tokenizer.json"
@@ -389,7 +389,7 @@ def _embed_signals(model, data: dict, batch: int = 64) -> np.ndarray:
 # ------------------------------------------------------------------------------ corpus io
 def _corpus_meta(corpus: Path, split: str, keys: set[str]) -> tuple[dict, dict, dict]:
     """(epoch key -> {system: facts}, epoch key -> onset_s, night -> night JSON) for ``keys``."""
-    from sleeplm.shards import iter_shard_json, list_shards, night_samples
+    from sleeplm.corpus.shards import iter_shard_json, list_shards, night_samples
 
     facts: dict[str, dict] = {}
     onset: dict[str, float] = {}
@@ -412,7 +412,7 @@ def _night_fact(night: dict, name: str) -> float | None:
 
 
 def _load_data(corpus: Path, split: str, channels, max_epochs, sfreq: float) -> dict:
-    from sleeplm.shards import _corpus_config, load_split_epochs
+    from sleeplm.corpus.shards import _corpus_config, load_split_epochs
 
     mi = _corpus_config(corpus).get("model_input", {})
     if mi.get("sfreq") is not None and abs(float(mi["sfreq"]) - sfreq) > 1e-6:
@@ -562,7 +562,7 @@ def caption_indices(data: dict, sample: int, seed: int, stream: int = 7) -> np.n
 
 def checked_captions(model, tok, data: dict, idx: np.ndarray, thresholds: dict | None,
                      batch: int = 50, max_len: int = 64) -> list[CheckedCaption]:
-    """Holistic captions of epochs ``idx`` (:func:`sleeplm.captioning.caption_epochs`: greedy,
+    """Holistic captions of epochs ``idx`` (:func:`sleeplm.model.captioning.caption_epochs`: greedy,
     then checked with ``thresholds`` when given)."""
     out: list[CheckedCaption] = []
     for s in range(0, len(idx), batch):
@@ -600,7 +600,7 @@ def _captioning(model, tok, data, facts, sample: int, seed: int, cal: Calibratio
 def pooled_interval_f1(nights: np.ndarray, epochs: np.ndarray, margins: np.ndarray,
                        truth: np.ndarray, rule: Any = None, iou: float = 0.3) -> dict:
     """Event-level precision, recall and F1 over several nights: per night, intervals from the
-    margins by ``rule`` (:func:`sleeplm.zeroshot.rule_intervals`; None: margin > 0) matched to
+    margins by ``rule`` (:func:`sleeplm.model.zeroshot.rule_intervals`; None: margin > 0) matched to
     the runs of true epochs (:func:`interval_f1`), counts pooled over nights."""
     tp = n_pred = n_true = 0
     for night in dict.fromkeys(nights):
@@ -625,9 +625,9 @@ def localisation_truth(data: dict, facts: dict, names: Sequence[str]) -> np.ndar
 def generative_query_margins(model, tok, data: dict, stages: Sequence[str], batch: int = 64
                              ) -> tuple[list[str], np.ndarray]:
     """Caption-decoder evidence ``[N, Q]`` (nats) for the generative queries
-    (:data:`sleeplm.prompts.GENERATIVE_QUERIES`), every loaded epoch scored after its stage
+    (:data:`sleeplm.model.prompts.GENERATIVE_QUERIES`), every loaded epoch scored after its stage
     phrase ``stages[i]`` (the zero-shot staging):
-    :func:`sleeplm.zeroshot.generative_query_scores`. Returns the query names and the margins."""
+    :func:`sleeplm.model.zeroshot.generative_query_scores`. Returns the query names and the margins."""
     names = list(P.GENERATIVE_QUERIES)
     n = len(data["key"])
     out = np.zeros((n, len(names)), np.float32)
@@ -752,7 +752,7 @@ def night_event_inputs(data: dict, margins: np.ndarray, stage_pred: np.ndarray, 
                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                                   dict[str, float]]:
     """Per night with a true AHI: (margins, epoch numbers, asleep) in epoch order, the
-    arguments of :func:`sleeplm.zeroshot.night_event_index` (asleep = zero-shot staging says
+    arguments of :func:`sleeplm.model.zeroshot.night_event_index` (asleep = zero-shot staging says
     not W), and night -> true AHI (``ahi_3a_per_h`` of the night facts)."""
     per_night, ahi = {}, {}
     for n in dict.fromkeys(data["night"]):
@@ -767,8 +767,8 @@ def night_event_inputs(data: dict, margins: np.ndarray, stage_pred: np.ndarray, 
 
 
 def respiratory_event_margins(model, tok, emb: np.ndarray) -> np.ndarray:
-    """Per-epoch evidence of any respiratory event (:func:`sleeplm.zeroshot.any_margins` with
-    :data:`sleeplm.prompts.RESPIRATORY_EVENT_PROMPTS` against "no respiratory events")."""
+    """Per-epoch evidence of any respiratory event (:func:`sleeplm.model.zeroshot.any_margins` with
+    :data:`sleeplm.model.prompts.RESPIRATORY_EVENT_PROMPTS` against "no respiratory events")."""
     kinds = list(P.RESPIRATORY_EVENT_PROMPTS)
     ev = class_embeddings(model, tok, P.RESPIRATORY_EVENT_PROMPTS, kinds)
     bg = class_embeddings(model, tok, {"b": P.LOCALISATION_BACKGROUND["hypopnea"]}, ["b"])[0]
@@ -804,7 +804,7 @@ def _night_profiles(corpus: Path) -> dict[str, str]:
 
 
 def _night_retrieval(emb: np.ndarray, data: dict, profiles: dict[str, str]) -> dict:
-    from sleeplm.flat_index import centred_scores
+    from sleeplm.library.flat_index import centred_scores
 
     names = [n for n in dict.fromkeys(data["night"]) if n in profiles]
     counts = Counter(profiles[n] for n in names)
@@ -857,7 +857,7 @@ def evaluate(checkpoint: str | Path, corpus: str | Path, split: str = "test", *,
     if ckey not in cache:
         data = _load_data(corpus, split, model.cfg.channels, max_epochs, model.cfg.sfreq)
         facts, onsets, nights = _corpus_meta(corpus, split, set(data["key"]))
-        from sleeplm.shards import night_samples
+        from sleeplm.corpus.shards import night_samples
         train_nights = {n["night"]: n for n in night_samples(corpus, "train")}
         cache[ckey] = (data, facts, onsets, nights, train_nights)
     data, facts, onsets, nights, train_nights = cache[ckey]

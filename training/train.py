@@ -56,10 +56,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sleeplm._logging import logger
-from sleeplm.losses import MAX_LOGIT_SCALE
-from sleeplm.model import SleepLM, SleepLMConfig, count_parameters, save_model
-from sleeplm.shards import ClauseBank, EpochShardDataset, collate
-from sleeplm.tokenizer import CaptionTokenizer, corpus_texts, train_tokenizer
+from sleeplm.model.losses import MAX_LOGIT_SCALE
+from sleeplm.model.network import SleepLM, SleepLMConfig, count_parameters, save_model
+from sleeplm.corpus.shards import ClauseBank, EpochShardDataset, collate
+from sleeplm.corpus.shards import corpus_texts
+from sleeplm.model.tokenizer import CaptionTokenizer, train_tokenizer
 from training.config import TrainConfig
 
 __all__ = ["main", "train", "train_step", "build_model", "build_optimizer", "cosine_lr",

@@ -10,7 +10,7 @@ annotations, not studies) and its annotation file is found by
 
 Opening a patient (:meth:`PatientLibrary.open`) the first time reads the study, computes its
 clinical facts (:func:`sleeplm.clinical.clinical_summary`), cuts the model input
-(:func:`sleeplm.preprocess.epoch_tensor`) and embeds every epoch with SleepLM; everything is
+(:func:`sleeplm.corpus.preprocess.epoch_tensor`) and embeds every epoch with SleepLM; everything is
 written to a cache folder::
 
     <cache_dir>/<patient>/<key>/
@@ -27,7 +27,7 @@ written to a cache folder::
 
 The key is the SHA-256 of the content hashes of the signal and annotation files, the model
 version (SHA-256 of the checkpoint's ``config.json`` and ``model.safetensors``), the
-:class:`~sleeplm.preprocess.ModelInputConfig`, the sleeplm version and :data:`CACHE_FORMAT`:
+:class:`~sleeplm.corpus.preprocess.ModelInputConfig`, the sleeplm version and :data:`CACHE_FORMAT`:
 a changed file, model or input contract gives a new key and the study is processed again; an
 unchanged one is loaded back in milliseconds (the epoch tensor is memory-mapped, not read).
 The folder is written under a temporary name and renamed into place in one step, so a crash
@@ -70,11 +70,11 @@ from sleeplm import __version__
 from sleeplm._logging import logger
 from sleeplm.clinical.summary import ClinicalSummary
 from sleeplm.errors import SleepLMError
-from sleeplm.preprocess import ModelInputConfig
+from sleeplm.corpus.preprocess import ModelInputConfig
 from sleeplm.recording import Recording, safe_identifier
 
-if TYPE_CHECKING:  # sleeplm.model imports torch: only when a study has to be embedded
-    from sleeplm.model import SleepLM
+if TYPE_CHECKING:  # sleeplm.model.network imports torch: only when a study has to be embedded
+    from sleeplm.model.network import SleepLM
 
 __all__ = [
     "CACHE_FORMAT", "DEFAULT_CACHE_NAME", "MANIFEST_NAME", "MAX_PATIENT_ID_LEN", "CacheMeta",
@@ -94,8 +94,8 @@ DEFAULT_CACHE_NAME = ".sleeplm-cache"
 EMBED_BATCH = 64
 #: A file modified less than this many seconds before it was hashed is hashed again next time.
 RACY_SECONDS = 2.0
-# Same names as sleeplm.model.CONFIG_NAME / WEIGHTS_NAME; not imported from there because
-# importing sleeplm.model imports torch, which reopening a cached patient must not need.
+# Same names as sleeplm.model.network.CONFIG_NAME / WEIGHTS_NAME; not imported from there because
+# importing sleeplm.model.network imports torch, which reopening a cached patient must not need.
 _CONFIG_NAME, _WEIGHTS_NAME = "config.json", "model.safetensors"
 _SIGNAL_SUFFIXES = frozenset({".edf", ".bdf"})
 _CHUNK = 1 << 20
@@ -253,7 +253,7 @@ class CacheMeta(BaseModel):
     model_dir : str
         Checkpoint folder used.
     input_config : dict
-        The :class:`~sleeplm.preprocess.ModelInputConfig` used.
+        The :class:`~sleeplm.corpus.preprocess.ModelInputConfig` used.
     sleeplm_version : str
     created_utc : str
         ISO time of processing.
@@ -625,7 +625,7 @@ class PatientLibrary:
         file under it is one).
     model_dir : pathlib.Path, optional
         SleepLM checkpoint folder (``config.json``, ``model.safetensors``); default
-        :func:`sleeplm.model.default_checkpoint`. Loaded on first need, once.
+        :func:`sleeplm.model.network.default_checkpoint`. Loaded on first need, once.
     cache_dir : pathlib.Path, optional
         Where processed patients are kept; default ``root / ".sleeplm-cache"``.
     device : str
@@ -820,7 +820,7 @@ class PatientLibrary:
     def model_dir(self) -> Path:
         """The checkpoint folder (resolved on first use; default ``default_checkpoint()``)."""
         if self._model_dir is None:
-            from sleeplm.model import default_checkpoint
+            from sleeplm.model.network import default_checkpoint
 
             self._model_dir = default_checkpoint()
         return self._model_dir
@@ -831,11 +831,11 @@ class PatientLibrary:
             if not path.is_file() or not (self.model_dir / _WEIGHTS_NAME).is_file():
                 raise FileNotFoundError(
                     f"{self.model_dir} is not a SleepLM checkpoint: it needs {_CONFIG_NAME} and "
-                    f"{_WEIGHTS_NAME} (as written by sleeplm.model.save_model)")
+                    f"{_WEIGHTS_NAME} (as written by sleeplm.model.network.save_model)")
             cfg = json.loads(path.read_text())
             need = ("channels", "sfreq", "epoch_sec", "context_epochs", "embed_dim")
             if not all(k in cfg for k in need):  # an older or partial config: fill defaults
-                from sleeplm.model import SleepLMConfig
+                from sleeplm.model.network import SleepLMConfig
 
                 cfg = SleepLMConfig.from_json(path.read_text()).model_dump(mode="json")
             self._model_cfg = cfg
@@ -864,7 +864,7 @@ class PatientLibrary:
     def model(self) -> SleepLM:
         """The SleepLM, loaded once (eval mode) on first use."""
         if self._model is None:
-            from sleeplm.model import load_model
+            from sleeplm.model.network import load_model
 
             t = time.perf_counter()
             self._model = load_model(self.model_dir, device=self.device)
@@ -985,7 +985,7 @@ class PatientLibrary:
     def _process(self, entry: StudyEntry, folder: Path, key: str, sig: str, ann: str | None,
                  progress: bool) -> None:
         from sleeplm.clinical.summary import clinical_summary
-        from sleeplm.preprocess import epoch_tensor
+        from sleeplm.corpus.preprocess import epoch_tensor
 
         pid = entry.patient
         logger.info("processing patient %s (%s)", pid, entry.signal_path.name)

@@ -1,7 +1,7 @@
 """Pre-training corpus: nights of PSG -> model-input epochs + captions, in WebDataset shards.
 
 :func:`build_corpus` reads every night (:func:`sleeplm.io.read_recording`), cuts it into model
-input (:func:`sleeplm.preprocess.epoch_tensor`), captions it (:func:`sleeplm.captions.caption_night`)
+input (:func:`sleeplm.corpus.preprocess.epoch_tensor`), captions it (:func:`sleeplm.captions.caption_night`)
 and writes::
 
     out/
@@ -52,7 +52,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from sleeplm._logging import logger
-from sleeplm.preprocess import ModelInputConfig, epoch_tensor
+from sleeplm.corpus.preprocess import ModelInputConfig, epoch_tensor
 from sleeplm.recording import safe_identifier
 
 __all__ = ["build_corpus", "CorpusReport", "SPLITS", "split_of", "subject_for", "read_shard"]

@@ -1,4 +1,4 @@
-"""Loading the pre-training corpus (:mod:`sleeplm.corpus`) for training and evaluation.
+"""Loading the pre-training corpus (:mod:`sleeplm.corpus.build`) for training and evaluation.
 
 * :class:`EpochShardDataset` streams epoch samples of one split from ``epochs/{split}-*.tar``:
   shards are split across DataLoader workers and distributed ranks (each sample once per
@@ -9,6 +9,7 @@
 * :func:`collate` stacks a list of samples into a batch.
 * :func:`night_samples` iterates the night-level samples (``nights/{split}-*.tar``).
 * :func:`load_split_epochs` reads a whole split into numpy arrays (evaluation).
+* :func:`corpus_texts` yields every caption text of a split (the tokenizer is trained on them).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from torch.utils.data import IterableDataset
 
 from sleeplm._logging import logger
 from sleeplm.captions.caption import SYSTEMS
-from sleeplm.corpus import read_shard
+from sleeplm.corpus.build import read_shard
 
 __all__ = ["EpochShardDataset", "collate", "night_samples", "load_split_epochs", "list_shards",
            "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS", "EVENT_FACTS",
-           "has_event", "fact_key", "ClauseBank"]
+           "has_event", "fact_key", "ClauseBank", "corpus_texts"]
 
 #: Integer stage labels; anything else (UNS, "?", movement) is -1.
 STAGE_IDS: dict[str, int] = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "N4": 3, "R": 4}
@@ -61,7 +62,7 @@ def _corpus_config(corpus_dir: str | os.PathLike) -> dict:
     path = Path(corpus_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{corpus_dir} is not a corpus folder (no config.json); build "
-                                "one with sleeplm.corpus.build_corpus")
+                                "one with sleeplm.corpus.build.build_corpus")
     return json.loads(path.read_text())
 
 
@@ -185,7 +186,7 @@ class EpochShardDataset(IterableDataset):
     Parameters
     ----------
     corpus_dir : path-like
-        Corpus folder written by :func:`sleeplm.corpus.build_corpus`.
+        Corpus folder written by :func:`sleeplm.corpus.build.build_corpus`.
     split : str
         "train", "validation" or "test".
     channels : sequence of str, optional
@@ -687,3 +688,24 @@ def load_split_epochs(corpus_dir: str | os.PathLike, split: str,
     for s in SYSTEMS:
         out[f"caption_{s}"] = np.asarray(caps[s], dtype=object)
     return out
+
+
+def corpus_texts(corpus_dir: str | os.PathLike, split: str = "train") -> Iterator[str]:
+    """Every caption text of a split: epoch captions, then night/segment/event captions.
+
+    Reads ``epochs/{split}-*.tar`` (JSON members only, the signals are skipped) and
+    ``nights/{split}-*.tar`` in sorted order.
+    """
+    root = Path(corpus_dir)
+    for shard in list_shards(root, split, kind="epochs"):
+        for _key, meta in iter_shard_json(shard):
+            for cap in meta.get("captions", ()):
+                if cap.get("text"):
+                    yield cap["text"]
+    for shard in list_shards(root, split, kind="nights"):
+        for _key, meta in iter_shard_json(shard):
+            caps = meta.get("captions", {})
+            for level in ("night", "segments", "events"):
+                for cap in caps.get(level, ()):
+                    if cap.get("text"):
+                        yield cap["text"]

@@ -2,8 +2,8 @@
 
 :func:`train_tokenizer` trains a :mod:`tokenizers` byte-level BPE (ByteLevel pre-tokenizer and
 decoder, no prefix space, so ``decode(encode(text)) == text`` for any text) from an iterable of
-caption texts; :func:`corpus_texts` yields the caption texts of one corpus split (train the
-tokenizer on ``"train"`` only, so nothing of validation/test leaks into the vocabulary).
+caption texts (:func:`sleeplm.corpus.shards.corpus_texts` yields those of one corpus split: train
+the tokenizer on ``"train"`` only, so nothing of validation/test leaks into the vocabulary).
 
 Special tokens have fixed ids: ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3, then one per
 system of :data:`sleeplm.captions.caption.SYSTEMS` (``<brain>`` 4 ... ``<holistic>`` 8).
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from sleeplm.captions.caption import SYSTEMS
 
-__all__ = ["CaptionTokenizer", "train_tokenizer", "corpus_texts", "SPECIAL_TOKENS"]
+__all__ = ["CaptionTokenizer", "train_tokenizer", "SPECIAL_TOKENS"]
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 #: Special tokens in id order: pad=0, bos=1, eos=2, unk=3, then one per system.
@@ -174,26 +174,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4000,
     # the trainer counts words; merges are chosen by count, ties broken deterministically
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
     return CaptionTokenizer(tok)
-
-
-def corpus_texts(corpus_dir: str | os.PathLike, split: str = "train") -> Iterator[str]:
-    """Every caption text of a split: epoch captions, then night/segment/event captions.
-
-    Reads ``epochs/{split}-*.tar`` (JSON members only, the signals are skipped) and
-    ``nights/{split}-*.tar`` in sorted order.
-    """
-    from sleeplm.shards import iter_shard_json, list_shards
-
-    root = Path(corpus_dir)
-    for shard in list_shards(root, split, kind="epochs"):
-        for _key, meta in iter_shard_json(shard):
-            for cap in meta.get("captions", ()):
-                if cap.get("text"):
-                    yield cap["text"]
-    for shard in list_shards(root, split, kind="nights"):
-        for _key, meta in iter_shard_json(shard):
-            caps = meta.get("captions", {})
-            for level in ("night", "segments", "events"):
-                for cap in caps.get(level, ()):
-                    if cap.get("text"):
-                        yield cap["text"]

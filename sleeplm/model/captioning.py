@@ -3,9 +3,9 @@
 Greedy decoding writes one token at a time and commits to it: a small decoder trained on
 shuffled clauses may name a hypopnea it only half believes, or write "no arousal" and, four
 clauses later, "1 scored arousal". :func:`caption_epochs` decodes greedily, then checks every
-clause that names an event of :data:`sleeplm.prompts.GENERATIVE_QUERIES` (hypopnea,
+clause that names an event of :data:`sleeplm.model.prompts.GENERATIVE_QUERIES` (hypopnea,
 obstructive apnea, arousal) with the decoder's generative margin for that event
-(:func:`sleeplm.zeroshot.clause_logprobs`, :func:`~sleeplm.zeroshot.generative_margins`: the
+(:func:`sleeplm.model.zeroshot.clause_logprobs`, :func:`~sleeplm.model.zeroshot.generative_margins`: the
 log-probability of the clauses naming the event minus that of its rival clauses, in nats,
 right after the caption's own stage phrase):
 
@@ -16,7 +16,7 @@ right after the caption's own stage phrase):
 
 The thresholds are a property of the checkpoint, chosen on the validation split by
 ``python -m training.calibrate`` (``captions`` in ``calibration.json``,
-:mod:`sleeplm.calibration`); without them the greedy caption is returned unchanged. Nothing is
+:mod:`sleeplm.model.calibration`); without them the greedy caption is returned unchanged. Nothing is
 added to a caption: the check only withdraws what the decoder's evidence does not carry.
 
 :func:`read_facts` reads the stage and the events back from a caption's words (the held-out
@@ -169,8 +169,8 @@ def check_captions(model: Any, tokenizer: Any, tokens: Any, valid: Any, texts: S
         Stage to score after when a caption names none (e.g. the zero-shot staging); a
         caption with neither is returned unchecked.
     """
-    from sleeplm import prompts as P
-    from sleeplm.zeroshot import generative_query_scores
+    from sleeplm.model import prompts as P
+    from sleeplm.model.zeroshot import generative_query_scores
 
     if len(texts) != tokens.shape[0]:
         raise ValueError(f"{len(texts)} captions for {tokens.shape[0]} epochs")
@@ -207,8 +207,8 @@ def caption_epochs(model: Any, tokenizer: Any, x: Any, mask: Any = None,
     The signals are encoded once for both."""
     import torch
 
-    from sleeplm import prompts as P
-    from sleeplm.zeroshot import class_embeddings
+    from sleeplm.model import prompts as P
+    from sleeplm.model.zeroshot import class_embeddings
 
     with torch.inference_mode():
         emb, tokens, valid = model.encode_signal(x, mask)

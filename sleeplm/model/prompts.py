@@ -25,7 +25,7 @@ __all__ = ["STAGE_PROMPTS", "STAGES", "LOCALISATION_QUERIES", "LOCALISATION_BACK
            "RESPIRATORY_EVENT_PROMPTS", "OSA_SEVERITY_PROMPTS", "GENERATIVE_QUERIES",
            "OSA_SEVERITY_CLASSES", "PLM_PROMPTS", "PLM_CLASSES"]
 
-#: Stage labels in the order of :data:`sleeplm.shards.STAGE_IDS` (W=0 ... R=4).
+#: Stage labels in the order of :data:`sleeplm.corpus.shards.STAGE_IDS` (W=0 ... R=4).
 STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "R")
 
 #: Stage -> prompts: the captioner's own stage phrases as a caption's first clause
@@ -89,7 +89,7 @@ LOCALISATION_RIVALS: dict[str, list[str]] = {
 
 #: Night-level OSA severity from epoch prompts: one prompt class per kind of respiratory
 #: event; an epoch is a respiratory-event epoch when one of the kinds reads more like it than
-#: its absence (``LOCALISATION_BACKGROUND["hypopnea"]``; :func:`sleeplm.zeroshot.any_margins`).
+#: its absence (``LOCALISATION_BACKGROUND["hypopnea"]``; :func:`sleeplm.model.zeroshot.any_margins`).
 RESPIRATORY_EVENT_PROMPTS: dict[str, list[str]] = {
     "obstructive_apnea": ["obstructive apnea", "An obstructive apnea scored.",
                           "an obstructive apnea in this epoch"],
@@ -122,7 +122,7 @@ PLM_PROMPTS: dict[str, list[str]] = {
 #: rival clauses in the same slot of a holistic caption). An epoch's evidence is
 #: ``log sum p(mention) - log sum p(rival)`` under the caption decoder, each clause scored as
 #: the holistic caption's second clause after the epoch's (zero-shot) stage phrase
-#: (:func:`sleeplm.zeroshot.generative_margins`). The clauses are the captioner's own
+#: (:func:`sleeplm.model.zeroshot.generative_margins`). The clauses are the captioner's own
 #: wordings (:mod:`sleeplm.captions.epoch`); chosen on the validation split (8 nights:
 #: hypopnea epoch AUROC 0.904 contrastive -> 0.967 generative), never on the test split.
 GENERATIVE_QUERIES: dict[str, tuple[list[str], list[str]]] = {

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sleeplm._logging import logger  # noqa: E402
 from sleeplm.errors import SleepLMError  # noqa: E402
-from sleeplm.flat_index import FlatVectors, UnsupportedFilterError, group_file_name  # noqa: E402
+from sleeplm.library.flat_index import FlatVectors, UnsupportedFilterError, group_file_name  # noqa: E402
 from sleeplm.recording import STAGES, safe_identifier  # noqa: E402
 
 __all__ = [
@@ -74,7 +74,7 @@ _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _PAGE = 10_000  # rows per get() page when listing metadata
-#: Sub-folder of an embedded store holding the exact-search mirror (:mod:`sleeplm.flat_index`).
+#: Sub-folder of an embedded store holding the exact-search mirror (:mod:`sleeplm.library.flat_index`).
 FLAT_FOLDER = "sleeplm-flat"
 
 
@@ -183,7 +183,7 @@ class IndexConfig(BaseModel):
         HNSW parameters, applied when the collections are created (ignored afterwards).
     search : {"auto", "exact", "hnsw"}
         How queries are answered. ``"exact"``: a flat cosine search over every stored vector
-        (:mod:`sleeplm.flat_index`, a mirror of the collections in ``path/sleeplm-flat``),
+        (:mod:`sleeplm.library.flat_index`, a mirror of the collections in ``path/sleeplm-flat``),
         exact and, up to a few million epochs, faster than HNSW on a small CPU; ``"hnsw"``:
         chromadb's approximate index; ``"auto"`` (default): exact for an embedded store, HNSW
         for a Chroma server (whose vectors are not on this machine).
@@ -687,7 +687,7 @@ class EmbeddingIndex:
         Parameters are those of :meth:`query_epochs`; ``where`` can filter on the night's
         ``extra`` fields too (e.g. ``{"ahi": {"$gte": 15}}``). With ``centred`` the score is
         the cosine of the query's and each night's deviation from the mean of every stored
-        night (:func:`sleeplm.flat_index.centred_scores`): the similarity of night to night,
+        night (:func:`sleeplm.library.flat_index.centred_scores`): the similarity of night to night,
         with what all nights share left out. Always exact (the nights collection is small).
         """
         if not centred:
@@ -706,7 +706,7 @@ class EmbeddingIndex:
 
     def _centred_from_chroma(self, vec: np.ndarray, k: int, filt: dict[str, Any] | None
                              ) -> list[tuple[str, float, dict[str, Any]]]:
-        from sleeplm.flat_index import centred_scores
+        from sleeplm.library.flat_index import centred_scores
 
         ids, vecs, metas = [], [], []
         offset = 0

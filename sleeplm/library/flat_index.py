@@ -10,7 +10,7 @@ faster on a small CPU: one ``[N, E] @ [E]`` product (memory-bound, ~0.5 GB read 
 :class:`FlatVectors` keeps that matrix. Its source of truth on disk is a folder of one
 ``.npz`` file per *group* (a night: its epoch rows, or its one night row) holding the group's
 ids, float32 unit vectors and metadata columns; the files are written atomically next to the
-chromadb store by :class:`sleeplm.index.EmbeddingIndex`, which keeps both in step. A
+chromadb store by :class:`sleeplm.library.index.EmbeddingIndex`, which keeps both in step. A
 ``GENERATION`` file changes with every write, so a reader in another process (the batch runner's
 workers, the app) sees new nights on its next query: only changed files are read again.
 

@@ -1,6 +1,6 @@
 """Decision rules of a checkpoint's zero-shot scores, chosen on held-out validation nights.
 
-SleepLM's zero-shot scores are margins in cosine units (:mod:`sleeplm.zeroshot`): how much
+SleepLM's zero-shot scores are margins in cosine units (:mod:`sleeplm.model.zeroshot`): how much
 closer an epoch is to a query's prompts than to the query's absence. Turning margins into
 events needs a rule: a margin above which an epoch counts, and how many quiet epochs may
 separate two positive runs before they are two events rather than one. A rule is a property
@@ -67,7 +67,7 @@ class Calibration(BaseModel):
     localisation: dict[str, IntervalRule] = Field(default_factory=dict)
     event_index: EventIndexRule = Field(default_factory=EventIndexRule)
     captions: dict[str, float] = Field(default_factory=dict, description=(
-        "caption check (sleeplm.captioning): generative query -> margin threshold (nats) "
+        "caption check (sleeplm.model.captioning): generative query -> margin threshold (nats) "
         "below which a greedy caption's mention of the query's event is withdrawn"))
     validation: dict = Field(default_factory=dict, description="figures on the calibration "
                                                                "nights, plain rule and chosen")
@@ -84,7 +84,7 @@ class Calibration(BaseModel):
 
 def weights_digest(checkpoint: str | os.PathLike) -> str | None:
     """SHA-256 of a checkpoint folder's ``model.safetensors`` (None when there is none)."""
-    from sleeplm.model import WEIGHTS_NAME
+    from sleeplm.model.network import WEIGHTS_NAME
 
     path = Path(checkpoint) / WEIGHTS_NAME
     if not path.is_file():

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from sleeplm.losses import MAX_LOGIT_SCALE, SleepLMLoss
+from sleeplm.model.losses import MAX_LOGIT_SCALE, SleepLMLoss
 
 __all__ = ["SleepLMConfig", "SleepLM", "SLEEPLM_CHANNELS", "DEFAULT_MODEL_CHANNELS",
            "save_model", "load_model", "count_parameters", "system_index",
@@ -81,7 +81,7 @@ class SleepLMConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # input contract (must match sleeplm.preprocess.ModelInputConfig)
+    # input contract (must match sleeplm.corpus.preprocess.ModelInputConfig)
     channels: tuple[str, ...] = DEFAULT_MODEL_CHANNELS
     sfreq: float = Field(default=64.0, gt=0)
     epoch_sec: float = Field(default=30.0, gt=0)
@@ -540,11 +540,11 @@ class SleepLM(nn.Module):
         ``[B, S, L]`` for ``S`` captions per signal (the mean of the ``S`` CLIP losses, or
         their weighted mean with ``loss_fn.text_weights``); ``contrastive_keys`` (``[B]`` or
         ``[B, S]`` integers, optional) mark equal texts, which are then positives of each
-        other (:class:`sleeplm.losses.ClipLoss`). ``negative_ids`` ``[M, L]`` with
-        ``negative_keys`` ``[M]``: extra texts (e.g. a :class:`sleeplm.shards.ClauseBank`
+        other (:class:`sleeplm.model.losses.ClipLoss`). ``negative_ids`` ``[M, L]`` with
+        ``negative_keys`` ``[M]``: extra texts (e.g. a :class:`sleeplm.corpus.shards.ClauseBank`
         draw) scored against every signal as negatives of the last contrastive text;
         ``clause_keyset`` ``[B, K]``: the keys of every text true of each signal, for that
-        last text (:meth:`sleeplm.losses.ClipLoss.forward`).
+        last text (:meth:`sleeplm.model.losses.ClipLoss.forward`).
         Patches are masked for reconstruction when ``mask_patches`` (default: in training
         mode with a positive reconstruction weight). Returns ``loss``, ``contrastive``,
         ``caption``, ``reconstruction``, ``logit_scale``."""
@@ -628,7 +628,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME = "config.json", "model.safetensors", "tokenizer.json"
 #: The checkpoint shipped in the repository (trained on SIMULATED nights; see its MODEL_CARD.md).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "sleeplm-default"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "sleeplm-default"
 
 
 def default_checkpoint() -> Path:

@@ -5,7 +5,7 @@ both embed prompts with :func:`class_embeddings`, score epochs with cosine simil
 the query-versus-absence margin of :func:`localisation_margins`, turn per-epoch decisions into
 intervals with :func:`to_intervals`, and estimate a night-level event index with
 :func:`night_event_index`. Nothing here was trained as a label: the prompts are free text
-(:mod:`sleeplm.prompts`).
+(:mod:`sleeplm.model.prompts`).
 
 Embeddings are unit vectors (``SleepLM.encode_signal`` / ``encode_text`` normalise them), so a
 dot product is a cosine similarity in [-1, 1].
@@ -30,7 +30,7 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 2
     Parameters
     ----------
     model : SleepLM
-        A loaded model (:func:`sleeplm.model.load_model`).
+        A loaded model (:func:`sleeplm.model.network.load_model`).
     tokenizer : CaptionTokenizer
         The checkpoint's tokenizer (``tokenizer.json``).
     texts : sequence of str
@@ -78,13 +78,13 @@ def known_query_margins(emb: np.ndarray, embed: Callable[[Mapping[str, Sequence[
                                                           Sequence[str]], np.ndarray],
                         keys: Sequence[str]) -> np.ndarray:
     """Margins ``[N, len(keys)]`` of the known localisation queries
-    (:data:`sleeplm.prompts.LOCALISATION_QUERIES`): ``cos(epoch, query)`` minus the highest of
-    ``cos(epoch, absence)`` (:data:`~sleeplm.prompts.LOCALISATION_BACKGROUND`) and
-    ``cos(epoch, rival query)`` (:data:`~sleeplm.prompts.LOCALISATION_RIVALS`). ``embed(table,
+    (:data:`sleeplm.model.prompts.LOCALISATION_QUERIES`): ``cos(epoch, query)`` minus the highest of
+    ``cos(epoch, absence)`` (:data:`~sleeplm.model.prompts.LOCALISATION_BACKGROUND`) and
+    ``cos(epoch, rival query)`` (:data:`~sleeplm.model.prompts.LOCALISATION_RIVALS`). ``embed(table,
     classes)`` gives class vectors (:func:`class_embeddings` with a model and tokenizer, or a
     cache of them): the held-out evaluation and the ``localize`` tool both score through
     here."""
-    from sleeplm import prompts as P
+    from sleeplm.model import prompts as P
 
     emb = np.asarray(emb)
     out = np.zeros((emb.shape[0], len(keys)), dtype=np.float32)
@@ -135,7 +135,7 @@ def to_intervals(epochs: Sequence[int], positive: Sequence[bool], max_gap: int =
 def rule_intervals(epochs: Sequence[int], margins: Sequence[float], rule: Any = None
                    ) -> list[tuple[int, int]]:
     """Intervals of epochs whose margin is above ``rule.threshold``, runs closer than
-    ``rule.max_gap`` quiet epochs merged (:class:`sleeplm.calibration.IntervalRule`; None:
+    ``rule.max_gap`` quiet epochs merged (:class:`sleeplm.model.calibration.IntervalRule`; None:
     margin > 0, consecutive epochs only)."""
     thr = float(getattr(rule, "threshold", 0.0))
     gap = int(getattr(rule, "max_gap", 0))
@@ -167,9 +167,9 @@ def night_event_index(margins: np.ndarray, epochs: np.ndarray, asleep: np.ndarra
         Epochs the (zero-shot) staging calls sleep.
     epoch_sec : float
         Epoch length (s).
-    rule : sleeplm.calibration.EventIndexRule, optional
+    rule : sleeplm.model.calibration.EventIndexRule, optional
         Threshold, gap and epochs per event chosen on validation nights
-        (:mod:`sleeplm.calibration`); None: margin > 0, consecutive epochs, one event per run.
+        (:mod:`sleeplm.model.calibration`); None: margin > 0, consecutive epochs, one event per run.
     """
     asleep = np.asarray(asleep, dtype=bool)
     sleep_h = float(np.sum(asleep)) * epoch_sec / 3600.0
@@ -184,7 +184,7 @@ def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages:
                     clauses: Sequence[str], system: str = "holistic") -> np.ndarray:
     """Caption-decoder log-probabilities ``[B, len(clauses)]`` (nats) of each clause written
     as the second clause of a caption: ``"<Stage phrase>; <clause>;"``, the stage phrase the
-    captioner writes for ``stages[b]`` (the first of :data:`sleeplm.prompts.STAGE_PROMPTS`).
+    captioner writes for ``stages[b]`` (the first of :data:`sleeplm.model.prompts.STAGE_PROMPTS`).
 
     The stage phrase is the same for every clause of an epoch, so differences between clauses
     are differences of the clause (and its closing ``;``) given the signal: a CoCa-style
@@ -205,7 +205,7 @@ def clause_logprobs(model: Any, tokenizer: Any, tokens: Any, valid: Any, stages:
     """
     import torch
 
-    from sleeplm.prompts import STAGE_PROMPTS
+    from sleeplm.model.prompts import STAGE_PROMPTS
 
     if len(stages) != tokens.shape[0]:
         raise ValueError(f"{len(stages)} stages for {tokens.shape[0]} epochs")
@@ -255,11 +255,11 @@ def generative_margins(logp: np.ndarray, clauses: Sequence[str], positive: Seque
 def generative_query_scores(model: Any, tokenizer: Any, tokens: Any, valid: Any,
                             stages: Sequence[str], queries: Sequence[str]) -> np.ndarray:
     """Caption-decoder evidence ``[B, len(queries)]`` (nats) for generative queries
-    (:data:`sleeplm.prompts.GENERATIVE_QUERIES`): :func:`clause_logprobs` of every clause the
+    (:data:`sleeplm.model.prompts.GENERATIVE_QUERIES`): :func:`clause_logprobs` of every clause the
     queries name, after each epoch's stage phrase ``stages[b]``, then
     :func:`generative_margins` per query. The held-out evaluation and the ``localize`` tool
     score through here."""
-    from sleeplm.prompts import GENERATIVE_QUERIES
+    from sleeplm.model.prompts import GENERATIVE_QUERIES
 
     unknown = [q for q in queries if q not in GENERATIVE_QUERIES]
     if unknown:
