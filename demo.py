@@ -7,6 +7,7 @@ fonts), and with the default offline planner no patient data leave this machine.
     python demo.py                                   # SIMULATED example patients, offline
     python demo.py --library /data/psg               # your EDF/BDF studies
     python demo.py --llm openai --base-url http://127.0.0.1:8080/v1 --model gemma
+    python demo.py --gguf model.gguf                 # starts a local llama.cpp server for it
     python demo.py --host 0.0.0.0 --auth alice:secret
 """
 
@@ -42,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--base-url", default=None,
                     help="server of the openai/ollama backend, e.g. http://127.0.0.1:8080/v1")
     ap.add_argument("--model", default=None, help="model name at that server")
+    ap.add_argument("--gguf", type=Path, default=None, metavar="FILE",
+                    help="start a local llama.cpp server (loopback) with this GGUF model and "
+                         "answer with it (implies --llm openai; needs llama-cpp-python)")
+    ap.add_argument("--n-ctx", type=int, default=4096,
+                    help="context window of the --gguf server, tokens (default 4096)")
     ap.add_argument("--library", type=Path, default=None,
                     help="patient library folder (EDF/BDF studies with annotations; default: "
                          "the SIMULATED example patients)")
@@ -75,18 +81,35 @@ def main(argv: list[str] | None = None) -> int:
                "machine can read the patients' data. Use --auth USER:PASS, or --host 127.0.0.1.")
         logger.warning(msg)
         print(msg, file=sys.stderr)
+    server = None
     try:
-        config = AssistantConfig.load(args.config, backend=args.llm, base_url=args.base_url,
-                                      model=args.model, library=args.library)
+        backend, base_url, model = args.llm, args.base_url, args.model
+        if args.gguf is not None:
+            from assistant.llm_server import LlamaServer
+
+            if args.llm not in (None, "openai") or args.base_url:
+                raise SystemExit("--gguf starts its own server: leave out --llm/--base-url")
+            model = model or args.gguf.stem
+            print(f"Starting a llama.cpp server for {args.gguf} ...", file=sys.stderr)
+            server = LlamaServer(args.gguf, alias=model, n_ctx=args.n_ctx).start()
+            backend, base_url = "openai", server.url
+        config = AssistantConfig.load(args.config, backend=backend, base_url=base_url,
+                                      model=model, library=args.library)
         if config.library is not None and not Path(config.library).is_dir():
             raise SystemExit(f"--library {config.library} is not a folder of EDF/BDF studies")
         print(f"Backend: {describe_backend(config)}", file=sys.stderr)
-        assistant = Assistant(config)
-    except SleepLMError as exc:
+        assistant = Assistant(config, llm_server=server)
+    except (SleepLMError, FileNotFoundError) as exc:
+        if server is not None:
+            server.stop()
         raise SystemExit(f"cannot start the assistant: {exc}") from None
-    _, url = serve(assistant, host=args.host, port=args.port, auth=auth,
-                   max_upload_mb=args.max_upload_mb)
-    print(f"Serving on {url}", file=sys.stderr)
+    try:
+        _, url = serve(assistant, host=args.host, port=args.port, auth=auth,
+                       max_upload_mb=args.max_upload_mb)
+        print(f"Serving on {url}", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -290,12 +291,17 @@ class Assistant:
         then says so).
     chat_model : BaseChatModel, optional
         Overrides the backend of ``config`` (tests pass a scripted model here).
+    llm_server : assistant.llm_server.LlamaServer, optional
+        The local LLM server this process started for ``config`` (``demo.py --gguf``): when it
+        dies, an answer raises :class:`~assistant.llm_server.LLMServerCrashed` naming how it
+        exited, with the end of its log, instead of a connection error.
     """
 
     def __init__(self, config: AssistantConfig | None = None, *,
                  library: PatientLibrary | None = None, index: Any = "auto",
-                 chat_model: Any = None):
+                 chat_model: Any = None, llm_server: Any = None):
         self.config = config or AssistantConfig.load()
+        self.llm_server = llm_server
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         if library is None:
             if self.config.library is not None:
@@ -442,7 +448,10 @@ class Assistant:
         started: dict[str, float] = {}
         order: list[str] = []
         final_text = ""
-        with self._lock:
+        watch = self.llm_server.watch() if self.llm_server is not None else nullcontext()
+        with self._lock, watch:
+            if self.llm_server is not None:
+                self.llm_server.check()  # dead before the question: say so, do not ask it
             stream = self.agent.stream({"messages": [HumanMessage(question)]},
                                        self._run_config(patient), context=ctx,
                                        stream_mode=["messages", "updates"])
@@ -472,6 +481,8 @@ class Assistant:
                             yield StreamEvent(kind="tool_end", step=step)
                         elif isinstance(msg, AIMessage) and node != "tools":
                             final_text = str(msg.content)
+            if self.llm_server is not None:  # a failed model call may end as an error text
+                self.llm_server.check()
         answer = Answer(patient=patient, question=question, text=final_text,
                         tool_calls=[steps[i] for i in order], seconds=time.perf_counter() - t0)
         logger.info("answered %s in %.2f s with %d tool call(s)", patient, answer.seconds,

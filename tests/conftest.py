@@ -15,6 +15,22 @@ from sleeplm.recording import Recording, RecordingInfo, Signal  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sleeplm" / "data" / "sleep-edf-hypnograms"
 
+#: Set by ``./run test``: the whole suite must run there, so a skipped test fails with its
+#: reason (a missing browser, package or checkpoint) instead of passing unnoticed.
+NO_SKIP = os.environ.get("SLEEPLM_NO_SKIP", "") not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIP and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} was skipped ({reason}), but ./run test runs every "
+                           "test (SLEEPLM_NO_SKIP=1): install what it needs, or run pytest "
+                           "directly to allow skips")
+
 
 def write_mixed_rate_edf(path: Path, seconds: int = 120, seed: int = 0,
                          labels: dict[str, tuple[float, str]] | None = None) -> dict[str, np.ndarray]:

@@ -6,8 +6,10 @@ step goes to ``$SLEEPLM_SCREENSHOTS`` (default: the test's tmp folder). Every re
 makes must stay on 127.0.0.1 (no fonts, analytics or CDN from outside). Latencies (page load,
 first answer, report draft) are printed.
 
-Skipped when /usr/bin/chromium is missing (``.ci/run`` installs Debian's ``chromium``;
-Playwright's own browser download does not work here).
+Needs Debian's Chromium at /usr/bin/chromium (or ``$SLEEPLM_CHROMIUM``): ``./run test`` installs
+it (root with apt-get) or stops with the one-line instruction, and fails this test rather than
+skipping it (Playwright's own browser download does not work offline). Plain ``pytest`` without
+a Chromium skips it with that reason.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import pytest
 from conftest import TINY_HYPNOGRAM
 from test_app import OSA, free_port, tiny_library
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("SLEEPLM_CHROMIUM") or "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                       "(apt-get install chromium; .ci/run does it)")
+                                reason=f"Chromium is not installed at {CHROMIUM} (apt-get install "
+                                       "chromium; ./run test does it as root)")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from assistant.agent import Assistant
@@ -32,6 +34,24 @@ from assistant.app import serve
 from assistant.config import AssistantConfig
 from assistant.planner import OfflinePlanner
 
+#: Words of the element's text that the browser broke over two or more lines (a word's range
+#: has one client rectangle per line box it spans).
+BROKEN_WORDS = """(selector) => {
+  const root = document.querySelector(selector);
+  if (!root) { return ["no element " + selector]; }
+  const broken = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const m of node.textContent.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+      if (tops.size > 1) { broken.push(m[0]); }
+    }
+  }
+  return broken;
+}"""
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -88,6 +108,8 @@ def test_the_app_in_chromium(app_url, shots, tmp_path):
         page.locator("#card").get_by_text("AHI (3 %/arousal)").wait_for()
         page.locator("#card").get_by_text("SIMULATED data").wait_for()
         page.screenshot(path=str(shots / "02-patient.png"), full_page=True)
+        # the card is readable at this width: no word of it is broken over two lines
+        assert page.evaluate(BROKEN_WORDS, "#card table") == []
 
         t0 = time.perf_counter()
         page.get_by_role("button", name="What is the AHI?").click()

