@@ -508,6 +508,24 @@ def test_offline_backend_is_the_embedded_planner():
     assert not sends_data_off_machine(config)
 
 
+# ------------------------------------------------------- a portable llama.cpp build
+
+
+def test_llama_cpp_is_built_for_a_portable_cpu_baseline():
+    """./run builds llama.cpp with GGML_NATIVE=OFF: nothing beyond AVX2/FMA/F16C/BMI2, so the
+    build runs on any x86-64 machine of the last decade (a -march=native build with AVX-512 and
+    AMX crashed with signal 11 on the first completion). A build the user asked for with
+    SLEEPLM_LLAMA_CMAKE_ARGS (e.g. -DGGML_NATIVE=ON) is theirs to keep."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    info = llama_cpp.llama_print_system_info().decode()
+    features = {k.strip() for k, _, v in (p.partition("=") for p in info.split("|"))
+                if v.strip() == "1"}
+    assert features, info
+    beyond = sorted(f for f in features if f.startswith(("AVX512", "AMX", "AVX_VNNI")))
+    if not os.environ.get("SLEEPLM_LLAMA_CMAKE_ARGS"):  # else a native build the user chose
+        assert beyond == [], f"llama.cpp was built for this machine's CPU, not portably: {info}"
+
+
 # ------------------------------------------------------------ a crashed server is named
 
 
