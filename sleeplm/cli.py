@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sleeplm", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the reader does")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="channels, rates, units, duration and annotations")
+    p_info = sub.add_parser("info", help="channels, rates, units, duration and annotations, and "
+                            "what every channel of the file was taken as, and why")
     _add_reading_options(p_info)
     p_stats = sub.add_parser("stats", help="AASM-style report numbers")
     _add_reading_options(p_stats)
@@ -171,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("  events: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
             for note in rec.notes:
                 print(f"  note: {note}")
+            print("Channels, as read:")
+            for line in rec.reading_report().splitlines():
+                print(f"  {line}")
         else:
             _print_stats(_read(args), args.json)
     except (SleepLMError, KeyError) as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "POSITIONS",
     "Signal",
     "RecordingInfo",
+    "ChannelEntry",
     "Recording",
     "EVENT_COLUMNS",
     "make_events",
@@ -59,6 +60,7 @@ class EventType(str, Enum):
     LIMB_MOVEMENT = "limb_movement"
     PLM = "plm"
     POSITION_CHANGE = "position_change"
+    SNORE = "snore"  # a snoring breath or train of snores, as scored by the system
     ARTIFACT = "artifact"
     # EEG/EOG micro-events (ground truth of simulated nights, or detector output)
     SPINDLE = "spindle"
@@ -237,6 +239,40 @@ class RecordingInfo(BaseModel):
         return {"M": "M", "F": "F"}.get(v)
 
 
+class ChannelEntry(BaseModel):
+    """What the reader took one channel of the file as, and why.
+
+    Attributes
+    ----------
+    label : str
+        The label in the file (decoded UTF-8, else Latin-1), or the derivation's.
+    unit : str
+        The unit in the file's header (before conversion).
+    sfreq : float
+        Sampling rate, Hz.
+    taken_as : str or None
+        The name in :attr:`Recording.signals` (a canonical channel, or the sanitised label),
+        in :attr:`Recording.auxiliary`, or None when the channel was not read.
+    role : {"physiological", "derived", "duplicate", "auxiliary", "unmapped", "skipped"}
+        ``duplicate``: a second candidate of a canonical channel taken from another signal.
+    reason : str
+        Why, in words ("AASM derivation, preferred over referential C3").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    unit: str = ""
+    sfreq: float = 0.0
+    taken_as: str | None = None
+    role: str = "unmapped"
+    reason: str = ""
+
+    def line(self) -> str:
+        """``"C3-M2 -> EEG_C3: AASM derivation, preferred over referential C3"``."""
+        return f"{self.label} -> {self.taken_as or 'not read'}: {self.reason}"
+
+
 @dataclass
 class Recording:
     """A night of PSG in canonical form.
@@ -257,6 +293,13 @@ class Recording:
         Time of the first epoch, seconds from the start of the signals.
     notes : list of str
         What the reader noticed and handled (dropped channels, trimmed annotations...).
+    channel_report : list of ChannelEntry
+        For every channel of the file (and every derived one): what it was taken as and why.
+    auxiliary : dict of str to Signal
+        Auxiliary channels (impedance, battery, light, audio level, accelerometer, status),
+        read only on request and never used as physiology.
+    system : str or None
+        The PSG system that wrote the file, when its labels or header tell.
     """
 
     signals: dict[str, Signal] = field(default_factory=dict)
@@ -266,6 +309,9 @@ class Recording:
     epoch_sec: float = EPOCH_SEC
     stage_onset: float = 0.0
     notes: list[str] = field(default_factory=list)
+    channel_report: list[ChannelEntry] = field(default_factory=list)
+    auxiliary: dict[str, Signal] = field(default_factory=dict)
+    system: str | None = None
 
     def __post_init__(self) -> None:
         if self.stages is not None:
@@ -276,6 +322,28 @@ class Recording:
     def channels(self) -> list[str]:
         """Names of the channels present."""
         return list(self.signals)
+
+    def reading_report(self) -> str:
+        """What every channel of the file was taken as, and why, one line each."""
+        lines = [f"Read as a {self.system} export."] if self.system else []
+        lines += [e.line() for e in self.channel_report] or [
+            "no channel report (the recording was not read from a signal file)"]
+        unknown = self.unknown_event_labels()
+        if unknown:
+            lines.append("Event labels not recognised (kept as type 'unknown' with their "
+                         "label; map them with sleeplm.io.labels.register_event_label): "
+                         + ", ".join(f"'{label}' x{n}" for label, n in unknown.items()))
+        return "\n".join(lines)
+
+    def unknown_event_labels(self) -> dict[str, int]:
+        """Labels of scored events that no rule recognised (known markers such as lights-off
+        excluded), with their counts."""
+        ev = self.events
+        if ev.empty:
+            return {}
+        unknown = ev[(ev["type"] == EventType.UNKNOWN.value)
+                     & ~ev["attributes"].map(lambda a: bool((a or {}).get("marker")))]
+        return {str(k): int(v) for k, v in unknown["label"].value_counts(sort=False).items()}
 
     def __contains__(self, name: str) -> bool:
         return name in self.signals

@@ -64,6 +64,9 @@ def test_info_command(nsrr_study, capsys):
     assert main(["info", str(edf)]) == 0
     out = capsys.readouterr().out
     assert "SPO2" in out and "1 Hz" in out and "EEG_C4" in out and "125 Hz" in out
+    # the reading report: every channel, what it was taken as and why
+    assert "Channels, as read:" in out and "EEG -> EEG_C4: the SHHS montage names it so" in out
+    assert "not recognised" in out and "Strange thing" in out  # unknown events reported
 
 
 def test_example_command(capsys):

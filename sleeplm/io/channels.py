@@ -30,6 +30,9 @@ __all__ = [
     "detect_cohort",
     "unit_scale",
     "decode_position",
+    "ANGLE_CODINGS",
+    "is_angle_channel",
+    "decode_position_angle",
 ]
 
 #: Canonical channels and what they hold.
@@ -145,7 +148,6 @@ COHORT_ALIASES: dict[str, dict[str, str]] = {
             "EMG_LEG": ("Leg",),
         }
     ),
-    "mros": _table({"EEG_C3": ("C3",), "EEG_C4": ("C4",)}),
     "cfs": _table({"EMG_CHIN": ("EMG1",), "ECG": ("ECG1",)}),
     "sleep-edf": _table({"EEG_F": ("EEG Fpz-Cz",), "EEG_O": ("EEG Pz-Oz",)}),
 }
@@ -161,6 +163,9 @@ POSITION_CODINGS: dict[str, dict[int, str]] = {
     "mros": {0: "right", 1: "left", 2: "supine", 3: "prone"},
     "cfs": {0: "right", 1: "left", 2: "supine", 3: "prone"},
     "mesa": {0: "right", 1: "supine", 2: "left", 3: "prone", 4: "upright"},
+    # SOMNOmedics SOMNOscreen "Lage": 1 face down, 2 upright, 3 left, 4 right, 5 upside down
+    # (head down: no position of ours, so unknown), 6 face up (docs/VENDORS.md).
+    "somnomedics": {1: "prone", 2: "upright", 3: "left", 4: "right", 6: "supine"},
 }
 
 _COHORT_PATTERNS = (
@@ -275,4 +280,51 @@ def decode_position(values: np.ndarray, coding: str | Mapping[int, str] = "gener
             n_bad,
             coding if isinstance(coding, str) else "given",
         )
+    return out
+
+
+#: How a body-rotation angle (degrees, -180..180 about the body's long axis) maps to positions:
+#: the angle of the supine position and the sign of a turn to the left. Sectors of 90 degrees
+#: around each of supine, left, prone and right. Pass ``angle_coding`` to the reader when your
+#: system differs (docs/VENDORS.md).
+ANGLE_CODINGS: dict[str, dict[str, float]] = {
+    # Nox PosAngle: 0 = supine, +90 = left side, -90 = right side, +-180 = prone (see
+    # docs/VENDORS.md for the source of this convention and how to check it on a study).
+    "nox": {"supine": 0.0, "left_sign": 1.0},
+    "left_negative": {"supine": 0.0, "left_sign": -1.0},
+}
+
+
+def is_angle_channel(label: str, unit: str) -> bool:
+    """Whether a POSITION channel holds an angle in degrees rather than position codes."""
+    u = str(unit).strip().lower()
+    return u in ("deg", "degree", "degrees", "°", "º") or "angle" in normalise_label(label)
+
+
+def decode_position_angle(values: np.ndarray, coding: str | Mapping[str, float] = "nox"
+                          ) -> np.ndarray:
+    """Decode a body-rotation angle (degrees) into indices of :data:`~sleeplm.recording.POSITIONS`.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Angles in degrees (any range: they are wrapped to -180..180).
+    coding : str or mapping
+        A name in :data:`ANGLE_CODINGS`, or ``{"supine": degrees, "left_sign": +1 or -1}``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 indices into POSITIONS (supine, left, right or prone); NaN where the angle is.
+    """
+    spec = ANGLE_CODINGS[coding] if isinstance(coding, str) else dict(coding)
+    a = np.asarray(values, dtype=float) - float(spec["supine"])
+    a = (a + 180.0) % 360.0 - 180.0  # -180..180, 0 = supine
+    a = a * float(np.sign(spec["left_sign"]) or 1.0)  # positive = towards the left side
+    out = np.full(a.shape, np.nan, dtype=np.float32)
+    out[np.abs(a) <= 45] = POSITIONS.index("supine")
+    out[(a > 45) & (a < 135)] = POSITIONS.index("left")
+    out[(a < -45) & (a > -135)] = POSITIONS.index("right")
+    out[np.abs(a) >= 135] = POSITIONS.index("prone")
+    out[np.isnan(a)] = np.nan
     return out

@@ -11,6 +11,7 @@ reader in the tests (values must agree) and parses nothing here that it would pa
 
 from __future__ import annotations
 
+import codecs
 import datetime as _dt
 import os
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "read_edf_signals",
     "parse_tals",
     "calibration_problem",
+    "decode_header_text",
 ]
 
 #: Bytes read per chunk while streaming data records.
@@ -108,9 +110,23 @@ class EdfHeader:
         return sig.samples_per_record / self.record_sec
 
 
+def decode_header_text(raw: bytes) -> str:
+    """Text of an EDF header field: UTF-8 where the bytes are UTF-8, else Latin-1.
+
+    EDF asks for ASCII, but exports write their labels in UTF-8 (Nox: ``1 Impédance``,
+    ``RIP-Phase °``) or in a Latin-1 code page (older European systems). UTF-8 is tried first:
+    Latin-1 text with accents is almost never valid UTF-8. A multi-byte character cut by the
+    field's fixed width at its end is dropped rather than turning the field into Latin-1.
+    """
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(raw, final=False).strip()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").strip()
+
+
 def _field(raw: bytes, what: str, path: Path) -> str:
     try:
-        return raw.decode("latin-1").strip()
+        return decode_header_text(raw)
     except Exception as exc:  # pragma: no cover - latin-1 decodes every byte
         raise RecordingFileError(f"{path.name}: header field {what} cannot be decoded") from exc
 
@@ -219,7 +235,7 @@ def read_edf_header(path: str | os.PathLike, *, allow_truncated: bool = False) -
     def column(offset: int, width: int) -> list[str]:
         start_at = offset * ns
         return [
-            sig_raw[start_at + i * width : start_at + (i + 1) * width].decode("latin-1").strip()
+            decode_header_text(sig_raw[start_at + i * width : start_at + (i + 1) * width])
             for i in range(ns)
         ]
 

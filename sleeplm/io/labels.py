@@ -85,6 +85,8 @@ def _stage_table() -> dict[str, str]:
 STAGE_LABELS: dict[str, str] = _stage_table()
 
 _STAGE_PREFIX = re.compile(r"^(?:sleep )?stage ?")
+#: Noxturnal writes the scoring's name after a comma: ``apnea-obstructive,Manual``.
+_SCORER_SUFFIX = re.compile(r",\s*[A-Za-z][\w .()-]*$")
 _STAGE_SUFFIX = re.compile(r" ?sleep$")
 _NUMBER = re.compile(r"^[+-]?\d+(?:\.0*)?$")
 _STAGE_EXAMPLES = (
@@ -107,10 +109,18 @@ def _stage_key_candidates(key: str) -> list[str]:
     return out
 
 
+#: Vendor stage labels: Noxturnal ``sleep-n2`` (EDF+ text ``sleep-n2,Manual``: the scorer after the
+#: comma), Embla/RemLogic ``SLEEP-S2`` and ``SLEEP-REM``.
+_VENDOR_STAGE = re.compile(r"^sleep[- ](?:s(?=[0-4]$))?(wake|n[1-4]|rem|[0-4]|unscored)$")
+
+
 def _lookup_stage(label: str) -> str | None:
     key = _norm_stage(label)
     if not key:
         return None
+    vendor = _VENDOR_STAGE.match(_SCORER_SUFFIX.sub("", key))
+    if vendor is not None:
+        return STAGE_LABELS.get(vendor.group(1))
     parts = [key] + ([p.strip() for p in key.split("|")] if "|" in key else [])
     for part in parts:
         for candidate in _stage_key_candidates(part):
@@ -307,19 +317,20 @@ def _builtin_rules() -> list[EventLabelRule]:
             r"reras?|respiratory effort related arousals?"
             rf"|{_AROUSAL} (?:resulting )?from (?:respiratory effort|respiration|snoring|snore)"
             rf"|(?:resp|respiratory|snore) {_AROUSAL}|{_AROUSAL} (?:resp|respiratory)(?: event)?"
-            rf"|{_AROUSAL} \(?(?:ares|rera|resp|respiratory|snore)\)?|ares",
+            rf"|{_AROUSAL} \(?(?:ares|rera|resp|respiratory|snore|aro res|resp aro)\)?|ares",
             EventType.AROUSAL, cause="respiratory",
         ),
         _rule(
             rf"{_AROUSAL} (?:resulting )?from (?:periodic )?(?:limb|leg) movements?"
             rf"|(?:lm|plm|limb|leg|limb movement|leg movement) {_AROUSAL}"
-            rf"|{_AROUSAL} \(?(?:lm|plm|alma|lma|limb|leg|limb movement|leg movement)\)?"
+            rf"|{_AROUSAL} \(?(?:lm|plm|alma|lma|limb|leg|limb ?movement|leg ?movement"
+            r"|aro plm|aro limb)\)?"
             r"|lmas?|plmas?",
             EventType.AROUSAL, cause="limb",
         ),
         _rule(
             rf"(?:spontaneous|spont|spon) {_AROUSAL}|{_AROUSAL} (?:spontaneous|spont)"
-            rf"|{_AROUSAL} \((?:api|asp|spont|spontaneous|spon|sp)\)",
+            rf"|{_AROUSAL} \((?:api|asp|spont|spontaneous|spon|sp|aro spont|spon aro)\)",
             EventType.AROUSAL, cause="spontaneous",
         ),
         _rule(
@@ -343,7 +354,15 @@ def _builtin_rules() -> list[EventLabelRule]:
         *_typed("mixed", EventType.HYPOPNEA, subtype="mixed"),
         _rule(rf"{_H}(?: \(\))?|hypo|hyp", EventType.HYPOPNEA),
         _rule(r"unsure(?: event| hypopnea)?", EventType.HYPOPNEA, unsure=True),
+        # Snoring (Noxturnal snorebreath / snore-train, Embla SNORE, Profusion Snore).
+        _rule(r"snore ?breaths?|snore ?trains?|snor(?:e|es|ing)(?: single| event)?",
+              EventType.SNORE),
         # Oxygen.
+        _rule(
+            r"oxygen ?saturation drop|(?:sp|sa)?o2 drop|relative desaturation"
+            r"|relative ?desaturation|absolute ?desaturation|entsättigung",
+            EventType.DESATURATION,
+        ),
         _rule(
             r"(?:(?:sp|sa)?o2|oxygen|sat(?:uration)?) desat(?:uration)?s?"
             r"|desat(?:uration)?s?(?: \(?(?:sp|sa)?o2\)?)?|(?:sp|sa)o2 drop|desaturation event",
@@ -357,11 +376,15 @@ def _builtin_rules() -> list[EventLabelRule]:
         ),
         _rule(rf"(?:respiratory|resp|breathing|airflow|flow|effort) {_ARTIFACT}",
               EventType.ARTIFACT, signal="respiratory"),
-        _rule(rf"(?:.* )?{_ARTIFACT}(?: .*)?|art|bad data", EventType.ARTIFACT),
+        _rule(rf"(?:.* )?{_ARTIFACT}(?: .*)?|art|bad data|signal invalid|invalid (?:data|signal)",
+              EventType.ARTIFACT),
         # Limb movements (periodic first).
         *_sided(r"plms?|periodic (?:limb|leg) (?:movements?|mvts?)(?: (?:of|in) sleep)?",
                 EventType.PLM),
-        *_sided(r"(?:limb|leg) (?:movements?|mvts?|mvmts?)|lms?", EventType.LIMB_MOVEMENT),
+        *_sided(r"(?:limb|leg) ?(?:movements?|mvts?|mvmts?)|lms?|plm lm|leg ?movement"
+                r"|limb ?movement (?:twitch|periodic ?twitch)", EventType.LIMB_MOVEMENT),
+        # RemLogic's respiratory RERA ("RESP-RERA") and its arousal naming.
+        _rule(r"resp rera", EventType.AROUSAL, cause="respiratory"),
         # Body position.
         *_positions(),
     ]
@@ -389,6 +412,9 @@ _warned: set[str] = set()
 def _event_candidates(label: str) -> list[str]:
     raw = label.strip()
     forms = [raw, _norm_event(raw)]
+    bare = _SCORER_SUFFIX.sub("", raw).strip()  # Noxturnal: "apnea-obstructive,Manual"
+    if bare and bare != raw:
+        forms += [bare, _norm_event(bare)]
     if "|" in raw:
         for part in raw.split("|"):
             forms.extend([part.strip(), _norm_event(part)])

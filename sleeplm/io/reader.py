@@ -11,9 +11,16 @@ import numpy as np
 
 from sleeplm._logging import logger
 from sleeplm.errors import RecordingFileError
-from sleeplm.io.channels import canonical_channel, decode_position, detect_cohort, unit_scale
+from sleeplm.io.channels import (
+    decode_position,
+    decode_position_angle,
+    detect_cohort,
+    is_angle_channel,
+    unit_scale,
+)
 from sleeplm.io.edf import calibration_problem, parse_tals, read_edf_header, read_edf_signals
-from sleeplm.recording import Recording, RecordingInfo, Signal, safe_identifier
+from sleeplm.io.montage import SYSTEM_POSITION_CODING, ChannelSource, resolve_montage
+from sleeplm.recording import Recording, RecordingInfo, Signal
 
 __all__ = ["read_recording", "SIGNAL_SUFFIXES", "HYPNOGRAM_SUFFIXES"]
 
@@ -47,7 +54,9 @@ def read_recording(
     channel_aliases: Mapping[str, str] | None = None,
     cohort: str | Literal["auto"] | None = "auto",
     position_coding: str | Mapping[int, str] | None = None,
+    angle_coding: str | None = None,
     include_unmapped: bool = True,
+    include_auxiliary: bool = False,
     allow_truncated: bool = False,
     on_overflow: Literal["raise", "trim"] = "raise",
     progress: bool = False,
@@ -72,8 +81,17 @@ def read_recording(
         "sleep-edf"); "auto" guesses from the file name.
     position_coding : str or mapping, optional
         How the POSITION channel codes positions; defaults to the cohort's, else "generic".
+    angle_coding : str, optional
+        How a position channel in degrees (Nox ``PosAngle``) codes positions: a name in
+        :data:`sleeplm.io.channels.ANGLE_CODINGS`. Default: ``"nox"``, checked against the
+        file's own left/right position markers when it has them (sides swapped if they
+        disagree, and the reading report says so).
     include_unmapped : bool
         Keep channels that map to no canonical name, under their (sanitised) label.
+    include_auxiliary : bool
+        Read the auxiliary channels (impedance, battery, light, audio level, accelerometer,
+        status) into ``Recording.auxiliary``; by default they are listed in the reading report
+        and not read.
     allow_truncated : bool
         Read the complete records of a file shorter than its header says, instead of raising.
     on_overflow : {"raise", "trim"}
@@ -84,6 +102,8 @@ def read_recording(
     Returns
     -------
     Recording
+        With ``channel_report``: for every channel of the file, what it was taken as and why
+        (:meth:`Recording.reading_report`; the conventions are in docs/VENDORS.md).
     """
     from sleeplm.io import annotations as ann_io  # heavy (mne) import on demand
 
@@ -94,55 +114,85 @@ def read_recording(
         return ann_io.apply_annotations(rec, ann, on_overflow=on_overflow)
 
     header = read_edf_header(path, allow_truncated=allow_truncated)
+    angle_coding_given = angle_coding is not None
+    angle_coding = angle_coding or "nox"
     if cohort == "auto":
         cohort = detect_cohort(path.name)
-    coding = position_coding or (cohort if cohort in ("shhs", "mesa", "mros", "cfs") else "generic")
     wanted = set(channels) if channels else None
 
     notes = list(header.notes)
-    names: dict[int, str] = {}
-    canonical: dict[int, str | None] = {}
-    for sig in header.signals:
-        if sig.is_annotation:
-            continue
-        canon = canonical_channel(sig.label, cohort=cohort, user_aliases=channel_aliases)
-        name = canon if canon and canon not in names.values() else None
-        if canon and name is None:
-            notes.append(f"channel '{sig.label}' is a second {canon}; kept under its own label")
-        if name is None:
-            if not include_unmapped and canon is None:
-                continue
-            name = safe_identifier(sig.label, default=f"signal_{sig.index + 1}")
-            if name in names.values():
-                name = f"{name}_{sig.index + 1}"
-        if wanted is not None and name not in wanted and sig.label not in wanted:
-            continue
+    sources = [ChannelSource(sig.index, sig.label, sig.unit, header.sfreq(sig))
+               for sig in header.signals if not sig.is_annotation]
+    mont = resolve_montage(sources, cohort=cohort, user_aliases=channel_aliases,
+                           recording_field=header.recording, include_unmapped=include_unmapped,
+                           include_auxiliary=include_auxiliary, wanted=wanted)
+    coding = position_coding or (cohort if cohort in ("shhs", "mesa", "mros", "cfs") else
+                                 SYSTEM_POSITION_CODING.get(mont.system or "", "generic"))
+    report = list(mont.entries)  # one per source in file order, then one per derivation
+    pos = {s.index: k for k, s in enumerate(sources)}
+    pos_derived = {d.label: len(sources) + k for k, d in enumerate(mont.derivations)}
+    for idx in sorted(mont.inputs):
+        sig = header.signals[idx]
         problem = calibration_problem(sig)
         if problem:
             notes.append(f"channel '{sig.label}' skipped: {problem} (corrupt calibration)")
             logger.warning("%s: channel '%s' skipped: %s", path.name, sig.label, problem)
-            continue
-        names[sig.index] = name
-        canonical[sig.index] = name if name == canon else None
+            report[pos[idx]] = report[pos[idx]].model_copy(update={
+                "taken_as": None, "role": "skipped",
+                "reason": f"corrupt calibration: {problem}"})
+            mont.inputs.discard(idx)
+            mont.names.pop(idx, None)
+            mont.auxiliary.pop(idx, None)
+    for d in list(mont.derivations):
+        if d.plus not in mont.inputs or d.minus not in mont.inputs:
+            mont.derivations.remove(d)
+            report[pos_derived[d.label]] = report[pos_derived[d.label]].model_copy(update={
+                "taken_as": None, "role": "skipped", "reason": "an input channel is corrupt"})
+    for e in mont.entries:
+        if e.role == "duplicate":
+            notes.append(f"channel '{e.label}' is a second candidate: {e.reason}")
     if wanted is not None:
-        missing = wanted - set(names.values()) - {header.signals[i].label for i in names}
+        found = set(mont.names.values()) | {d.name for d in mont.derivations}
+        missing = wanted - found - {header.signals[i].label for i in mont.names}
         if missing:
             notes.append(f"requested channels not found: {sorted(missing)}")
 
-    raw, tal_bytes = read_edf_signals(header, names, progress=progress)
-    signals: dict[str, Signal] = {}
-    for idx, name in names.items():
+    raw, tal_bytes = read_edf_signals(header, mont.inputs, progress=progress)
+    scaled: dict[int, tuple[np.ndarray, str]] = {}
+    for idx in mont.inputs:
         sig = header.signals[idx]
         data = raw.pop(idx)
-        canon = canonical[idx]
+        canon = mont.canonical.get(idx)
         if canon == "POSITION":
-            data, unit = decode_position(data, coding), "position"
+            k = pos[idx]
+            if is_angle_channel(sig.label, sig.unit):
+                data, unit = decode_position_angle(data, angle_coding), "position"
+                how = (f"angles decoded with the '{angle_coding}' angle coding (0 degrees "
+                       "supine; the side of +90 degrees is an assumption: see docs/VENDORS.md)")
+            else:
+                data, unit = decode_position(data, coding), "position"
+                how = f"codes decoded with the '{coding}' position coding" if isinstance(
+                    coding, str) else "codes decoded with the position coding given"
+            report[k] = report[k].model_copy(update={"reason": f"{report[k].reason}; {how}"})
         else:
-            scale, unit = unit_scale(canon, sig.unit, data)
+            scale, unit = unit_scale(mont.units_of.get(idx), sig.unit, data)
             if scale != 1.0:
                 data *= np.float32(scale)
-        signals[name] = Signal(name=name, data=data, sfreq=header.sfreq(sig), unit=unit,
-                               label=sig.label)
+        scaled[idx] = data, unit
+    signals: dict[str, Signal] = {}
+    auxiliary: dict[str, Signal] = {}
+    for idx, name in mont.names.items():
+        sig = header.signals[idx]
+        data, unit = scaled[idx]
+        target = auxiliary if idx in mont.auxiliary else signals
+        target[name] = Signal(name=name, data=data, sfreq=header.sfreq(sig), unit=unit,
+                              label=sig.label)
+    for d in mont.derivations:
+        (plus, unit), (minus, _) = scaled[d.plus], scaled[d.minus]
+        n = min(plus.size, minus.size)
+        signals[d.name] = Signal(name=d.name, data=(plus[:n] - minus[:n]).astype(np.float32),
+                                 sfreq=header.sfreq(header.signals[d.plus]), unit=unit,
+                                 label=d.label)
 
     info = RecordingInfo(
         **_patient_fields(header.patient, path.stem),
@@ -155,7 +205,9 @@ def read_recording(
     if SIMULATOR_EQUIPMENT in header.recording:
         info.source = f"{path.name} (SIMULATED)"
         notes.insert(0, "SIMULATED night written by the sleeplm simulator: not a real patient")
-    rec = Recording(signals=signals, info=info, notes=notes)
+    rec = Recording(signals=signals, info=info, notes=notes,
+                    channel_report=report,
+                    auxiliary=auxiliary, system=mont.system)
 
     triplets = parse_tals(tal_bytes) if tal_bytes else []
     if triplets:
@@ -178,9 +230,53 @@ def read_recording(
             external.events = pd.concat([rec.events, external.events], ignore_index=True)
             external.events = external.events.sort_values("onset", kind="stable")
         ann_io.apply_annotations(rec, external, on_overflow=on_overflow)
+    angle_idx = next((i for i, n in mont.names.items() if n == "POSITION"
+                      and is_angle_channel(header.signals[i].label, header.signals[i].unit)), None)
+    if angle_idx is not None and angle_coding_given is False:
+        k = pos[angle_idx]
+        checked = _check_angle_sides(rec)
+        if checked:
+            rec.channel_report[k] = rec.channel_report[k].model_copy(update={
+                "reason": f"{rec.channel_report[k].reason}; {checked}"})
+            notes.append(f"POSITION: {checked}")
     if not rec.signals:
         raise RecordingFileError(
             f"{path.name} has no readable signal channels (found only: "
             f"{[s.label for s in header.signals]}); nothing to analyse."
         )
     return rec
+
+
+def _check_angle_sides(rec: Recording) -> str | None:
+    """Check the decoded lateral sides of an angle POSITION channel against the file's own
+    position-left/right markers (Noxturnal scores them); swap them if the markers disagree.
+
+    Returns what was found, or None when the file has no lateral position markers.
+    """
+    from sleeplm.recording import POSITIONS, EventType
+
+    ev = rec.events[rec.events["type"] == EventType.POSITION_CHANGE.value]
+    sig = rec.signals["POSITION"]
+    left, right = POSITIONS.index("left"), POSITIONS.index("right")
+    agree = swapped = 0
+    for onset, duration, attributes in zip(ev["onset"], ev["duration"], ev["attributes"]):
+        side = (attributes or {}).get("position")
+        if side not in ("left", "right"):
+            continue
+        t = float(onset) + min(float(duration or 0.0) / 2, 5.0)
+        i = int(t * sig.sfreq)
+        if not 0 <= i < sig.data.size or np.isnan(sig.data[i]):
+            continue
+        decoded = int(sig.data[i])
+        want = left if side == "left" else right
+        agree += decoded == want
+        swapped += decoded == (right if want == left else left)
+    if agree + swapped == 0:
+        return None
+    if swapped > agree:
+        lefts, rights = sig.data == left, sig.data == right
+        sig.data[lefts], sig.data[rights] = right, left
+        return (f"left and right swapped: {swapped} of {agree + swapped} of the file's lateral "
+                "position markers disagreed with the assumed angle sign")
+    return (f"the assumed angle sign agrees with {agree} of {agree + swapped} of the file's "
+            "lateral position markers")
