@@ -15,7 +15,9 @@ Two parts, kept apart on purpose:
   span. These are what the agent may quote. The deterministic captions of a night are made once
   and kept in the patient's ``captions/`` cache folder (the generated captions too).
 
-A system whose channels the night lacks (e.g. ``brain`` without EEG/EOG) is refused.
+A system whose channels the night lacks (e.g. ``brain`` without EEG/EOG) is refused, and no
+generated part that describes a modality the night lacks reaches the answer: it is withdrawn
+deterministically (:func:`sleeplm.model.captioning.withdraw_absent`) and listed as withdrawn.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ class GeneratedCaption(BaseModel):
     span: Span
     text: str
     withdrawn: list[str] = Field(default_factory=list, description=(
-        "parts of the greedy caption withdrawn by the check (weak decoder evidence for the "
-        "event, or a clause contradicting a confirmed one)"))
+        "parts of the greedy caption withdrawn: weak decoder evidence for the event, a clause "
+        "contradicting a confirmed one, or a part describing a channel the night lacks"))
 
 
 class CaptionOutput(BaseModel):
@@ -145,7 +147,10 @@ class CaptionOutput(BaseModel):
             return f"Cannot caption the {self.system} system: {self.refusal}"
         where = self.span.describe() if self.span else self.scope
         lines = [f"SleepLM {self.system} caption(s) of {where} (model words, not measurements):"]
-        lines += [f"- epoch {g.epoch}: {g.text}" for g in self.generated]
+        lines += [f"- epoch {g.epoch}: {g.text or '(every part withdrawn)'}"
+                  + (f" [withdrawn: {'; '.join(g.withdrawn)}]"
+                                                    if g.withdrawn else "")
+                  for g in self.generated]
         lines.append("Deterministic facts (quotable):")
         for c in self.facts[:12]:
             lines.append(f"- [{c.level} {c.system} {c.start:.0f}-{c.end:.0f} s] {c.text}")
@@ -200,6 +205,8 @@ def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "hol
     """SleepLM's captions of ``epochs`` of the current patient (one per epoch): greedy, and for
     holistic captions checked with the checkpoint's calibrated thresholds
     (:func:`sleeplm.model.captioning.caption_epochs`; ``captions`` in ``calibration.json``).
+    Whatever the system, a part that describes a modality the night does not have (SpO2 on an
+    EEG-only file, a sleep stage without EEG or EOG) is withdrawn and listed.
 
     Kept in the patient's ``captions/`` cache folder (``generated-<system>-<hash>.json``), so
     asking again is instant; the folder goes away with the cache when the study or model
@@ -212,7 +219,8 @@ def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "hol
     p = ctx.processed()
     thresholds = dict(ctx.calibration.captions) if system == "holistic" else {}
     key = hashlib.sha256(json.dumps([system, int(max_len), [int(e) for e in epochs],
-                                     sorted(thresholds.items())]).encode()).hexdigest()[:16]
+                                     sorted(thresholds.items()), "absent-modalities-1"]
+                                    ).encode()).hexdigest()[:16]
     path = p.captions_dir / f"generated-{system}-{key}.json"
     if path.is_file():  # same request, same cache key (patient files and model): reuse
         try:
@@ -230,7 +238,7 @@ def generate_captions(ctx: ToolContext, epochs: list[int], system: System = "hol
         with torch.inference_mode():
             out += caption_epochs(model, tok, torch.from_numpy(x).to(dev),
                                   torch.from_numpy(m).to(dev), system, max_len,
-                                  thresholds or None)
+                                  thresholds or None, channels=list(p.channels))
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     tmp.write_text(json.dumps([c.model_dump() for c in out]))
     os.replace(tmp, path)

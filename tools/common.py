@@ -162,6 +162,9 @@ _NEEDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"heart|\becg\b|\bekg\b|cardiac|brady|tachy|arrhythm|pulse", "ECG or heart rate",
      ("ECG", "HR")),
     (r"supine|prone|position|lateral", "body position", ("POSITION",)),
+    (r"\bn[1-4]\b|\brem\b|\bnrem\b|\bwake\b|\bawake\b|\bstage|slow[- ]wave sleep|deep sleep"
+     r"|light sleep", "EEG or EOG (to stage sleep)",
+     ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O", "EOG_L", "EOG_R")),
 )
 
 

@@ -104,7 +104,6 @@ __all__ = ["evaluate", "evaluate_many", "localisation_margins", "night_event_ind
 HELD_OUT = ("validation", "test")
 STAGES = P.STAGES
 EVENTS = ("apnea", "hypopnea", "desaturation", "arousal", "limb_movement")
-_YASA_TO_AASM = {"WAKE": "W", "W": "W", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "R", "R": "R"}
 
 
 # ------------------------------------------------------------------------------ text metrics
@@ -472,10 +471,9 @@ def _yasa(corpus: Path, data: dict, onsets: dict, nights: dict, pred_lm: np.ndar
 
 
 def _yasa_night(path: str) -> np.ndarray:
-    import mne
-    import yasa
-    from scipy.signal import resample_poly
-
+    """YASA's staging of a night's raw file (EEG, EOG and chin EMG all required here, so the
+    baseline is YASA's full model), through :func:`sleeplm.clinical.staging.auto_stage`."""
+    from sleeplm.clinical.staging import auto_stage
     from sleeplm.io import read_recording
 
     rec = read_recording(path, channels=["EEG_C4", "EEG_C3", "EOG_L", "EMG_CHIN"],
@@ -484,29 +482,7 @@ def _yasa_night(path: str) -> np.ndarray:
     for need in (eeg, "EOG_L", "EMG_CHIN"):
         if need not in rec:
             raise ValueError(f"{need} absent from {path}")
-    sf = float(rec[eeg].sfreq)
-
-    def at_sf(sig):
-        d = np.asarray(sig.data, float)
-        if abs(sig.sfreq - sf) > 1e-6:
-            frac = __import__("fractions").Fraction(sf / sig.sfreq).limit_denominator(1000)
-            d = resample_poly(d, frac.numerator, frac.denominator)
-        return d
-
-    chans = [at_sf(rec[eeg]), at_sf(rec["EOG_L"]), at_sf(rec["EMG_CHIN"])]
-    n = min(len(c) for c in chans)
-    raw = mne.io.RawArray(np.vstack([c[:n] for c in chans]) * 1e-6,
-                          mne.create_info(["EEG", "EOG", "EMG"], sf, ["eeg", "eog", "emg"]),
-                          verbose=False)
-    age = rec.info.age if rec.info.age is not None else 45.0
-    male = rec.info.sex != "F"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hyp = yasa.SleepStaging(raw, eeg_name="EEG", eog_name="EOG", emg_name="EMG",
-                                metadata={"age": float(age), "male": bool(male)}).predict()
-    hyp = getattr(hyp, "hypno", hyp)
-    return np.array([_YASA_TO_AASM.get(str(s).upper(), "W") for s in np.asarray(hyp)],
-                    dtype=object)
+    return np.array(auto_stage(rec).stages, dtype=object)
 
 
 def _few_shot(emb: np.ndarray, true: np.ndarray, seed: int, shots=(1, 5, 10), draws: int = 5

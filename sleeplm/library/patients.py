@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 #: Version of the cache layout; bump it when what is cached, or how, changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: unscored studies are staged automatically (auto_staging.json)
 #: Longest accepted patient id, in characters.
 MAX_PATIENT_ID_LEN = 64
 MANIFEST_NAME = "manifest.csv"
@@ -103,6 +103,8 @@ _KEY_CHARS = 32  # hex characters of the key used as folder name (the full key i
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 3600.0
 _META, _FACTS = "meta.json", "facts.json"
+#: The automatic staging of a study that came without scored stages (sleeplm.clinical.staging).
+_AUTO_STAGING = "auto_staging.json"
 _ARRAYS = ("x", "mask", "invalid", "stages", "onsets", "epoch_embeddings", "night_embedding")
 _WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
                                *(f"lpt{i}" for i in range(1, 10))})
@@ -383,7 +385,13 @@ class ProcessedPatient:
             As :func:`sleeplm.io.read_recording`, with the patient id in the message.
         """
         if self._recording is None:
-            self._recording = _read_study(self.study)
+            rec = _read_study(self.study)
+            staged = self.path / _AUTO_STAGING
+            if rec.stages is None and staged.is_file():
+                from sleeplm.clinical.staging import AutoStaging, apply_auto_staging
+
+                apply_auto_staging(rec, AutoStaging.model_validate_json(staged.read_text()))
+            self._recording = rec
         return self._recording
 
 
@@ -993,6 +1001,18 @@ class PatientLibrary:
         timings: dict[str, float] = {}
         with _stage(timings, "read", pid):
             rec = _read_study(entry)
+        staging = None
+        if rec.stages is None:  # unscored: stage it automatically, labelled as such
+            from sleeplm.clinical.staging import StagingUnavailable, apply_auto_staging, auto_stage
+
+            with _stage(timings, "auto_staging", pid):
+                try:
+                    staging = auto_stage(rec)
+                    apply_auto_staging(rec, staging)
+                except StagingUnavailable as exc:
+                    rec.notes.append(f"No scored sleep stages, and no automatic staging: {exc}. "
+                                     "Stage-dependent numbers are unavailable; give the scored "
+                                     "hypnogram with the study to have them.")
         with _stage(timings, "clinical", pid):
             facts = clinical_summary(rec)
         with _stage(timings, "tensor", pid):
@@ -1023,6 +1043,8 @@ class PatientLibrary:
             for name, arr in arrays.items():
                 _fsync_write(tmp / f"{name}.npy", array=arr)
             _fsync_write(tmp / _FACTS, facts.model_dump_json().encode())
+            if staging is not None:
+                _fsync_write(tmp / _AUTO_STAGING, staging.model_dump_json().encode())
             (tmp / "captions").mkdir()
             timings["write"] = round(time.perf_counter() - t, 4)
             meta = CacheMeta(

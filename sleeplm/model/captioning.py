@@ -32,7 +32,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 __all__ = ["read_facts", "CHECKED_QUERIES", "CheckedCaption", "mentions", "withdraw",
-           "check_captions", "caption_epochs"]
+           "check_captions", "caption_epochs", "MODALITIES", "modalities_of",
+           "withdraw_absent"]
 
 # ------------------------------------------------------------------------------ fact reader
 _STAGE_RX = {
@@ -139,6 +140,70 @@ def withdraw(text: str, rejected: Sequence[str] = (), confirmed: Sequence[str] =
     return _join(kept, style), gone
 
 
+# ------------------------------------------------------------------------------ modalities
+_EEG = ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O")
+_EOG = ("EOG_L", "EOG_R")
+#: What a caption clause can describe -> (words that describe it, the model-input channels of
+#: which at least one must be present for a clause to say it). Sleep stages need EEG or EOG.
+MODALITIES: dict[str, tuple[re.Pattern, tuple[str, ...]]] = {
+    name: (re.compile(pattern), channels) for name, pattern, channels in (
+        ("EEG", r"spindle|k-complex|\beeg\b|\balpha\b|\btheta\b|\bdelta\b|\bbeta\b"
+                r"|slow waves?\b|slow-wave activity|sawtooth|vertex|\barousals?\b|occiput"
+                r"|\bbands?\b|power", _EEG),
+        ("EOG", r"eye movements?|\beog\b|\brems\b|saccad|blink|\beyes\b", _EOG),
+        ("chin EMG", r"\bchin\b|submental|atonia|muscle tone|\btone\b|twitch", ("EMG_CHIN",)),
+        ("leg EMG", r"\blegs?\b|\blimb|\bplms?\b|kick", ("EMG_LEG", "EMG_LEG_R")),
+        ("ECG or heart rate", r"heart|\bbpm\b|\becg\b|cardiac|brady|tachy|\bhr\b|pulse",
+         ("ECG", "HR")),
+        ("SpO2", r"spo2|sao2|saturation|desaturation|oxygen|oximetr", ("SPO2",)),
+        ("airflow or effort", r"apn[oe]as?\b|hypopn[oe]as?\b|breath|respirat|airflow|\bflow\b"
+                              r"|effort|snor|paradox", ("AIRFLOW", "NASAL_PRESSURE", "THORAX",
+                                                        "ABDOMEN")),
+        ("body position", r"supine|prone|lateral|\bposition|upright|on the (?:left|right) side",
+         ("POSITION",)),
+        ("EEG or EOG (to stage sleep)", r"\bstage\b|\bn[1-3]\b|\brem\b|\(r\)|\(w\)|\bwake\b|\bawake\b"
+                        r"|slow-wave sleep|\bsleep\b", _EEG + _EOG),
+    )
+}
+
+
+def modalities_of(part: str) -> list[str]:
+    """The modalities (keys of :data:`MODALITIES`) a piece of caption text describes."""
+    low = str(part).lower()
+    return [name for name, (rx, _) in MODALITIES.items() if rx.search(low)]
+
+
+def withdraw_absent(text: str, present: Sequence[str]) -> tuple[str, list[str]]:
+    """``text`` without the parts that describe a modality none of whose channels is in
+    ``present`` (the model-input channels the recording has): an EEG-only night's caption
+    cannot speak of SpO2, heart rate or eye movements, and a night without EEG or EOG cannot
+    be given a sleep stage. Deterministic: the words decide, not the model.
+
+    Returns the new text and the withdrawn parts, each as ``"<part> (needs <modality>, which
+    this recording does not have)"``.
+    """
+    have = set(present)
+    absent = {name for name, (_, chans) in MODALITIES.items() if not have & set(chans)}
+    if not absent:
+        return str(text).strip(), []
+    clauses, style = _split(text)
+    kept, gone = [], []
+    for clause in clauses:
+        keep = []
+        for part in clause.split(" and "):
+            missing = [m for m in modalities_of(part) if m in absent]
+            if missing:
+                gone.append(f"{part} (needs {'; '.join(missing)}, which this recording does "
+                            "not have)")
+            else:
+                keep.append(part)
+        if keep:
+            kept.append(" and ".join(keep))
+    if not gone:
+        return str(text).strip(), []
+    return _join(kept, style), gone
+
+
 class CheckedCaption(BaseModel):
     """One generated caption after the check (:func:`check_captions`)."""
 
@@ -149,6 +214,9 @@ class CheckedCaption(BaseModel):
                                       description="generative margin (nats) of each event "
                                                   "the greedy caption named")
     withdrawn: list[str] = Field(default_factory=list, description="the parts taken out")
+    absent: list[str] = Field(default_factory=list, description="parts withdrawn because they "
+                                                                "describe a modality the "
+                                                                "recording does not have")
     rejected: list[str] = Field(default_factory=list, description="queries whose mention was "
                                                                   "withdrawn (margin below "
                                                                   "its threshold)")
@@ -200,11 +268,32 @@ def check_captions(model: Any, tokenizer: Any, tokens: Any, valid: Any, texts: S
 
 def caption_epochs(model: Any, tokenizer: Any, x: Any, mask: Any = None,
                    system: str = "holistic", max_len: int = 64,
-                   thresholds: Mapping[str, float] | None = None) -> list[CheckedCaption]:
+                   thresholds: Mapping[str, float] | None = None,
+                   channels: Sequence[str] | None = None) -> list[CheckedCaption]:
     """Caption a batch of epochs (``x [B, C, T]`` or context windows, ``mask`` as for
     ``SleepLM.encode_signal``): greedy decoding, then, for holistic captions and when
     ``thresholds`` are given (``Calibration.captions``), the check of :func:`check_captions`.
-    The signals are encoded once for both."""
+    The signals are encoded once for both.
+
+    With ``channels`` (the names of the C input channels) and a ``mask``, every caption then
+    loses the parts that describe a modality its epoch does not have (:func:`withdraw_absent`,
+    listed in ``withdrawn`` and ``absent``), whatever the system asked for.
+    """
+    out = _caption_epochs(model, tokenizer, x, mask, system, max_len, thresholds)
+    if channels is None or mask is None:
+        return out
+    m = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask, dtype=bool)
+    m = m.reshape(m.shape[0], -1, m.shape[-1]).any(axis=1)  # context windows: any epoch
+    for c, row in zip(out, m):
+        present = [ch for ch, ok in zip(channels, row) if ok]
+        c.text, gone = withdraw_absent(c.text, present)
+        c.absent = gone
+        c.withdrawn += gone
+    return out
+
+
+def _caption_epochs(model: Any, tokenizer: Any, x: Any, mask: Any, system: str, max_len: int,
+                    thresholds: Mapping[str, float] | None) -> list[CheckedCaption]:
     import torch
 
     from sleeplm.model import prompts as P
