@@ -199,6 +199,7 @@ def test_compumedics_shhs_export(tmp_path):
     assert rec.signals["EEG_C3"].label == "EEG(sec)" and rec.signals["EEG_C4"].label == "EEG"
     assert rec.signals["ECG"].unit == "µV" and np.nanmax(np.abs(rec.signals["ECG"].data)) > 100  # mV -> µV
     assert rec.signals["SPO2"].label == "SaO2" and rec.signals["THORAX"].label == "THOR RES"
+    assert rec.signals["AIRFLOW"].label == "NEW AIR"  # SHHS: a thermistor, whatever its label
     assert {e.label for e in rec.channel_report if e.role == "auxiliary"} == {"LIGHT", "OX stat"}
     pos = rec.signals["POSITION"].data  # SHHS: 0 right, 1 left, 2 supine, 3 prone
     assert pos[0] == POSITIONS.index("supine") and pos[-1] == POSITIONS.index("right")

@@ -137,7 +137,10 @@ ALIASES: dict[str, str] = _table(
 
 # Labels whose meaning depends on the cohort.
 COHORT_ALIASES: dict[str, dict[str, str]] = {
-    "shhs": _table({"EEG_C3": ("EEG(sec)", "EEG2", "EEG 2"), "EEG_C4": ("EEG",)}),
+    # SHHS channel 17 is the thermistor airflow whatever its label ("AIRFLOW", "NEW AIR",
+    # "new A/F"): SHHS recorded no nasal pressure (NSRR SHHS equipment notes, docs/VENDORS.md).
+    "shhs": _table({"EEG_C3": ("EEG(sec)", "EEG2", "EEG 2"), "EEG_C4": ("EEG",),
+                    "AIRFLOW": ("NEW AIR", "New A/F", "NEWAIR", "AUX")}),
     "mesa": _table(
         {
             "EEG_F": ("EEG1",),  # Fz-Cz
