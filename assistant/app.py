@@ -157,7 +157,7 @@ def patient_summary(ctx: ToolContext) -> PatientSummary:
     p = ctx.processed()
     facts = p.facts
     measures = {m.name: m for ms in facts.sections.values() for m in ms}
-    values = {}
+    values = {"Sleep stages": _stage_source(p)}
     for label, name in _CARD:
         m = measures.get(name)
         values[label] = m.format() if m is not None and m.value is not None else (
@@ -168,6 +168,15 @@ def patient_summary(ctx: ToolContext) -> PatientSummary:
                           duration_h=p.n_epochs * es / 3600.0, channels=list(p.meta.present),
                           values=values, severity=severity,
                           notes=[n for n in p.meta.notes if "SIMULATED" not in n][:4])
+
+
+def _stage_source(p: Any) -> str:
+    """Where the night's stages come from, for the card: scored, automatic (labelled), or none."""
+    if (p.path / "auto_staging.json").is_file():
+        return "automatic (YASA SleepStaging), not scored by a person"
+    if not np.isin(np.asarray(p.stages).astype(str), ("W", "N1", "N2", "N3", "R")).any():
+        return "none: unscored, and automatic staging could not run (see the notes)"
+    return "scored"
 
 
 # ------------------------------------------------------------------------- overview plot

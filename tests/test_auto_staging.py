@@ -107,6 +107,10 @@ def test_unscored_study_gets_automatic_stages_in_the_library_and_tools(library, 
     assert tst.value is not None and tst.value > 0
     out = classify(ctx, ClassifyInput(labels=["REM sleep", "N2 sleep"]))
     assert out.refusal is None and out.scores  # SleepLM's reading, beside the automatic stages
+    from assistant.app import patient_summary
+
+    card = patient_summary(ctx).markdown()
+    assert "| Sleep stages | automatic (YASA SleepStaging), not scored by a person |" in card
 
 
 @pytest.mark.slow
@@ -117,3 +121,8 @@ def test_unscored_study_without_eeg_says_so(library):
     assert "architecture" in p.facts.unavailable
     assert any("no automatic staging: automatic staging needs an EEG channel" in n
                for n in p.facts.notes)
+    from assistant.app import patient_summary
+    from tools import ToolContext
+
+    card = patient_summary(ToolContext(library=library, patient="eog_only")).markdown()
+    assert "| Sleep stages | none: unscored, and automatic staging could not run" in card
