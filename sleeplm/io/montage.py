@@ -36,7 +36,7 @@ from sleeplm.io.channels import (
     canonical_channel,
     normalise_label,
 )
-from sleeplm.recording import ChannelEntry
+from sleeplm.recording import ChannelEntry, safe_identifier
 
 __all__ = ["ChannelSource", "Montage", "Derivation", "resolve_montage", "auxiliary_kind",
            "detect_system", "SYSTEM_FINGERPRINTS", "SYSTEM_POSITION_CODING"]
@@ -332,8 +332,6 @@ def _candidate(src: ChannelSource, cohort: str | None,
 
 
 def _name_for(label: str, index: int, taken: set[str]) -> str:
-    from sleeplm.recording import safe_identifier
-
     name = safe_identifier(label, default=f"signal_{index + 1}")
     return f"{name}_{index + 1}" if name in taken else name
 

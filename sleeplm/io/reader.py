@@ -232,7 +232,7 @@ def read_recording(
         ann_io.apply_annotations(rec, external, on_overflow=on_overflow)
     angle_idx = next((i for i, n in mont.names.items() if n == "POSITION"
                       and is_angle_channel(header.signals[i].label, header.signals[i].unit)), None)
-    if angle_idx is not None and angle_coding_given is False:
+    if angle_idx is not None and not angle_coding_given:
         k = pos[angle_idx]
         checked = _check_angle_sides(rec)
         if checked:
