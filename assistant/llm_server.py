@@ -108,8 +108,10 @@ class LlamaServer:
         self.port = int(port) if port else _free_port()
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads or min(4, os.cpu_count() or 1))
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
         self.startup_timeout_s = float(startup_timeout_s)
         self.extra_args = tuple(extra_args)
         self.python = python

@@ -59,16 +59,24 @@ def metrics(truth, pred) -> dict:
             "f1": {s: round(float(f), 4) for s, f in zip(STAGES, f1) if s in present}}
 
 
-def sleeplm_stages(lib, patient: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(truth, SleepLM zero-shot stage, onset s) of every model epoch of a library patient."""
+def stage_classes(lib) -> np.ndarray:
+    """The checkpoint's stage class vectors (one per stage of the zero-shot prompt table)."""
     from sleeplm.model import prompts as P
     from sleeplm.model.tokenizer import CaptionTokenizer
-    from sleeplm.model.zeroshot import class_embeddings, stage_scores
+    from sleeplm.model.zeroshot import class_embeddings
+
+    tok = CaptionTokenizer.load(lib.model_dir / "tokenizer.json")
+    return class_embeddings(lib.model, tok, P.STAGE_PROMPTS, list(P.STAGES))
+
+
+def sleeplm_stages(lib, patient: str, classes: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth, SleepLM zero-shot stage, onset s) of every model epoch of a library patient."""
+    from sleeplm.model import prompts as P
+    from sleeplm.model.zeroshot import stage_scores
 
     p = lib.open(patient, progress=False)
-    tok = CaptionTokenizer.load(lib.model_dir / "tokenizer.json")
-    cls = class_embeddings(lib.model, tok, P.STAGE_PROMPTS, list(P.STAGES))
-    pred = np.asarray(P.STAGES)[stage_scores(np.asarray(p.epoch_embeddings), cls).argmax(1)]
+    pred = np.asarray(P.STAGES)[stage_scores(np.asarray(p.epoch_embeddings), classes).argmax(1)]
     return np.asarray(p.stages).astype(str), pred.astype(str), np.asarray(p.onsets_s, float)
 
 
@@ -96,6 +104,7 @@ def run(sleep_edf: Path, out: Path, checkpoint: Path | None = None,
     lib = PatientLibrary(sleep_edf, model_dir=checkpoint or default_checkpoint(),
                          cache_dir=cache or (out / "cache"))
     margin = None if wake_margin_min is None else int(round(wake_margin_min * 2))
+    classes = stage_classes(lib)  # once: the prompts' embeddings do not depend on the night
     nights, pooled = {}, {"truth": [], "sleeplm": [], "yasa": [], "truth_yasa": []}
     for pid in lib.patients():
         entry = lib.study(pid)
@@ -103,7 +112,7 @@ def run(sleep_edf: Path, out: Path, checkpoint: Path | None = None,
             nights[pid] = {"skipped": "no hypnogram next to the PSG file"}
             continue
         t0 = time.perf_counter()
-        truth, lm, onsets = sleeplm_stages(lib, pid)
+        truth, lm, onsets = sleeplm_stages(lib, pid, classes)
         idx = scored_epochs(truth, margin)
         ya, how = yasa_stages(lib, pid, onsets)
         row = {"epochs_scored": int(idx.size), "sleeplm": metrics(truth[idx], lm[idx])}

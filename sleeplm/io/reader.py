@@ -238,7 +238,7 @@ def read_recording(
         if checked:
             rec.channel_report[k] = rec.channel_report[k].model_copy(update={
                 "reason": f"{rec.channel_report[k].reason}; {checked}"})
-            notes.append(f"POSITION: {checked}")
+            rec.notes.append(f"POSITION: {checked}")
     if not rec.signals:
         raise RecordingFileError(
             f"{path.name} has no readable signal channels (found only: "
