@@ -85,6 +85,51 @@ def _example(args: argparse.Namespace) -> None:
     _print_stats(rec, args.json)
 
 
+_DREEM_COHORTS = {"dodh": "DOD-H (healthy)", "dodo": "DOD-O (obstructive sleep apnea)"}
+
+
+def _agreement(args: argparse.Namespace) -> int:
+    """`sleeplm agreement`: each scorer vs the consensus of the others, pooled over nights."""
+    from sleeplm.clinical.consensus import pooled_agreement, read_scorings, stages_from_codes
+
+    nights: dict = {}
+    groups: dict[str, str] = {}
+    try:
+        if args.dreem or not args.scorings:
+            from sleeplm.data import dreem_cohort, dreem_night_ids, dreem_scorings
+
+            cohort = None if (args.dreem or "all") == "all" else args.dreem
+            for nid in dreem_night_ids(cohort):
+                nights[nid] = stages_from_codes(dreem_scorings(nid))
+                groups[nid] = _DREEM_COHORTS[dreem_cohort(nid)]
+        for path in args.scorings or []:
+            for nid, rows in read_scorings(path).items():
+                key = nid if nid not in nights else f"{path}:{nid}"
+                nights[key] = rows
+                groups[key] = str(path)
+        what = f"{len(nights)} nights"
+        if not args.scorings:
+            what += " of the Dreem Open Datasets" + (
+                f", {_DREEM_COHORTS[args.dreem]}" if args.dreem in _DREEM_COHORTS else "")
+        report = pooled_agreement(
+            nights, groups=groups if len(set(groups.values())) > 1 else None,
+            label=f"All {what}: each scorer vs the consensus of the others, epochs pooled")
+    except (OSError, ValueError) as exc:
+        print(f"sleeplm: error: {exc}", file=sys.stderr)
+        return 2
+    for name, g in report.groups.items():
+        g.label = f"{name}, {g.n_nights} nights"
+    print(report.to_table())
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(report.model_dump(mode="json"), indent=1) + "\n",
+                                   encoding="utf-8")
+        print(f"\nJSON (pooled, per group, per night; confusion rows: the scorer, columns: the "
+              f"consensus of the others) written to {args.json}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sleeplm`` command."""
     parser = argparse.ArgumentParser(prog="sleeplm", description=__doc__)
@@ -121,6 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_corpus.add_argument("--seed", type=int, default=0, help="caption seed (default 0)")
     p_corpus.add_argument("--shard-size", type=int, default=1000,
                           help="samples per shard (default 1000)")
+    p_agree = sub.add_parser("agreement", help="multi-scorer hypnograms: each scorer vs the "
+                             "consensus of the others (accuracy, kappa, F1), pooled over nights")
+    p_agree.add_argument("--dreem", choices=["all", "dodh", "dodo"],
+                         help="the bundled Dreem nights scored by 5 experts (default: all, "
+                              "unless --scorings is given)")
+    p_agree.add_argument("--scorings", nargs="+", metavar="DIR|CSV",
+                         help="a folder with one sub-folder per scorer of <night>.json lists, "
+                              "or a CSV with one column per scorer (stages or Dreem codes)")
+    p_agree.add_argument("--json", metavar="OUT", help="also write the reports as JSON to OUT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -161,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report.to_table())
             if report.nights_failed:
                 return 1
+        elif args.command == "agreement":
+            return _agreement(args)
         elif args.command == "info":
             rec = _read(args)
             print(rec.summary())
