@@ -443,7 +443,9 @@ class TemplateWriter:
             when = f" from {start.display} to {end.display}"
             if date is not None and date.display:
                 when += f" (starting on {date.display})"
-        out = [(f"Study {det['patient']}: overnight polysomnography recorded{when}, "
+        kind = ("heart-rate recording (beat times only, no polysomnography signals)"
+                if det.get("heart_rate_only") else "overnight polysomnography")
+        out = [(f"Study {det['patient']}: {kind} recorded{when}, "
                 f"{_d(dur)} in {_d(n_ep)} epochs of {_d(ep)}.")]
         if det.get("simulated"):
             out.append("This is a SIMULATED night written by the sleeplm simulator, not a real "
@@ -581,7 +583,9 @@ class TemplateWriter:
         mean, lo, hi = s.fact("hr_mean"), s.fact("hr_min"), s.fact("hr_max")
         out = []
         if _d(mean):
-            out.append(f"During sleep the mean heart rate was {mean.display}, ranging from "
+            when = ("Over the recording (no sleep staging)" if "no sleep staging" in
+                    (mean.reason or "") else "During sleep")
+            out.append(f"{when} the mean heart rate was {mean.display}, ranging from "
                        f"{_d(lo)} to {_d(hi)} (per-epoch medians).")
         elif mean is not None:
             out.append(f"The heart rate during sleep is not available "
@@ -595,6 +599,24 @@ class TemplateWriter:
         if parts:
             out.append(f"By stage, the mean heart rate was {_join(parts)}.")
         out.append("Rhythm was not classified: these are rates only.")
+        cvhr, screen = s.fact("cvhr_index"), s.fact("cvhr_screen")
+        if _d(cvhr) and screen is not None and screen.value is not None:
+            minutes = s.fact("cvhr_minutes")
+            out.append(f"Heart-rate apnea screening (cyclic variation of heart rate): CVHR index "
+                       f"{cvhr.display}, {_d(minutes)} with cyclic variation; the screening is "
+                       f"{'positive' if screen.value else 'negative'}.")
+            out.append("This is a screening estimate from heart rate alone, not an "
+                       "apnea-hypopnea index: it cannot tell apneas from hypopneas, leg "
+                       "movements or arousals, misses events without a heart-rate response and "
+                       "does not know sleep from wake; a sleep study confirms or excludes sleep "
+                       "apnea.")
+        elif cvhr is not None and cvhr.value is None:
+            out.append(f"The heart-rate apnea screening is not available "
+                       f"({(cvhr.reason or 'not computed').rstrip('.')}).")
+        labelled = s.fact("apnea_minutes_labelled")
+        if _d(labelled):
+            out.append(f"The study's own per-minute labels mark {labelled.display} as containing "
+                       "apnea or hypopnea.")
         return out
 
     def _limb_movements(self, s: SectionInput) -> list[str]:
@@ -678,6 +700,11 @@ class TemplateWriter:
         else:
             out.append(f"Sleep apnea could not be assessed"
                        f"{': ' + det['respiratory_unavailable'].rstrip('.') if det.get('respiratory_unavailable') else ''}.")
+        screen = s.fact("cvhr_screen")
+        if not _d(ahi) and screen is not None and screen.value is not None:
+            out.append("The heart-rate apnea screening is "
+                       f"{'positive' if screen.value else 'negative'} (a screening estimate, "
+                       "not an apnea-hypopnea index).")
         nadir, t90, odi = s.fact("spo2_nadir"), s.fact("t90_pct"), s.fact("odi3")
         if _d(nadir):
             extra = []
@@ -876,7 +903,8 @@ def _collect(ctx: ToolContext, indication: str | None) -> _Collected:
     night = events_in_range(ctx, EventsInput(limit=1))
     span = night.span
     st = inputs["study"]
-    st.details.update(patient=p.patient, simulated=bool(simulated))
+    st.details.update(patient=p.patient, simulated=bool(simulated),
+                      heart_rate_only=sorted(rec.signals) == ["HR"])
     if indication:
         st.details["indication"] = indication
         st.quoted.append(indication)
@@ -1021,7 +1049,7 @@ def _collect(ctx: ToolContext, indication: str | None) -> _Collected:
             key_indices[key] = KeyIndex(measure=name, label=f.label, value=f.value,
                                         unit=f.unit, display=f.display, reason=f.reason)
     im = inputs["impression"]
-    im.facts += [pool[n] for n in KEY_INDEX_MEASURES.values() if n in pool]
+    im.facts += [pool[n] for n in (*KEY_INDEX_MEASURES.values(), "cvhr_screen") if n in pool]
     im.details.update(simulated=bool(simulated), severity=severity, index_name=index_name)
     if "respiratory" in unavailable:
         im.details["respiratory_unavailable"] = unavailable["respiratory"]
@@ -1078,6 +1106,11 @@ def _recommendations(pool: dict[str, FactItem], unavailable: dict[str, str],
         out.append(Recommendation(text="Correlate the mild sleep apnea with symptoms and "
                                        "comorbidities before deciding on treatment.",
                                   about="respiratory"))
+    if severity is None and _val(pool, "cvhr_screen") == 1.0:
+        out.append(Recommendation(text="The heart-rate screening suggests sleep-disordered "
+                                       "breathing: a diagnostic sleep study (polysomnography or "
+                                       "a home sleep apnea test) is suggested.",
+                                  about="cardiac"))
     cai, oai = _val(pool, "central_apnea_index"), _val(pool, "obstructive_apnea_index")
     if cai is not None and cai >= 5.0 and (oai is None or cai > oai):
         out.append(Recommendation(text="Central apneas predominate: consider evaluation for "

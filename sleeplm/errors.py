@@ -16,6 +16,7 @@ __all__ = [
     "AnnotationError",
     "UnknownStageError",
     "UnsupportedFormatError",
+    "BeatSeriesError",
 ]
 
 
@@ -56,3 +57,8 @@ class AnnotationError(SleepLMError, ValueError):
 
 class UnknownStageError(AnnotationError):
     """A hypnogram holds a stage label that none of the known vocabularies defines."""
+
+
+class BeatSeriesError(RecordingFileError):
+    """A beat-time / RR-interval series cannot be read as a heart-rate study (times going
+    backwards, implausible rates throughout, too little usable data)."""

@@ -62,6 +62,9 @@ class EventType(str, Enum):
     POSITION_CHANGE = "position_change"
     SNORE = "snore"  # a snoring breath or train of snores, as scored by the system
     ARTIFACT = "artifact"
+    #: A minute an expert labelled as containing apnea or hypopnea (per-minute labels of
+    #: heart-rate-only studies such as Apnea-ECG): a labelled minute, never an event count.
+    APNEA_MINUTE = "apnea_minute"
     # EEG/EOG micro-events (ground truth of simulated nights, or detector output)
     SPINDLE = "spindle"
     K_COMPLEX = "k_complex"

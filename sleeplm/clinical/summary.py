@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from sleeplm.clinical.architecture import sleep_architecture
 from sleeplm.clinical.arousals import arousal_measures
+from sleeplm.clinical.cvhr import cvhr_measures, screening_applies
 from sleeplm.clinical.heart_rate import heart_rate_measures
 from sleeplm.clinical.limb_movements import plm_measures
 from sleeplm.clinical.measure import Measure
@@ -30,13 +31,25 @@ DISCLAIMER = (
     "checked against the recording before any clinical use."
 )
 
+def _heart_rate_section(rec: Recording) -> list[Measure]:
+    """Heart rate, plus the heart-rate apnea screening (CVHR) on heart-rate-only studies."""
+    out = heart_rate_measures(rec)
+    if screening_applies(rec):
+        try:
+            out += cvhr_measures(rec)
+        except SignalQualityError as exc:
+            out.append(Measure.missing("cvhr_index", "CVHR index (heart-rate apnea screening, "
+                                       "not an AHI)", "/h", str(exc)))
+    return out
+
+
 SECTIONS: dict[str, tuple[str, Callable[[Recording], list[Measure]]]] = {
     "architecture": ("Sleep architecture", sleep_architecture),
     "respiratory": ("Respiratory events", respiratory_measures),
     "oximetry": ("Oximetry", oximetry_measures),
     "arousals": ("Arousals", arousal_measures),
     "limb_movements": ("Limb movements", plm_measures),
-    "heart_rate": ("Heart rate", heart_rate_measures),
+    "heart_rate": ("Heart rate", _heart_rate_section),
 }
 
 
@@ -127,4 +140,11 @@ def clinical_summary(rec: Recording, sections: tuple[str, ...] | None = None) ->
         ahi = summary.value("ahi_3a")
         rule = "AASM recommended 3%/arousal rule" if st.staged else "REI, 3%/arousal rule"
         summary.findings["Sleep apnea severity"] = f"{ahi_severity(ahi)} (AHI by the {rule})"
+    elif "heart_rate" in summary.sections:
+        screen = [m for m in summary.sections["heart_rate"] if m.name == "cvhr_screen"]
+        if screen and screen[0].value is not None:
+            summary.findings["Heart-rate apnea screening"] = (
+                f"{'positive' if screen[0].value else 'negative'} (CVHR index "
+                f"{summary.value('cvhr_index'):.1f}/h); a screening estimate from heart rate "
+                "alone, not an AHI")
     return summary

@@ -18,6 +18,7 @@ from sleeplm.io.channels import (
     is_angle_channel,
     unit_scale,
 )
+from sleeplm.io import beats
 from sleeplm.io.edf import calibration_problem, parse_tals, read_edf_header, read_edf_signals
 from sleeplm.io.montage import SYSTEM_POSITION_CODING, ChannelSource, resolve_montage
 from sleeplm.recording import Recording, RecordingInfo, Signal
@@ -66,8 +67,10 @@ def read_recording(
     Parameters
     ----------
     path : path-like
-        An EDF, EDF+ or BDF signal file, or a hypnogram alone (CSV/TXT, NSRR/Profusion XML),
-        which gives a Recording without signals.
+        An EDF, EDF+ or BDF signal file; a hypnogram alone (CSV/TXT, NSRR/Profusion XML),
+        which gives a Recording without signals; or a beat series (``.npz`` with
+        ``beat_time_s``, or a CSV/TXT whose header names a beat-time or RR column), which gives
+        a heart-rate study (:func:`sleeplm.io.beats.read_beats`).
     annotations : path-like, "auto" or None
         Annotation file (Sleep-EDF hypnogram EDF+, NSRR XML, Profusion XML, CSV/TXT). "auto"
         looks next to the signal file (see :func:`sleeplm.io.annotations.find_annotation_file`);
@@ -108,6 +111,9 @@ def read_recording(
     from sleeplm.io import annotations as ann_io  # heavy (mne) import on demand
 
     path = Path(path)
+    if path.suffix.lower() in beats.BEAT_SUFFIXES or (
+            path.suffix.lower() in (".csv", ".txt", ".tsv") and beats.looks_like_beat_table(path)):
+        return beats.read_beats(path)
     if path.suffix.lower() in HYPNOGRAM_SUFFIXES:
         ann = ann_io.read_annotations(path)
         rec = Recording(info=RecordingInfo(patient_id=path.stem, source=path.name))

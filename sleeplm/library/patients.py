@@ -97,7 +97,7 @@ RACY_SECONDS = 2.0
 # Same names as sleeplm.model.network.CONFIG_NAME / WEIGHTS_NAME; not imported from there because
 # importing sleeplm.model.network imports torch, which reopening a cached patient must not need.
 _CONFIG_NAME, _WEIGHTS_NAME = "config.json", "model.safetensors"
-_SIGNAL_SUFFIXES = frozenset({".edf", ".bdf"})
+_SIGNAL_SUFFIXES = frozenset({".edf", ".bdf", ".npz"})  # .npz: beat series (sleeplm.io.beats)
 _CHUNK = 1 << 20
 _KEY_CHARS = 32  # hex characters of the key used as folder name (the full key is in meta.json)
 _TMP_PREFIX = ".tmp-"
