@@ -15,6 +15,14 @@ unscored studies). Both are scored on the same scored epochs (unscored and movem
 left out; wake further than ``--wake-margin-min`` from sleep trimmed, as is usual for the long
 Sleep-EDF cassette recordings): accuracy, Cohen's kappa and per-stage F1, per night and pooled.
 Prints a table and writes ``real_eeg.json`` to ``--out``.
+
+``--dreams DIR`` does the same on the DREAMS Spindles database (University of Mons; eight
+30-min excerpts ``excerptN.edf`` with ``Hypnogram_excerptN.txt``, 5-s R&K stages read as 30-s
+epochs, and ``Visual_scoring1/2_excerptN.txt``, two experts' spindles), and adds **spindle
+localisation** per 30-s epoch against each expert: SleepLM's "sleep spindles" query (margin >
+0, :func:`sleeplm.model.zeroshot.known_query_margins`, as the ``localize`` tool), YASA's
+``spindles_detect`` on the same EEG channel, and flagging every epoch (the baseline to beat):
+precision, recall and F1 of epochs holding an expert's spindle.
 """
 
 from __future__ import annotations
@@ -95,9 +103,68 @@ def yasa_stages(lib, patient: str, onsets_s: np.ndarray) -> tuple[np.ndarray | N
     return hyp[j].astype(str), ", ".join(f"{k} {v}" for k, v in staging.channels.items())
 
 
+def epoch_flags(events, onsets_s: np.ndarray, epoch_sec: float = 30.0) -> np.ndarray:
+    """True for each epoch (onset in s) that an event (``onset``, ``duration`` s) overlaps."""
+    out = np.zeros(len(onsets_s), dtype=bool)
+    for on, dur in zip(events["onset"], events["duration"]):
+        out |= (onsets_s < on + dur) & (onsets_s + epoch_sec > on)
+    return out
+
+
+def flag_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """Epoch-level precision, recall and F1 of flags against the truth."""
+    truth, pred = np.asarray(truth, bool), np.asarray(pred, bool)
+    tp = int((truth & pred).sum())
+    prec = tp / pred.sum() if pred.sum() else 0.0
+    rec = tp / truth.sum() if truth.sum() else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"epochs": int(truth.size), "truth_epochs": int(truth.sum()),
+            "flagged": int(pred.sum()), "precision": round(float(prec), 4),
+            "recall": round(float(rec), 4), "f1": round(float(f1), 4)}
+
+
+def dreams_spindles(lib, patient: str, folder: Path, onsets_s: np.ndarray) -> dict:
+    """Spindle epochs of each DREAMS expert vs SleepLM's query, YASA's detector, all epochs."""
+    import yasa
+
+    from sleeplm.io.dreams import read_dreams_events
+    from sleeplm.model import prompts as P
+    from sleeplm.model.tokenizer import CaptionTokenizer
+    from sleeplm.model.zeroshot import class_embeddings, known_query_margins
+
+    experts = {}
+    for k in (1, 2):
+        f = folder / f"Visual_scoring{k}_{patient}.txt"
+        if f.is_file():
+            experts[f"expert{k}"] = epoch_flags(read_dreams_events(f), onsets_s)
+    if not experts:
+        return {"skipped": "no Visual_scoring files"}
+    p = lib.open(patient, progress=False)
+    tok = CaptionTokenizer.load(lib.model_dir / "tokenizer.json")
+    margins = known_query_margins(np.asarray(p.epoch_embeddings),
+                                  lambda table, keys: class_embeddings(lib.model, tok, table, keys),
+                                  ["spindles"])[:, 0]
+    methods = {"sleeplm": margins > 0, "every_epoch": np.ones(len(onsets_s), bool)}
+    rec = p.recording()
+    eeg = next((c for c in ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O") if c in rec.signals), None)
+    if eeg is not None:
+        sig = rec.signals[eeg]
+        sp = yasa.spindles_detect(np.asarray(sig.data, float), sig.sfreq, verbose="ERROR")
+        det = sp.summary() if sp is not None else None
+        ev = ({"onset": det["Start"].to_numpy(), "duration": det["Duration"].to_numpy()}
+              if det is not None else {"onset": [], "duration": []})
+        methods["yasa"] = epoch_flags(ev, onsets_s)
+    out = {"eeg": eeg}
+    for ename, truth in experts.items():
+        out[ename] = {m: flag_metrics(truth, pred) for m, pred in methods.items()}
+    return out
+
+
 def run(sleep_edf: Path, out: Path, checkpoint: Path | None = None,
-        cache: Path | None = None, wake_margin_min: float | None = 30.0) -> dict:
-    """Run the benchmark over a folder of Sleep-EDF PSG + hypnogram pairs; return the report."""
+        cache: Path | None = None, wake_margin_min: float | None = 30.0,
+        dataset: str = "sleep-edf") -> dict:
+    """Run the benchmark over a folder of PSG + hypnogram pairs (Sleep-EDF, or the DREAMS
+    Spindles excerpts with ``dataset="dreams"``); return the report."""
     from sleeplm.library.patients import PatientLibrary
     from sleeplm.model.network import default_checkpoint
 
@@ -124,10 +191,12 @@ def run(sleep_edf: Path, out: Path, checkpoint: Path | None = None,
             row["yasa"] = metrics(truth[idx], ya[idx]) | {"channels": how}
             pooled["truth_yasa"] += list(truth[idx])
             pooled["yasa"] += list(ya[idx])
+        if dataset == "dreams":
+            row["spindles"] = dreams_spindles(lib, pid, sleep_edf, onsets)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         nights[pid] = row
     report = {
-        "data": str(sleep_edf), "checkpoint": str(lib.model_dir),
+        "data": str(sleep_edf), "dataset": dataset, "checkpoint": str(lib.model_dir),
         "wake_margin_min": wake_margin_min, "nights": nights,
         "pooled": {"sleeplm": metrics(pooled["truth"], pooled["sleeplm"]),
                    "yasa": metrics(pooled["truth_yasa"], pooled["yasa"]),
@@ -136,9 +205,35 @@ def run(sleep_edf: Path, out: Path, checkpoint: Path | None = None,
         "note": "SleepLM's default checkpoint was trained on simulated nights only; YASA's "
                 "staging was trained and validated on real PSG.",
     }
+    if dataset == "dreams":
+        report["pooled"]["spindles"] = pooled_spindles(nights)
     out.mkdir(parents=True, exist_ok=True)
     (out / "real_eeg.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def pooled_spindles(nights: dict) -> dict:
+    """Spindle flag counts summed over excerpts, per expert and method, as metrics."""
+    out: dict = {}
+    for row in nights.values():
+        for ename, per in row.get("spindles", {}).items():
+            if not isinstance(per, dict) or ename == "eeg":
+                continue
+            for m, r in per.items():
+                acc = out.setdefault(ename, {}).setdefault(m, {"tp": 0, "flagged": 0,
+                                                               "truth": 0, "epochs": 0})
+                acc["tp"] += round(r["recall"] * r["truth_epochs"])
+                acc["flagged"] += r["flagged"]
+                acc["truth"] += r["truth_epochs"]
+                acc["epochs"] += r["epochs"]
+    for ename, per in out.items():
+        for m, a in per.items():
+            prec = a["tp"] / a["flagged"] if a["flagged"] else 0.0
+            rec = a["tp"] / a["truth"] if a["truth"] else 0.0
+            per[m] = {"epochs": a["epochs"], "truth_epochs": a["truth"], "flagged": a["flagged"],
+                      "precision": round(prec, 4), "recall": round(rec, 4),
+                      "f1": round(2 * prec * rec / (prec + rec), 4) if prec + rec else 0.0}
+    return out
 
 
 def table(report: dict) -> str:
@@ -163,14 +258,22 @@ def table(report: dict) -> str:
         if "f1" in p[name]:
             lines.append(f"  {name} per-stage F1: " + ", ".join(
                 f"{s} {v:.2f}" for s, v in p[name]["f1"].items()))
+    for ename, per in report["pooled"].get("spindles", {}).items():
+        lines.append(f"  spindle epochs vs {ename} (pooled): " + "; ".join(
+            f"{m} P {r['precision']:.2f} R {r['recall']:.2f} F1 {r['f1']:.2f}"
+            for m, r in per.items()))
     lines.append(report["note"])
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sleep-edf", type=Path, required=True,
-                    help="folder of Sleep-EDF *-PSG.edf files with their *-Hypnogram.edf")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sleep-edf", type=Path,
+                     help="folder of Sleep-EDF *-PSG.edf files with their *-Hypnogram.edf")
+    src.add_argument("--dreams", type=Path,
+                     help="folder of the DREAMS Spindles database (excerptN.edf, "
+                          "Hypnogram_excerptN.txt, Visual_scoring1/2_excerptN.txt)")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="SleepLM checkpoint (default: $SLEEPLM_MODEL or models/sleeplm-default)")
     ap.add_argument("--cache", type=Path, default=None, help="library cache (default OUT/cache)")
@@ -178,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="score wake only this close to sleep, minutes (negative: all wake)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
-    if not args.sleep_edf.is_dir():
-        ap.error(f"--sleep-edf {args.sleep_edf} is not a folder")
-    report = run(args.sleep_edf, args.out, args.checkpoint, args.cache,
-                 None if args.wake_margin_min < 0 else args.wake_margin_min)
+    folder = args.sleep_edf or args.dreams
+    dataset = "sleep-edf" if args.sleep_edf else "dreams"
+    if not folder.is_dir():
+        ap.error(f"--{dataset} {folder} is not a folder")
+    margin = None if args.wake_margin_min < 0 or dataset == "dreams" else args.wake_margin_min
+    report = run(folder, args.out, args.checkpoint, args.cache, margin, dataset=dataset)
     print(table(report))
     print(f"written: {args.out / 'real_eeg.json'}")
     return 0

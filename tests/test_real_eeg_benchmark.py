@@ -100,3 +100,105 @@ def test_scored_epochs_and_metrics():
     m = bench.metrics(["W", "N2", "R", "R"], ["W", "N2", "R", "N2"])
     assert m["accuracy"] == 0.75 and m["f1"]["W"] == 1.0 and set(m["f1"]) == {"W", "N2", "R"}
     assert bench.metrics([], []) == {"n_epochs": 0}
+
+
+_DREAMS_CODE = {"W": 5, "R": 4, "N1": 3, "N2": 2, "N3": 1}
+
+
+def write_dreams_excerpt(folder: Path, n: int, seed: int) -> dict:
+    """Write a DREAMS Spindles excerpt as the database ships it: ``excerptN.edf`` (C3-A1 and
+    CZ-A1 at 100 Hz), ``excerptN.txt`` (the signal as text, which must never be taken for a
+    hypnogram), ``Hypnogram_excerptN.txt`` (``[hypnogram]``, one R&K code per 5 s, S4 and
+    movement codes included) and two experts' ``Visual_scoringK_excerptN.txt``."""
+    from sleeplm.simulate import simulate_night
+
+    night = simulate_night(hypnogram=TINY_HYPNOGRAM, profile="healthy_young", seed=seed,
+                           patient_id=f"excerpt{n}")
+    rec = night.recording
+    secs = int(rec.duration)
+    c3 = _at(rec.signals["EEG_C3"], 100)[: secs * 100]
+    cz = _at(rec.signals["EEG_C4"], 100)[: secs * 100]
+    signals = [edfio.EdfSignal(x, sampling_frequency=100, label=lab, physical_dimension="uV",
+                               physical_range=(float(x.min()) - 1, float(x.max()) + 1))
+               for lab, x in (("C3-A1", c3), ("CZ-A1", cz))]
+    edfio.Edf(signals, data_record_duration=1).write(folder / f"excerpt{n}.edf")
+    (folder / f"excerpt{n}.txt").write_text("[C3-A1]\n" + "\n".join(f"{v:.2f}" for v in c3[:500]))
+    codes = []
+    for k, s in enumerate(rec.stages):
+        code = _DREAMS_CODE[str(s)]
+        block = [code] * 6
+        if s == "N3" and k % 2:
+            block = [0] * 6  # R&K S4 -> N3
+        codes += block
+    codes[6:12] = [-1, -1, -1, -1, 5, 5]  # a mostly-movement epoch -> unscored
+    (folder / f"Hypnogram_excerpt{n}.txt").write_text(
+        "[hypnogram]\n" + "\n".join(str(c) for c in codes) + "\n")
+    sp = night.truth[night.truth["type"] == "spindle"]
+    for k, rows in ((1, sp), (2, sp.iloc[::2])):
+        (folder / f"Visual_scoring{k}_excerpt{n}.txt").write_text(
+            f"[vis{k}_Spindles_excerpt{n}]\n"
+            + "".join(f"{r.onset:.3f} {r.duration:.3f}\n" for r in rows.itertuples()))
+    return {"epochs": len(rec.stages), "spindles": len(sp)}
+
+
+def test_dreams_readers():
+    import tempfile
+
+    from sleeplm.errors import AnnotationError, UnknownStageError
+    from sleeplm.io.annotations import find_annotation_file, read_annotations
+    from sleeplm.io.dreams import read_dreams_events
+
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        (folder / "excerpt1.edf").write_bytes(b"")
+        (folder / "excerpt1.txt").write_text("[C3-A1]\n1.0\n2.0\n")
+        hyp = folder / "Hypnogram_excerpt1.txt"
+        hyp.write_text("[hypnogram]\n" + "\n".join(["5"] * 6 + ["2"] * 4 + ["3"] * 2 + ["0"] * 6
+                                                   + ["4"] * 3 + ["-2"] * 3 + ["1"]) + "\n")
+        assert find_annotation_file(folder / "excerpt1.edf") == hyp
+        ann = read_annotations(hyp)
+        assert ann.source == "dreams-hypnogram"
+        assert ann.stages.tolist() == ["W", "N2", "N3", "R"]  # R vs unknown tie: the earlier
+        assert "2 epoch(s) held more than one stage" in ann.notes[0]
+        assert "the last 1 value(s)" in ann.notes[1]
+        bad = folder / "bad.txt"
+        bad.write_text("[hypnogram]\n5\n7\n")
+        with pytest.raises(UnknownStageError, match="line 3.*code 7"):
+            read_annotations(bad)
+        vis = folder / "Visual_scoring1_excerpt1.txt"
+        vis.write_text("[vis1_Spindles_excerpt1]\n10.5 0.8\n300.25 1.2\n")
+        ev = read_dreams_events(vis)
+        assert ev["onset"].tolist() == [10.5, 300.25] and set(ev["type"]) == {"spindle"}
+        assert set(ev["label"]) == {"vis1_Spindles_excerpt1"}
+        vis.write_text("[vis1]\n10.5\n")
+        with pytest.raises(AnnotationError, match="line 2"):
+            read_dreams_events(vis)
+
+
+@pytest.mark.slow
+def test_benchmark_on_dreams_excerpts(tmp_path):
+    data = tmp_path / "dreams"
+    data.mkdir()
+    made = {f"excerpt{n}": write_dreams_excerpt(data, n, seed=10 + n) for n in (1, 2)}
+    bench = _bench()
+    report = bench.run(data, tmp_path / "out", wake_margin_min=None, dataset="dreams")
+    assert sorted(report["nights"]) == ["excerpt1", "excerpt2"]
+    for pid, row in report["nights"].items():
+        assert row["epochs_scored"] == made[pid]["epochs"] - 1  # the movement epoch left out
+        sp = row["spindles"]
+        assert sp["eeg"] == "EEG_C3"
+        for expert in ("expert1", "expert2"):
+            every = sp[expert]["every_epoch"]
+            assert every["recall"] == 1.0 and every["flagged"] == every["epochs"]
+            assert every["truth_epochs"] > 0
+            for method in ("sleeplm", "yasa"):
+                m = sp[expert][method]
+                assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+        # expert 2 marked every other spindle of expert 1: never more spindle epochs
+        assert sp["expert2"]["every_epoch"]["truth_epochs"] <= \
+            sp["expert1"]["every_epoch"]["truth_epochs"]
+    pooled = report["pooled"]["spindles"]
+    assert set(pooled) == {"expert1", "expert2"}
+    assert pooled["expert1"]["yasa"]["f1"] > 0  # YASA finds the simulated spindles
+    text = bench.table(report)
+    assert "spindle epochs vs expert1" in text and "every_epoch" in text

@@ -756,7 +756,8 @@ def read_hypnogram_text(path: str | os.PathLike, *, epoch_sec: float = EPOCH_SEC
 def read_annotations(path: str | os.PathLike, *, epoch_sec: float = EPOCH_SEC) -> Annotations:
     """Read any supported annotation file, recognising its format from its content.
 
-    EDF+ (header starting "0       ") -> :func:`read_sleepedf_hypnogram`; XML with a
+    EDF+ (header starting "0       ") -> :func:`read_sleepedf_hypnogram`; a first line
+    ``[hypnogram]`` -> :func:`sleeplm.io.dreams.read_dreams_hypnogram`; XML with a
     ``<PSGAnnotation>`` root -> :func:`read_nsrr_xml`; ``<CMPStudyConfig>`` ->
     :func:`read_profusion_xml`; anything else -> :func:`read_hypnogram_text`.
 
@@ -781,6 +782,10 @@ def read_annotations(path: str | os.PathLike, *, epoch_sec: float = EPOCH_SEC) -
         head = fh.read(512)
     if head.startswith(b"0       "):
         return read_sleepedf_hypnogram(p, epoch_sec=epoch_sec)
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(b"[hypnogram]"):
+        from sleeplm.io.dreams import read_dreams_hypnogram  # noqa: PLC0415 - imports this module
+
+        return read_dreams_hypnogram(p, epoch_sec=epoch_sec)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         start = head.decode("utf-16", errors="ignore").lstrip()
     else:
@@ -919,8 +924,10 @@ def find_annotation_file(edf_path: str | os.PathLike) -> Path | None:
 
     1. Sleep-EDF pairing: "SC4001E0-PSG.edf" goes with "SC4001EC-Hypnogram.edf" (same first 7
        characters, any 8th, ending "-Hypnogram.edf"; ST7... files likewise);
-    2. NSRR naming: "<stem>-nsrr.xml", "<stem>-profusion.xml", "<stem>.xml";
-    3. "<stem>.csv", "<stem>.txt", "<stem>-hypnogram.txt".
+    2. DREAMS naming: "excerpt1.edf" goes with "Hypnogram_excerpt1.txt" (DREAMS's
+       "excerpt1.txt" is the signal as text, never a hypnogram);
+    3. NSRR naming: "<stem>-nsrr.xml", "<stem>-profusion.xml", "<stem>.xml";
+    4. "<stem>.csv", "<stem>.txt", "<stem>-hypnogram.txt".
 
     Names are compared case-insensitively.
 
@@ -950,6 +957,9 @@ def find_annotation_file(edf_path: str | os.PathLike) -> Path | None:
         )
         if hyp:
             return files[hyp[0]]
+    dreams = files.get(f"hypnogram_{lower}.txt")  # DREAMS: excerpt1.edf, Hypnogram_excerpt1.txt
+    if dreams is not None:
+        return dreams
     for suffix in ("-nsrr.xml", "-profusion.xml", ".xml", ".csv", ".txt", "-hypnogram.txt"):
         hit = files.get(lower + suffix)
         if hit is not None:
