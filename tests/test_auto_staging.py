@@ -111,6 +111,17 @@ def test_unscored_study_gets_automatic_stages_in_the_library_and_tools(library, 
 
     card = patient_summary(ctx).markdown()
     assert "| Sleep stages | automatic (YASA SleepStaging), not scored by a person |" in card
+    from tools import HypnogramInput, hypnogram_figure
+    from tools.figures import MODEL_STAGING_REAL
+
+    fig = hypnogram_figure(ctx)  # automatic stages: SleepLM's reading drawn beside, labelled
+    assert fig.path.name == "hypnogram-model.png" and fig.png.startswith(b"\x89PNG")
+    assert "automatic staging (YASA), not scored by a person" in fig.title
+    assert MODEL_STAGING_REAL in fig.warnings
+    agree = next(w for w in fig.warnings if w.startswith("SleepLM's reading agrees"))
+    assert "is what the numbers use" in agree
+    plain = hypnogram_figure(ctx, HypnogramInput(model_reading=False))
+    assert plain.path.name == "hypnogram.png" and not plain.warnings
 
 
 @pytest.mark.slow
@@ -124,5 +135,10 @@ def test_unscored_study_without_eeg_says_so(library):
     from assistant.app import patient_summary
     from tools import ToolContext
 
-    card = patient_summary(ToolContext(library=library, patient="eog_only")).markdown()
+    ctx = ToolContext(library=library, patient="eog_only")
+    card = patient_summary(ctx).markdown()
     assert "| Sleep stages | none: unscored, and automatic staging could not run" in card
+    from tools import hypnogram_figure
+
+    fig = hypnogram_figure(ctx)  # no stages: only the model's reading, labelled as such
+    assert "no stages" in fig.title and len(fig.warnings) == 1

@@ -47,6 +47,10 @@ __all__ = [
 #: Stage colours (AASM stages; UNS grey).
 STAGE_COLOURS: dict[str, str] = {"W": "#f4a300", "N1": "#8fd3f4", "N2": "#3a86c8",
                                  "N3": "#1b3a6b", "R": "#d62839", "UNS": "#b0b0b0"}
+#: SleepLM's measured real-EEG staging, said wherever its zero-shot stages are drawn.
+MODEL_STAGING_REAL = ("SleepLM zero-shot stages are the model's reading, trained on simulated "
+                      "nights only: on two real 30-min EEG excerpts its staging scored accuracy "
+                      "0.12 and 0.55 (kappa -0.04 and 0.24; YASA 0.70, kappa 0.53 on the first)")
 #: Longest raw-signal window drawn, seconds.
 MAX_WINDOW_S = 600.0
 _EVENT_COLOURS = {"obstructive_apnea": "#d62839", "central_apnea": "#7b2cbf",
@@ -110,6 +114,9 @@ class HypnogramInput(BaseModel):
 
     highlight: TimeSelection | None = Field(default=None, description="part of the night to "
                                             "shade, e.g. an interval found by localize")
+    model_reading: bool | None = Field(
+        default=None, description="also draw SleepLM's zero-shot stage per epoch (the model's "
+        "reading) under the hypnogram; default: when the stages are automatic or absent")
 
 
 class TimelineInput(BaseModel):
@@ -180,9 +187,31 @@ def _hour_ticks(ax: plt.Axes, t0, s0: float, s1: float, unit: float) -> None:
                            fontsize=8)
 
 
+def _model_stages(ctx: ToolContext, p) -> np.ndarray:
+    """SleepLM's zero-shot stage of every epoch (argmax of the stage prompts' class vectors)."""
+    from sleeplm.model import prompts as P
+    from sleeplm.model.zeroshot import stage_scores
+
+    classes = ctx.class_vectors(P.STAGE_PROMPTS, list(P.STAGES))
+    return np.asarray(P.STAGES)[stage_scores(np.asarray(p.epoch_embeddings), classes).argmax(1)]
+
+
+def _draw_stages(ax, x: np.ndarray, stages: np.ndarray, es: float, level: dict) -> None:
+    y = np.array([level.get(str(s), 0) for s in stages])
+    ax.step(np.r_[x, x[-1] + es / 3600.0], np.r_[y, y[-1]], where="post", color="#444", lw=0.8)
+    for s in STAGES:
+        m = np.asarray(stages).astype(str) == s
+        if m.any():
+            ax.bar(x[m], 0.8, width=es / 3600.0, bottom=y[m] - 0.4, align="edge",
+                   color=STAGE_COLOURS[s], label=s, lw=0)
+
+
 def hypnogram_figure(ctx: ToolContext, request: HypnogramInput | None = None) -> FigureOutput:
     """The current night's hypnogram, stages coloured (:data:`STAGE_COLOURS`), optionally with
-    a part of the night shaded."""
+    a part of the night shaded, and SleepLM's zero-shot stages under it as the model's reading
+    (by default when the stages are automatic or absent; never in their place)."""
+    from sklearn.metrics import cohen_kappa_score
+
     p = ctx.processed()
     sel = resolve_selection(p, None)
     hl = (resolve_selection(p, request.highlight) if request and request.highlight is not None
@@ -192,32 +221,58 @@ def hypnogram_figure(ctx: ToolContext, request: HypnogramInput | None = None) ->
     level = {s: i for i, s in enumerate(order)}
     es = float(p.meta.input_config.get("epoch_sec", 30.0))
     x = np.asarray(p.onsets_s, dtype=float) / 3600.0
-    y = np.array([level.get(str(s), 0) for s in p.stages])
-    fig, ax = plt.subplots(figsize=(10, 2.8))
-    ax.step(np.r_[x, x[-1] + es / 3600.0], np.r_[y, y[-1]], where="post", color="#444",
-            lw=0.8)
-    for s in STAGES:
-        m = np.asarray(p.stages) == s
-        if m.any():
-            ax.bar(x[m], 0.8, width=es / 3600.0, bottom=y[m] - 0.4, align="edge",
-                   color=STAGE_COLOURS[s], label=s, lw=0)
+    stages = np.asarray(p.stages).astype(str)
+    automatic = (p.path / "auto_staging.json").is_file()
+    scored = np.isin(stages, ("W", "N1", "N2", "N3", "R"))
+    want = request.model_reading if request and request.model_reading is not None else (
+        automatic or not scored.any())
+    warnings: list[str] = []
+    if want:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(10, 2.8))
+    _draw_stages(ax, x, stages, es, level)
     if hl is not None:
-        ax.axvspan(hl.span.start_s / 3600.0, hl.span.end_s / 3600.0, color="#ffe08a", alpha=0.5,
-                   lw=0, zorder=0)
+        for a in (ax, ax2) if want else (ax,):
+            a.axvspan(hl.span.start_s / 3600.0, hl.span.end_s / 3600.0, color="#ffe08a",
+                      alpha=0.5, lw=0, zorder=0)
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels(order)
-    ax.set_xlabel("clock time" if t0 else "hours from recording start")
-    _hour_ticks(ax, t0, 0.0, float(x[-1] * 3600 + es), 3600.0)
-    title = f"Hypnogram, {p.patient}" + (" (SIMULATED)" if p.study.simulated else "")
+    source = ("automatic staging (YASA), not scored by a person" if automatic else
+              "scored" if scored.any() else "no stages (unscored; automatic staging could "
+              "not run)")
+    if want:
+        lm = _model_stages(ctx, p)
+        _draw_stages(ax2, x, lm, es, level)
+        ax2.set_yticks(range(len(order)))
+        ax2.set_yticklabels(order, fontsize=7)
+        ax2.set_title("SleepLM zero-shot: the model's reading, not a scoring (trained on "
+                      "simulated nights; on real EEG kappa -0.04 and 0.24)", fontsize=8)
+        warnings.append(MODEL_STAGING_REAL)
+        both = scored & np.isin(lm, ("W", "N1", "N2", "N3", "R"))
+        if both.sum() >= 10:
+            agree = float((lm[both] == stages[both]).mean())
+            kappa = float(cohen_kappa_score(stages[both], lm[both]))
+            warnings.append(f"SleepLM's reading agrees with the {source.split(',')[0]} on "
+                            f"{agree:.0%} of {int(both.sum())} epochs (Cohen's kappa "
+                            f"{kappa:.2f}); the {source.split(',')[0]} is what the numbers use")
+        axis = ax2
+    else:
+        axis = ax
+    axis.set_xlabel("clock time" if t0 else "hours from recording start")
+    _hour_ticks(axis, t0, 0.0, float(x[-1] * 3600 + es), 3600.0)
+    title = f"Hypnogram ({source}), {p.patient}" + (" (SIMULATED)" if p.study.simulated else "")
     if hl is not None:
         title += f", {hl.span.describe()} shaded"
     ax.set_title(title, fontsize=10)
     ax.legend(ncol=6, fontsize=7, loc="upper right", frameon=False)
     fig.tight_layout()
-    name = "hypnogram.png" if hl is None else (
-        f"hypnogram-{_tag(hl.span.first_epoch, hl.span.last_epoch)}.png")
+    name = "hypnogram" + ("-model" if want else "")
+    name += ".png" if hl is None else f"-{_tag(hl.span.first_epoch, hl.span.last_epoch)}.png"
     path, data = _save(ctx, fig, name)
-    return FigureOutput(kind="hypnogram", path=path, png=data, title=title, span=sel.span)
+    return FigureOutput(kind="hypnogram", path=path, png=data, title=title, span=sel.span,
+                        warnings=warnings)
 
 
 def event_timeline_figure(ctx: ToolContext, request: TimelineInput | None = None
