@@ -24,7 +24,10 @@ Concurrency: ``workers=1`` runs in this process; ``workers>1`` runs a spawn-cont
 :class:`~concurrent.futures.ProcessPoolExecutor` with at most ``workers`` patients in flight,
 each worker opening the library and loading SleepLM once; a worker that dies only fails the
 patients it held (each is tried once more in a fresh pool). ``backend="ray"`` runs the same
-per-patient function as Ray tasks (``ray`` is optional and imported only then).
+per-patient function as Ray tasks on this machine or on a cluster (``ray_address``; ``ray`` is
+optional and imported only then): each task reads its study from the shared library path,
+each worker loads SleepLM once, and a patient whose node dies is run again on a live node
+(see docs/RAY.md).
 
 Every report says when its night is SIMULATED, and that it is a draft for review by a sleep
 physician, not the output of a medical device.
@@ -699,39 +702,52 @@ def _require_ray() -> Any:
     try:
         import ray  # noqa: PLC0415 - optional backend, imported only on request
     except ImportError as exc:
-        raise BatchError("backend='ray' needs the optional 'ray' package (pip install ray); "
-                         "use backend='process' (the default) otherwise") from exc
+        raise BatchError("backend='ray' needs the optional 'ray' package (pip install "
+                         "'sleeplm[ray]', or pip install ray); use backend='process' (the "
+                         "default) otherwise") from exc
     return ray
 
 
 def _run_ray(setup: _Setup, todo: list[str], workers: int,
-             on_row: Callable[[PatientRow], None]) -> None:
-    """The same per-patient function as Ray tasks, at most ``2 * workers`` in flight."""
+             on_row: Callable[[PatientRow], None], address: str | None = None) -> None:
+    """The same per-patient function as Ray tasks, streamed back as they finish.
+
+    Each task gets the patient id and :class:`_Setup` (paths), reads the study itself and
+    loads SleepLM once per worker process (:func:`_worker`); at most twice the cluster's CPUs
+    are in flight. A patient whose worker or node dies is run again on a live node
+    (:data:`sleeplm.corpus.build.RAY_TASK_RETRIES` times): its files are written atomically
+    and ``status.json`` last, so a rerun leaves one complete report.
+    """
+    from sleeplm.corpus.build import ray_map, ray_session
+
     ray = _require_ray()
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, ignore_reinit_error=True, log_to_driver=False)
-    task = ray.remote(max_retries=1)(_run_one)
     hard = (setup.timeout_s * _HARD_FACTOR + 30.0) if setup.timeout_s else None
-    queue = list(todo)
-    running: dict[Any, tuple[str, float]] = {}
-    while queue or running:
-        while queue and len(running) < 2 * workers:
-            pid = queue.pop(0)
-            running[task.remote(setup, pid)] = (pid, time.monotonic())
-        done, _ = ray.wait(list(running), num_returns=1, timeout=5.0 if hard else None)
-        for ref in done:
-            pid, started = running.pop(ref)
-            try:
-                on_row(PatientRow.model_validate(ray.get(ref)))
-            except Exception as exc:  # the task or its worker died: an error row
-                on_row(_error_row(pid, exc, time.monotonic() - started))
-        for ref, (pid, started) in list(running.items()):
-            if hard and time.monotonic() - started > hard:
-                ray.cancel(ref, force=True)
-                running.pop(ref)
+    nodes: dict[str, int] = {}
+    with ray_session(ray, address, workers) as cpus:
+        logger.info("batch: %d patients as Ray tasks over %d CPUs", len(todo), cpus)
+        calls = [(pid, (setup, pid)) for pid in todo]
+        for res in ray_map(ray, _run_one, calls, in_flight=2 * max(workers, cpus),
+                           hard_timeout_s=hard):
+            pid = res.key
+            if res.timed_out:
                 on_row(_error_row(pid, PatientTimeoutError(
-                    f"patient '{pid}' did not finish within {hard:g} s; its task was "
-                    "cancelled"), time.monotonic() - started))
+                    f"patient '{pid}' did not finish within {hard:g} s (timeout "
+                    f"{setup.timeout_s:g} s); its task was cancelled"), res.seconds))
+            elif res.error is not None:
+                on_row(_error_row(pid, res.error if isinstance(res.error, SleepLMError) else
+                                  WorkerDiedError(f"patient '{pid}': its Ray worker or node "
+                                                  f"failed ({type(res.error).__name__}: "
+                                                  f"{res.error})"), res.seconds))
+            else:
+                row = PatientRow.model_validate(res.value)
+                nodes[res.node] = nodes.get(res.node, 0) + 1
+                logger.info("batch: patient %s %s on Ray node %s", pid, row.status, res.node)
+                on_row(row)
+    logger.info("batch: patients per Ray node: %s", nodes)
+    out = Path(setup.out_dir)
+    for pid in todo:  # temporary files of a write cut short when a node was killed
+        for tmp in (out / pid).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------- batch
@@ -765,7 +781,8 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
               config: AssistantConfig | None = None, progress: bool = True,
               model_dir: str | os.PathLike | None = None,
               cache_dir: str | os.PathLike | None = None,
-              patients: Sequence[str] | None = None) -> BatchSummary:
+              patients: Sequence[str] | None = None,
+              ray_address: str | None = None) -> BatchSummary:
     """Draft and write the report of every patient of a library (resumable).
 
     Parameters
@@ -781,7 +798,9 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
     timeout_s : float, optional
         Per-patient limit, s (a patient past it becomes an error row).
     backend : {"process", "ray"}
-        ``ray`` runs the patients as Ray tasks (needs the optional ``ray`` package).
+        ``ray`` runs the patients as Ray tasks (``pip install 'sleeplm[ray]'``): on a
+        cluster, ``source``, the checkpoint, the cache and ``out_dir`` must be on storage
+        every node mounts at the same path (see docs/RAY.md).
     config : AssistantConfig, optional
         Chooses the narrative writer (None or ``backend="offline"``: the templates).
     progress : bool
@@ -790,6 +809,9 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
         SleepLM checkpoint and processed-patient cache (library defaults otherwise).
     patients : sequence of str, optional
         Only these patients (default: all of the source).
+    ray_address : str, optional
+        ``backend="ray"``: the cluster's head (``host:port``); None: ``RAY_ADDRESS``, else
+        Ray on this machine with ``workers`` CPUs.
 
     Returns
     -------
@@ -800,6 +822,8 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
     ------
     BatchError
         Bad source, options, or an output folder that is a file.
+    RayClusterError
+        ``backend="ray"`` and nothing answers at ``ray_address``.
     ManifestError
         An unreadable manifest.
     """
@@ -868,7 +892,7 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
         if not todo:
             pass
         elif backend == "ray":
-            _run_ray(setup, todo, workers, on_row)
+            _run_ray(setup, todo, workers, on_row, ray_address)
         elif workers == 1 or len(todo) == 1:
             _run_serial(setup, todo, on_row)
         else:

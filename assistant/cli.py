@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="per-patient time limit, seconds")
     p_batch.add_argument("--backend", choices=("process", "ray"), default="process",
                          help="process pool (default) or Ray (optional package)")
+    p_batch.add_argument("--ray-address", metavar="HOST:PORT",
+                         help="with --backend ray: the Ray cluster's head (default: "
+                              "$RAY_ADDRESS, else Ray on this machine); see docs/RAY.md")
     p_batch.add_argument("--cache", type=Path, metavar="DIR",
                          help="processed-patient cache (default <library>/.sleeplm-cache)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,7 +163,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     summary = run_batch(args.input, args.out, workers=args.workers, formats=_formats(args.formats),
                         timeout_s=args.timeout, backend=args.backend, config=config,
                         progress=not args.no_progress and sys.stderr.isatty(),
-                        model_dir=_checkpoint(args), cache_dir=args.cache)
+                        model_dir=_checkpoint(args), cache_dir=args.cache,
+                        ray_address=args.ray_address)
     print(summary.to_table())
     print(f"summary: {Path(args.out) / 'summary.csv'}")
     return 1 if summary.n_error else 0

@@ -166,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_corpus.add_argument("--seed", type=int, default=0, help="caption seed (default 0)")
     p_corpus.add_argument("--shard-size", type=int, default=1000,
                           help="samples per shard (default 1000)")
+    p_corpus.add_argument("--backend", choices=("process", "ray"), default="process",
+                          help="processes (default) or Ray tasks (pip install 'sleeplm[ray]')")
+    p_corpus.add_argument("--ray-address", metavar="HOST:PORT",
+                          help="with --backend ray: the Ray cluster's head (default: "
+                               "$RAY_ADDRESS, else Ray on this machine); see docs/RAY.md")
     p_agree = sub.add_parser("agreement", help="multi-scorer hypnograms: each scorer vs the "
                              "consensus of the others (accuracy, kappa, F1), pooled over nights")
     p_agree.add_argument("--dreem", choices=["all", "dodh", "dodo"],
@@ -208,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             try:
                 report = build_corpus(args.input, args.out, workers=args.workers, seed=args.seed,
-                                      shard_size=args.shard_size, progress=sys.stderr.isatty())
-            except (FileNotFoundError, ValueError) as exc:
+                                      shard_size=args.shard_size, progress=sys.stderr.isatty(),
+                                      backend=args.backend, ray_address=args.ray_address)
+            except (FileNotFoundError, ValueError, ImportError, ConnectionError) as exc:
                 print(f"sleeplm: error: {exc}", file=sys.stderr)
                 return 2
             print(report.to_table())

@@ -44,6 +44,8 @@ import tarfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -53,9 +55,11 @@ from pydantic import BaseModel, Field
 
 from sleeplm._logging import logger
 from sleeplm.corpus.preprocess import ModelInputConfig, epoch_tensor
+from sleeplm.errors import SleepLMError
 from sleeplm.recording import safe_identifier
 
-__all__ = ["build_corpus", "CorpusReport", "SPLITS", "split_of", "subject_for", "read_shard"]
+__all__ = ["build_corpus", "CorpusReport", "SPLITS", "split_of", "subject_for", "read_shard",
+           "RAY_TASK_RETRIES", "RayClusterError", "RayOutcome", "ray_map", "ray_session"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MANIFEST_COLUMNS = ("night", "subject", "split", "epochs", "status", "error", "patient_id",
@@ -541,35 +545,226 @@ def _report(out: Path, rows: list[dict], stats: dict[str, dict], recomputed: int
     return rep
 
 
-# ---------------------------------------------------------------------------------- build
+# ---------------------------------------------------------------------------------- ray
+#: Times Ray re-runs a task whose worker process or node died (a task's own exception is not
+#: retried: it is the item's error). Two lost nodes in a row still finish the item.
+RAY_TASK_RETRIES = 3
+#: Seconds to wait for a TCP connection to a Ray head given by address before giving up.
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+class RayClusterError(SleepLMError, ConnectionError):
+    """The Ray cluster named by an address cannot be reached."""
+
+
+@dataclass
+class RayOutcome:
+    """One finished Ray task of :func:`ray_map`.
+
+    Attributes
+    ----------
+    key : str
+        The item's key as given to :func:`ray_map`.
+    value : Any
+        What the function returned (None when ``error`` is set).
+    error : BaseException or None
+        Why the item has no value: its worker or node died more than
+        :data:`RAY_TASK_RETRIES` times, the function raised, or the task ran past the hard
+        time limit (then ``timed_out``).
+    node : str
+        Id of the Ray node that ran it ("" when unknown).
+    seconds : float
+        Wall time from submission to result, s.
+    timed_out : bool
+    """
+
+    key: str
+    value: Any = None
+    error: BaseException | None = None
+    node: str = ""
+    seconds: float = 0.0
+    timed_out: bool = False
+
+
 def _require_ray() -> Any:
     try:
         import ray  # noqa: PLC0415 - optional backend, imported only on request
     except ImportError as exc:
-        raise ImportError("backend='ray' needs the optional 'ray' package (pip install ray); "
-                          "use backend='process' (the default) otherwise") from exc
+        raise ImportError("backend='ray' needs the optional 'ray' package (pip install "
+                          "'sleeplm[ray]'); use backend='process' (the default) otherwise"
+                          ) from exc
     return ray
 
 
-def _run_ray(jobs: list[_Job], args: tuple, workers: int, bar: Any) -> list[dict]:
-    ray = _require_ray()
+def _probe_ray_head(address: str) -> None:
+    """Fail fast (``ray.init`` waits minutes) when nothing listens at ``host:port``."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():  # "auto", "local" or a form ray.init resolves itself
+        return
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                      timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise RayClusterError(
+            f"cannot reach the Ray cluster at {address!r} ({exc}): start its head node with "
+            "'ray start --head --port=PORT' and give that address (host:port), or leave the "
+            "address out to run Ray on this machine") from exc
+
+
+@contextmanager
+def ray_session(ray: Any, address: str | None = None,
+                num_cpus: int | None = None) -> Iterator[int]:
+    """Connect to a Ray cluster (or start Ray here) for the length of one run.
+
+    Parameters
+    ----------
+    ray : module
+        The imported ``ray`` package.
+    address : str, optional
+        A running cluster's head, ``host:port`` (``ray start --head``), ``ray://host:port``
+        or ``auto``. None: ``RAY_ADDRESS`` when set, else a Ray instance on this machine with
+        ``num_cpus``. Ignored when this process is already connected to Ray.
+    num_cpus : int, optional
+        CPUs of a Ray instance started here.
+
+    Yields
+    ------
+    int
+        CPUs of the whole cluster (at least 1).
+
+    Raises
+    ------
+    RayClusterError
+        Nothing answers at ``address``.
+    """
+    started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=workers or None, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(_process_night)
-    pending = {remote.remote(job, *args): job for job in jobs}
-    rows = []
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            job = pending.pop(ref)
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            _probe_ray_head(address)
             try:
-                rows.append(ray.get(ref))
-            except Exception as exc:  # a worker died: the night is failed, the run carries on
-                rows.append(_crashed_row(job, exc))
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                raise RayClusterError(f"cannot join the Ray cluster at {address!r}: {exc}"
+                                      ) from exc
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        yield max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _call_on_node(fn: Callable[..., Any], *args: Any) -> tuple[Any, str]:
+    """Run ``fn(*args)`` in a Ray worker; return its value and this node's id."""
+    import ray  # noqa: PLC0415 - runs inside a Ray worker
+
+    return fn(*args), ray.get_runtime_context().get_node_id()
+
+
+def ray_map(ray: Any, fn: Callable[..., Any], calls: Sequence[tuple[str, tuple]], *,
+            in_flight: int, hard_timeout_s: float | None = None) -> Iterator[RayOutcome]:
+    """Run ``fn(*args)`` for every ``(key, args)`` as Ray tasks; yield each as it finishes.
+
+    One CPU per task, spread over the nodes; at most ``in_flight`` tasks submitted at once
+    (the rest wait on the driver, so a huge list costs no cluster memory). A task whose
+    worker process or node dies is run again on a live node, up to :data:`RAY_TASK_RETRIES`
+    times, so ``fn`` must be idempotent (write its outputs atomically). Pass paths in
+    ``args``, not data: each worker reads its own inputs from storage every node sees.
+
+    Parameters
+    ----------
+    ray : module
+        The ``ray`` package, connected (see :func:`ray_session`).
+    fn : callable
+        A module-level function (Ray ships it by reference).
+    calls : sequence of (str, tuple)
+        Key and arguments of each task.
+    in_flight : int
+        Tasks submitted at once.
+    hard_timeout_s : float, optional
+        A task running longer, s, is cancelled (force) and yielded with ``timed_out``.
+
+    Yields
+    ------
+    RayOutcome
+        In the order the tasks finish.
+    """
+    remote = ray.remote(_call_on_node).options(
+        num_cpus=1, max_retries=RAY_TASK_RETRIES, retry_exceptions=False,
+        scheduling_strategy="SPREAD")
+    queue = list(calls)
+    queue.reverse()  # pop() from the end keeps the given order
+    running: dict[Any, tuple[str, float]] = {}
+    while queue or running:
+        while queue and len(running) < max(1, in_flight):
+            key, args = queue.pop()
+            running[remote.remote(fn, *args)] = (key, time.monotonic())
+        done, _ = ray.wait(list(running), num_returns=1,
+                           timeout=5.0 if hard_timeout_s else None)
+        for ref in done:
+            key, started = running.pop(ref)
+            seconds = time.monotonic() - started
+            try:
+                value, node = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the caller turns it into the item's error
+                cause = getattr(exc, "cause", None)  # RayTaskError: fn's own exception
+                yield RayOutcome(key, error=cause if isinstance(cause, Exception) else exc,
+                                 seconds=seconds)
+            else:
+                yield RayOutcome(key, value=value, node=node, seconds=seconds)
+        if hard_timeout_s:
+            now = time.monotonic()
+            for ref, (key, started) in list(running.items()):
+                if now - started > hard_timeout_s:
+                    ray.cancel(ref, force=True)
+                    running.pop(ref)
+                    yield RayOutcome(key, seconds=now - started, timed_out=True,
+                                     error=TimeoutError(f"{key} did not finish within "
+                                                        f"{hard_timeout_s:g} s"))
+
+
+def _run_ray(jobs: list[_Job], args: tuple, workers: int, bar: Any,
+             address: str | None = None) -> list[dict]:
+    """Nights as Ray tasks (:func:`ray_map`), streamed back as they finish."""
+    ray = _require_ray()
+    by_night = {job.night: job for job in jobs}
+    work = os.path.abspath(args[0])
+    # a worker's current folder is not the driver's: give it absolute paths
+    calls = [(job.night, (_Job(job.night, os.path.abspath(job.path), job.subject,
+                               job.patient_id), work, *args[1:])) for job in jobs]
+    rows: list[dict] = []
+    counts = Counter()
+    nodes: Counter[str] = Counter()
+    with ray_session(ray, address, workers or None) as cpus:
+        logger.info("corpus: %d nights as Ray tasks over %d CPUs", len(jobs), cpus)
+        for res in ray_map(ray, _process_night, calls, in_flight=2 * max(workers, cpus)):
+            job = by_night[res.key]
+            if res.error is not None:  # its worker or node died past every retry
+                row = _crashed_row(job, res.error)
+            else:
+                row = res.value
+                row["source"] = job.path  # as the local backends write it
+                nodes[res.node] += 1
+                logger.info("corpus: night %s %s on Ray node %s", job.night, row["status"],
+                            res.node)
+            rows.append(row)
+            counts[row["status"]] += 1
+            bar.set_postfix(ok=counts["ok"], failed=counts["failed"], refresh=False)
             bar.update()
+    logger.info("corpus: nights per Ray node: %s", dict(nodes))
+    for tmp in Path(work).glob("*.tar.tmp*"):  # left by a worker whose node was killed
+        tmp.unlink(missing_ok=True)
     return rows
 
 
+# ---------------------------------------------------------------------------------- build
 def _crashed_row(job: _Job, exc: BaseException) -> dict:
     logger.error("corpus: worker for night %s died: %s", job.night, exc)
     subject = job.subject or job.night
@@ -591,6 +786,7 @@ def build_corpus(
     segment_min: float = 5.0,
     split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
     backend: Literal["process", "ray"] = "process",
+    ray_address: str | None = None,
 ) -> CorpusReport:
     """Build (or resume) a pre-training corpus of epoch and night samples.
 
@@ -617,12 +813,23 @@ def build_corpus(
     split_fractions : three floats
         train / validation / test fractions of subjects.
     backend : {"process", "ray"}
-        ``"ray"`` distributes nights with Ray (optional dependency, imported only then).
+        ``"ray"`` runs the nights as Ray tasks (``pip install 'sleeplm[ray]'``, imported only
+        then): each task reads its night from ``inputs`` and writes ``work/<night>.tar``
+        itself, so on a cluster both must be on storage every node mounts at the same path
+        (see docs/RAY.md). A night whose node dies is run again on a live node.
+    ray_address : str, optional
+        The Ray cluster to run on (``host:port`` of its head); None: ``RAY_ADDRESS``, else Ray
+        on this machine with ``workers`` CPUs.
 
     Returns
     -------
     CorpusReport
         Also written to ``out/report.json``; ``out/manifest.csv`` lists every night.
+
+    Raises
+    ------
+    RayClusterError
+        ``backend="ray"`` and nothing answers at ``ray_address``.
     """
     t_start = time.perf_counter()
     if backend not in ("process", "ray"):
@@ -676,7 +883,7 @@ def build_corpus(
     bar = tqdm(total=len(todo), unit="night", desc="corpus", disable=not progress)
     new_rows: list[dict] = []
     if backend == "ray":
-        new_rows = _run_ray(todo, args, workers, bar)
+        new_rows = _run_ray(todo, args, workers, bar, ray_address)
     elif workers <= 1:
         for job in todo:
             new_rows.append(_process_night(job, *args))
