@@ -162,6 +162,8 @@ def patient_summary(ctx: ToolContext) -> PatientSummary:
         m = measures.get(name)
         values[label] = m.format() if m is not None and m.value is not None else (
             f"unavailable ({m.reason})" if m is not None and m.reason else "unavailable")
+    if "Heart-rate apnea screening" in facts.findings:  # heart-rate studies: never an AHI
+        values["Heart-rate screening"] = facts.findings["Heart-rate apnea screening"]
     severity = next((v for k, v in facts.findings.items() if "severity" in k.lower()), None)
     es = float(p.meta.input_config.get("epoch_sec", 30.0))
     return PatientSummary(patient=p.patient, simulated=p.meta.simulated or p.study.simulated,
@@ -275,6 +277,26 @@ def night_overview_png(ctx: ToolContext, highlights: Sequence[tuple[float, float
 
 
 # ------------------------------------------------------------------------------ uploads
+def _is_beat_file(path: Path) -> bool:
+    """A heart-beat series (sleeplm.io.beats): ``.npz``, or a CSV/TXT naming a beat column."""
+    from sleeplm.io.beats import BEAT_SUFFIXES, looks_like_beat_table
+
+    suffix = path.suffix.lower()
+    return suffix in BEAT_SUFFIXES or (suffix in (".csv", ".txt", ".tsv")
+                                       and looks_like_beat_table(path))
+
+
+def _check_beat_file(path: Path) -> str:
+    """Read an uploaded beat file once (its errors say what is wrong); return its suffix."""
+    from sleeplm.io.beats import read_beats
+
+    try:
+        read_beats(path)
+    except (SleepLMError, ValueError) as exc:
+        raise UploadError(f"{path.name} cannot be read as a heart-beat series: {exc}") from None
+    return path.suffix.lower().lstrip(".")
+
+
 def check_signal_file(path: Path, *, max_bytes: int) -> str:
     """Check an uploaded signal file: size and EDF/BDF header.
 
@@ -363,20 +385,28 @@ class _Uploads:
         for p in paths:
             if p.stat().st_size > self.max_bytes:
                 check_signal_file(p, max_bytes=self.max_bytes)  # raises the size message
-        signals = [p for p in paths if p.suffix.lower() in _SIGNAL_SUFFIXES
-                   and "hypnogram" not in p.name.lower()]
+        signals = [p for p in paths if (p.suffix.lower() in _SIGNAL_SUFFIXES
+                                        and "hypnogram" not in p.name.lower())
+                   or _is_beat_file(p)]
         others = [p for p in paths if p not in signals]
         if len(signals) != 1:
             raise UploadError(f"{len(signals)} signal files in the upload "
                               f"({', '.join(p.name for p in signals) or 'none'}): upload "
-                              "exactly one .edf/.bdf recording per study")
+                              "exactly one .edf/.bdf recording (or one beat-time file: .npz, "
+                              "or a CSV with a beat_time_s / rr_ms column) per study")
         bad = [p.name for p in others if p.suffix.lower() not in _ANNOTATION_SUFFIXES]
         if bad or len(others) > 1:
             raise UploadError(f"annotation file(s) {', '.join(bad or [p.name for p in others])}"
                               " not accepted: give at most one annotation file, ending in "
                               f"{', '.join(_ANNOTATION_SUFFIXES)}")
         signal = signals[0]
-        kind = check_signal_file(signal, max_bytes=self.max_bytes)
+        if _is_beat_file(signal):
+            if others:
+                raise UploadError("a beat-time file is a study on its own: its per-minute labels "
+                                  "go inside it (apnea_minute in the .npz); upload it alone")
+            kind = _check_beat_file(signal)
+        else:
+            kind = check_signal_file(signal, max_bytes=self.max_bytes)
         pid = (validate_patient_id(patient_id.strip()) if patient_id and patient_id.strip()
                else patient_id_from_name(signal.stem))
         with self.lock:
@@ -768,14 +798,19 @@ def build_app(assistant: Assistant, *, upload_dir: Path | None = None,
             bot, _ = sources.resolve(key)
             t0 = time.perf_counter()
             processed = bot.library.open(pid, progress=False)  # processed once, cached
-            if not processed.meta.present:
+            note = ""
+            if not processed.meta.present and processed.facts.sections:
+                note = (" SleepLM reads none of its channels in this study: only the "
+                        "deterministic measurements apply.")
+            elif not processed.meta.present:
                 raise UploadError(
                     f"{pid}: no usable channel. None of the channels the model reads "
                     f"({', '.join(processed.channels)}) was found in the recording under a "
                     "known label, or all were flat/invalid. Check the channel labels "
                     "(e.g. 'EEG C3-M2', 'SaO2', 'Thor') and upload again.")
             card = patient_summary(bot.context(pid)).markdown()
-            msg = f"**Added:** {pid} added and processed in {time.perf_counter() - t0:.1f} s."
+            msg = (f"**Added:** {pid} added and processed in {time.perf_counter() - t0:.1f} s."
+                   + note)
             history = _history_messages(bot, pid)
             convs[key] = history
             return (gr.update(choices=sources.choices(), value=key), card, history, convs, msg,
@@ -805,8 +840,10 @@ def build_app(assistant: Assistant, *, upload_dir: Path | None = None,
                 card = gr.Markdown("Pick a patient to see the summary of the night.",
                                    elem_classes=["sleeplm-card"], elem_id="card")
                 with gr.Accordion("Add a study (EDF/BDF + optional annotations)", open=False):
-                    upload = gr.File(file_count="multiple", label="EDF/BDF and annotation file",
-                                     file_types=[*_SIGNAL_SUFFIXES, *_ANNOTATION_SUFFIXES],
+                    upload = gr.File(file_count="multiple",
+                                     label="EDF/BDF and annotation file, or one beat-time file "
+                                           "(.npz / CSV of beat times or RR intervals)",
+                                     file_types=[*_SIGNAL_SUFFIXES, *_ANNOTATION_SUFFIXES, ".npz"],
                                      elem_id="upload")
                     upload_id = gr.Textbox(label="Patient id (optional)",
                                            placeholder="from the file name", max_lines=1,

@@ -207,6 +207,33 @@ def test_check_signal_file(tmp_path):
         check_signal_file(f, max_bytes=10_000)
 
 
+def test_upload_of_a_beat_file_gets_the_heart_rate_screening(running, tmp_path):
+    """A Holter export (real Apnea-ECG beats, first 90 min) uploaded alone: a heart-rate study
+    whose card and answers carry the screening, never an AHI."""
+    import numpy as np
+
+    from sleeplm.data import apnea_ecg_path
+
+    client = running.client
+    with np.load(apnea_ecg_path("a02")) as z:
+        t, lab = z["beat_time_s"], z["apnea_minute"]
+    beats = tmp_path / "holter-a02.csv"
+    beats.write_text("beat_time_s\n" + "\n".join(f"{v:.3f}" for v in t[t < 5400]) + "\n")
+    patient, card, chat, status, upload = _upload(client, [beats])
+    assert status.startswith("**Added:** holter-a02 added"), status
+    assert "only the deterministic measurements apply" in status  # the tiny model reads no HR
+    stored = running.root / "state" / "uploads" / "holter-a02"
+    assert [p.suffix for p in stored.iterdir()] == [".csv"]
+    assert "| Heart-rate screening | " in card and "not an AHI" in card
+    chat, *_, status = client.predict("Summarise this night", "uploads:holter-a02",
+                                      api_name="/ask")
+    assert status == ""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("rr_ms\n900\n800\n950\n")
+    *_, status, _ = _upload(client, [bad])
+    assert "cannot be read as a heart-beat series" in status and "usable heart rate" in status
+
+
 def test_upload_of_a_simulated_study(running, tmp_path):
     from sleeplm.simulate import simulate_night, write_study
 
