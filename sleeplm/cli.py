@@ -156,7 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--seed", type=int, default=0, help="seed of the first night")
     p_sim.add_argument("--workers", type=int, default=1, help="processes")
     p_sim.add_argument("--hypnogram", help="stage source for every night: a bundled Sleep-EDF "
-                       "id or 'markov' (default: a bundled night picked by each seed)")
+                       "or Dreem id, 'markov', 'dreem' or 'real' (default: a bundled Sleep-EDF "
+                       "night picked by each seed)")
+    p_sim.add_argument("--statistics", choices=("v1", "real"), default="v1",
+                       help="event and heart-rate statistics: v1 (default, the shipped "
+                            "checkpoint's nights) or real (UCDDB / Apnea-ECG; docs/REALISM.md)")
+    p_sim.add_argument("--noise", choices=("clean", "real"), default="clean",
+                       help="realistic EEG noise and scorer ambiguity (default clean)")
     p_corpus = sub.add_parser("build-corpus", help="pre-training corpus: model-input epochs + "
                               "captions in WebDataset shards (resumable)")
     p_corpus.add_argument("--input", required=True, metavar="DIR|MANIFEST",
@@ -202,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             manifest = simulate_library(args.n, args.out, profiles=args.profiles, seed=args.seed,
                                         workers=args.workers, hypnogram=args.hypnogram,
-                                        progress=sys.stderr.isatty())
+                                        progress=sys.stderr.isatty(),
+                                        statistics=args.statistics, noise=args.noise)
             ok = int((manifest["status"] == "ok").sum())
             print(f"{ok} of {len(manifest)} nights written to {args.out} (manifest.csv); "
                   "these are SIMULATED nights, not real patients.")

@@ -128,6 +128,24 @@ def test_simulate_command_writes_a_library(tmp_path, capsys):
     assert any("SIMULATED" in n for n in data["notes"])
 
 
+def test_simulate_command_with_real_statistics_and_noise(tmp_path, capsys):
+    from sleeplm.io import read_recording
+
+    resp = ("obstructive_apnea", "central_apnea", "mixed_apnea", "hypopnea")
+    events = {}
+    for stats in ("v1", "real"):
+        out = tmp_path / stats
+        args = ["simulate", "--n", "1", "--out", str(out), "--profiles", "osa_moderate",
+                "--seed", "7", "--statistics", stats]
+        assert main(args + (["--noise", "real"] if stats == "real" else [])) == 0
+        rec = read_recording(out / "sim-00007-osa_moderate.edf")
+        events[stats] = rec.events[rec.events["type"].isin(resp)]
+    assert events["v1"]["duration"].between(11.5, 30.5).all()  # v1: uniform 12-30 s
+    assert not events["real"]["duration"].between(11.5, 30.5).all()  # UCDDB's durations
+    with pytest.raises(SystemExit):
+        main(["simulate", "--n", "1", "--out", str(tmp_path), "--statistics", "new"])
+
+
 @pytest.mark.slow
 def test_example_patients_generated_on_first_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLEEPLM_HOME", str(tmp_path))

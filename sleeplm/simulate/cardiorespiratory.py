@@ -115,6 +115,14 @@ _SIGH_P = np.array([0.012, 0.010, 0.005, 0.002, 0.005])  # sigh probability per 
 _RATE_VAR = np.array([0.10, 0.05, 0.02, 0.01, 0.12])     # fast log-rate wander (REM irregular)
 _HR_OFFSET = np.array([HR_STAGE_OFFSET[s] for s in _STAGE_ORDER])
 _HR_VAR = np.array([2.5, 1.2, 0.8, 0.5, 3.0])            # short-term HR variability SD, bpm
+#: (the "real" statistics scale it by 1.4, as real heart rate varies more)
+#: Faster heart-rate wander (s, bpm): the 0.03-0.15 Hz power of real heart rate (Apnea-ECG)
+#: that the 20-s variability alone leaves out.
+_HR_FAST_TAU, _HR_FAST_SD = 5.0, 1.8
+#: SD of the log of each event's and arousal's heart-rate surge (spread of real rises).
+_SURGE_LOG_SD = 0.4
+#: Share of an event's bradycardia gone by its end (the heart speeds up before breathing resumes).
+_BRADY_EASE = 0.6
 _RSA_STAGE = np.array([0.6, 0.9, 1.0, 1.2, 0.6])         # vagal RSA strongest in N3
 _SPO2_OFFSET = np.array([0.0, -0.3, -0.6, -0.6, -0.9])   # SpO2 vs awake baseline, %
 _THORAX_STAGE = np.array([1.0, 1.0, 1.0, 1.0, 0.7])      # rib cage share falls in REM
@@ -358,6 +366,9 @@ def simulate_cardiorespiratory(
     onsets = ev["onset"].to_numpy() if n_ev else np.zeros(0)
     ends = ev["end"].to_numpy() if n_ev else np.zeros(0)
     u_ev = rng.random((n_ev, 8))
+    real = plan.statistics == "real"  # "v1": the heart of the shipped checkpoint's nights
+    hr_u = (np.column_stack([rng.random(n_ev), rng.standard_normal(n_ev), rng.random(n_ev)])
+            if real else None)
     for k, r in enumerate(ev.itertuples()):
         a, b = idx(r.onset), idx(r.end)
         n = b - a
@@ -411,13 +422,25 @@ def simulate_cardiorespiratory(
             if kind != "central_apnea":
                 loud = (2.0 + 2.0 * uu[4]) * np.exp(-y / 6.0)
                 snore_x[b:stop] = np.maximum(snore_x[b:stop], loud)
-        # heart: bradycardia through the event, surge at its end (Guilleminault 1984)
+        # heart: bradycardia through the event, easing before its end, and a surge peaking 5-14 s
+        # after it (Guilleminault 1984); surge sizes vary from event to event as in the
+        # apnea minutes of Apnea-ECG (log-normal factor, see real_stats.apnea_ecg_hr_statistics)
         brady = (4.0 + 4.0 * uu[5]) if kind in _APNEAS else (1.0 + 2.0 * uu[5])
-        hr_ev[a:b] -= brady * np.minimum(1.0, x / max(0.6 * dur, 1.0))
+        depth = np.minimum(1.0, x / max(0.6 * dur, 1.0))
         surge = (6.0 + 4.0 * uu[6]) if kind in _APNEAS else (3.0 + 3.0 * uu[6])
         stop = idx(r.end + 45.0)
         y = np.arange(stop - b) / _FS
-        hr_ev[b:stop] += surge * _gamma_bump(y, 5.0) - brady * np.exp(-y / 2.0)
+        if not real:  # v1: bradycardia to the end, one surge shape
+            hr_ev[a:b] -= brady * depth
+            hr_ev[b:stop] += surge * _gamma_bump(y, 5.0) - brady * np.exp(-y / 2.0)
+            continue
+        ease = (0.5 + 0.4 * hr_u[k, 0]) * dur  # when the heart starts to speed up again
+        late = x > ease
+        depth[late] *= 1.0 - _BRADY_EASE * (x[late] - ease) / max(dur - ease, 1e-6)
+        hr_ev[a:b] -= brady * depth
+        surge *= float(np.clip(np.exp(_SURGE_LOG_SD * hr_u[k, 1]), 0.4, 2.5))
+        hr_ev[b:stop] += (surge * _gamma_bump(y, 5.0 + 9.0 * hr_u[k, 2])
+                          - brady * (1.0 - _BRADY_EASE) * np.exp(-y / 2.0))
 
     # Cheyne-Stokes: crescendo-decrescendo ventilation between periodic events
     per = np.flatnonzero(ev["periodic"].to_numpy()) if n_ev else np.zeros(0, dtype=int)
@@ -451,13 +474,15 @@ def simulate_cardiorespiratory(
                 if aro and not np.any(np.abs(ar_on - e) <= 5.0)]
     all_ar = list(zip(ar_on.tolist(), ar_du.tolist())) + extra_ar
     u_ar = rng.random((len(all_ar), 2))
-    for (on, du), uu in zip(all_ar, u_ar):
+    ar_gain = (np.clip(np.exp(_SURGE_LOG_SD * rng.standard_normal(len(all_ar))), 0.4, 2.5)
+               if real else np.ones(len(all_ar)))
+    for (on, du), uu, gain in zip(all_ar, u_ar, ar_gain):
         a = idx(on)
         stop = idx(on + du + 40.0)
         if stop <= a:
             continue
         y = np.arange(stop - a) / _FS
-        hr_ev[a:stop] += (8.0 + 4.0 * uu[0]) * _gamma_bump(y, min(5.0 + 0.3 * du, 10.0))
+        hr_ev[a:stop] += gain * (8.0 + 4.0 * uu[0]) * _gamma_bump(y, min(5.0 + 0.3 * du, 10.0))
         s1 = idx(on + min(du, 10.0))
         if not np.any((onsets <= on) & (ends >= on - 5.0)):  # not an event's recovery
             boost[a:s1] = np.maximum(boost[a:s1], 0.3 * uu[1])
@@ -488,7 +513,10 @@ def simulate_cardiorespiratory(
 
     # ---------------------------------------------------------------- heart rate
     t1 = np.arange(n_sec, dtype=float)
-    hr_var = _ou(rng, n_sec, 1.0, 20.0, 1.0) * _HR_VAR[stage_sec] + _ou(rng, n_sec, 1.0, 900.0, 0.7)
+    hr_var = (_ou(rng, n_sec, 1.0, 20.0, 1.0) * _HR_VAR[stage_sec] * (1.4 if real else 1.0)
+              + _ou(rng, n_sec, 1.0, 900.0, 0.7))
+    if real:  # faster wander, as real heart rate has
+        hr_var += _ou(rng, n_sec, 1.0, _HR_FAST_TAU, _HR_FAST_SD)
     hr_base = plan.heart_rate + _smooth_exp(_HR_OFFSET[stage32].astype(float), _FS, 20.0)
     rsa_amp = float(np.clip(5.5 - 0.07 * (plan.age - 20.0), 1.5, 6.0))
     rsa = (rsa_amp * _RSA_STAGE[stage32] * np.clip(g_eff * boost, 0.0, 1.5)

@@ -1,10 +1,14 @@
 """Plan a night's events: body position, respiratory events, arousals and leg movements.
 
-Placement follows physiology: respiratory events only in sleep, likelier supine and in REM for
-obstructive apnea (Oksenberg 1997; Koo 2008), central apneas in NREM in Cheyne-Stokes cycles of
+With ``statistics="real"``, placement follows physiology and real scoring: respiratory events come in runs with the real
+durations, gaps, run lengths, type mix and per-stage rates of the UCDDB nights
+(:mod:`sleeplm.simulate.real_stats`); a run starts in sleep, likelier supine (Oksenberg 1997),
+and goes on through awakenings as in real nights; central apneas in NREM in Cheyne-Stokes cycles of
 45-75 s (Javaheri 2016), AASM minimum durations (apnea/hypopnea >= 10 s, arousal >= 3 s, leg
 movement 0.5-10 s), PLM series of >= 4 movements 5-90 s apart (AASM; typical 20-40 s), and no
-event overlapping another.
+event overlapping another. ``statistics="v1"`` (the default until the default checkpoint is
+retrained on "real" nights) places each respiratory event on its own, anywhere free in sleep,
+with uniform durations and fixed stage weights: the nights the shipped checkpoint learned.
 """
 
 from __future__ import annotations
@@ -14,12 +18,25 @@ import pandas as pd
 
 from sleeplm.recording import POSITIONS, SLEEP_STAGES
 from sleeplm.simulate.plan import AROUSAL_COLUMNS, LEG_COLUMNS, RESPIRATORY_COLUMNS, NightPlan
-from sleeplm.simulate.profiles import Profile
+from sleeplm.simulate.profiles import Profile, v1_profile
+from sleeplm.simulate.real_stats import (
+    clustering_for_ahi,
+    event_durations,
+    event_type_mix,
+    stage_rate_ratios,
+)
 
-__all__ = ["plan_night", "plan_positions"]
+__all__ = ["plan_night", "plan_positions", "STATISTICS"]
 
-_STAGE_WEIGHT = {"W": 0.0, "N1": 0.8, "N2": 1.0, "N3": 0.4, "R": 1.0}
+#: Stage weights of the v1 placement (what the shipped checkpoint was trained on).
+_STAGE_WEIGHT_V1 = {"W": 0.0, "N1": 0.8, "N2": 1.0, "N3": 0.4, "R": 1.0}
+#: Event statistics of the planner: "v1" (the shipped SleepLM checkpoint's training nights) or
+#: "real" (the UCDDB nights' runs, durations, mix and stage rates).
+STATISTICS = ("v1", "real")
 
+#: A run of respiratory events starts at least this far (s) from any other event where it can.
+#: Longer (the 90-s run threshold) leaves too few places in severe nights and lengthens the gaps.
+_RUN_CLEARANCE_S = 30
 
 class _Timeline:
     """Seconds of the night already taken by an event (plus its margins)."""
@@ -77,13 +94,158 @@ def plan_positions(stages: np.ndarray, supine_share: float, rng: np.random.Gener
     return position
 
 
+def _stage_weights(profile: Profile) -> dict[str, float]:
+    """Relative event rate of each stage: UCDDB's, or the profile's REM factor over N2."""
+    weights = {"W": 0.0, **stage_rate_ratios()}
+    if profile.rem_factor is not None:
+        weights["R"] = profile.rem_factor * weights["N2"]
+    return weights
+
+
+def _event_drawer(profile: Profile, rng: np.random.Generator, types: list[str],
+                  shares: np.ndarray):
+    """A function drawing (type, duration s) of one event: real UCDDB durations per type
+    unless the profile sets its own range."""
+    real = event_durations()
+
+    def draw() -> tuple[str, float]:
+        etype = str(rng.choice(types, p=shares))
+        if profile.event_duration is not None:
+            return etype, float(rng.uniform(*profile.event_duration))
+        pool = real[etype] if real[etype].size else real["hypopnea"]
+        return etype, float(pool[int(rng.integers(pool.size))])
+
+    return draw
+
+
 def _respiratory(stages, position, profile, rng, timeline, epoch_sec):
+    """Respiratory events in runs, as in real nights (UCDDB).
+
+    Events come in runs (clusters): a run starts at a sleep second chosen with the stage weights
+    of :func:`_stage_weights` and the supine factor; its length (events) and its sequence of
+    gaps (end to next onset, <= :data:`~sleeplm.simulate.real_stats.CLUSTER_GAP_S`) are those
+    of a real run of the UCDDB nights nearest in AHI; it goes on through wake inside the sleep
+    period (those events are not counted towards the target AHI) and ends early at another
+    event or at the end of the sleep period.
+    Durations and the type mix are UCDDB's unless the profile sets its own; Cheyne-Stokes runs
+    of central apneas keep their own periodic placement.
+    """
+    n_sec = position.size
+    stage_sec = np.repeat(stages, int(epoch_sec))[:n_sec]
+    sleep = np.isin(stage_sec, SLEEP_STAGES)
+    tst_h = sleep.sum() / 3600
+    ahi_target = rng.uniform(*profile.ahi)
+    n_target = int(round(ahi_target * tst_h))
+    stage_w = _stage_weights(profile)
+    weight = np.vectorize(stage_w.get)(stage_sec).astype(float)
+    weight[position == POSITIONS.index("supine")] *= profile.supine_factor
+    sleep_csum = np.r_[0, np.cumsum(~sleep)]
+    mix = profile.event_mix if profile.event_mix is not None else event_type_mix()
+    types = list(mix)
+    shares = np.array([mix[t] for t in types], dtype=float)
+    shares /= shares.sum()
+    rows: list[dict] = []
+
+    def in_sleep(onset: int, dur: float) -> bool:
+        end = min(int(np.ceil(onset + dur)), n_sec)
+        return sleep_csum[end] - sleep_csum[onset] == 0
+
+    def add(onset, dur, etype, periodic=False):
+        is_hyp = etype == "hypopnea"
+        if is_hyp and rng.random() < 0.25:  # hypopnea scored on its arousal, small desaturation
+            depth, arousal = rng.uniform(0.0, 2.0), True
+        else:
+            lo, hi = profile.desat_depth
+            depth = rng.uniform(max(lo, 3.6) if is_hyp else lo, max(hi, 3.7))
+            arousal = rng.random() < (0.6 if not is_hyp else 0.5)
+        if etype == "central_apnea" and periodic:
+            arousal = rng.random() < 0.2
+        rows.append({"onset": float(onset), "duration": float(dur), "type": etype,
+                     "desat_depth": float(depth), "arousal": bool(arousal),
+                     "periodic": bool(periodic)})
+        timeline.take(onset, dur)
+
+    if profile.cheyne_stokes:  # central apneas in crescendo-decrescendo runs in NREM
+        n_central = int(round(n_target * mix.get("central_apnea", 0)))
+        nrem = np.isin(stage_sec, ("N1", "N2"))
+        tries = 0
+        while n_central > 0 and tries < 200:
+            tries += 1
+            start = _pick(nrem.astype(float), rng)
+            if start is None:
+                break
+            cycle = rng.uniform(45, 75)
+            for k in range(int(rng.integers(5, 16))):
+                onset = int(start + k * cycle)
+                dur = rng.uniform(12, 25)
+                if onset + dur + 20 >= n_sec or not nrem[onset] or not in_sleep(onset, dur):
+                    break
+                if not timeline.free_onsets(dur, 10, 10)[onset]:
+                    break
+                add(onset, dur, "central_apnea", periodic=True)
+                n_central -= 1
+                if n_central <= 0:
+                    break
+        n_target -= sum(r["periodic"] for r in rows)
+        types = [t for t in types if t != "central_apnea"] or ["hypopnea"]
+        shares = np.array([mix.get(t, 0) for t in types], dtype=float)
+        shares = shares / shares.sum() if shares.sum() else np.full(len(types), 1 / len(types))
+
+    draw = _event_drawer(profile, rng, types, shares)
+    # A run goes on through awakenings inside the sleep period: in UCDDB one event in six
+    # starts in an epoch scored wake, most of them inside wake bouts of minutes (the epoch
+    # rule scores wake while the breathing events go on); only runs start in sleep.
+    asleep = np.flatnonzero(sleep)
+    period = (int(asleep[0]), int(asleep[-1]) + 1) if asleep.size else (0, 0)
+    runs, _ = clustering_for_ahi(round(float(ahi_target), 1))
+    placed, tries = 0, 0
+    while placed < n_target and tries < 10 * n_target + 50:
+        tries += 1
+        run = runs[int(rng.integers(len(runs)))] if runs else np.zeros(0)
+        etype, dur = draw()
+        # a run starts clear of the other events where it can
+        ok = timeline.free_onsets(dur, _RUN_CLEARANCE_S, _RUN_CLEARANCE_S) & sleep
+        if not ok.any():
+            ok = timeline.free_onsets(dur, 12, 15) & sleep
+        onset = _pick(weight * ok, rng)
+        if onset is None:
+            break
+        if not in_sleep(onset, dur):
+            continue
+        add(onset, dur, etype)
+        placed += 1
+        end = onset + dur
+        for j, gap in enumerate(run):  # replay the real run's gaps
+            if placed >= n_target:
+                break
+            etype, dur = draw()
+            for attempt in range(4):  # another of its gaps when wake or an event is in the way
+                if attempt:
+                    gap = run[int(rng.integers(run.size))]
+                nxt = int(round(end + float(gap)))
+                fits = (period[0] <= nxt and nxt + dur + 2 < min(period[1], n_sec) and not
+                        timeline.busy[max(nxt - 2, 0) : int(np.ceil(nxt + dur)) + 3].any())
+                if fits:
+                    break
+            if not fits:
+                break
+            add(nxt, dur, etype)
+            placed += int(sleep[nxt])  # events in wake epochs do not count in the AHI
+            end = nxt + dur
+    return pd.DataFrame(rows, columns=list(RESPIRATORY_COLUMNS)).sort_values("onset",
+                                                                           ignore_index=True)
+
+
+def _respiratory_v1(stages, position, profile, rng, timeline, epoch_sec):
+    """The placement the shipped SleepLM checkpoint was trained on: ``n_target`` events placed
+    one by one, each anywhere free in sleep (uniform durations of the profile, the v1 stage
+    weights :data:`_STAGE_WEIGHT_V1_V1` times the REM and supine factors), no runs."""
     n_sec = position.size
     stage_sec = np.repeat(stages, int(epoch_sec))[:n_sec]
     sleep = np.isin(stage_sec, SLEEP_STAGES)
     tst_h = sleep.sum() / 3600
     n_target = int(round(rng.uniform(*profile.ahi) * tst_h))
-    weight = np.vectorize(_STAGE_WEIGHT.get)(stage_sec).astype(float)
+    weight = np.vectorize(_STAGE_WEIGHT_V1.get)(stage_sec).astype(float)
     weight[stage_sec == "R"] *= profile.rem_factor
     weight[position == POSITIONS.index("supine")] *= profile.supine_factor
     sleep_csum = np.r_[0, np.cumsum(~sleep)]
@@ -151,15 +313,20 @@ def _respiratory(stages, position, profile, rng, timeline, epoch_sec):
                                                                            ignore_index=True)
 
 
-def _arousals(stages, respiratory, profile, rng, timeline, epoch_sec):
+def _arousals(stages, respiratory, profile, rng, timeline, epoch_sec, cut_at_next=True):
     n_sec = timeline.busy.size
     stage_sec = np.repeat(stages, int(epoch_sec))[:n_sec]
     sleep = np.isin(stage_sec, SLEEP_STAGES)
     rows = []
-    for r in respiratory.itertuples():
+    nxt_onsets = np.r_[respiratory["onset"].to_numpy(dtype=float)[1:], np.inf]
+    for r, nxt in zip(respiratory.itertuples(), nxt_onsets):
         if r.arousal:
             onset = r.onset + r.duration + rng.uniform(0.0, 2.0)
-            rows.append({"onset": onset, "duration": rng.uniform(3, 12), "cause": "respiratory"})
+            # an arousal ends before the next event of a run starts (real gaps reach 8 s)
+            dur = rng.uniform(3, 12)
+            if cut_at_next:
+                dur = min(dur, max(3.0, nxt - onset - 1.0))
+            rows.append({"onset": onset, "duration": dur, "cause": "respiratory"})
     n_spont = int(round(rng.uniform(*profile.spontaneous_arousal_index) * sleep.sum() / 3600))
     for _ in range(n_spont):
         dur = rng.uniform(3, 15)
@@ -221,7 +388,7 @@ def _leg_movements(stages, profile, rng, timeline, epoch_sec):
 
 
 def plan_night(stages: np.ndarray, profile: Profile, rng: np.random.Generator, *,
-               epoch_sec: float = 30.0) -> NightPlan:
+               epoch_sec: float = 30.0, statistics: str = "v1") -> NightPlan:
     """Decide everything that happens in the night before any signal is drawn.
 
     Parameters
@@ -230,16 +397,30 @@ def plan_night(stages: np.ndarray, profile: Profile, rng: np.random.Generator, *
         W, N1, N2, N3, R per epoch.
     profile : Profile
     rng : numpy.random.Generator
+    epoch_sec : float
+        Epoch length, s.
+    statistics : {"v1", "real"}
+        How respiratory events are placed: "v1" (default), one by one with the profile's (or
+        the v1) uniform durations, mix and stage weights, as in the nights the shipped SleepLM
+        checkpoint was trained on; "real", in runs with the durations, gaps, type mix and
+        stage rates of the UCDDB nights (:mod:`sleeplm.simulate.real_stats`).
 
     Returns
     -------
     NightPlan
     """
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
     n_sec = int(stages.size * epoch_sec)
     position = plan_positions(stages, rng.uniform(*profile.supine_share), rng, epoch_sec)
     timeline = _Timeline(n_sec)
-    respiratory = _respiratory(stages, position, profile, rng, timeline, epoch_sec)
-    arousal_rows = _arousals(stages, respiratory, profile, rng, timeline, epoch_sec)
+    if statistics == "v1":
+        respiratory = _respiratory_v1(stages, position, v1_profile(profile), rng, timeline,
+                                      epoch_sec)
+    else:
+        respiratory = _respiratory(stages, position, profile, rng, timeline, epoch_sec)
+    arousal_rows = _arousals(stages, respiratory, profile, rng, timeline, epoch_sec,
+                             cut_at_next=statistics == "real")
     legs, lm_arousals = _leg_movements(stages, profile, rng, timeline, epoch_sec)
     arousals = pd.DataFrame(arousal_rows + lm_arousals, columns=list(AROUSAL_COLUMNS))
     arousals = arousals[arousals["onset"] + arousals["duration"] < n_sec]
@@ -259,4 +440,5 @@ def plan_night(stages: np.ndarray, profile: Profile, rng: np.random.Generator, *
         heart_rate=float(rng.uniform(*profile.heart_rate)),
         mains_hz=float(rng.choice([50.0, 60.0])),
         epoch_sec=epoch_sec,
+        statistics=statistics,
     )

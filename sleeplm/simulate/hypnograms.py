@@ -1,4 +1,12 @@
-"""Stage sequences of simulated nights: real Sleep-EDF hypnograms, shaped by the profile.
+"""Stage sequences of simulated nights: real Sleep-EDF and Dreem hypnograms, shaped by the profile.
+
+Sources: the 39 Sleep-EDF cassette nights (ids "SC4001E0", ...) and the 80 Dreem Open Datasets
+nights (their ids; consensus of five scorers, :func:`sleeplm.simulate.real_stats.dreem_hypnogram`;
+DOD-H healthy adults, DOD-O patients with obstructive sleep apnea, whose sleep fragments
+differently). ``source="dreem"`` picks a Dreem night of the profile's cohort (DOD-O for the
+sleep-apnea profiles, DOD-H otherwise) and ``source="real"`` a night of the profile's pool
+(Sleep-EDF and DOD-H for the others, DOD-O for sleep apnea); ``None`` keeps picking
+Sleep-EDF nights, whose subject ids the corpus split relies on.
 
 The 39 bundled Sleep-EDF hypnograms cover whole days (the cassette recorder ran ~22 h), so the
 night is cut from some minutes before the first sleep epoch to some minutes after the last one,
@@ -12,17 +20,47 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleeplm.data import hypnogram_ids, hypnogram_path
+from sleeplm.data import dreem_night_ids, hypnogram_ids, hypnogram_path
 from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES
 from sleeplm.simulate.profiles import Profile
+from sleeplm.simulate.real_stats import dreem_hypnogram, dreem_ids_for
 
-__all__ = ["load_hypnogram", "night_hypnogram"]
+__all__ = ["load_hypnogram", "night_hypnogram", "is_sleep_apnea_profile", "source_pool"]
 
 _YASA = {"WAKE": "W", "N1": "N1", "N2": "N2", "N3": "N3", "REM": "R", "UNS": "W", "ART": "W"}
 
 
+def is_sleep_apnea_profile(profile: Profile) -> bool:
+    """True for profiles of sleep-disordered breathing (AHI range reaching 5/h or more)."""
+    return profile.ahi[1] >= 5.0
+
+
+def source_pool(profile: Profile, source: str = "real") -> list[str]:
+    """Hypnogram ids a night of ``profile`` may draw from.
+
+    Parameters
+    ----------
+    profile : Profile
+    source : str
+        "dreem": the Dreem cohort of the profile (DOD-O for sleep apnea, else DOD-H);
+        "real": that cohort plus, for the other profiles, the Sleep-EDF nights;
+        "sleep-edf": the Sleep-EDF nights.
+    """
+    osa = is_sleep_apnea_profile(profile)
+    if source == "dreem":
+        return dreem_ids_for(osa)
+    if source == "real":
+        return dreem_ids_for(osa) if osa else hypnogram_ids() + dreem_ids_for(False)
+    if source == "sleep-edf":
+        return hypnogram_ids()
+    raise ValueError(f"source pool must be 'dreem', 'real' or 'sleep-edf', got {source!r}")
+
+
 def load_hypnogram(source: str, rng: np.random.Generator) -> np.ndarray:
-    """Stages (W, N1, N2, N3, R, UNS) of a bundled recording id, or of YASA's Markov model."""
+    """Stages (W, N1, N2, N3, R, UNS) of a bundled Sleep-EDF or Dreem night id, or of YASA's
+    Markov model ("markov")."""
+    if source in dreem_night_ids():
+        return dreem_hypnogram(source).copy()
     if source == "markov":
         import yasa
 
@@ -55,8 +93,9 @@ def night_hypnogram(
     profile : Profile
     rng : numpy.random.Generator
     source : str, array or None
-        A bundled Sleep-EDF id ("SC4001E0"), "markov", an array of stages, or None to pick a
-        bundled night at random.
+        A bundled Sleep-EDF id ("SC4001E0") or Dreem night id, "markov", "dreem" or "real" (a
+        night drawn from :func:`source_pool` of the profile), an array of stages, or None to
+        pick a bundled Sleep-EDF night at random.
 
     Returns
     -------
@@ -67,6 +106,8 @@ def night_hypnogram(
     """
     if source is None:
         source = str(rng.choice(hypnogram_ids()))
+    elif isinstance(source, str) and source in ("dreem", "real"):
+        source = str(rng.choice(source_pool(profile, source)))
     if isinstance(source, str):
         raw, source_id = load_hypnogram(source, rng), source
     else:

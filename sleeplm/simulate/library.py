@@ -30,11 +30,13 @@ EXAMPLE_PATIENTS: tuple[tuple[str, int], ...] = tuple(
 )
 
 
-def _one(profile: str, seed: int, folder: str, hypnogram: str | None) -> dict:
+def _one(profile: str, seed: int, folder: str, hypnogram: str | None,
+         statistics: str = "v1", noise: str = "clean") -> dict:
     pid = f"sim-{seed:05d}-{profile}"
     row = {"patient_id": pid, "profile": profile, "seed": seed}
     try:
-        night = simulate_night(hypnogram=hypnogram, profile=profile, seed=seed, patient_id=pid)
+        night = simulate_night(hypnogram=hypnogram, profile=profile, seed=seed, patient_id=pid,
+                               statistics=statistics, noise=noise)
         files = write_study(night, folder)
         info = night.recording.info
         row.update(age=info.age, sex=info.sex, hypnogram_source=night.hypnogram_source,
@@ -74,6 +76,8 @@ def simulate_library(
     hypnogram: str | None = None,
     progress: bool = True,
     plan: Iterable[tuple[str, int] | tuple[str, int, str]] | None = None,
+    statistics: str = "v1",
+    noise: str = "clean",
 ) -> pd.DataFrame:
     """Simulate ``n`` nights into ``out`` and write its ``manifest.csv``.
 
@@ -100,6 +104,8 @@ def simulate_library(
     plan : iterable of (profile, seed) or (profile, seed, hypnogram), optional
         Exact patients to make instead of ``n``/``profiles``/``seed``; a third item is that
         night's stage source, overriding ``hypnogram``.
+    statistics, noise : str
+        As :func:`sleeplm.simulate.simulate_night` ("real", "real" for a realistic corpus).
 
     Returns
     -------
@@ -121,11 +127,12 @@ def simulate_library(
     bar = tqdm(total=len(jobs), unit="night", desc="simulating", disable=not progress)
     if workers <= 1:
         for profile, s, source in jobs:
-            rows.append(_one(profile, s, str(out), source))
+            rows.append(_one(profile, s, str(out), source, statistics, noise))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_one, p, s, str(out), h) for p, s, h in jobs]
+            futures = [pool.submit(_one, p, s, str(out), h, statistics, noise)
+                       for p, s, h in jobs]
             for fut in as_completed(futures):
                 rows.append(fut.result())
                 bar.update()

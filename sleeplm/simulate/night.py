@@ -17,6 +17,7 @@ from sleeplm.simulate.hypnograms import night_hypnogram
 from sleeplm.simulate.muscle import simulate_leg_emg
 from sleeplm.simulate.plan import RATES, NightPlan
 from sleeplm.simulate.profiles import Profile, get_profile
+from sleeplm.simulate.realism import NOISE_LEVELS, add_realism
 
 __all__ = ["SimulatedNight", "simulate_night", "SCORED_TYPES"]
 
@@ -44,7 +45,8 @@ class SimulatedNight:
     profile : str
     seed : int
     hypnogram_source : str
-        The Sleep-EDF recording id (or "markov") whose stage sequence drove the night.
+        The Sleep-EDF or Dreem night id (or "markov", "given") whose stage sequence drove the
+        night.
     """
 
     recording: Recording
@@ -91,14 +93,18 @@ def simulate_night(
     *,
     patient_id: str | None = None,
     artifacts: bool = True,
+    noise: str = "clean",
+    statistics: str = "v1",
 ) -> SimulatedNight:
     """Simulate a full night of PSG with known truth.
 
     Parameters
     ----------
     hypnogram : str, array or None
-        A bundled Sleep-EDF id ("SC4001E0"), "markov" (YASA's stage model), an array of stages,
-        or None to pick a bundled night from the seed.
+        A bundled Sleep-EDF id ("SC4001E0") or Dreem night id, "markov" (YASA's stage model),
+        "dreem" or "real" (a real night of the profile's cohort, see
+        :func:`sleeplm.simulate.hypnograms.source_pool`), an array of stages, or None to pick
+        a bundled Sleep-EDF night from the seed.
     profile : str or Profile
         One of :data:`sleeplm.simulate.PROFILES`.
     seed : int
@@ -107,18 +113,35 @@ def simulate_night(
         Defaults to ``sim-<profile>-<seed>``.
     artifacts : bool
         Add movement artifacts, electrode pops, a channel drop-out and SpO2 drop-outs.
+    noise : str
+        "clean" (default; what the shipped SleepLM checkpoint was trained on) or "real":
+        ambiguous epochs blended with the stage a real scorer would pick instead, per-night
+        channel gains and slow drift (:mod:`sleeplm.simulate.realism`), so that automatic
+        staging scores about as on real PSG.
+    statistics : str
+        "v1" (default; the event and heart-rate statistics of the nights the shipped SleepLM
+        checkpoint was trained on) or "real": respiratory events in runs with UCDDB's
+        durations, gaps, type mix and stage rates, and heart rate with Apnea-ECG's variability
+        and post-event rises (:mod:`sleeplm.simulate.real_stats`; docs/REALISM.md). The next
+        training corpus is to use ``statistics="real", noise="real"``.
 
     Returns
     -------
     SimulatedNight
     """
     prof = get_profile(profile)
-    streams = np.random.SeedSequence(seed).spawn(5)
-    rng_plan, rng_brain, rng_leg, rng_cr, rng_art = (np.random.default_rng(s) for s in streams)
+    if noise not in NOISE_LEVELS:
+        raise ValueError(f"noise must be one of {NOISE_LEVELS}, got {noise!r}")
+    # the 6th stream only feeds noise="real": the clean night of a seed is unchanged by it
+    streams = np.random.SeedSequence(seed).spawn(6)
+    rng_plan, rng_brain, rng_leg, rng_cr, rng_art, rng_real = (
+        np.random.default_rng(s) for s in streams)
     stages, source = night_hypnogram(prof, rng_plan, hypnogram)
-    plan = plan_night(stages, prof, rng_plan)
+    plan = plan_night(stages, prof, rng_plan, statistics=statistics)
 
     signals, micro = simulate_brain(plan, rng_brain)
+    if noise == "real":
+        add_realism(signals, plan, rng_real, simulate_brain)
     signals.update(simulate_leg_emg(plan, rng_leg))
     cardio, desats = simulate_cardiorespiratory(plan, rng_cr)
     signals.update(cardio)
@@ -137,7 +160,9 @@ def simulate_night(
     truth = truth.sort_values("onset", kind="stable", ignore_index=True)
     start = dt.datetime(2026, 1, 1, 22, 0) + dt.timedelta(minutes=int(rng_plan.integers(0, 120)))
     info = RecordingInfo(patient_id=pid, age=plan.age, sex=plan.sex, start_time=start,
-                         source=f"simulated ({prof.name}, seed {seed}, hypnogram {source})",
+                         source=f"simulated ({prof.name}, seed {seed}, hypnogram {source}"
+                                + (", real event statistics" if statistics == "real" else "")
+                                + (", realistic noise)" if noise == "real" else ")"),
                          annotation_source="simulation truth")
     rec = Recording(signals=rec_signals, stages=stages, events=scored, info=info,
                     notes=[f"simulated night: profile {prof.name}, seed {seed}, stage sequence "

@@ -63,6 +63,9 @@ class NightPlan:
         Heart rate in quiet NREM sleep, bpm.
     mains_hz : float
         Mains frequency of the site, 50 or 60 Hz.
+    statistics : str
+        "v1" or "real": the event and heart-rate statistics the night was planned with
+        (:func:`sleeplm.simulate.events.plan_night`).
     """
 
     stages: np.ndarray
@@ -79,6 +82,7 @@ class NightPlan:
     mains_hz: float = 50.0
     epoch_sec: float = 30.0
     notes: list[str] = field(default_factory=list)
+    statistics: str = "v1"
 
     @property
     def duration(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Profile", "PROFILES", "get_profile"]
+__all__ = ["Profile", "PROFILES", "get_profile", "v1_profile"]
 
 Range = tuple[float, float]
 
@@ -23,10 +23,17 @@ class Profile(BaseModel):
     ----------
     ahi : (float, float)
         Target AHI, events per hour of TST (AASM 3 %/arousal rule).
-    event_mix : dict
-        Share of obstructive_apnea, central_apnea, mixed_apnea and hypopnea.
-    supine_factor, rem_factor : float
-        How much likelier respiratory events are supine than not, and in REM than in NREM.
+    event_mix : dict or None
+        Share of obstructive_apnea, central_apnea, mixed_apnea and hypopnea; None (default):
+        the real mix of the UCDDB nights (:func:`sleeplm.simulate.real_stats.event_type_mix`).
+    supine_factor : float
+        How much likelier respiratory events are supine than not.
+    rem_factor : float or None
+        Event rate in REM relative to N2; None (default): each stage's rate relative to all
+        sleep as in UCDDB (:func:`sleeplm.simulate.real_stats.stage_rate_ratios`).
+    event_duration : (float, float) or None
+        Uniform range of event durations, s; None (default): drawn from UCDDB's real
+        durations of each event type (:func:`sleeplm.simulate.real_stats.event_durations`).
     desat_depth : (float, float)
         Depth of event-related desaturations, %.
     plmi : (float, float)
@@ -48,13 +55,11 @@ class Profile(BaseModel):
     age: Range
     male_share: float = Field(0.5, ge=0, le=1)
     ahi: Range = (0.0, 3.0)
-    event_mix: dict[str, float] = Field(
-        default_factory=lambda: {"obstructive_apnea": 0.3, "central_apnea": 0.05,
-                                 "mixed_apnea": 0.05, "hypopnea": 0.6})
+    event_mix: dict[str, float] | None = None
     supine_factor: float = 1.5
-    rem_factor: float = 1.3
+    rem_factor: float | None = None
     cheyne_stokes: bool = False
-    event_duration: Range = (12.0, 30.0)
+    event_duration: Range | None = None
     desat_depth: Range = (3.2, 6.0)
     baseline_spo2: Range = (95.5, 97.5)
     supine_share: Range = (0.3, 0.6)
@@ -69,6 +74,28 @@ class Profile(BaseModel):
     breathing_rate: Range = (12.0, 16.0)
 
 
+#: What a profile's unset event statistics were in the v1 planner (``statistics="v1"``, the
+#: nights the shipped SleepLM checkpoint was trained on): the defaults, then per profile.
+_V1_DEFAULTS: dict = {"event_mix": {"obstructive_apnea": 0.3, "central_apnea": 0.05,
+                                    "mixed_apnea": 0.05, "hypopnea": 0.6},
+                      "rem_factor": 1.3, "event_duration": (12.0, 30.0)}
+_V1_PROFILE: dict[str, dict] = {"osa_mild": {"rem_factor": 2.0},
+                                "osa_moderate": {"rem_factor": 2.0},
+                                "osa_severe": {"rem_factor": 1.5,
+                                               "event_duration": (15.0, 40.0)}}
+
+
+def v1_profile(profile: "Profile") -> "Profile":
+    """The profile with its unset event statistics as the v1 planner had them."""
+    fill = {k: v for k, v in {**_V1_DEFAULTS, **_V1_PROFILE.get(profile.name, {})}.items()
+            if getattr(profile, k) is None}
+    return profile.model_copy(update=fill) if fill else profile
+
+
+#: Event mix of the obstructive sleep apnea profiles: obstructive apneas outnumber central
+#: ones, as the profiles' names promise. The UCDDB default
+#: (:func:`~sleeplm.simulate.real_stats.event_type_mix`) is a mixed referral cohort in which
+#: central apneas outnumber obstructive ones.
 _OSA_MIX = {"obstructive_apnea": 0.35, "central_apnea": 0.03, "mixed_apnea": 0.07,
             "hypopnea": 0.55}
 
@@ -83,14 +110,14 @@ PROFILES: dict[str, Profile] = {
                 baseline_spo2=(94.5, 96.5), heart_rate=(58, 68)),
         Profile(name="osa_mild", description="Mild obstructive sleep apnea", age=(35, 65),
                 male_share=0.65, ahi=(6.5, 13.5), event_mix=_OSA_MIX, supine_factor=2.5,
-                rem_factor=2.0, desat_depth=(3.3, 6.0)),
+                desat_depth=(3.3, 6.0)),
         Profile(name="osa_moderate", description="Moderate obstructive sleep apnea",
                 age=(40, 70), male_share=0.7, ahi=(17.0, 28.0), event_mix=_OSA_MIX,
-                supine_factor=2.5, rem_factor=2.0, desat_depth=(3.5, 8.0),
+                supine_factor=2.5, desat_depth=(3.5, 8.0),
                 baseline_spo2=(94.5, 96.5), spontaneous_arousal_index=(6, 12)),
         Profile(name="osa_severe", description="Severe obstructive sleep apnea", age=(40, 70),
                 male_share=0.75, ahi=(35.0, 55.0), event_mix=_OSA_MIX, supine_factor=2.0,
-                rem_factor=1.5, event_duration=(15.0, 40.0), desat_depth=(4.0, 14.0),
+                desat_depth=(4.0, 14.0),
                 baseline_spo2=(93.0, 95.5), spontaneous_arousal_index=(4, 8),
                 heart_rate=(62, 72)),
         Profile(name="csa_cheyne_stokes", description="Central sleep apnea with Cheyne-Stokes "

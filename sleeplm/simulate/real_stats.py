@@ -1,0 +1,373 @@
+"""Empirical statistics of the bundled real data that drive the simulator.
+
+Everything here is computed from the real files shipped in :mod:`sleeplm.data` on first use
+and cached (no number is copied in by hand):
+
+* **UCDDB** (25 real nights of adults referred for sleep-disordered breathing, every apnea and
+  hypopnea scored): event durations per type, the type mix, the clustering of events (runs of
+  events less than :data:`CLUSTER_GAP_S` apart: run lengths and within-run gaps, per night
+  with its AHI) and events per hour in each sleep stage relative to all sleep.
+  Events whose onset epoch is scored W (about 1 in 6; the epoch is scored wake when most of
+  its 30 s is wake, yet an event may start in its sleep part or in a brief return to sleep)
+  count in durations, type mix and gaps (they are part of the night's sequence of events) but
+  not in the per-stage rates, since the simulator, like the AHI, places events in sleep only.
+* **Dreem Open Datasets** (25 healthy, 55 OSA nights, 5 scorers each): consensus hypnograms,
+  by the rule of :func:`sleeplm.clinical.consensus.consensus_hypnogram` (re-implemented here
+  because the simulator may not import ``sleeplm.clinical``; a test checks both agree).
+* **Apnea-ECG** (52 real nights of beat-to-beat heart rate with per-minute apnea labels): the
+  measurements the simulator's heart is compared with (``benchmarks/realism_real.py``) --
+  heart-rate spectra per 5-min segment in apnea and normal minutes (share of the cyclic band,
+  25-120 s periods), and the size and rise time of heart-rate peaks (trough to peak within
+  40 s) in apnea and normal minutes. The labels are per minute, not per event, so the
+  heart-rate response is measured per minute label, never aligned to event ends.
+
+References: Goldberger et al., PhysioNet (2000) for UCDDB and Apnea-ECG; Penzel et al.,
+Computers in Cardiology 27:255-258 (2000); Guillot et al., IEEE TNSRE 28(9):1955-1965 (2020);
+Guilleminault et al., Lancet 1984;1:126 (cyclic variation of heart rate, 25-120 s cycles).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import signal as sps
+from scipy.ndimage import median_filter
+
+from sleeplm.data import (
+    dreem_night_ids,
+    dreem_scorings,
+    ucddb_events,
+    ucddb_record_ids,
+    ucddb_stages,
+)
+
+__all__ = [
+    "CLUSTER_GAP_S", "EVENT_TYPES", "STAGE_KEYS", "NightEvents", "ucddb_nights",
+    "event_durations", "event_type_mix", "stage_rate_ratios", "clustering_for_ahi",
+    "event_gaps", "dreem_hypnogram", "dreem_ids_for", "scorer_disagreement", "CYCLIC_BAND_HZ",
+    "hr_per_second", "hr_rises", "hr_segment_spectra", "band_share",
+]
+
+#: Events closer than this (s, from one event's end to the next one's onset) belong to one run.
+#: 90 s keeps a run's cycle (event + gap) within the 25-120 s band of cyclic heart-rate
+#: variation (Guilleminault 1984).
+CLUSTER_GAP_S: float = 90.0
+#: Respiratory event types of the simulator and of :func:`sleeplm.data.ucddb_events`.
+EVENT_TYPES: tuple[str, ...] = ("obstructive_apnea", "central_apnea", "mixed_apnea", "hypopnea")
+#: Sleep stages with their own event rate.
+STAGE_KEYS: tuple[str, ...] = ("N1", "N2", "N3", "R")
+_SLEEP = ("N1", "N2", "N3", "R")
+
+
+# --------------------------------------------------------------------------- UCDDB events
+@dataclass(frozen=True)
+class NightEvents:
+    """The events of one real UCDDB night.
+
+    Attributes
+    ----------
+    record_id : str
+    ahi : float
+        Events in sleep per hour of sleep (events/h).
+    onsets, durations : numpy.ndarray
+        s from the recording start, sorted by onset; all events, those in W epochs too.
+    types, stages : numpy.ndarray
+        Event type and stage at onset of each event.
+    sleep_hours : dict of str to float
+        Hours in each of N1, N2, N3, R.
+    """
+
+    record_id: str
+    ahi: float
+    onsets: np.ndarray
+    durations: np.ndarray
+    types: np.ndarray
+    stages: np.ndarray
+    sleep_hours: dict[str, float]
+
+    @property
+    def gaps(self) -> np.ndarray:
+        """s from each event's end to the next event's onset."""
+        return event_gaps(self.onsets, self.durations)
+
+
+def event_gaps(onsets: np.ndarray, durations: np.ndarray) -> np.ndarray:
+    """Inter-event gaps (s): next onset minus this event's end, events sorted by onset."""
+    order = np.argsort(onsets, kind="stable")
+    on = np.asarray(onsets, dtype=float)[order]
+    end = on + np.asarray(durations, dtype=float)[order]
+    return on[1:] - end[:-1]
+
+
+@lru_cache(maxsize=1)
+def ucddb_nights() -> tuple[NightEvents, ...]:
+    """The 25 UCDDB nights with their events (see :class:`NightEvents`)."""
+    ev = ucddb_events()
+    out = []
+    for rid in ucddb_record_ids():
+        st = ucddb_stages(rid)
+        e = ev[ev["record_id"] == rid].sort_values("onset", kind="stable")
+        hours = {s: float((st == s).sum()) * 30.0 / 3600.0 for s in _SLEEP}
+        tst = sum(hours.values())
+        n_sleep = int(e["stage"].isin(_SLEEP).sum())
+        out.append(NightEvents(
+            record_id=rid, ahi=n_sleep / tst if tst > 0 else 0.0,
+            onsets=e["onset"].to_numpy(dtype=float), durations=e["duration"].to_numpy(dtype=float),
+            types=e["type"].to_numpy(dtype=str), stages=e["stage"].to_numpy(dtype=str),
+            sleep_hours=hours))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def event_durations() -> dict[str, np.ndarray]:
+    """Real event durations (s, UCDDB's 1-s resolution) per event type, all nights pooled.
+
+    REM and NREM durations differ little in UCDDB (medians 16 and 17 s), so they are not split.
+    """
+    ev = ucddb_events()
+    return {t: np.sort(ev.loc[ev["type"] == t, "duration"].to_numpy(dtype=float))
+            for t in EVENT_TYPES}
+
+
+@lru_cache(maxsize=1)
+def event_type_mix() -> dict[str, float]:
+    """Share of each event type among UCDDB's events (sums to 1)."""
+    ev = ucddb_events()
+    counts = ev["type"].value_counts()
+    total = float(sum(counts.get(t, 0) for t in EVENT_TYPES))
+    return {t: float(counts.get(t, 0)) / total for t in EVENT_TYPES}
+
+
+@lru_cache(maxsize=1)
+def stage_rate_ratios() -> dict[str, float]:
+    """Events per hour in each sleep stage divided by events per hour of all sleep (pooled).
+
+    Events with onset in W epochs are left out (see the module docstring).
+    """
+    nights = ucddb_nights()
+    n = {s: sum(int((x.stages == s).sum()) for x in nights) for s in _SLEEP}
+    h = {s: sum(x.sleep_hours[s] for x in nights) for s in _SLEEP}
+    overall = sum(n.values()) / sum(h.values())
+    return {s: (n[s] / h[s]) / overall for s in _SLEEP}
+
+
+def _run_gaps(gaps: np.ndarray) -> list[np.ndarray]:
+    """The within-run gap sequence of each run (runs split at gaps > :data:`CLUSTER_GAP_S`);
+    a run of L events has L - 1 gaps (an isolated event: none)."""
+    cuts = np.flatnonzero(gaps > CLUSTER_GAP_S)
+    edges = np.r_[-1, cuts, gaps.size]
+    return [np.maximum(gaps[a + 1 : b], 0.0) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@lru_cache(maxsize=64)
+def clustering_for_ahi(ahi: float, k: int = 4) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The runs of events of the ``k`` UCDDB nights nearest in AHI.
+
+    Real gaps are more regular within a run than across runs (SD of log gap 0.46 within runs
+    of >= 5 events, 0.66 pooled), so the simulator replays whole runs: their length and their
+    sequence of gaps.
+
+    Parameters
+    ----------
+    ahi : float
+        Target apnea-hypopnea index, events/h (nearness is measured on log(1 + AHI)).
+    k : int
+        Number of real nights pooled.
+
+    Returns
+    -------
+    runs : tuple of numpy.ndarray
+        Each run's gaps (s, end to next onset, <= :data:`CLUSTER_GAP_S`); its length in events
+        is one more than its number of gaps.
+    within_gaps : numpy.ndarray
+        All those gaps pooled, sorted.
+    """
+    nights = ucddb_nights()
+    dist = np.abs(np.log1p([x.ahi for x in nights]) - np.log1p(max(float(ahi), 0.0)))
+    chosen = [nights[i] for i in np.argsort(dist, kind="stable")[:k] if nights[i].onsets.size]
+    runs = tuple(r for x in chosen for r in _run_gaps(x.gaps))
+    within = np.concatenate(runs) if runs else np.zeros(0)
+    return runs, np.sort(within)
+
+
+# --------------------------------------------------------------------------- Dreem hypnograms
+_DREEM_STAGE = np.array(["W", "N1", "N2", "N3", "R"])
+
+
+def _plain_majority(codes: np.ndarray) -> np.ndarray:
+    """Per-epoch unique majority code of rows ``codes`` (-1 where none or tied)."""
+    counts = np.stack([(codes == c).sum(axis=0) for c in range(5)])
+    best = counts.max(axis=0)
+    unique = (counts == best).sum(axis=0) == 1
+    return np.where(unique & (best > 0), counts.argmax(axis=0), -1)
+
+
+def _kappa(a: np.ndarray, b: np.ndarray) -> float:
+    ok = (a >= 0) & (b >= 0)
+    if ok.sum() == 0:
+        return -1.0
+    a, b = a[ok], b[ok]
+    po = float(np.mean(a == b))
+    pe = float(sum(np.mean(a == c) * np.mean(b == c) for c in range(5)))
+    return (po - pe) / (1 - pe) if pe < 1 else 1.0
+
+
+@lru_cache(maxsize=128)
+def dreem_hypnogram(night_id: str) -> np.ndarray:
+    """Consensus hypnogram of one Dreem night (W, N1, N2, N3, R, UNS per 30-s epoch).
+
+    Per-epoch majority of the five scorers; ties go to the best-ranked scorer among those who
+    voted for a tied stage, scorers ranked by Cohen's kappa against the plain majority of the
+    other four (Guillot et al. 2020); an epoch nobody scored is UNS. Same rule as
+    :func:`sleeplm.clinical.consensus.consensus_hypnogram`.
+    """
+    codes = dreem_scorings(night_id).astype(int)
+    n_sc = codes.shape[0]
+    kappas = [_kappa(codes[i], _plain_majority(np.delete(codes, i, axis=0)))
+              for i in range(n_sc)]
+    rank = sorted(range(n_sc), key=lambda i: -kappas[i])  # stable: equal kappas keep order
+    counts = np.stack([(codes == c).sum(axis=0) for c in range(5)])
+    best = counts.max(axis=0)
+    out = np.full(codes.shape[1], -1)
+    for e in np.flatnonzero(best > 0):
+        tied = np.flatnonzero(counts[:, e] == best[e])
+        if tied.size == 1:
+            out[e] = tied[0]
+            continue
+        for i in rank:
+            if codes[i, e] in tied:
+                out[e] = codes[i, e]
+                break
+    stages = np.where(out >= 0, _DREEM_STAGE[np.clip(out, 0, 4)], "UNS").astype("<U3")
+    return stages
+
+
+def dreem_ids_for(osa: bool) -> list[str]:
+    """Dreem night ids of the OSA cohort (DOD-O) if ``osa``, else of the healthy one (DOD-H)."""
+    return dreem_night_ids("dodo" if osa else "dodh")
+
+
+@lru_cache(maxsize=1)
+def scorer_disagreement() -> dict[tuple[str, bool], tuple[float, np.ndarray]]:
+    """How often one Dreem scorer stages an epoch differently from the consensus, and how.
+
+    Pooled over the 80 Dreem nights and their five scorers, per consensus stage and per
+    whether the epoch borders a stage change (its previous or next consensus epoch differs):
+    the probability that a scorer's stage differs from the consensus, and the distribution of
+    the stage chosen instead (W, N1, N2, N3, R order). Epochs a scorer left unscored, and
+    UNS consensus epochs, are left out.
+
+    Returns
+    -------
+    dict
+        ``{(stage, borders_change): (p_disagree, p_alternative[5])}``.
+    """
+    names = [str(s) for s in _DREEM_STAGE]
+    counts = {(s, b): np.zeros(5) for s in names for b in (False, True)}
+    agree = {(s, b): 0 for s in names for b in (False, True)}
+    code_of = {s: i for i, s in enumerate(names)}
+    for nid in dreem_night_ids():
+        cons = dreem_hypnogram(nid)
+        codes = dreem_scorings(nid).astype(int)
+        border = np.zeros(cons.size, dtype=bool)
+        border[1:] |= cons[1:] != cons[:-1]
+        border[:-1] |= cons[:-1] != cons[1:]
+        for s in names:
+            for b in (False, True):
+                sel = (cons == s) & (border == b)
+                votes = codes[:, sel]
+                votes = votes[votes >= 0]
+                agree[(s, b)] += int((votes == code_of[s]).sum())
+                counts[(s, b)] += np.bincount(votes[votes != code_of[s]], minlength=5)[:5]
+    out = {}
+    for key, c in counts.items():
+        total = c.sum() + agree[key]
+        out[key] = (float(c.sum() / total) if total else 0.0,
+                    c / c.sum() if c.sum() else np.full(5, 0.2))
+    return out
+
+
+# --------------------------------------------------------------------------- heart rate
+#: Cyclic band of heart-rate variation with apneas: periods of 25-120 s (Hz limits).
+CYCLIC_BAND_HZ: tuple[float, float] = (1 / 120.0, 1 / 25.0)
+_SEGMENT_S = 300
+_RISE_WINDOW_S = 40
+_RISE_PROMINENCE_BPM = 2.0
+
+
+def hr_per_second(beat_time_s: np.ndarray, hr_bpm: np.ndarray, n_sec: int | None = None
+                  ) -> np.ndarray:
+    """Heart rate per second (bpm) from beats, with beat-detection artefacts removed.
+
+    Beats outside 25-220 bpm are dropped, the rest interpolated at each second's centre, and
+    values more than 25 % from their 15-s median replaced by that median.
+    """
+    t = np.asarray(beat_time_s, dtype=float)
+    h = np.asarray(hr_bpm, dtype=float)
+    ok = (h > 25) & (h < 220)
+    n = int(t[-1]) if n_sec is None else int(n_sec)
+    x = np.interp(np.arange(n) + 0.5, t[ok], h[ok])
+    med = median_filter(x, 15, mode="nearest")
+    return np.where(np.abs(x - med) > 0.25 * med, med, x)
+
+
+def hr_rises(hr: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Heart-rate rises: size (bpm) and rise time (s) of peaks whose time lies in ``mask``.
+
+    The 1-Hz heart rate is smoothed over 5 s; a peak is a local maximum at least 2 bpm
+    prominent and 20 s from the next; its rise is peak minus the lowest value in the 40 s
+    before it, its rise time the seconds from that trough (the latest, if several) to the peak.
+    """
+    xs = np.convolve(np.asarray(hr, dtype=float), np.ones(5) / 5, "same")
+    peaks, _ = sps.find_peaks(xs, distance=20, prominence=_RISE_PROMINENCE_BPM)
+    peaks = peaks[np.asarray(mask, dtype=bool)[np.clip(peaks, 0, len(mask) - 1)]]
+    size, ttp = [], []
+    for p in peaks:
+        lo = max(0, p - _RISE_WINDOW_S)
+        tr = p - int(np.argmin(xs[lo : p + 1][::-1]))  # the latest lowest point
+        size.append(xs[p] - xs[tr])
+        ttp.append(p - tr)
+    return np.asarray(size, dtype=float), np.asarray(ttp, dtype=float)
+
+
+def hr_segment_spectra(hr: np.ndarray, minute_label: np.ndarray
+                       ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Welch spectra of the heart rate per 5-min segment whose minutes share one label.
+
+    Parameters
+    ----------
+    hr : numpy.ndarray
+        Heart rate per second, bpm.
+    minute_label : numpy.ndarray
+        1 where the minute holds an apnea or hypopnea, 0 where not (Apnea-ECG's labels).
+
+    Returns
+    -------
+    freqs : numpy.ndarray or None
+        Hz (None when no segment qualifies).
+    spectra : numpy.ndarray
+        (n_segments, n_freqs), bpm²/Hz, one 300-s window each (mean removed).
+    labels : numpy.ndarray
+        The label of each segment.
+    """
+    lab = np.repeat(np.asarray(minute_label, dtype=int), 60)
+    n = min(lab.size, len(hr))
+    freqs, spectra, labels = None, [], []
+    for k in range(0, n - _SEGMENT_S + 1, _SEGMENT_S):
+        seg_lab = lab[k : k + _SEGMENT_S]
+        if seg_lab.min() != seg_lab.max():
+            continue
+        seg = np.asarray(hr[k : k + _SEGMENT_S], dtype=float)
+        freqs, p = sps.welch(seg - seg.mean(), fs=1.0, nperseg=_SEGMENT_S)
+        spectra.append(p)
+        labels.append(int(seg_lab[0]))
+    return freqs, np.asarray(spectra), np.asarray(labels, dtype=int)
+
+
+def band_share(freqs: np.ndarray, spectra: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    """Share of each spectrum's power (1/300-0.5 Hz) inside ``band`` (Hz)."""
+    total = spectra[:, (freqs >= 1 / _SEGMENT_S) & (freqs < 0.5)].sum(axis=1)
+    inside = spectra[:, (freqs >= band[0]) & (freqs < band[1])].sum(axis=1)
+    return inside / np.maximum(total, 1e-12)
