@@ -236,6 +236,7 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"\bahi\b|apn(?:o)?ea[- ]hypopn(?:o)?ea index|how severe .*apn|apnea severity|"
      r"severity of .*apn|(?:apn|hypopn|breathing|respiratory)\w*.* per hour|per hour .*"
      r"(?:apn|hypopn)", "respiratory", ("ahi_3a", "ahi_4")),
+    (r"\brdi\b|respiratory disturbance index", "respiratory", ("ahi_3a", "ahi_4")),
     (r"central apn(?:o)?ea index|how many central", "respiratory",
      ("central_apnea_count", "central_apnea_index")),
     (r"obstructive apn(?:o)?ea index|how many obstructive", "respiratory",
@@ -261,7 +262,8 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"rem latency|first rem (?:start|begin|appear|occur|come)|(?:long|time) (?:after|from) "
      r"sleep onset .*\brem\b|\brem\b.* after sleep onset|(?:long|time) until (?:the )?first rem|"
      r"\b(?:get|got|go|went|gets|goes|reach|reached|enter|entered) (?:in)?to rem\b|"
-     r"\breach(?:ed)? rem\b",
+     r"\breach(?:ed)? rem\b|\bfirst (?:hit|hits|reach\w*|got|get|gets|enter\w*|went)\b.*"
+     r"\brem\b|\bhit rem\b",
      "architecture", ("rem_latency_min",)),
     (r"awakenings|how many times .* wake|woke up", "architecture", ("awakenings",)),
     (r"time in bed|\btib\b|recording (?:time|length)|\bin bed\b", "architecture",

@@ -540,9 +540,11 @@ class OfflinePlanner(BaseChatModel):
                     "system": a.system, "pad_s": 30.0})
             return _Step(text=done[-1].content)
         if sel is None:
-            return _Step(text="Which part of the night? Give a clock time ('at 02:10'), a range "
-                              "or an epoch, or ask about an event listed before ('show the "
-                              "second one').")
+            return _Step(text="Which part of the night? Raw signals are drawn a few minutes "
+                              "at a time: give a clock time, a range of clock times or an "
+                              "epoch, or ask about an event listed before ('show the second "
+                              "one'). For the whole night, ask for the hypnogram or the event "
+                              "timeline.")
         if not done:
             return _Step(tool="plot_signals", args={"window": sel, "system": a.system,
                                                     "pad_s": 15.0})

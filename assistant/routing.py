@@ -91,12 +91,14 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
      r"classify|which (?:stage|class|label) (?:is|fits|best))\b|\bis (?:this|it|that) "
      r"(?:epoch )?(?:more )?(?:rem|n1|n2|n3|wake)\b|\bwhat stage is epoch\b", "classify"),
     (r"\b(?:similar|like this|like that|like patient|resembl\w*|comparable|other patients|"
-     r"other nights)\b", "retrieve"),
+     r"other nights)\b|\b(?:in|across|from|of) the (?:whole )?library\b|\bwhich (?:other )?"
+     r"(?:patients|nights|studies)\b", "retrieve"),
     (r"\bhypnogram\b", "plot_hypnogram"),
     (r"\b(?:timeline|event plot)\b|\b(?:plot|draw|chart)\b.*\bevents?\b",
      "plot_events"),
     (r"\b(?:show|plot|draw|display|pull up)\b.*\b(?:signals?|traces?|waveforms?|channels?|"
-     r"raw|eeg|airflow|ecg|spo2 trace)\b", "plot_signals"),
+     r"raw|eeg|airflow|ecg|spo2 trace)\b|^(?:please\s+)?(?:plot|draw|chart)\b.*\b(?:oxygen|spo2|"
+     r"saturation|sats?|breathing|flow|effort|pulse|heart rate|eog|emg)\b", "plot_signals"),
     (r"^(?:can you |could you )?(?:please\s+)?(?:list|enumerate)\b", "events"),
     (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b.*"
      r"\b(?:at|around|between|during|from|in epoch)\s+\d", "caption"),
@@ -109,6 +111,13 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"^(?:please\s+)?(?:find|locate|search (?:the night )?for|look for|where (?:in the night "
      r"|does|do|is|are))\b", "localize"),
 )
+
+
+#: Intents the embedding picks for casual measurement questions that are not one.
+_NOT_A_MEASURE_QUESTION = frozenset({"revise_report", "help", "unknown"})
+#: Words of a report edit.
+_EDIT_WORDS = (r"\b(?:shorten|lengthen|rewrite|revise|edit|remove|add|drop|change|mention|"
+               r"include|cut|trim|condense|tighten|insert|expand|report|impression|section)\b")
 
 
 #: Verbs that open requests; a misspelt first word close to one of them is read as it.
@@ -195,6 +204,14 @@ class SemanticRouter:
             if re.search(pattern, low):
                 return Route(intent, 1.0, ranking, "rule")
         best, score = ranking[0]
+        if best in _NOT_A_MEASURE_QUESTION or score < self.threshold:
+            # "gimme the AHI", "whats the RDI", "when did they first hit REM?": a question that
+            # names a measure and asks for no edit is a measurement, whatever the embedding
+            # makes of its casual words
+            from assistant.extract import sections_for
+
+            if sections_for(low)[1] and not re.search(_EDIT_WORDS, low):
+                return Route("measure", 1.0, ranking, "rule")
         if score < self.threshold:
             return Route("unknown", score, ranking, "embedding")
         return Route(best, score, ranking, "embedding")
