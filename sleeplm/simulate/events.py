@@ -94,6 +94,78 @@ def plan_positions(stages: np.ndarray, supine_share: float, rng: np.random.Gener
     return position
 
 
+class _Placer:
+    """The respiratory events of one night as they are placed; both planners share it.
+
+    ``add`` draws the event's desaturation and arousal and takes its seconds on the timeline;
+    ``cheyne_stokes`` places the periodic central apneas of a Cheyne-Stokes profile first.
+    """
+
+    def __init__(self, n_sec: int, stage_sec: np.ndarray, sleep: np.ndarray, profile: Profile,
+                 rng: np.random.Generator, timeline: _Timeline) -> None:
+        self.n_sec, self.stage_sec, self.profile = n_sec, stage_sec, profile
+        self.rng, self.timeline = rng, timeline
+        self.sleep_csum = np.r_[0, np.cumsum(~sleep)]
+        self.rows: list[dict] = []
+
+    def in_sleep(self, onset: int, dur: float) -> bool:
+        """True when ``[onset, onset + dur)`` (s) lies wholly in sleep."""
+        end = min(int(np.ceil(onset + dur)), self.n_sec)
+        return self.sleep_csum[end] - self.sleep_csum[onset] == 0
+
+    def add(self, onset: float, dur: float, etype: str, periodic: bool = False) -> None:
+        """Place one event at ``onset`` (s) lasting ``dur`` (s)."""
+        rng, is_hyp = self.rng, etype == "hypopnea"
+        if is_hyp and rng.random() < 0.25:  # hypopnea scored on its arousal, small desaturation
+            depth, arousal = rng.uniform(0.0, 2.0), True
+        else:
+            lo, hi = self.profile.desat_depth
+            depth = rng.uniform(max(lo, 3.6) if is_hyp else lo, max(hi, 3.7))
+            arousal = rng.random() < (0.6 if not is_hyp else 0.5)
+        if etype == "central_apnea" and periodic:
+            arousal = rng.random() < 0.2
+        self.rows.append({"onset": float(onset), "duration": float(dur), "type": etype,
+                          "desat_depth": float(depth), "arousal": bool(arousal),
+                          "periodic": bool(periodic)})
+        self.timeline.take(onset, dur)
+
+    def cheyne_stokes(self, n_target: int, mix: dict[str, float], types: list[str]
+                      ) -> tuple[int, list[str], np.ndarray]:
+        """Central apneas in crescendo-decrescendo runs in NREM; returns the events still to
+        place and the types and shares left for them."""
+        rng, n_sec = self.rng, self.n_sec
+        n_central = int(round(n_target * mix.get("central_apnea", 0)))
+        nrem = np.isin(self.stage_sec, ("N1", "N2"))
+        tries = 0
+        while n_central > 0 and tries < 200:
+            tries += 1
+            start = _pick(nrem.astype(float), rng)
+            if start is None:
+                break
+            cycle = rng.uniform(45, 75)
+            for k in range(int(rng.integers(5, 16))):
+                onset = int(start + k * cycle)
+                dur = rng.uniform(12, 25)
+                if onset + dur + 20 >= n_sec or not nrem[onset] or not self.in_sleep(onset, dur):
+                    break
+                if not self.timeline.free_onsets(dur, 10, 10)[onset]:
+                    break
+                self.add(onset, dur, "central_apnea", periodic=True)
+                n_central -= 1
+                if n_central <= 0:
+                    break
+        n_target -= sum(r["periodic"] for r in self.rows)
+        types = [t for t in types if t != "central_apnea"] or ["hypopnea"]
+        shares = np.array([mix.get(t, 0) for t in types], dtype=float)
+        shares = shares / shares.sum() if shares.sum() else np.full(len(types), 1 / len(types))
+        return n_target, types, shares
+
+    def frame(self) -> pd.DataFrame:
+        """The placed events, by onset (:data:`~sleeplm.simulate.plan.RESPIRATORY_COLUMNS`)."""
+        return pd.DataFrame(self.rows, columns=list(RESPIRATORY_COLUMNS)).sort_values(
+            "onset", ignore_index=True)
+
+
 def _stage_weights(profile: Profile) -> dict[str, float]:
     """Relative event rate of each stage: UCDDB's, or the profile's REM factor over N2."""
     weights = {"W": 0.0, **stage_rate_ratios()}
@@ -139,57 +211,13 @@ def _respiratory(stages, position, profile, rng, timeline, epoch_sec):
     stage_w = _stage_weights(profile)
     weight = np.vectorize(stage_w.get)(stage_sec).astype(float)
     weight[position == POSITIONS.index("supine")] *= profile.supine_factor
-    sleep_csum = np.r_[0, np.cumsum(~sleep)]
     mix = profile.event_mix if profile.event_mix is not None else event_type_mix()
     types = list(mix)
     shares = np.array([mix[t] for t in types], dtype=float)
     shares /= shares.sum()
-    rows: list[dict] = []
-
-    def in_sleep(onset: int, dur: float) -> bool:
-        end = min(int(np.ceil(onset + dur)), n_sec)
-        return sleep_csum[end] - sleep_csum[onset] == 0
-
-    def add(onset, dur, etype, periodic=False):
-        is_hyp = etype == "hypopnea"
-        if is_hyp and rng.random() < 0.25:  # hypopnea scored on its arousal, small desaturation
-            depth, arousal = rng.uniform(0.0, 2.0), True
-        else:
-            lo, hi = profile.desat_depth
-            depth = rng.uniform(max(lo, 3.6) if is_hyp else lo, max(hi, 3.7))
-            arousal = rng.random() < (0.6 if not is_hyp else 0.5)
-        if etype == "central_apnea" and periodic:
-            arousal = rng.random() < 0.2
-        rows.append({"onset": float(onset), "duration": float(dur), "type": etype,
-                     "desat_depth": float(depth), "arousal": bool(arousal),
-                     "periodic": bool(periodic)})
-        timeline.take(onset, dur)
-
-    if profile.cheyne_stokes:  # central apneas in crescendo-decrescendo runs in NREM
-        n_central = int(round(n_target * mix.get("central_apnea", 0)))
-        nrem = np.isin(stage_sec, ("N1", "N2"))
-        tries = 0
-        while n_central > 0 and tries < 200:
-            tries += 1
-            start = _pick(nrem.astype(float), rng)
-            if start is None:
-                break
-            cycle = rng.uniform(45, 75)
-            for k in range(int(rng.integers(5, 16))):
-                onset = int(start + k * cycle)
-                dur = rng.uniform(12, 25)
-                if onset + dur + 20 >= n_sec or not nrem[onset] or not in_sleep(onset, dur):
-                    break
-                if not timeline.free_onsets(dur, 10, 10)[onset]:
-                    break
-                add(onset, dur, "central_apnea", periodic=True)
-                n_central -= 1
-                if n_central <= 0:
-                    break
-        n_target -= sum(r["periodic"] for r in rows)
-        types = [t for t in types if t != "central_apnea"] or ["hypopnea"]
-        shares = np.array([mix.get(t, 0) for t in types], dtype=float)
-        shares = shares / shares.sum() if shares.sum() else np.full(len(types), 1 / len(types))
+    placer = _Placer(n_sec, stage_sec, sleep, profile, rng, timeline)
+    if profile.cheyne_stokes:
+        n_target, types, shares = placer.cheyne_stokes(n_target, mix, types)
 
     draw = _event_drawer(profile, rng, types, shares)
     # A run goes on through awakenings inside the sleep period: in UCDDB one event in six
@@ -210,9 +238,9 @@ def _respiratory(stages, position, profile, rng, timeline, epoch_sec):
         onset = _pick(weight * ok, rng)
         if onset is None:
             break
-        if not in_sleep(onset, dur):
+        if not placer.in_sleep(onset, dur):
             continue
-        add(onset, dur, etype)
+        placer.add(onset, dur, etype)
         placed += 1
         end = onset + dur
         for j, gap in enumerate(run):  # replay the real run's gaps
@@ -229,17 +257,16 @@ def _respiratory(stages, position, profile, rng, timeline, epoch_sec):
                     break
             if not fits:
                 break
-            add(nxt, dur, etype)
+            placer.add(nxt, dur, etype)
             placed += int(sleep[nxt])  # events in wake epochs do not count in the AHI
             end = nxt + dur
-    return pd.DataFrame(rows, columns=list(RESPIRATORY_COLUMNS)).sort_values("onset",
-                                                                           ignore_index=True)
+    return placer.frame()
 
 
 def _respiratory_v1(stages, position, profile, rng, timeline, epoch_sec):
     """The placement the shipped SleepLM checkpoint was trained on: ``n_target`` events placed
     one by one, each anywhere free in sleep (uniform durations of the profile, the v1 stage
-    weights :data:`_STAGE_WEIGHT_V1_V1` times the REM and supine factors), no runs."""
+    weights :data:`_STAGE_WEIGHT_V1` times the REM and supine factors), no runs."""
     n_sec = position.size
     stage_sec = np.repeat(stages, int(epoch_sec))[:n_sec]
     sleep = np.isin(stage_sec, SLEEP_STAGES)
@@ -248,56 +275,12 @@ def _respiratory_v1(stages, position, profile, rng, timeline, epoch_sec):
     weight = np.vectorize(_STAGE_WEIGHT_V1.get)(stage_sec).astype(float)
     weight[stage_sec == "R"] *= profile.rem_factor
     weight[position == POSITIONS.index("supine")] *= profile.supine_factor
-    sleep_csum = np.r_[0, np.cumsum(~sleep)]
     types = list(profile.event_mix)
     shares = np.array([profile.event_mix[t] for t in types], dtype=float)
     shares /= shares.sum()
-    rows: list[dict] = []
-
-    def in_sleep(onset: int, dur: float) -> bool:
-        end = min(int(np.ceil(onset + dur)), n_sec)
-        return sleep_csum[end] - sleep_csum[onset] == 0
-
-    def add(onset, dur, etype, periodic=False):
-        is_hyp = etype == "hypopnea"
-        if is_hyp and rng.random() < 0.25:  # hypopnea scored on its arousal, small desaturation
-            depth, arousal = rng.uniform(0.0, 2.0), True
-        else:
-            lo, hi = profile.desat_depth
-            depth = rng.uniform(max(lo, 3.6) if is_hyp else lo, max(hi, 3.7))
-            arousal = rng.random() < (0.6 if not is_hyp else 0.5)
-        if etype == "central_apnea" and periodic:
-            arousal = rng.random() < 0.2
-        rows.append({"onset": float(onset), "duration": float(dur), "type": etype,
-                     "desat_depth": float(depth), "arousal": bool(arousal),
-                     "periodic": bool(periodic)})
-        timeline.take(onset, dur)
-
-    if profile.cheyne_stokes:  # central apneas in crescendo-decrescendo runs in NREM
-        n_central = int(round(n_target * profile.event_mix.get("central_apnea", 0)))
-        nrem = np.isin(stage_sec, ("N1", "N2"))
-        tries = 0
-        while n_central > 0 and tries < 200:
-            tries += 1
-            start = _pick(nrem.astype(float), rng)
-            if start is None:
-                break
-            cycle = rng.uniform(45, 75)
-            for k in range(int(rng.integers(5, 16))):
-                onset = int(start + k * cycle)
-                dur = rng.uniform(12, 25)
-                if onset + dur + 20 >= n_sec or not nrem[onset] or not in_sleep(onset, dur):
-                    break
-                if not timeline.free_onsets(dur, 10, 10)[onset]:
-                    break
-                add(onset, dur, "central_apnea", periodic=True)
-                n_central -= 1
-                if n_central <= 0:
-                    break
-        n_target -= sum(r["periodic"] for r in rows)
-        types = [t for t in types if t != "central_apnea"] or ["hypopnea"]
-        shares = np.array([profile.event_mix.get(t, 0) for t in types], dtype=float)
-        shares = shares / shares.sum() if shares.sum() else np.full(len(types), 1 / len(types))
+    placer = _Placer(n_sec, stage_sec, sleep, profile, rng, timeline)
+    if profile.cheyne_stokes:
+        n_target, types, shares = placer.cheyne_stokes(n_target, profile.event_mix, types)
 
     for _ in range(max(n_target, 0)):
         etype = str(rng.choice(types, p=shares))
@@ -306,11 +289,10 @@ def _respiratory_v1(stages, position, profile, rng, timeline, epoch_sec):
         onset = _pick(weight * ok, rng)
         if onset is None:
             break
-        if not in_sleep(onset, dur):
+        if not placer.in_sleep(onset, dur):
             continue
-        add(onset, dur, etype)
-    return pd.DataFrame(rows, columns=list(RESPIRATORY_COLUMNS)).sort_values("onset",
-                                                                           ignore_index=True)
+        placer.add(onset, dur, etype)
+    return placer.frame()
 
 
 def _arousals(stages, respiratory, profile, rng, timeline, epoch_sec, cut_at_next=True):
