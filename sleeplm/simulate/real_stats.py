@@ -12,8 +12,7 @@ and cached (no number is copied in by hand):
   count in durations, type mix and gaps (they are part of the night's sequence of events) but
   not in the per-stage rates, since the simulator, like the AHI, places events in sleep only.
 * **Dreem Open Datasets** (25 healthy, 55 OSA nights, 5 scorers each): consensus hypnograms,
-  by the rule of :func:`sleeplm.clinical.consensus.consensus_hypnogram` (re-implemented here
-  because the simulator may not import ``sleeplm.clinical``; a test checks both agree).
+  by :func:`sleeplm.clinical.consensus.consensus_hypnogram`.
 * **Apnea-ECG** (52 real nights of beat-to-beat heart rate with per-minute apnea labels): the
   measurements the simulator's heart is compared with (``benchmarks/realism_real.py``) --
   heart-rate spectra per 5-min segment in apnea and normal minutes (share of the cyclic band,
@@ -35,6 +34,7 @@ import numpy as np
 from scipy import signal as sps
 from scipy.ndimage import median_filter
 
+from sleeplm.clinical.consensus import consensus_hypnogram, stages_from_codes
 from sleeplm.data import (
     dreem_night_ids,
     dreem_scorings,
@@ -196,52 +196,13 @@ def clustering_for_ahi(ahi: float, k: int = 4) -> tuple[tuple[np.ndarray, ...], 
 _DREEM_STAGE = np.array(["W", "N1", "N2", "N3", "R"])
 
 
-def _plain_majority(codes: np.ndarray) -> np.ndarray:
-    """Per-epoch unique majority code of rows ``codes`` (-1 where none or tied)."""
-    counts = np.stack([(codes == c).sum(axis=0) for c in range(5)])
-    best = counts.max(axis=0)
-    unique = (counts == best).sum(axis=0) == 1
-    return np.where(unique & (best > 0), counts.argmax(axis=0), -1)
-
-
-def _kappa(a: np.ndarray, b: np.ndarray) -> float:
-    ok = (a >= 0) & (b >= 0)
-    if ok.sum() == 0:
-        return -1.0
-    a, b = a[ok], b[ok]
-    po = float(np.mean(a == b))
-    pe = float(sum(np.mean(a == c) * np.mean(b == c) for c in range(5)))
-    return (po - pe) / (1 - pe) if pe < 1 else 1.0
-
-
 @lru_cache(maxsize=128)
 def dreem_hypnogram(night_id: str) -> np.ndarray:
-    """Consensus hypnogram of one Dreem night (W, N1, N2, N3, R, UNS per 30-s epoch).
-
-    Per-epoch majority of the five scorers; ties go to the best-ranked scorer among those who
-    voted for a tied stage, scorers ranked by Cohen's kappa against the plain majority of the
-    other four (Guillot et al. 2020); an epoch nobody scored is UNS. Same rule as
-    :func:`sleeplm.clinical.consensus.consensus_hypnogram`.
-    """
-    codes = dreem_scorings(night_id).astype(int)
-    n_sc = codes.shape[0]
-    kappas = [_kappa(codes[i], _plain_majority(np.delete(codes, i, axis=0)))
-              for i in range(n_sc)]
-    rank = sorted(range(n_sc), key=lambda i: -kappas[i])  # stable: equal kappas keep order
-    counts = np.stack([(codes == c).sum(axis=0) for c in range(5)])
-    best = counts.max(axis=0)
-    out = np.full(codes.shape[1], -1)
-    for e in np.flatnonzero(best > 0):
-        tied = np.flatnonzero(counts[:, e] == best[e])
-        if tied.size == 1:
-            out[e] = tied[0]
-            continue
-        for i in rank:
-            if codes[i, e] in tied:
-                out[e] = codes[i, e]
-                break
-    stages = np.where(out >= 0, _DREEM_STAGE[np.clip(out, 0, 4)], "UNS").astype("<U3")
-    return stages
+    """Consensus hypnogram of one Dreem night (W, N1, N2, N3, R, UNS per 30-s epoch), by
+    :func:`sleeplm.clinical.consensus.consensus_hypnogram` (majority of the five scorers, ties
+    to the best-ranked scorer, Guillot et al. 2020)."""
+    result = consensus_hypnogram(stages_from_codes(dreem_scorings(night_id)))
+    return np.asarray(result.stages, dtype="<U3")
 
 
 def dreem_ids_for(osa: bool) -> list[str]:
