@@ -25,6 +25,8 @@ __all__ = [
     "STAGES",
     "SLEEP_STAGES",
     "EPOCH_SEC",
+    "PLAUSIBLE_HR_BPM",
+    "PLAUSIBLE_RR_SEC",
     "EventType",
     "POSITIONS",
     "Signal",
@@ -42,6 +44,11 @@ STAGES: tuple[str, ...] = ("W", "N1", "N2", "N3", "R", "UNS")
 SLEEP_STAGES: tuple[str, ...] = ("N1", "N2", "N3", "R")
 #: Standard epoch length, seconds.
 EPOCH_SEC: float = 30.0
+
+#: Physiologically plausible heart rate, bpm, and RR interval, s (about 220 and 25 bpm): values
+#: outside are beat-detection or channel artefacts (readers and measurements share them).
+PLAUSIBLE_HR_BPM: tuple[float, float] = (25.0, 220.0)
+PLAUSIBLE_RR_SEC: tuple[float, float] = (0.27, 2.4)
 
 #: Decoded body positions; a POSITION signal stores the index into this tuple (NaN = unknown).
 POSITIONS: tuple[str, ...] = ("supine", "left", "right", "prone", "upright")

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import signal as sps
 
+from sleeplm.clinical.heart_rate import HR_MAX_BPM, HR_MIN_BPM
 from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.errors import SignalQualityError
 from sleeplm.recording import EventType, Recording
@@ -48,7 +49,6 @@ SCREENING_LIMITS: str = (
     "misses events without a heart-rate response (older age, beta-blockers, atrial "
     "fibrillation, pacemaker) and does not know sleep from wake. Confirm with a sleep study.")
 
-_HR_MIN, _HR_MAX = 25.0, 220.0
 _RESPIRATORY_CHANNELS = ("AIRFLOW", "NASAL_PRESSURE", "THORAX", "ABDOMEN")
 _RESPIRATORY_EVENTS = tuple(t.value for t in (*EventType.apneas(), EventType.HYPOPNEA))
 
@@ -152,7 +152,7 @@ def hr_per_second(rec: Recording) -> np.ndarray:
     """
     sig = rec.require("HR", purpose="the heart-rate apnea screening")
     v = np.asarray(sig.data, dtype=float)
-    v[(v < _HR_MIN) | (v > _HR_MAX)] = np.nan
+    v[(v < HR_MIN_BPM) | (v > HR_MAX_BPM)] = np.nan
     per = max(int(round(sig.sfreq)), 1)
     n = int(v.size // per) if sig.sfreq >= 1 else v.size
     if sig.sfreq >= 1:

@@ -19,7 +19,8 @@ from sleeplm._logging import logger
 from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.clinical.sleep_time import sleep_time
 from sleeplm.errors import SignalQualityError
-from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES, Recording, Signal
+from sleeplm.recording import (EPOCH_SEC, PLAUSIBLE_HR_BPM, PLAUSIBLE_RR_SEC, SLEEP_STAGES,
+                               Recording, Signal)
 
 __all__ = [
     "HR_MIN_BPM",
@@ -31,11 +32,9 @@ __all__ = [
 ]
 
 #: Plausible heart rate, bpm; HR-channel values outside are artifacts.
-HR_MIN_BPM: float = 25.0
-HR_MAX_BPM: float = 220.0
+HR_MIN_BPM, HR_MAX_BPM = PLAUSIBLE_HR_BPM
 #: Plausible RR interval, s (about 220 and 25 bpm).
-RR_MIN_SEC: float = 0.27
-RR_MAX_SEC: float = 2.4
+RR_MIN_SEC, RR_MAX_SEC = PLAUSIBLE_RR_SEC
 #: An RR interval deviating by more than this fraction from the median of its 11 neighbours is
 #: a missed/extra beat or an ectopic one (a loosened form of the 20 % rule of HRV editing).
 _RR_OUTLIER_FRAC = 0.3

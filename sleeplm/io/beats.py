@@ -31,7 +31,8 @@ import numpy as np
 
 from sleeplm._logging import logger
 from sleeplm.errors import BeatSeriesError, EmptyRecordingError
-from sleeplm.recording import ChannelEntry, EventType, Recording, RecordingInfo, Signal, make_events
+from sleeplm.recording import (PLAUSIBLE_RR_SEC, ChannelEntry, EventType, Recording,
+                               RecordingInfo, Signal, make_events)
 
 __all__ = ["read_beats", "beats_recording", "read_minute_labels", "looks_like_beat_table",
            "BEAT_SUFFIXES", "RR_MIN_SEC", "RR_MAX_SEC", "GAP_SEC", "HR_SFREQ"]
@@ -39,8 +40,7 @@ __all__ = ["read_beats", "beats_recording", "read_minute_labels", "looks_like_be
 #: Files read as beat series by :func:`sleeplm.io.read_recording` from their suffix alone.
 BEAT_SUFFIXES: tuple[str, ...] = (".npz",)
 #: Plausible RR interval, s (about 220 and 25 bpm); beats outside are detection artefacts.
-RR_MIN_SEC: float = 0.27
-RR_MAX_SEC: float = 2.4
+RR_MIN_SEC, RR_MAX_SEC = PLAUSIBLE_RR_SEC
 #: An RR interval longer than this is a gap in the series (lost signal), not a slow beat, s.
 GAP_SEC: float = 10.0
 #: Default rate of the interpolated HR channel, Hz (the usual 4 Hz of HRV analysis).

@@ -35,6 +35,7 @@ from scipy import signal as sps
 from scipy.ndimage import median_filter
 
 from sleeplm.clinical.consensus import consensus_hypnogram, stages_from_codes
+from sleeplm.clinical.heart_rate import HR_MAX_BPM, HR_MIN_BPM
 from sleeplm.data import (
     dreem_night_ids,
     dreem_scorings,
@@ -267,7 +268,7 @@ def hr_per_second(beat_time_s: np.ndarray, hr_bpm: np.ndarray, n_sec: int | None
     """
     t = np.asarray(beat_time_s, dtype=float)
     h = np.asarray(hr_bpm, dtype=float)
-    ok = (h > 25) & (h < 220)
+    ok = (h > HR_MIN_BPM) & (h < HR_MAX_BPM)
     n = int(t[-1]) if n_sec is None else int(n_sec)
     x = np.interp(np.arange(n) + 0.5, t[ok], h[ok])
     med = median_filter(x, 15, mode="nearest")
