@@ -154,6 +154,17 @@ def nsrr_study(tmp_path: Path):
 
 
 #: A 70-epoch stage sequence: short simulated nights for corpus/model tests.
+#: YASA's stage names, and sleeplm architecture measure -> yasa.sleep_statistics key where the
+#: definitions coincide (tests/test_architecture.py, tests/test_consensus.py).
+YASA_NAMES = {"W": "WAKE", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "UNS"}
+YASA_SAME = {
+    "tib_min": "TIB", "spt_min": "SPT", "tst_min": "TST", "waso_min": "WASO",
+    "sleep_efficiency_pct": "SE", "sleep_maintenance_pct": "SME",
+    "sleep_onset_latency_min": "SOL", "fragmentation_index": "SFI",
+    "w_min": "WAKE", "n1_min": "N1", "n2_min": "N2", "n3_min": "N3", "r_min": "REM",
+    "n1_pct_tst": "%N1", "n2_pct_tst": "%N2", "n3_pct_tst": "%N3", "r_pct_tst": "%REM",
+}
+
 TINY_HYPNOGRAM = np.array(["W"] * 4 + ["N1"] * 4 + ["N2"] * 30 + ["N3"] * 10 + ["R"] * 16 + ["W"] * 4)
 #: Channels of the tiny corpora (at 16 Hz), enough for every caption system.
 TINY_CHANNELS = ("EEG_C3", "EOG_L", "EMG_CHIN", "ECG", "THORAX", "SPO2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import YASA_NAMES, YASA_SAME
 
 from sleeplm.clinical.architecture import architecture_from_stages, sleep_architecture
 from sleeplm.data import hypnogram_ids, hypnogram_path, subject_of
@@ -11,15 +12,6 @@ from sleeplm.errors import MissingChannelError
 from sleeplm.io import read_recording
 from sleeplm.recording import Recording
 
-YASA_NAMES = {"W": "WAKE", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "UNS"}
-# sleeplm name -> yasa key, where the definitions coincide
-SAME = {
-    "tib_min": "TIB", "spt_min": "SPT", "tst_min": "TST", "waso_min": "WASO",
-    "sleep_efficiency_pct": "SE", "sleep_maintenance_pct": "SME",
-    "sleep_onset_latency_min": "SOL", "fragmentation_index": "SFI",
-    "w_min": "WAKE", "n1_min": "N1", "n2_min": "N2", "n3_min": "N3", "r_min": "REM",
-    "n1_pct_tst": "%N1", "n2_pct_tst": "%N2", "n3_pct_tst": "%N3", "r_pct_tst": "%REM",
-}
 
 
 def test_all_39_bundled():
@@ -34,7 +26,7 @@ def test_statistics_match_yasa(rec_id):
     rec = read_recording(hypnogram_path(rec_id))
     ours = {m.name: m.value for m in sleep_architecture(rec)}
     theirs = yasa.Hypnogram([YASA_NAMES[s] for s in rec.stages], n_stages=5).sleep_statistics()
-    for name, key in SAME.items():
+    for name, key in YASA_SAME.items():
         assert ours[name] == pytest.approx(theirs[key], abs=1e-3), (name, key)
     if "UNS" in theirs:
         assert ours["uns_min"] == pytest.approx(theirs["UNS"])

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import YASA_NAMES, YASA_SAME
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
 
 from sleeplm.cli import main
@@ -293,25 +294,17 @@ def test_cli_agreement_errors(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- architecture
-YASA_NAMES = {"W": "WAKE", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "UNS"}
-SAME = {
-    "tib_min": "TIB", "spt_min": "SPT", "tst_min": "TST", "waso_min": "WASO",
-    "sleep_efficiency_pct": "SE", "sleep_maintenance_pct": "SME",
-    "sleep_onset_latency_min": "SOL", "fragmentation_index": "SFI",
-    "w_min": "WAKE", "n1_min": "N1", "n2_min": "N2", "n3_min": "N3", "r_min": "REM",
-    "n1_pct_tst": "%N1", "n2_pct_tst": "%N2", "n3_pct_tst": "%N3", "r_pct_tst": "%REM",
-}
 
 
 def _max_differences(hypnograms) -> tuple[dict[str, float], int]:
     """Largest |ours - YASA| per measure, and how many hypnograms have no REM at all."""
     yasa = pytest.importorskip("yasa")
-    worst = dict.fromkeys([*SAME, "rem_latency_min", "uns_min"], 0.0)
+    worst = dict.fromkeys([*YASA_SAME, "rem_latency_min", "uns_min"], 0.0)
     no_rem = 0
     for stages in hypnograms:
         ours = {m.name: m.value for m in architecture_from_stages(stages)}
         theirs = yasa.Hypnogram([YASA_NAMES[s] for s in stages], n_stages=5).sleep_statistics()
-        for name, key in SAME.items():
+        for name, key in YASA_SAME.items():
             worst[name] = max(worst[name], abs(ours[name] - theirs[key]))
         # REM latency: AASM (ours) from sleep onset, YASA from the start of the hypnogram
         if ours["rem_latency_min"] is None:  # no REM scored: ours is missing, YASA's NaN
