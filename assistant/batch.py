@@ -699,13 +699,13 @@ def _stop_workers(pool: Any) -> None:
 
 
 def _require_ray() -> Any:
+    """The ``ray`` module (imported as the corpus builder does: no usage statistics sent)."""
+    from sleeplm.corpus.build import _require_ray as require  # noqa: PLC0415
+
     try:
-        import ray  # noqa: PLC0415 - optional backend, imported only on request
+        return require()
     except ImportError as exc:
-        raise BatchError("backend='ray' needs the optional 'ray' package (pip install "
-                         "'sleeplm[ray]', or pip install ray); use backend='process' (the "
-                         "default) otherwise") from exc
-    return ray
+        raise BatchError(str(exc)) from exc
 
 
 def _run_ray(setup: _Setup, todo: list[str], workers: int,

@@ -313,3 +313,12 @@ def test_corpus_survives_a_killed_worker_node(env, cluster, worker, local_corpus
     again = build_corpus(lib, out, workers=1, shard_size=40, progress=False)
     assert again.nights_recomputed == 1 and _shards(out) == _shards(local_out)
     assert json.loads((out / "report.json").read_text())["nights"] == 10
+
+
+def test_ray_is_imported_with_usage_statistics_off(monkeypatch):
+    """No telemetry: the backends import Ray with its usage statistics disabled."""
+    from sleeplm.corpus.build import _require_ray
+
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    assert _require_ray().__name__ == "ray"
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"

@@ -587,6 +587,8 @@ class RayOutcome:
 
 
 def _require_ray() -> Any:
+    # No telemetry: Ray reports usage statistics unless told not to (read once, at import)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray  # noqa: PLC0415 - optional backend, imported only on request
     except ImportError as exc:
