@@ -443,7 +443,7 @@ class TemplateWriter:
             when = f" from {start.display} to {end.display}"
             if date is not None and date.display:
                 when += f" (starting on {date.display})"
-        kind = ("heart-rate recording (beat times only, no polysomnography signals)"
+        kind = ("heart-rate-only recording (no polysomnography signals)"
                 if det.get("heart_rate_only") else "overnight polysomnography")
         out = [(f"Study {det['patient']}: {kind} recorded{when}, "
                 f"{_d(dur)} in {_d(n_ep)} epochs of {_d(ep)}.")]

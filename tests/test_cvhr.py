@@ -139,7 +139,7 @@ def test_a_beat_file_in_the_library_gets_a_report(tmp_path):
     assert "CVHR" in text or "heart-rate apnea screening" in text.lower()
     assert "not an AHI" in text or "not an apnea-hypopnea index" in text
     assert report.key_indices["ahi"].value is None
-    assert "heart-rate recording (beat times only" in report.section("study").narrative
+    assert "heart-rate-only recording" in report.section("study").narrative
     assert "screening is positive" in report.section("impression").narrative
     recs = [r.text for r in report.section("recommendations").recommendations]
     assert any("diagnostic sleep study" in r for r in recs)
