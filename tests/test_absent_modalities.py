@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_HYPNOGRAM
 
-from sleeplm.model.captioning import MODALITIES, modalities_of, withdraw_absent
+from sleeplm.captions.modalities import MODALITIES, modalities_of, withdraw_absent
 from sleeplm.model.network import DEFAULT_CHECKPOINT
 
 EEG = ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O")

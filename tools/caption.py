@@ -17,7 +17,7 @@ Two parts, kept apart on purpose:
 
 A system whose channels the night lacks (e.g. ``brain`` without EEG/EOG) is refused, and no
 generated part that describes a modality the night lacks reaches the answer: it is withdrawn
-deterministically (:func:`sleeplm.model.captioning.withdraw_absent`) and listed as withdrawn.
+deterministically (:func:`sleeplm.captions.modalities.withdraw_absent`) and listed as withdrawn.
 """
 
 from __future__ import annotations

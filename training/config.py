@@ -56,6 +56,14 @@ class TrainConfig(BaseModel):
     # distinct finding clauses of the train split drawn per step as extra negatives of the
     # clause pair (sleeplm.corpus.shards.ClauseBank); 0 = off
     clause_negatives: int = Field(default=0, ge=0)
+    # probability of showing a train sample with only one modality subset of its channels
+    # (sleeplm.corpus.robustness.MODALITY_SUBSETS), its texts cut to what those support
+    modality_dropout: float = Field(default=0.0, ge=0, le=1)
+    # real-recording artefacts on the EEG/EOG rows (sleeplm.corpus.robustness.augment_epoch):
+    # a multiplier of their probabilities; 0 = off
+    augment: float = Field(default=0.0, ge=0)
+    # fine-tune: start from this model folder's weights and tokenizer (same architecture)
+    init_from: str | None = None
     shuffle_buffer: int = Field(default=1000, ge=0)
     # optimisation
     batch_size: int = Field(default=32, ge=1)  # per process, per micro-step

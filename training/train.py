@@ -57,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sleeplm._logging import logger
 from sleeplm.model.losses import MAX_LOGIT_SCALE
-from sleeplm.model.network import SleepLM, SleepLMConfig, count_parameters, save_model
+from sleeplm.model.network import SleepLM, SleepLMConfig, count_parameters, load_model, save_model
 from sleeplm.corpus.shards import ClauseBank, EpochShardDataset, collate
 from sleeplm.corpus.shards import corpus_texts
 from sleeplm.model.tokenizer import CaptionTokenizer, train_tokenizer
@@ -121,6 +121,13 @@ def load_or_train_tokenizer(cfg: TrainConfig, d: Dist) -> tuple[CaptionTokenizer
     """``out/tokenizer.json``: trained on the train split by rank 0 when absent, then loaded
     by every rank (the others wait at a barrier)."""
     path = Path(cfg.out_dir) / "tokenizer.json"
+    if d.main and not path.exists() and cfg.init_from:
+        src = Path(cfg.init_from) / "tokenizer.json"
+        if not src.exists():
+            raise FileNotFoundError(f"init_from {cfg.init_from}: no tokenizer.json (a model "
+                                    "folder written by training is expected)")
+        logger.info("fine-tuning: the tokenizer of %s", cfg.init_from)
+        shutil.copyfile(src, path)
     if d.main and not path.exists():
         logger.info("training the caption tokenizer (vocab %d) on %s/train", cfg.vocab_size,
                     cfg.corpus_dir)
@@ -147,8 +154,17 @@ def model_config_for(cfg: TrainConfig, tokenizer: CaptionTokenizer) -> SleepLMCo
 
 
 def build_model(model_cfg: SleepLMConfig, cfg: TrainConfig) -> SleepLM:
-    """A fresh SleepLM whose contrastive loss uses ``cfg``'s gather/local-loss settings."""
+    """A fresh SleepLM whose contrastive loss uses ``cfg``'s gather/local-loss settings; with
+    ``cfg.init_from``, the weights of that model folder (fine-tuning)."""
     model = SleepLM(model_cfg)
+    if cfg.init_from:
+        start = load_model(cfg.init_from)
+        if start.cfg.model_dump() != model_cfg.model_dump():
+            diff = sorted(k for k, v in model_cfg.model_dump().items()
+                          if start.cfg.model_dump().get(k) != v)
+            raise ValueError(f"init_from {cfg.init_from}: its model config differs from this "
+                             f"run's in {diff}; fine-tuning needs the same architecture")
+        model.load_state_dict(start.state_dict())
     model.loss_fn.clip.local_loss = cfg.local_loss
     model.loss_fn.clip.gather_with_grad = cfg.gather_with_grad
     if cfg.contrastive_weights is not None:
@@ -192,7 +208,9 @@ def make_dataset(cfg: TrainConfig, model_cfg: SleepLMConfig, tokenizer: CaptionT
                              rank=d.rank, world_size=d.world_size,
                              contrastive_system=cfg.contrastive_system,
                              contrastive_clauses=cfg.contrastive_clauses,
-                             event_repeat=cfg.event_repeat if split == "train" else 0)
+                             event_repeat=cfg.event_repeat if split == "train" else 0,
+                             modality_dropout=cfg.modality_dropout if split == "train" else 0.0,
+                             augment=cfg.augment if split == "train" else 0.0)
 
 
 def make_loader(ds: EpochShardDataset, cfg: TrainConfig, epoch: int, d: Dist):

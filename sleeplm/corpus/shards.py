@@ -28,7 +28,9 @@ from torch.utils.data import IterableDataset
 
 from sleeplm._logging import logger
 from sleeplm.captions.caption import SYSTEMS
+from sleeplm.captions.modalities import withdraw_absent
 from sleeplm.corpus.build import read_shard
+from sleeplm.corpus.robustness import augment_epoch, choose_subset, drop_modalities
 
 __all__ = ["EpochShardDataset", "collate", "night_samples", "load_split_epochs", "list_shards",
            "iter_shard_json", "corpus_channels", "stage_id", "STAGE_IDS", "EVENT_FACTS",
@@ -235,6 +237,14 @@ class EpochShardDataset(IterableDataset):
     ``event_repeat = r`` yields every epoch whose captions state an event (a respiratory
     event, a desaturation, an arousal, a limb movement) ``1 + r`` times per pass, each copy
     with its own caption draws: rare findings get more of the gradient.
+    ``modality_dropout = p`` shows a sample, with probability p, with only one of
+    :data:`sleeplm.corpus.robustness.MODALITY_SUBSETS` of its channels (EEG only, EOG only, HR
+    only, ...: mask False and zeros for the rest) and cuts every text paired with it (caption,
+    contrastive texts, clause) to what the kept channels can support; such a sample carries
+    ``modalities`` (the subset's name; "" otherwise). ``augment = s`` applies
+    :func:`sleeplm.corpus.robustness.augment_epoch` (real-recording artefacts of the EEG/EOG rows)
+    with its probabilities times ``s``. Both are seeded per sample and off by default (turn them
+    on for the train split only).
 
     Partitioning: shard files are dealt to ``world_size * num_workers`` partitions
     (rank-major), after a shuffle of the shard order by ``(seed, epoch)`` common to all of
@@ -252,7 +262,8 @@ class EpochShardDataset(IterableDataset):
                  world_size: int | None = None,
                  contrastive_system: str | Sequence[str] | None = None,
                  contrastive_clauses: Sequence[str] | None = None,
-                 event_repeat: int = 0) -> None:
+                 event_repeat: int = 0, modality_dropout: float = 0.0,
+                 augment: float = 0.0) -> None:
         super().__init__()
         self.corpus_dir = Path(corpus_dir)
         self.split = split
@@ -283,6 +294,13 @@ class EpochShardDataset(IterableDataset):
         if event_repeat < 0:
             raise ValueError("event_repeat must be >= 0")
         self.event_repeat = int(event_repeat)
+        if not 0 <= modality_dropout <= 1:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {modality_dropout}")
+        if augment < 0:
+            raise ValueError(f"augment must be >= 0, got {augment}")
+        self.modality_dropout = float(modality_dropout)
+        self.augment = float(augment)
+        self.sfreq = float(mi["sfreq"])
         self.tokenizer = tokenizer
         if tokenizer is not None and max_text_len < 2:
             raise ValueError("max_text_len must be at least 2")
@@ -436,14 +454,38 @@ class EpochShardDataset(IterableDataset):
             x, mask = _remap(sample["x"], meta["mask"], self._index)
         key = sample["key"]
         system, text, facts = self._draw_caption(meta, key, rep)
-        out = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "system": system,
+        vrng = np.random.default_rng([self.seed, self.epoch, _key_seed(key), rep, 0xD0])
+        kept, subset = None, ""
+        centre_mask = mask if mask.ndim == 1 else mask[self.context_epochs]
+        drop = choose_subset(self.channels, centre_mask, vrng, self.modality_dropout)
+        if drop is not None:
+            kept = [c for c, k in zip(self.channels, drop[1]) if k]
+            text, system, facts = self._cut_caption(meta, text, system, facts, kept)
+            if text:
+                subset = drop[0]
+                x, mask = drop_modalities(x, mask, drop[1])
+            else:  # nothing of the epoch's captions survives this montage: show it whole
+                kept = None
+                system, text, facts = self._draw_caption(meta, key, rep)
+        if self.augment > 0:
+            if x.ndim == 2:
+                x, _ = augment_epoch(x, mask, self.channels, vrng, self.sfreq, self.augment)
+            else:
+                for w in range(x.shape[0]):
+                    x[w], _ = augment_epoch(x[w], mask[w], self.channels, vrng, self.sfreq,
+                                            self.augment)
+        out = {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+               "mask": torch.from_numpy(mask), "system": system,
                "text": text, "stage": str(meta["stage"]), "stage_id": stage_id(meta["stage"]),
                "key": key, "night": meta["night"], "epoch": int(meta["epoch"]), "facts": facts}
+        if self.modality_dropout > 0:
+            out["modalities"] = subset
         drawn = (text, json.loads(facts))
-        pair = [self._contrastive_text(meta, key, c, rep) or drawn for c in self._contrastive]
+        pair = [self._cut(self._contrastive_text(meta, key, c, rep), kept) or drawn
+                for c in self._contrastive]
         if self.contrastive_clauses:
-            pair.append(self._clause_text(meta, key, rep) or drawn)
-            true = dict.fromkeys([fact_key(pair[-1][1])] + self._clause_keys(meta))
+            pair.append(self._clause_text(meta, key, rep, kept) or drawn)
+            true = dict.fromkeys([fact_key(pair[-1][1])] + self._clause_keys(meta, kept))
             ks = list(true)[:CLAUSE_KEYSET]
             out["clause_keyset"] = torch.tensor(ks + [-1] * (CLAUSE_KEYSET - len(ks)),
                                                 dtype=torch.long)
@@ -458,6 +500,36 @@ class EpochShardDataset(IterableDataset):
                 ids = [self._ids(t) for t in pair]
                 out["contrastive_ids"] = torch.stack(ids) if self._several else ids[0]
         return out
+
+    def _cut(self, item: tuple[str, dict] | None, kept: list[str] | None
+             ) -> tuple[str, dict] | None:
+        """``(text, facts)`` cut to the ``kept`` channels (None: unchanged). A changed text
+        states fewer facts than its caption's: its key is then that of the text itself, so
+        only samples given the same words are positives. None when nothing is left."""
+        if item is None or kept is None:
+            return item
+        new, gone = withdraw_absent(item[0], kept)
+        if not gone:
+            return item
+        return (new, {"text": new}) if new else None
+
+    def _cut_caption(self, meta: dict, text: str, system: int, facts: str, kept: list[str]
+                     ) -> tuple[str, int, str]:
+        """The drawn caption cut to ``kept``; when nothing of it is left, the holistic caption
+        (then any system's) cut to ``kept``; ``("", -1, "{}")`` when none survives."""
+        cut = self._cut((text, json.loads(facts)), kept) if text else None
+        if cut is not None:
+            return cut[0], system, json.dumps(cut[1], sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False)
+        order = sorted(self.systems, key=lambda s: (s != "holistic", SYSTEMS.index(s)))
+        for name in order:
+            for c in meta.get("captions", ()):
+                if c.get("system") == name and c.get("text"):
+                    got = self._cut((c["text"], c.get("facts") or {}), kept)
+                    if got is not None:
+                        return got[0], SYSTEMS.index(name), json.dumps(
+                            got[1], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "", -1, "{}"
 
     def _ids(self, text: str) -> torch.Tensor:
         ids = self.tokenizer.encode(text, self.max_text_len)
@@ -476,24 +548,30 @@ class EpochShardDataset(IterableDataset):
         rng = np.random.default_rng(words + [rep] if rep else words)
         return caps[int(rng.integers(len(caps)))]
 
-    def _clause_keys(self, meta: dict) -> list[int]:
+    def _clause_keys(self, meta: dict, kept: list[str] | None = None) -> list[int]:
         """:func:`fact_key` of every clause of the epoch's captions that states one of
-        ``contrastive_clauses``: everything true of the epoch that a clause pair can say."""
+        ``contrastive_clauses``: everything true of the epoch that a clause pair can say (with
+        ``kept``, only the clauses those channels support)."""
         out: dict[int, None] = {}
         for c in meta.get("captions", ()):
             for cl in c.get("clauses") or ():
                 f = cl.get("facts") or {}
+                if kept is not None and withdraw_absent(cl.get("text") or "", kept)[1]:
+                    continue
                 if any(k in f for k in self.contrastive_clauses):
                     out.setdefault(fact_key(f))
         return list(out)
 
-    def _clause_text(self, meta: dict, key: str, rep: int = 0) -> tuple[str, dict] | None:
+    def _clause_text(self, meta: dict, key: str, rep: int = 0,
+                     kept: list[str] | None = None) -> tuple[str, dict] | None:
         """``(text, facts)`` of one clause stating one of ``contrastive_clauses`` (see the
         class docstring); None when the epoch's captions have none (e.g. a corpus built before
-        clauses were stored)."""
+        clauses were stored, or none is supported by the ``kept`` channels)."""
         by_key: dict[str, list[tuple[str, dict]]] = {}
         for c in meta.get("captions", ()):
             for cl in c.get("clauses") or ():
+                if kept is not None and withdraw_absent(cl.get("text") or "", kept)[1]:
+                    continue
                 for k in self.contrastive_clauses:
                     if k in (cl.get("facts") or {}) and cl.get("text"):
                         by_key.setdefault(k, []).append((cl["text"], cl["facts"]))

@@ -31,9 +31,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
+from sleeplm.captions.modalities import join_clauses, split_clauses, withdraw_absent
+
 __all__ = ["read_facts", "CHECKED_QUERIES", "CheckedCaption", "mentions", "withdraw",
-           "check_captions", "caption_epochs", "MODALITIES", "modalities_of",
-           "withdraw_absent"]
+           "check_captions", "caption_epochs"]
 
 # ------------------------------------------------------------------------------ fact reader
 _STAGE_RX = {
@@ -91,31 +92,6 @@ def _denies(part: str, query: str) -> bool:
     return bool(CHECKED_QUERIES[query][1].search(str(part).lower()))
 
 
-def _split(text: str) -> tuple[list[str], str]:
-    """Clauses of a caption and its style: ``;`` lists, sentences, or a comma list whose
-    last item starts with "and"."""
-    t = str(text).strip()
-    t = t[:-1] if t.endswith(".") else t
-    if ";" in t:
-        return [c.strip() for c in t.split(";") if c.strip()], "; "
-    if ". " in t:
-        return [c.strip() for c in t.split(". ") if c.strip()], ". "
-    parts = [c.strip() for c in t.split(",") if c.strip()]
-    if len(parts) > 1 and parts[-1].startswith("and "):
-        parts[-1] = parts[-1][4:].strip()
-    return parts, ", "
-
-
-def _join(clauses: list[str], style: str) -> str:
-    if not clauses:
-        return ""
-    if style == ". ":
-        clauses = [c[:1].upper() + c[1:] for c in clauses]
-    elif style == ", " and len(clauses) > 2:
-        clauses = clauses[:-1] + ["and " + clauses[-1]]
-    return style.join(clauses) + "."
-
-
 def withdraw(text: str, rejected: Sequence[str] = (), confirmed: Sequence[str] = ()
              ) -> tuple[str, list[str]]:
     """``text`` without its mentions of the ``rejected`` queries' events and without the
@@ -124,7 +100,7 @@ def withdraw(text: str, rejected: Sequence[str] = (), confirmed: Sequence[str] =
     A clause naming two events ("a hypopnea and an obstructive apnea") loses only the part
     that names a rejected one. Returns the new text and the withdrawn parts, in order.
     """
-    clauses, style = _split(text)
+    clauses, style = split_clauses(text)
     kept, gone = [], []
     for clause in clauses:
         parts = clause.split(" and ")
@@ -137,71 +113,7 @@ def withdraw(text: str, rejected: Sequence[str] = (), confirmed: Sequence[str] =
             kept.append(" and ".join(keep))
     if not gone:
         return str(text).strip(), []
-    return _join(kept, style), gone
-
-
-# ------------------------------------------------------------------------------ modalities
-_EEG = ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O")
-_EOG = ("EOG_L", "EOG_R")
-#: What a caption clause can describe -> (words that describe it, the model-input channels of
-#: which at least one must be present for a clause to say it). Sleep stages need EEG or EOG.
-MODALITIES: dict[str, tuple[re.Pattern, tuple[str, ...]]] = {
-    name: (re.compile(pattern), channels) for name, pattern, channels in (
-        ("EEG", r"spindle|k-complex|\beeg\b|\balpha\b|\btheta\b|\bdelta\b|\bbeta\b"
-                r"|slow waves?\b|slow-wave activity|sawtooth|vertex|\barousals?\b|occiput"
-                r"|\bbands?\b|power", _EEG),
-        ("EOG", r"eye movements?|\beog\b|\brems\b|saccad|blink|\beyes\b", _EOG),
-        ("chin EMG", r"\bchin\b|submental|atonia|muscle tone|\btone\b|twitch", ("EMG_CHIN",)),
-        ("leg EMG", r"\blegs?\b|\blimb|\bplms?\b|kick", ("EMG_LEG", "EMG_LEG_R")),
-        ("ECG or heart rate", r"heart|\bbpm\b|\becg\b|cardiac|brady|tachy|\bhr\b|pulse",
-         ("ECG", "HR")),
-        ("SpO2", r"spo2|sao2|saturation|desaturation|oxygen|oximetr", ("SPO2",)),
-        ("airflow or effort", r"apn[oe]as?\b|hypopn[oe]as?\b|breath|respirat|airflow|\bflow\b"
-                              r"|effort|snor|paradox", ("AIRFLOW", "NASAL_PRESSURE", "THORAX",
-                                                        "ABDOMEN")),
-        ("body position", r"supine|prone|lateral|\bposition|upright|on the (?:left|right) side",
-         ("POSITION",)),
-        ("EEG or EOG (to stage sleep)", r"\bstage\b|\bn[1-3]\b|\brem\b|\(r\)|\(w\)|\bwake\b|\bawake\b"
-                        r"|slow-wave sleep|\bsleep\b", _EEG + _EOG),
-    )
-}
-
-
-def modalities_of(part: str) -> list[str]:
-    """The modalities (keys of :data:`MODALITIES`) a piece of caption text describes."""
-    low = str(part).lower()
-    return [name for name, (rx, _) in MODALITIES.items() if rx.search(low)]
-
-
-def withdraw_absent(text: str, present: Sequence[str]) -> tuple[str, list[str]]:
-    """``text`` without the parts that describe a modality none of whose channels is in
-    ``present`` (the model-input channels the recording has): an EEG-only night's caption
-    cannot speak of SpO2, heart rate or eye movements, and a night without EEG or EOG cannot
-    be given a sleep stage. Deterministic: the words decide, not the model.
-
-    Returns the new text and the withdrawn parts, each as ``"<part> (needs <modality>, which
-    this recording does not have)"``.
-    """
-    have = set(present)
-    absent = {name for name, (_, chans) in MODALITIES.items() if not have & set(chans)}
-    if not absent:
-        return str(text).strip(), []
-    clauses, style = _split(text)
-    kept, gone = [], []
-    for clause in clauses:
-        keep = []
-        for part in clause.split(" and "):
-            missing = [m for m in modalities_of(part) if m in absent]
-            if missing:
-                gone.append(f"{part} (needs {'; '.join(missing)}, which this recording does "
-                            "not have)")
-            else:
-                keep.append(part)
-        if keep:
-            kept.append(" and ".join(keep))
-    if not gone:
-        return str(text).strip(), []
-    return _join(kept, style), gone
+    return join_clauses(kept, style), gone
 
 
 class CheckedCaption(BaseModel):
