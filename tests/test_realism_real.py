@@ -230,3 +230,67 @@ def test_v1_statistics_stay_the_default_until_the_checkpoint_is_retrained():
         plan_night(stages, prof, np.random.default_rng(5), statistics="new")
     night = simulate_night(stages[:200], "osa_moderate", seed=1, statistics="real")
     assert night.plan.statistics == "real" and "real event statistics" in night.recording.info.source
+
+
+# --------------------------------------------------------------------------- fitted subsets
+def test_fit_records_fits_on_a_subset_and_leaves_the_default_alone():
+    """Held-out comparisons fit the statistics on some records only; outside a fit_records
+    block (and with all records named) everything is as before."""
+    from pandas.testing import assert_frame_equal
+
+    from sleeplm.data import ucddb_record_ids
+    from sleeplm.simulate.real_stats import current_fit, fit_records
+
+    ids = ucddb_record_ids()
+    ev = ucddb_events()
+    default = event_durations()
+    for t in EVENT_TYPES:  # the default is still all 25 nights pooled, as first written
+        np.testing.assert_array_equal(
+            default[t], np.sort(ev.loc[ev["type"] == t, "duration"].to_numpy(dtype=float)))
+    sub = ids[:5]
+    durs = event_durations(sub)
+    assert sum(d.size for d in durs.values()) == int(ev["record_id"].isin(sub).sum())
+    assert sum(d.size for d in durs.values()) < sum(d.size for d in default.values())
+    assert stage_rate_ratios(sub) != stage_rate_ratios()
+    assert event_type_mix(sub) != event_type_mix()
+
+    stages = np.array(["W"] * 20 + ["N2"] * 500 + ["N3"] * 100 + ["R"] * 150 + ["W"] * 10)
+    prof = get_profile("osa_severe")
+    before = plan_night(stages, prof, np.random.default_rng(5), statistics="real").respiratory
+    with fit_records(ucddb=sub) as fit:
+        assert fit.ucddb == tuple(sub) and current_fit().ucddb == tuple(sub)
+        assert [n.record_id for n in ucddb_nights()] == sub
+        assert event_durations() is durs  # cached by the subset
+        assert clustering_for_ahi(30.0)[1].size != clustering_for_ahi(30.0, records=ids)[1].size
+        inside = plan_night(stages, prof, np.random.default_rng(5), statistics="real").respiratory
+    assert not inside.equals(before)
+    assert current_fit().ucddb == tuple(ids) and len(ucddb_nights()) == 25
+    for t in EVENT_TYPES:
+        np.testing.assert_array_equal(event_durations()[t], default[t])
+    with fit_records(ucddb=reversed(ids)):  # all records, in any order: the default night
+        every = plan_night(stages, prof, np.random.default_rng(5), statistics="real").respiratory
+    after = plan_night(stages, prof, np.random.default_rng(5), statistics="real").respiratory
+    assert_frame_equal(after, before)
+    assert_frame_equal(every, before)
+
+
+def test_fit_records_restricts_dreem_sources_and_checks_its_ids():
+    from sleeplm.simulate.real_stats import fit_records
+
+    dodh, dodo = dreem_night_ids("dodh"), dreem_night_ids("dodo")
+    osa = get_profile("osa_severe")
+    with fit_records(dreem=dodh[:2] + dodo[:3]):
+        assert source_pool(osa, "dreem") == dodo[:3]
+        _, src = night_hypnogram(osa, np.random.default_rng(0), "dreem")
+        assert src in dodo[:3]
+        with fit_records(ucddb=["ucddb002", "ucddb003"]) as inner:  # dreem kept from outside
+            assert inner.dreem == tuple(i for i in dreem_night_ids() if i in dodh[:2] + dodo[:3])
+    assert source_pool(osa, "dreem") == dodo
+    with fit_records(dreem=dodh[:2]), pytest.raises(ValueError, match="dodo"):
+        source_pool(osa, "dreem")
+    with pytest.raises(KeyError, match="ucddb999"), fit_records(ucddb=["ucddb002", "ucddb999"]):
+        pass
+    with pytest.raises(ValueError, match="empty"), fit_records(ucddb=[]):
+        pass
+    with pytest.raises(TypeError, match="collection"), fit_records(ucddb="ucddb002"):
+        pass

@@ -424,7 +424,8 @@ def simulate_cardiorespiratory(
                 snore_x[b:stop] = np.maximum(snore_x[b:stop], loud)
         # heart: bradycardia through the event, easing before its end, and a surge peaking 5-14 s
         # after it (Guilleminault 1984); surge sizes vary from event to event as in the
-        # apnea minutes of Apnea-ECG (log-normal factor, see real_stats.apnea_ecg_hr_statistics)
+        # apnea minutes of Apnea-ECG (log-normal factor; constants set by hand against all 52
+        # Apnea-ECG nights, compared in benchmarks/realism_real.py)
         brady = (4.0 + 4.0 * uu[5]) if kind in _APNEAS else (1.0 + 2.0 * uu[5])
         depth = np.minimum(1.0, x / max(0.6 * dur, 1.0))
         surge = (6.0 + 4.0 * uu[6]) if kind in _APNEAS else (3.0 + 3.0 * uu[6])

@@ -20,6 +20,14 @@ and cached (no number is copied in by hand):
   40 s) in apnea and normal minutes. The labels are per minute, not per event, so the
   heart-rate response is measured per minute label, never aligned to event ends.
 
+Which records the statistics are fitted on: all bundled ones unless a :func:`fit_records`
+block (or a function's ``records`` argument) names a subset, so that simulated nights can be
+compared with real records they were not fitted on (``benchmarks/realism_real.py``, held-out
+mode). Nothing in the simulator is fitted to Apnea-ECG at run time (its heart-rate constants in
+:mod:`sleeplm.simulate.cardiorespiratory` were set by hand against all 52 nights), and the
+Sleep-EDF stage sources are read by :mod:`sleeplm.simulate.hypnograms` directly, so neither
+has a subset here.
+
 References: Goldberger et al., PhysioNet (2000) for UCDDB and Apnea-ECG; Penzel et al.,
 Computers in Cardiology 27:255-258 (2000); Guillot et al., IEEE TNSRE 28(9):1955-1965 (2020);
 Guilleminault et al., Lancet 1984;1:126 (cyclic variation of heart rate, 25-120 s cycles).
@@ -27,10 +35,14 @@ Guilleminault et al., Lancet 1984;1:126 (cyclic variation of heart rate, 25-120 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import pandas as pd
 from scipy import signal as sps
 from scipy.ndimage import median_filter
 
@@ -45,6 +57,7 @@ from sleeplm.data import (
 )
 
 __all__ = [
+    "FitRecords", "fit_records", "current_fit",
     "CLUSTER_GAP_S", "EVENT_TYPES", "STAGE_KEYS", "NightEvents", "ucddb_nights",
     "event_durations", "event_type_mix", "stage_rate_ratios", "clustering_for_ahi",
     "event_gaps", "dreem_hypnogram", "dreem_ids_for", "scorer_disagreement", "CYCLIC_BAND_HZ",
@@ -60,6 +73,128 @@ EVENT_TYPES: tuple[str, ...] = ("obstructive_apnea", "central_apnea", "mixed_apn
 #: Sleep stages with their own event rate.
 STAGE_KEYS: tuple[str, ...] = ("N1", "N2", "N3", "R")
 _SLEEP = ("N1", "N2", "N3", "R")
+
+
+# --------------------------------------------------------------------------- fitted records
+@dataclass(frozen=True)
+class FitRecords:
+    """The real records the simulator's statistics are fitted on.
+
+    Attributes
+    ----------
+    ucddb : tuple of str or None
+        UCDDB record ids (event durations, type mix, stage rates, runs of events); None: all
+        25 bundled nights.
+    dreem : tuple of str or None
+        Dreem night ids (the stage sequences drawn for ``hypnogram="dreem"`` / ``"real"``, and
+        the scorer disagreement of ``noise="real"``); None: all 80 bundled nights.
+    """
+
+    ucddb: tuple[str, ...] | None = None
+    dreem: tuple[str, ...] | None = None
+
+
+_FIT: ContextVar[FitRecords] = ContextVar("sleeplm_real_stats_fit", default=FitRecords())
+
+
+def _subset(dataset: str, records: Iterable[str], known: list[str]) -> tuple[str, ...]:
+    """``records`` checked against the ``known`` ids, in the order of ``known``.
+
+    Raises
+    ------
+    TypeError
+        If ``records`` is a single string rather than a collection of ids.
+    KeyError
+        If an id is not a bundled record of ``dataset``.
+    ValueError
+        If ``records`` is empty.
+    """
+    if isinstance(records, str):
+        raise TypeError(f"{dataset} records must be a collection of ids, got the string "
+                        f"{records!r}")
+    wanted = set(records)
+    unknown = sorted(wanted.difference(known))
+    if unknown:
+        raise KeyError(f"no bundled {dataset} record(s) {unknown}")
+    if not wanted:
+        raise ValueError(f"an empty set of {dataset} records: statistics need at least one")
+    return tuple(r for r in known if r in wanted)
+
+
+def _ucddb_key(records: Iterable[str] | None) -> tuple[str, ...]:
+    """The UCDDB ids to fit on: ``records``, else the current :func:`fit_records`, else all."""
+    known = ucddb_record_ids()
+    if records is None:
+        records = _FIT.get().ucddb
+    return tuple(known) if records is None else _subset("UCDDB", records, known)
+
+
+def _dreem_key(records: Iterable[str] | None) -> tuple[str, ...]:
+    """The Dreem ids to fit on: ``records``, else the current :func:`fit_records`, else all."""
+    known = dreem_night_ids()
+    if records is None:
+        records = _FIT.get().dreem
+    return tuple(known) if records is None else _subset("Dreem", records, known)
+
+
+@contextmanager
+def fit_records(*, ucddb: Iterable[str] | None = None, dreem: Iterable[str] | None = None
+                ) -> Iterator[FitRecords]:
+    """Fit the real statistics on a subset of the bundled records inside a ``with`` block.
+
+    Everything that draws on the statistics in the block (``plan_night(...,
+    statistics="real")``, ``simulate_night(..., statistics="real")``, Dreem stage sources,
+    ``noise="real"``) uses only the named records, so that the simulated nights can be compared
+    with the other records, held out. Outside any block all bundled records are used, exactly
+    as before. Each subset is computed once and cached by its ids.
+
+    Parameters
+    ----------
+    ucddb : iterable of str, optional
+        UCDDB record ids (:func:`sleeplm.data.ucddb_record_ids`); None keeps the enclosing
+        setting (all records outside any block).
+    dreem : iterable of str, optional
+        Dreem night ids (:func:`sleeplm.data.dreem_night_ids`); None keeps the enclosing
+        setting. Drawing a stage sequence of a cohort (DOD-H or DOD-O) needs at least one of its
+        nights in the subset.
+
+    Yields
+    ------
+    FitRecords
+        The setting in force in the block (ids in the bundled order).
+
+    Raises
+    ------
+    KeyError
+        If an id is not a bundled record.
+    ValueError
+        If a subset is empty.
+
+    Notes
+    -----
+    The setting is a :class:`contextvars.ContextVar`: it holds in the thread (or asyncio task)
+    that entered the block, not in worker threads or processes started from it.
+
+    Examples
+    --------
+    >>> with fit_records(ucddb=["ucddb002", "ucddb003"]):  # doctest: +SKIP
+    ...     plan = plan_night(stages, profile, rng, statistics="real")
+    """
+    outer = _FIT.get()
+    fit = FitRecords(
+        ucddb=outer.ucddb if ucddb is None else _subset("UCDDB", ucddb, ucddb_record_ids()),
+        dreem=outer.dreem if dreem is None else _subset("Dreem", dreem, dreem_night_ids()))
+    token = _FIT.set(fit)
+    try:
+        yield fit
+    finally:
+        _FIT.reset(token)
+
+
+def current_fit() -> FitRecords:
+    """The records the statistics are fitted on now, ids spelled out (all when no
+    :func:`fit_records` block is active)."""
+    return FitRecords(ucddb=_ucddb_key(None), dreem=_dreem_key(None))
 
 
 # --------------------------------------------------------------------------- UCDDB events
@@ -102,9 +237,21 @@ def event_gaps(onsets: np.ndarray, durations: np.ndarray) -> np.ndarray:
     return on[1:] - end[:-1]
 
 
+def ucddb_nights(records: Iterable[str] | None = None) -> tuple[NightEvents, ...]:
+    """The UCDDB nights with their events (see :class:`NightEvents`), in the bundled order.
+
+    Parameters
+    ----------
+    records : iterable of str, optional
+        Record ids; None: those of the current :func:`fit_records` block, else all 25.
+    """
+    key = _ucddb_key(records)
+    return tuple(x for x in _all_ucddb_nights() if x.record_id in key)
+
+
 @lru_cache(maxsize=1)
-def ucddb_nights() -> tuple[NightEvents, ...]:
-    """The 25 UCDDB nights with their events (see :class:`NightEvents`)."""
+def _all_ucddb_nights() -> tuple[NightEvents, ...]:
+    """All bundled UCDDB nights with their events."""
     ev = ucddb_events()
     out = []
     for rid in ucddb_record_ids():
@@ -121,35 +268,90 @@ def ucddb_nights() -> tuple[NightEvents, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=1)
-def event_durations() -> dict[str, np.ndarray]:
-    """Real event durations (s, UCDDB's 1-s resolution) per event type, all nights pooled.
+def _ucddb_events_of(key: tuple[str, ...]) -> pd.DataFrame:
+    """UCDDB's event table restricted to the records of ``key``."""
+    ev = ucddb_events()
+    return ev[ev["record_id"].isin(key)]
+
+
+def event_durations(records: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Real event durations (s, UCDDB's 1-s resolution) per event type, nights pooled.
 
     REM and NREM durations differ little in UCDDB (medians 16 and 17 s), so they are not split.
+
+    Parameters
+    ----------
+    records : iterable of str, optional
+        UCDDB record ids; None: those of the current :func:`fit_records` block, else all 25.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Sorted durations (s) per type of :data:`EVENT_TYPES` (empty where the records hold
+        none of that type).
     """
-    ev = ucddb_events()
+    return _event_durations(_ucddb_key(records))
+
+
+@lru_cache(maxsize=8)
+def _event_durations(key: tuple[str, ...]) -> dict[str, np.ndarray]:
+    ev = _ucddb_events_of(key)
     return {t: np.sort(ev.loc[ev["type"] == t, "duration"].to_numpy(dtype=float))
             for t in EVENT_TYPES}
 
 
-@lru_cache(maxsize=1)
-def event_type_mix() -> dict[str, float]:
-    """Share of each event type among UCDDB's events (sums to 1)."""
-    ev = ucddb_events()
-    counts = ev["type"].value_counts()
+def event_type_mix(records: Iterable[str] | None = None) -> dict[str, float]:
+    """Share of each event type among UCDDB's events (sums to 1).
+
+    Parameters
+    ----------
+    records : iterable of str, optional
+        UCDDB record ids; None: those of the current :func:`fit_records` block, else all 25.
+
+    Raises
+    ------
+    ValueError
+        If the records hold no events.
+    """
+    return _event_type_mix(_ucddb_key(records))
+
+
+@lru_cache(maxsize=8)
+def _event_type_mix(key: tuple[str, ...]) -> dict[str, float]:
+    counts = _ucddb_events_of(key)["type"].value_counts()
     total = float(sum(counts.get(t, 0) for t in EVENT_TYPES))
+    if total == 0:
+        raise ValueError(f"UCDDB records {list(key)} hold no respiratory events: no type mix")
     return {t: float(counts.get(t, 0)) / total for t in EVENT_TYPES}
 
 
-@lru_cache(maxsize=1)
-def stage_rate_ratios() -> dict[str, float]:
+def stage_rate_ratios(records: Iterable[str] | None = None) -> dict[str, float]:
     """Events per hour in each sleep stage divided by events per hour of all sleep (pooled).
 
     Events with onset in W epochs are left out (see the module docstring).
+
+    Parameters
+    ----------
+    records : iterable of str, optional
+        UCDDB record ids; None: those of the current :func:`fit_records` block, else all 25.
+
+    Raises
+    ------
+    ValueError
+        If the records hold no sleep events, or no hour of one of N1, N2, N3, R.
     """
-    nights = ucddb_nights()
+    return _stage_rate_ratios(_ucddb_key(records))
+
+
+@lru_cache(maxsize=8)
+def _stage_rate_ratios(key: tuple[str, ...]) -> dict[str, float]:
+    nights = ucddb_nights(key)
     n = {s: sum(int((x.stages == s).sum()) for x in nights) for s in _SLEEP}
     h = {s: sum(x.sleep_hours[s] for x in nights) for s in _SLEEP}
+    missing = [s for s in _SLEEP if h[s] <= 0]
+    if missing or sum(n.values()) == 0:
+        raise ValueError(f"UCDDB records {list(key)} hold no sleep events or no epoch of "
+                         f"{missing}: no stage rates")
     overall = sum(n.values()) / sum(h.values())
     return {s: (n[s] / h[s]) / overall for s in _SLEEP}
 
@@ -162,8 +364,8 @@ def _run_gaps(gaps: np.ndarray) -> list[np.ndarray]:
     return [np.maximum(gaps[a + 1 : b], 0.0) for a, b in zip(edges[:-1], edges[1:])]
 
 
-@lru_cache(maxsize=64)
-def clustering_for_ahi(ahi: float, k: int = 4) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def clustering_for_ahi(ahi: float, k: int = 4, records: Iterable[str] | None = None
+                       ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """The runs of events of the ``k`` UCDDB nights nearest in AHI.
 
     Real gaps are more regular within a run than across runs (SD of log gap 0.46 within runs
@@ -176,6 +378,9 @@ def clustering_for_ahi(ahi: float, k: int = 4) -> tuple[tuple[np.ndarray, ...], 
         Target apnea-hypopnea index, events/h (nearness is measured on log(1 + AHI)).
     k : int
         Number of real nights pooled.
+    records : iterable of str, optional
+        UCDDB record ids to choose from; None: those of the current :func:`fit_records` block,
+        else all 25.
 
     Returns
     -------
@@ -185,7 +390,13 @@ def clustering_for_ahi(ahi: float, k: int = 4) -> tuple[tuple[np.ndarray, ...], 
     within_gaps : numpy.ndarray
         All those gaps pooled, sorted.
     """
-    nights = ucddb_nights()
+    return _clustering_for_ahi(float(ahi), int(k), _ucddb_key(records))
+
+
+@lru_cache(maxsize=64)
+def _clustering_for_ahi(ahi: float, k: int, key: tuple[str, ...]
+                        ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    nights = ucddb_nights(key)
     dist = np.abs(np.log1p([x.ahi for x in nights]) - np.log1p(max(float(ahi), 0.0)))
     chosen = [nights[i] for i in np.argsort(dist, kind="stable")[:k] if nights[i].onsets.size]
     runs = tuple(r for x in chosen for r in _run_gaps(x.gaps))
@@ -206,31 +417,63 @@ def dreem_hypnogram(night_id: str) -> np.ndarray:
     return np.asarray(result.stages, dtype="<U3")
 
 
-def dreem_ids_for(osa: bool) -> list[str]:
-    """Dreem night ids of the OSA cohort (DOD-O) if ``osa``, else of the healthy one (DOD-H)."""
-    return dreem_night_ids("dodo" if osa else "dodh")
+def dreem_ids_for(osa: bool, records: Iterable[str] | None = None) -> list[str]:
+    """Dreem night ids of the OSA cohort (DOD-O) if ``osa``, else of the healthy one (DOD-H).
+
+    Parameters
+    ----------
+    osa : bool
+    records : iterable of str, optional
+        Dreem night ids to choose from; None: those of the current :func:`fit_records` block,
+        else all 80.
+
+    Raises
+    ------
+    ValueError
+        If none of the records belongs to the cohort.
+    """
+    key = _dreem_key(records)
+    cohort = "dodo" if osa else "dodh"
+    ids = [i for i in dreem_night_ids(cohort) if i in key]
+    if not ids:
+        raise ValueError(f"no Dreem night of cohort {cohort!r} among the {len(key)} fitted "
+                         "nights; fit_records(dreem=...) needs nights of both DOD-H and DOD-O "
+                         "to draw stage sequences of either")
+    return ids
 
 
-@lru_cache(maxsize=1)
-def scorer_disagreement() -> dict[tuple[str, bool], tuple[float, np.ndarray]]:
+def scorer_disagreement(records: Iterable[str] | None = None
+                        ) -> dict[tuple[str, bool], tuple[float, np.ndarray]]:
     """How often one Dreem scorer stages an epoch differently from the consensus, and how.
 
-    Pooled over the 80 Dreem nights and their five scorers, per consensus stage and per
+    Pooled over the Dreem nights (all 80, or ``records``, or those of the current
+    :func:`fit_records` block) and their five scorers, per consensus stage and per
     whether the epoch borders a stage change (its previous or next consensus epoch differs):
     the probability that a scorer's stage differs from the consensus, and the distribution of
     the stage chosen instead (W, N1, N2, N3, R order). Epochs a scorer left unscored, and
     UNS consensus epochs, are left out.
+
+    Parameters
+    ----------
+    records : iterable of str, optional
+        Dreem night ids.
 
     Returns
     -------
     dict
         ``{(stage, borders_change): (p_disagree, p_alternative[5])}``.
     """
+    return _scorer_disagreement(_dreem_key(records))
+
+
+@lru_cache(maxsize=8)
+def _scorer_disagreement(key: tuple[str, ...]
+                         ) -> dict[tuple[str, bool], tuple[float, np.ndarray]]:
     names = [str(s) for s in _DREEM_STAGE]
     counts = {(s, b): np.zeros(5) for s in names for b in (False, True)}
     agree = {(s, b): 0 for s in names for b in (False, True)}
     code_of = {s: i for i, s in enumerate(names)}
-    for nid in dreem_night_ids():
+    for nid in key:
         cons = dreem_hypnogram(nid)
         codes = dreem_scorings(nid).astype(int)
         border = np.zeros(cons.size, dtype=bool)
