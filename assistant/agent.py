@@ -11,6 +11,15 @@ path the LLM writes), and the model answers. Limits on model and tool calls per 
 retries of failed model calls are middleware. Conversations are LangGraph checkpoints in one
 SQLite file (``<state_dir>/conversations.sqlite``), thread ``patient:<id>``, so a follow-up
 after a restart still resolves "the second one".
+
+With a real LLM two more middlewares of :mod:`assistant.toolcalls` run: the
+:class:`~assistant.toolcalls.ToolCallGuard` repairs tool calls written as text, drops invented
+arguments, blocks repeated identical calls, and lets the offline planner answer a question the
+LLM could not (recorded in :attr:`Answer.fallback`); the
+:class:`~assistant.toolcalls.ChatGroundingMiddleware` checks every number and clock time of the
+LLM's final answer against the conversation's tool outputs and replaces an unsupported one by
+``[unverified]`` (listed in :attr:`Answer.withdrawn`). Answer tokens stream as the model writes
+them; the final ``answer`` event (and the stored conversation) carries the grounded text.
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.config import AssistantConfig
+from assistant.grounding import WithdrawnClaim
 from assistant.prompts import load_prompt
+from assistant.toolcalls import (
+    FALLBACK_KEY,
+    NOTES_KEY,
+    ChatGroundingMiddleware,
+    FallbackNote,
+    ToolCallGuard,
+    withdrawn_of,
+)
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
 from sleeplm.library.patients import PatientLibrary, validate_patient_id
@@ -106,9 +124,18 @@ class Answer(BaseModel):
     Attributes
     ----------
     patient, question, text : str
+        ``text`` is the grounded answer: an LLM's number or clock time that no tool output of
+        the conversation supports is replaced by ``[unverified]``.
     tool_calls : list of ToolStep
     seconds : float
         Wall time of the whole answer.
+    fallback : FallbackNote or None
+        Set when the LLM could not answer and the offline planner did (or the question
+        stopped): why.
+    withdrawn : list of WithdrawnClaim
+        What the grounding check took out of the LLM's answer.
+    tool_call_notes : list of str
+        Repairs of the LLM's tool calls (read from text, invented arguments dropped).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -118,6 +145,26 @@ class Answer(BaseModel):
     text: str
     tool_calls: list[ToolStep] = Field(default_factory=list)
     seconds: float = 0.0
+    fallback: FallbackNote | None = None
+    withdrawn: list[WithdrawnClaim] = Field(default_factory=list)
+    tool_call_notes: list[str] = Field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the LLM did not answer this question itself."""
+        return self.fallback is not None
+
+    def notices(self) -> list[str]:
+        """Short notes for the user: a fallback, and what the grounding check withdrew."""
+        out = []
+        if self.fallback is not None:
+            out.append(self.fallback.describe())
+        if self.withdrawn:
+            tokens = ", ".join(dict.fromkeys(w.token for w in self.withdrawn))
+            out.append(f"{len(self.withdrawn)} number(s) or time(s) of the model's answer were "
+                       f"withdrawn because no tool result supports them ({tokens}); they are "
+                       "marked [unverified].")
+        return out
 
     @property
     def figures(self) -> list[Any]:
@@ -326,7 +373,21 @@ class Assistant:
             chat_model = make_chat_model(self.config)
         self.chat_model = chat_model
         self.tools = make_tools() + report_tools()
+        from assistant.planner import OfflinePlanner
+
         middleware: list[Any] = []
+        #: The guard of a real LLM's tool calls (None with the offline planner as the model).
+        self.guard: ToolCallGuard | None = None
+        if not isinstance(chat_model, OfflinePlanner):
+            fallback = (OfflinePlanner(router_threshold=self.config.router_threshold)
+                        if self.config.fallback else None)
+            self.guard = ToolCallGuard(
+                self.tools, fallback=fallback, time_budget_s=self.config.time_budget_s,
+                max_repeats=self.config.max_repeats,
+                max_tool_errors=self.config.max_tool_errors,
+                compact=self.config.compact_tools,
+                result_chars=self.config.compact_result_chars)
+            middleware += [self.guard, ChatGroundingMiddleware()]
         from assistant.backends import RedactionMiddleware, describe_backend, \
             sends_data_off_machine
 
@@ -349,8 +410,9 @@ class Assistant:
                                          exit_behavior="end"),
                 ToolCallLimitMiddleware(run_limit=self.config.max_tool_calls,
                                         exit_behavior="end"),
+                # with a guard, a model call that still fails goes to the guard (fallback)
                 ModelRetryMiddleware(max_retries=self.config.max_retries, initial_delay=0.5,
-                                     on_failure="continue"),
+                                     on_failure="error" if self.guard else "continue"),
             ],
             context_schema=AssistantContext, checkpointer=self._saver)
 
@@ -429,6 +491,12 @@ class Assistant:
     def stream(self, patient: str, question: str) -> Iterator[StreamEvent]:
         """Tool calls and answer tokens as they happen, then the whole answer.
 
+        ``token`` events carry the model's text as it is written (with a real LLM: before the
+        grounding check, and also text of an LLM answer that the offline planner then
+        replaced); the final ``answer`` event carries the answer to show, grounded, with its
+        :attr:`Answer.fallback` and :attr:`Answer.withdrawn`. A UI replaces the streamed text
+        by ``answer.text`` at the end (as :mod:`assistant.app` does).
+
         Raises
         ------
         ValueError
@@ -448,6 +516,9 @@ class Assistant:
         started: dict[str, float] = {}
         order: list[str] = []
         final_text = ""
+        final_msg: AIMessage | None = None
+        fallback: FallbackNote | None = None
+        notes: list[str] = []
         watch = self.llm_server.watch() if self.llm_server is not None else nullcontext()
         with self._lock, watch:
             if self.llm_server is not None:
@@ -479,12 +550,19 @@ class Assistant:
                             step.duration_s = time.perf_counter() - started.get(
                                 msg.tool_call_id, t0)
                             yield StreamEvent(kind="tool_end", step=step)
-                        elif isinstance(msg, AIMessage) and node != "tools":
-                            final_text = str(msg.content)
+                        if isinstance(msg, AIMessage) and node != "tools":
+                            kw = msg.additional_kwargs
+                            if fallback is None and kw.get(FALLBACK_KEY):
+                                fallback = FallbackNote.model_validate(kw[FALLBACK_KEY])
+                            notes += [n for n in kw.get(NOTES_KEY, []) if n not in notes]
+                            if not msg.tool_calls:
+                                final_text, final_msg = str(msg.content), msg
             if self.llm_server is not None:  # a failed model call may end as an error text
                 self.llm_server.check()
         answer = Answer(patient=patient, question=question, text=final_text,
-                        tool_calls=[steps[i] for i in order], seconds=time.perf_counter() - t0)
+                        tool_calls=[steps[i] for i in order], seconds=time.perf_counter() - t0,
+                        fallback=fallback, tool_call_notes=notes,
+                        withdrawn=withdrawn_of(final_msg) if final_msg is not None else [])
         logger.info("answered %s in %.2f s with %d tool call(s)", patient, answer.seconds,
                     len(answer.tool_calls))
         yield StreamEvent(kind="answer", answer=answer)

@@ -62,7 +62,7 @@ from tools.figures import STAGE_COLOURS, SignalsInput, signals_figure
 from tools.localize import LocalizeInput, localize
 
 __all__ = ["APP_CSS", "APP_THEME", "DEFAULT_MAX_UPLOAD_MB", "EXAMPLE_QUESTIONS", "NOTICE",
-           "PatientSummary", "UploadError", "build_app", "check_signal_file",
+           "PatientSummary", "UploadError", "answer_notes", "build_app", "check_signal_file",
            "draft_files", "night_overview_png", "patient_summary", "serve"]
 
 #: Largest accepted upload, MB (``--max-upload-mb``).
@@ -489,6 +489,12 @@ def _end_step(history: list[dict[str, Any]], index: dict[int, int], ev: StreamEv
                             "content": {"path": str(fig.path), "alt_text": fig.title}})
 
 
+def answer_notes(answer: Answer) -> str:
+    """The answer's notices (an offline-planner fallback, withdrawn numbers) as Markdown
+    lines to put under it, or ``""``."""
+    return "".join(f"\n\n> *Note: {n}*" for n in answer.notices())
+
+
 def _event_label(e: Any) -> str:
     when = e.clock or f"{e.onset_s:.0f} s"
     return f"#{e.id} {e.type.replace('_', ' ')} at {when} ({e.stage}, {e.duration_s:.0f} s)"
@@ -700,7 +706,8 @@ def build_app(assistant: Assistant, *, upload_dir: Path | None = None,
                 yield history, "", convs, keep, keep, keep, keep, ""
             if answer is None:
                 raise RuntimeError("the assistant stopped without an answer")
-            final = {"role": "assistant", "content": answer.text or "(no answer text)"}
+            final = {"role": "assistant",
+                     "content": (answer.text or "(no answer text)") + answer_notes(answer)}
             if text_at is None:
                 history.append(final)
             else:

@@ -69,6 +69,26 @@ class AssistantConfig(BaseModel):
         ``local_files_only``.
     router_threshold : float
         Cosine similarity below which the offline planner says it did not understand.
+    time_budget_s : float
+        Per question with an LLM backend: past this many seconds the offline planner answers
+        instead (checked before every model and tool call and when the model asks for more
+        tools; one model call is bounded by ``timeout_s``).
+    fallback : bool
+        With an LLM backend, let the offline planner answer a question the LLM could not (no
+        tool call where one was needed, an unreadable tool call, failed or looping tool calls,
+        a failed model call, the time budget). ``False``: such a question stops with a message.
+    max_repeats : int
+        Identical tool calls (same tool, same arguments) in one question are not run again;
+        after this many blocked repeats the loop stops.
+    max_tool_errors : int
+        Failed tool calls in one question before the fallback answers.
+    compact_tools : bool
+        For LLMs with small context windows (4k tokens): short tool descriptions and argument
+        schemas, and tool results cut to ``compact_result_chars`` in what the LLM reads (the
+        user still sees every result in full).
+    compact_result_chars : int
+        Characters of a tool result of the current question the LLM reads in compact mode
+        (a quarter of that for earlier questions).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -86,6 +106,12 @@ class AssistantConfig(BaseModel):
     state_dir: Path = Field(default_factory=default_state_dir)
     local_model_path: Path | None = None
     router_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    time_budget_s: float = Field(default=120.0, gt=0)
+    fallback: bool = True
+    max_repeats: int = Field(default=2, ge=1, le=20)
+    max_tool_errors: int = Field(default=2, ge=1, le=50)
+    compact_tools: bool = False
+    compact_result_chars: int = Field(default=1200, ge=200, le=100_000)
 
     @field_validator("base_url")
     @classmethod

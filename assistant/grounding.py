@@ -39,13 +39,22 @@ from pydantic import BaseModel, Field
 __all__ = [
     "CLOCK_TOLERANCE_S",
     "FactItem",
+    "GroundedAnswer",
     "GroundingFacts",
     "GroundingResult",
     "Problem",
     "SentenceCheck",
+    "ToolOutput",
+    "UNVERIFIED",
+    "WithdrawnClaim",
     "build_allowed",
+    "chat_allowed",
     "check_sentence",
     "check_text",
+    "facts_from_result",
+    "facts_from_text",
+    "ground_answer",
+    "question_facts",
     "split_sentences",
 ]
 
@@ -535,3 +544,450 @@ def check_text(text: str, facts: GroundingFacts | Iterable[FactItem]) -> Groundi
     allowed = facts if isinstance(facts, GroundingFacts) else build_allowed(facts)
     return GroundingResult(sentences=[check_sentence(s, allowed)
                                       for s in split_sentences(text)])
+
+
+# ----------------------------------------------------------------------------- chat answers
+#
+# A chat answer is checked like a report narrative, against what the tools returned in the
+# conversation (their structured results and their text) plus the question's own numbers.
+# Nothing above this line changes for it.
+
+#: What replaces a number or clock time of a chat answer that no tool output supports.
+UNVERIFIED = "[unverified]"
+
+#: Result keys whose text is data from the study files or words of the user or the LLM (an
+#: annotation label, a file name, a query): never a source of allowed numbers, but quotable.
+_DATA_KEYS = frozenset({
+    "label", "labels", "patient", "patient_id", "like_patient", "path", "paths", "file",
+    "files", "source", "query", "queries", "indication", "edit", "edits", "request", "title",
+    "channel", "channels", "name", "notes", "quoted", "system",
+})
+#: Result keys whose subtree is not a fact: the report's own record of rejected sentences.
+_SKIP_KEYS = frozenset({"grounding", "png", "dropped", "regenerated"})
+#: A fact name per entry of :data:`_BINDINGS` (same order) that its name pattern accepts.
+_BINDING_FACT_NAMES = ("ahi_text", "odi_text", "t90_text", "nadir_text",
+                       "sleep_efficiency_text", "tst_text", "plmi", "text_arousal_index",
+                       "hr_text")
+assert len(_BINDING_FACT_NAMES) == len(_BINDINGS)
+_SINGLE_QUOTED = re.compile(r"(?<![\w'])'([^'\n]{1,300})'(?![\w'])")
+_LIST_MARKER = re.compile(r"(?m)^(\s*)(\d{1,3})([.)])(?=\s)")
+_CLOCK_VALUE = re.compile(r"^\s*(\d{1,2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?\s*$")
+_MEASURE_LINE = re.compile(
+    r"^\s*-?\s*(?P<label>[^:\n]{2,80}):\s*(?P<num>\d+(?:\.\d+)?)\s?(?P<unit>events/h|/h|%|min|"
+    r"bpm|h|s)?(?![\w.])", re.MULTILINE)
+
+
+_UNITS_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+                "seventeen", "eighteen", "nineteen")
+_TENS_WORDS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_NUMBER_WORD = re.compile(
+    r"\b(?:(?P<tens>" + "|".join(_TENS_WORDS) + r")(?:[- ](?P<unit>" + "|".join(
+        _UNITS_WORDS[1:10]) + r"))?|(?P<small>" + "|".join(_UNITS_WORDS) + r"))\b",
+    re.IGNORECASE)
+
+
+def _word_value(m: re.Match[str]) -> int:
+    if m.group("small"):
+        return _UNITS_WORDS.index(m.group("small").lower())
+    value = 10 * (2 + _TENS_WORDS.index(m.group("tens").lower()))
+    return value + (_UNITS_WORDS.index(m.group("unit").lower()) if m.group("unit") else 0)
+
+
+def _word_number_problems(sentence: str, allowed: GroundingFacts
+                          ) -> list[tuple[int, int, Problem]]:
+    """A number written in words right after a named measure (``"the AHI is zero"``) must be
+    one of that measure's values, as a number in digits must (words elsewhere are not read)."""
+    masked = _mask(sentence, _quoted_spans(sentence, allowed.quoted))
+    keys = sorted(((m.start(), m.end(), names) for rx, names, _fam in _BINDINGS
+                   for m in rx.finditer(masked)), key=lambda k: k[0])
+    out: list[tuple[int, int, Problem]] = []
+    for i, (start, end, names) in enumerate(keys):
+        stop = keys[i + 1][0] if i + 1 < len(keys) else len(masked)
+        digit = _NUMBER.search(masked, end, stop)
+        word = _NUMBER_WORD.search(masked, end, stop)
+        if word is None or (digit is not None and digit.start() < word.start()):
+            continue
+        if len(masked[end:word.start()].split()) > _BIND_WORDS:
+            continue
+        value = _word_value(word)
+        known = [v for vals in allowed.values.values() for n, v in vals if names.search(n)]
+        if any(_matches(value, 0, v) for v in known):
+            continue
+        out.append((word.start(), word.end(), Problem(
+            token=word.group(0), kind="measure",
+            reason=f"{word.group(0)} ({value}) is not a value of {sentence[start:end]} in the "
+                   "facts")))
+    return out
+
+
+class ToolOutput(BaseModel):
+    """One tool result of a conversation, as the chat grounding reads it.
+
+    Attributes
+    ----------
+    name : str
+        The tool.
+    content : str
+        The text the model read.
+    result : object
+        The tool's structured result (a pydantic model, or its dict after a restart); None
+        when only the text is known.
+    """
+
+    name: str = ""
+    content: str = ""
+    result: object = None
+
+
+class WithdrawnClaim(BaseModel):
+    """A number or clock time taken out of a chat answer.
+
+    Attributes
+    ----------
+    token : str
+        As the answer wrote it (``"0 events/h"``, ``"04:44"``).
+    kind : str
+        ``number``, ``clock``, ``date`` or ``measure`` (a named measure given a value that is
+        not its own).
+    reason : str
+    sentence : str
+        The sentence as the model wrote it.
+    """
+
+    token: str
+    kind: Literal["number", "clock", "date", "measure"]
+    reason: str
+    sentence: str
+
+
+class GroundedAnswer(BaseModel):
+    """A chat answer after the check.
+
+    Attributes
+    ----------
+    text : str
+        The answer with every unsupported number or time replaced by :data:`UNVERIFIED`.
+    withdrawn : list of WithdrawnClaim
+    checked : int
+        Numbers and clock times read.
+    """
+
+    text: str
+    withdrawn: list[WithdrawnClaim] = Field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.withdrawn)
+
+
+def _unit_for_key(key: str, value: float) -> str:
+    """The unit a result field's number is in, guessed from the field's name."""
+    k = key.lower()
+    if k.endswith(("_s", "_sec", "seconds")) or k in ("onset", "duration", "start", "end"):
+        return "s"
+    if k.endswith(("_min", "minutes")):
+        return "min"
+    if k.endswith(("_h", "hours")):
+        return "h"
+    if k.endswith(("_pct", "pct", "percent")) or "spo2" in k or "nadir" in k \
+            or "saturation" in k:
+        return "%"
+    if "bpm" in k or k.startswith("hr"):
+        return "bpm"
+    if float(value).is_integer() and (isinstance(value, int) or any(
+            w in k for w in ("epoch", "id", "count", "n_", "total", "rank", "index"))):
+        return "count"
+    return ""
+
+
+def _clock_of(text: str) -> str | None:
+    """``"HH:MM:SS"`` of a value that is a clock time or an ISO date-time, else None."""
+    t = text.strip()
+    m = re.match(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}(?::\d{2})?)", t)
+    if m:
+        t = m.group(1)
+    m = _CLOCK_VALUE.match(t)
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+        return None
+    return f"{int(m.group(1)):02d}:{m.group(2)}:{m.group(3) or '00'}"
+
+
+def _is_fact_dict(obj: dict) -> bool:
+    """A Measure or a FactItem: a named value with a unit."""
+    return {"name", "label", "value", "unit"} <= set(obj) and isinstance(obj.get("name"), str)
+
+
+def _fact_of_dict(obj: dict, tool: str) -> FactItem:
+    ev = obj.get("evidence") or {}
+    epochs = obj.get("epochs", ev.get("epochs", [])) or []
+    ids = obj.get("event_ids", ev.get("event_ids", [])) or []
+    v = obj.get("value")
+    value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) \
+        and math.isfinite(v) else None
+    return FactItem(name=str(obj["name"]), label=str(obj.get("label") or ""), value=value,
+                    unit=str(obj.get("unit") or ""), display=str(obj.get("display") or ""),
+                    reason=str(obj.get("reason") or ""),
+                    epochs=[(int(e[0]), int(e[1])) for e in epochs
+                            if isinstance(e, (list, tuple)) and len(e) == 2
+                            and all(isinstance(x, (int, float)) for x in e)],
+                    times=[t for t in obj.get("times", []) or [] if isinstance(t, str)],
+                    event_ids=[int(i) for i in ids if isinstance(i, (int, float))],
+                    source=tool)
+
+
+def _plain(obj: object) -> object:
+    """Pydantic models as plain data (figures' bytes left out)."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="python")
+    return obj
+
+
+def facts_from_result(tool: str, result: object) -> tuple[list[FactItem], list[str]]:
+    """The facts a tool's structured result supports, and its quotable data strings.
+
+    Measures and fact items (``name``, ``label``, ``value``, ``unit``) keep their name, so a
+    number written after "AHI" must be an AHI; any other number is a fact under its field's
+    name with a unit guessed from that name (``duration_s`` in s, ``spo2_nadir`` in %,
+    integers as counts), a probability also as a percentage, a list's length as a count. Clock
+    strings are cited times. Text fields are read for numbers and times, except those holding
+    file data or the user's or the LLM's words (labels, file names, queries), which are only
+    quotable; the report's record of rejected sentences is skipped.
+
+    Parameters
+    ----------
+    tool : str
+    result : pydantic model, dict or list
+
+    Returns
+    -------
+    facts : list of FactItem
+    quoted : list of str
+    """
+    facts: list[FactItem] = []
+    quoted: list[str] = []
+    texts: list[str] = []
+    times: list[str] = []
+
+    def walk(obj: object, key: str, data: bool) -> None:
+        obj = _plain(obj)
+        if isinstance(obj, dict):
+            if _is_fact_dict(obj):
+                facts.append(_fact_of_dict(obj, tool))
+                return
+            for k, v in obj.items():
+                ks = str(k)
+                if ks in _SKIP_KEYS:
+                    continue
+                walk(v, ks, data or ks in _DATA_KEYS)
+            return
+        if isinstance(obj, (list, tuple)):
+            if obj and not data:
+                facts.append(FactItem(name=f"{tool}.{key}.length", label="", unit="count",
+                                      value=float(len(obj)), source=tool))
+            for v in obj:
+                walk(v, key, data)
+            return
+        if isinstance(obj, bool) or obj is None:
+            return
+        if isinstance(obj, (int, float)):
+            v = float(obj)
+            if not math.isfinite(v) or data:
+                return
+            unit = _unit_for_key(key, obj)
+            facts.append(FactItem(name=key, label="", value=v, unit=unit, source=tool))
+            if unit == "" and 0.0 <= v <= 1.0:
+                facts.append(FactItem(name=key, label="", value=100.0 * v, unit="%",
+                                      source=tool))
+            return
+        if isinstance(obj, str):
+            clock = _clock_of(obj)
+            if clock is not None:
+                times.append(clock)
+            elif data:
+                quoted.append(obj)
+            elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", obj.strip()):
+                facts.append(FactItem(name=key, label="", unit="date", display=obj.strip(),
+                                      source=tool))
+            else:
+                texts.append(obj)
+
+    walk(result, tool, False)
+    if texts or times:
+        facts.append(FactItem(name=f"{tool}.text", label=_unquoted(" \n".join(texts)),
+                              unit="text", times=times, source=tool))
+    return facts, quoted
+
+
+def _unquoted(text: str) -> str:
+    """``text`` with quoted passages (labels, queries) blanked out."""
+    spans = [m.span() for m in _QUOTED.finditer(text)]
+    spans += [m.span() for m in _SINGLE_QUOTED.finditer(text)]
+    return _mask(text, spans)
+
+
+def _times_in(text: str) -> list[str]:
+    out = []
+    for m in _CLOCK.finditer(text):
+        h, mi, s = int(m.group("h")), int(m.group("m")), int(m.group("s") or 0)
+        ap = (m.group("ap") or "").lower()
+        if ap:
+            if h > 12:
+                continue
+            h = h % 12 + (12 if ap == "p" else 0)
+        out.append(f"{h:02d}:{mi:02d}:{s:02d}")
+    return out
+
+
+def facts_from_text(tool: str, text: str) -> list[FactItem]:
+    """The facts a tool's text supports (when its structured result is not known).
+
+    Numbers and clock times outside quotes are allowed, unbound to any measure; a
+    ``report_facts`` line ``"- AHI (3 % rule): 24.0 events/h"`` also binds its value to the
+    measure its label names.
+    """
+    clean = _unquoted(text or "")
+    facts = [FactItem(name=f"{tool}.text", label=clean, unit="text", times=_times_in(clean),
+                      source=tool)]
+    if tool == "report_facts":
+        for m in _MEASURE_LINE.finditer(clean):
+            for (rx, _names, _fam), name in zip(_BINDINGS, _BINDING_FACT_NAMES):
+                if rx.search(m.group("label")):
+                    facts.append(FactItem(name=name, label=m.group("label").strip(),
+                                          value=float(m.group("num")),
+                                          unit=m.group("unit") or "", source=tool))
+                    break
+    return facts
+
+
+def question_facts(question: str) -> list[FactItem]:
+    """The question's own numbers and clock times: allowed, never as a measure's value (so
+    "say the AHI is 0" does not make an AHI of 0 pass)."""
+    return [FactItem(name="question", label=question or "", unit="text",
+                     times=_times_in(question or ""), source="question")]
+
+
+def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,
+                 extra: Iterable[FactItem] = (), quoted: Iterable[str] = ()
+                 ) -> GroundingFacts:
+    """The allowed set of a chat answer: every tool output of the conversation, the question.
+
+    Parameters
+    ----------
+    outputs : iterable of ToolOutput
+        The conversation's tool results; a structured result is read with
+        :func:`facts_from_result`, the text always with :func:`facts_from_text` (its numbers
+        never bind to a named measure unless the tool is ``report_facts``).
+    question : str
+        The user's question (:func:`question_facts`).
+    extra : iterable of FactItem
+        Further facts (e.g. reference values the assistant itself states).
+    quoted : iterable of str
+        Further quotable data.
+
+    Returns
+    -------
+    GroundingFacts
+    """
+    facts: list[FactItem] = list(extra)
+    data: list[str] = list(quoted)
+    for out in outputs:
+        if out.result is not None:
+            f, q = facts_from_result(out.name or "tool", out.result)
+            facts += f
+            data += q
+            text_facts = facts_from_text("", out.content)  # unbound: the result names them
+        else:
+            text_facts = facts_from_text(out.name or "tool", out.content)
+        facts += text_facts
+    facts += question_facts(question)
+    allowed = build_allowed(facts, quoted=[d for d in dict.fromkeys(data) if d.strip()])
+    allowed.values = {fam: list(dict.fromkeys(vals)) for fam, vals in allowed.values.items()}
+    return allowed
+
+
+def _problem_spans(sentence: str, allowed: GroundingFacts
+                   ) -> list[tuple[int, int, Problem]]:
+    """Where in ``sentence`` each problem of :func:`check_sentence` is."""
+    check = check_sentence(sentence, allowed)
+    if check.ok:
+        return []
+    masked = _mask(sentence, _quoted_spans(sentence, allowed.quoted))
+    masked = _mask(masked, [m.span() for m in _IDENT.finditer(masked)])
+    dates = [(m.start(), m.end(), m.group(0)) for m in _DATE.finditer(masked)]
+    clocks = [(m.start(), m.end(), m.group(0).strip()) for m in
+              _CLOCK.finditer(_mask(masked, [(a, b) for a, b, _ in dates]))]
+    toks, _, _ = _tokens(sentence, allowed)
+    used: set[tuple[int, int]] = set()
+    out: list[tuple[int, int, Problem]] = []
+
+    def take(p: Problem, cands: list[tuple[int, int, str]], token: str,
+             after: int = 0) -> None:
+        for a, b, text in cands:
+            if text == token and a >= after and (a, b) not in used:
+                used.add((a, b))
+                out.append((a, b, p))
+                return
+
+    numbers = [(t.start, t.end, t.text) for t in toks]
+    for p in check.problems:
+        if p.kind == "date":
+            take(p, dates, p.token)
+        elif p.kind == "clock":
+            take(p, [(a, a + len(t), t) for a, _b, t in clocks], p.token)
+        elif p.kind == "number":
+            take(p, numbers, p.token)
+        else:
+            key, _, num = p.token.partition(" ... ")
+            at = sentence.find(key)
+            take(p, numbers, num, after=at + len(key) if at >= 0 else 0)
+    return out
+
+
+def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIED
+                  ) -> GroundedAnswer:
+    """Check a chat answer and replace every unsupported number or time by ``marker``.
+
+    Sentences are read as :func:`check_text` reads them; a markdown list marker at the start
+    of a line (``"1."``) is not a number. A number bound to a named measure (``"AHI ... 0"``)
+    that is not that measure's value is withdrawn even when the number occurs elsewhere, and
+    so is a number written in words right after a named measure (``"the AHI is zero"``);
+    other numbers in words are not read.
+
+    Parameters
+    ----------
+    text : str
+    allowed : GroundingFacts
+        From :func:`chat_allowed`.
+    marker : str
+
+    Returns
+    -------
+    GroundedAnswer
+        The text (unchanged when everything is supported) and what was withdrawn.
+    """
+    text = text or ""
+    view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
+    edits: list[tuple[int, int, Problem, str]] = []
+    checked = 0
+    pos = 0
+    for sentence in split_sentences(view):
+        at = view.find(sentence, pos)
+        if at < 0:
+            continue
+        pos = at + len(sentence)
+        toks, _, n_times = _tokens(sentence, allowed)
+        checked += len(toks) + n_times
+        original = text[at:at + len(sentence)]
+        for a, b, p in _problem_spans(sentence, allowed) + _word_number_problems(
+                sentence, allowed):
+            edits.append((at + a, at + b, p, original))
+    if not edits:
+        return GroundedAnswer(text=text, checked=checked)
+    out = text
+    for a, b, _p, _s in sorted(edits, key=lambda e: -e[0]):
+        out = out[:a] + marker + out[b:]
+    withdrawn = [WithdrawnClaim(token=text[a:b], kind=p.kind, reason=p.reason, sentence=s)
+                 for a, b, p, s in sorted(edits, key=lambda e: e[0])]
+    return GroundedAnswer(text=out, withdrawn=withdrawn, checked=checked)

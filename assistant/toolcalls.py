@@ -1,0 +1,1021 @@
+"""Robust tool calling for small real LLMs, and grounded chat answers for any LLM.
+
+Small local models (Qwen2.5-Coder, Llama 3.2, Gemma 3 at 1-8 B parameters) often answer with a
+tool call written as text instead of a structured call, with doubled or extra braces, single
+quotes, trailing commas, Python's ``True``/``None`` or the arguments as a JSON string; they
+invent arguments, call the same tool again and again, answer without calling any tool, or take
+too long. Two agent middlewares make the agent of :mod:`assistant.agent` robust to that:
+
+:class:`ToolCallGuard` (around every model and tool call)
+    * **repairs** tool calls written as text (:func:`extract_tool_calls`, :func:`loads_lenient`)
+      into proper calls when they name a known tool, and **validates** every call's arguments
+      against the tool's schema (:func:`clean_args`: unknown or invented arguments and ``null``
+      for an optional one are dropped, with a logged note kept on the message);
+    * **blocks loops**: a call identical to one already made in this question (same tool, same
+      arguments) is not run again; the model is told its result is already above, and after
+      ``max_repeats`` blocked repeats the loop stops;
+    * **falls back** to the embedded offline planner (:class:`~assistant.planner.OfflinePlanner`)
+      for the rest of the question when the model answers without a tool call although the
+      question needs one (the planner's router decides), writes a tool call that cannot be
+      read, gives an empty answer, has ``max_tool_errors`` tool calls fail, fails itself, or
+      the question's time budget (``time_budget_s``) is spent. The messages of the fallback
+      carry a :class:`FallbackNote` (why), which :class:`~assistant.agent.Answer` reports;
+    * in **compact** mode (small context windows, e.g. 4k tokens) sends the model short tool
+      descriptions and schemas (:func:`compact_tool_schema`) and tool results cut to a budget
+      (:func:`shorten_tool_result`); the conversation keeps the full results, so the user and
+      the :class:`~assistant.agent.ToolStep` see everything.
+
+:class:`ChatGroundingMiddleware` (at the end of each question)
+    checks every number and clock time of an LLM's final answer against the tool outputs of the
+    conversation and the question's own numbers (:func:`ground_conversation`, built on
+    :mod:`assistant.grounding`). An unsupported one is replaced by ``[unverified]`` in the
+    stored answer and listed in the message's ``additional_kwargs`` (:data:`WITHDRAWN_KEY`).
+    A number a prompt injection asks for ("say the AHI is 0") never passes as a measure's value:
+    the question's numbers are allowed only unbound to any named measure, and annotation labels
+    and file names are quotable data, not facts. Answers of the offline planner (primary or
+    fallback) are written from tool values by deterministic code and are not altered.
+
+Both hooks are synchronous (the assistant runs its agent with ``stream``/``invoke``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import types
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, \
+    ModelResponse
+from langchain.agents.middleware.types import ExtendedModelResponse, PrivateStateAttr
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.channels.untracked_value import UntrackedValue
+from pydantic import BaseModel, Field, ValidationError
+
+from assistant.grounding import (
+    FactItem,
+    GroundedAnswer,
+    ToolOutput,
+    WithdrawnClaim,
+    chat_allowed,
+    ground_answer,
+)
+from sleeplm._logging import logger
+
+__all__ = [
+    "FALLBACK_KEY",
+    "NOTES_KEY",
+    "REFERENCE_FACTS",
+    "REPEAT_KEY",
+    "WITHDRAWN_KEY",
+    "WRITER_KEY",
+    "ChatGroundingMiddleware",
+    "FallbackNote",
+    "ToolCallGuard",
+    "ToolCallParseError",
+    "ToolCallRepair",
+    "call_signature",
+    "clean_args",
+    "compact_tool_schema",
+    "conversation_outputs",
+    "extract_tool_calls",
+    "ground_conversation",
+    "loads_lenient",
+    "shorten_tool_result",
+    "withdrawn_of",
+]
+
+#: ``additional_kwargs`` key: who wrote an AI message (``llm``, ``planner`` or ``guard``).
+WRITER_KEY = "sleeplm_writer"
+#: ``additional_kwargs`` key of a fallback's :class:`FallbackNote` (as a dict).
+FALLBACK_KEY = "sleeplm_fallback"
+#: ``additional_kwargs`` key of the notes on repaired or cleaned tool calls (list of str).
+NOTES_KEY = "sleeplm_toolcall_notes"
+#: ``additional_kwargs`` key of a tool message that answers a blocked repeated call.
+REPEAT_KEY = "sleeplm_repeat"
+#: ``additional_kwargs`` key of a tool message for a call not run (time budget spent).
+SKIPPED_KEY = "sleeplm_skipped"
+#: ``additional_kwargs`` key of what the grounding check withdrew (list of dicts).
+WITHDRAWN_KEY = "sleeplm_withdrawn"
+_STARTED_KEY = "sleeplm_question_started"
+
+#: Router intents the planner answers without a tool: an LLM may too.
+NO_TOOL_INTENTS = frozenset({"help", "out_of_scope", "not_recorded", "unknown", "followup"})
+
+#: Reference values the assistant itself states (the offline planner's sleep-efficiency
+#: reference, ``assistant.planner._SE_REFERENCE``): allowed in answers, bound to no measure.
+REFERENCE_FACTS: tuple[FactItem, ...] = (
+    FactItem(name="reference_sleep_efficiency", label="commonly used reference", value=85.0,
+             unit="%", source="reference"),
+)
+
+FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
+                         "tool_loop", "time_budget", "model_error"]
+
+_REASON_TEXT: dict[str, str] = {
+    "no_tool_call": "the model answered without consulting a tool",
+    "unreadable_tool_call": "the model wrote a tool call that could not be read",
+    "empty_answer": "the model gave no answer",
+    "tool_errors": "the model's tool calls failed",
+    "tool_loop": "the model kept repeating the same tool call",
+    "time_budget": "the question's time budget was spent",
+    "model_error": "the model call failed",
+}
+
+
+class ToolCallParseError(ValueError):
+    """Text that should hold a tool call (JSON or near-JSON) cannot be read."""
+
+
+class FallbackNote(BaseModel):
+    """Why a question was not answered by the LLM.
+
+    Attributes
+    ----------
+    reason : str
+        ``no_tool_call``, ``unreadable_tool_call``, ``empty_answer``, ``tool_errors``,
+        ``tool_loop``, ``time_budget`` or ``model_error``.
+    detail : str
+        Specifics (the error, the call repeated, the seconds spent).
+    by : {"offline_planner", "stopped"}
+        The offline planner answered instead, or (fallback off) the question stopped.
+    """
+
+    reason: FallbackReason
+    detail: str = ""
+    by: Literal["offline_planner", "stopped"] = "offline_planner"
+
+    def describe(self) -> str:
+        """One sentence for the user."""
+        what = _REASON_TEXT[self.reason] + (f" ({self.detail})" if self.detail else "")
+        if self.by == "offline_planner":
+            return f"The offline planner answered this question: {what}."
+        return f"The question was stopped: {what}."
+
+
+class ToolCallRepair(BaseModel):
+    """Tool calls read from a model's text.
+
+    Attributes
+    ----------
+    content : str
+        The text around the calls (the model's words), or the whole text when nothing usable
+        was found.
+    calls : list of dict
+        LangChain tool calls (``name``, ``args``, ``id``, ``type``) naming known tools.
+    notes : list of str
+        What was repaired or dropped.
+    unreadable : list of str
+        Text that looked like a tool call but could not be used (unparseable, unknown tool).
+    """
+
+    content: str = ""
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    unreadable: list[str] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ lenient JSON
+_WORDS = {"True": "true", "False": "false", "None": "null", "true": "true", "false": "false",
+          "null": "null"}
+
+
+def _pythonish_to_json(text: str) -> str:
+    """Near-JSON as JSON: single-quoted strings, ``True``/``False``/``None``, bare keys and
+    trailing commas rewritten; everything inside strings kept."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "\"'":
+            j, buf = i + 1, []
+            while j < n and text[j] != c:
+                if text[j] == "\\" and j + 1 < n:
+                    nxt = text[j + 1]
+                    buf.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt)
+                               if nxt in "ntr\"'\\/" else "\\" + nxt)
+                    j += 2
+                    continue
+                buf.append(text[j])
+                j += 1
+            if j >= n:
+                raise ToolCallParseError(f"unterminated string at character {i}")
+            out.append(json.dumps("".join(buf)))
+            i = j + 1
+            continue
+        if c == ",":
+            k = i + 1
+            while k < n and text[k].isspace():
+                k += 1
+            if k < n and text[k] in "}]":
+                i += 1  # trailing comma
+                continue
+        if c.isalpha() or c == "_":
+            j = i
+            while j < n and (text[j].isalnum() or text[j] == "_"):
+                j += 1
+            word = text[i:j]
+            k = j
+            while k < n and text[k].isspace():
+                k += 1
+            if k < n and text[k] == ":" and word not in _WORDS:
+                out.append(json.dumps(word))  # a bare key
+            elif word in _WORDS:
+                out.append(_WORDS[word])
+            else:
+                raise ToolCallParseError(f"unexpected word {word!r}")
+            i = j
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _balanced(text: str) -> str | None:
+    """The first complete JSON object or array of ``text`` (string-aware); missing closers are
+    added at the end, extra ones after it dropped."""
+    start = next((i for i, c in enumerate(text) if c in "{["), None)
+    if start is None:
+        return None
+    stack: list[str] = []
+    quote: str | None = None
+    i = start
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c in "{[":
+            stack.append("}" if c == "{" else "]")
+        elif c in "}]":
+            if not stack:
+                break
+            stack.pop()
+            if not stack:
+                return text[start:i + 1]
+        i += 1
+    if quote:
+        return None
+    return text[start:i] + "".join(reversed(stack))
+
+
+def _undouble(text: str) -> str:
+    """Template-escaped braces (``{{`` and ``}}``) as single ones."""
+    return text.replace("{{", "{").replace("}}", "}")
+
+
+def loads_lenient(text: str) -> Any:
+    """Parse JSON as small models write it.
+
+    Accepted besides JSON: doubled braces (``{{"name": ...}}``, a chat template's escaping),
+    extra or missing closing braces, single quotes, trailing commas, Python ``True``/``False``/
+    ``None``, bare keys, a trailing semicolon.
+
+    Raises
+    ------
+    ToolCallParseError
+        Nothing readable.
+    """
+    s = (text or "").strip().rstrip(";").strip()
+    if not s:
+        raise ToolCallParseError("empty text")
+    variants = [s]
+    if "{{" in s or "}}" in s:
+        variants.append(_undouble(s))
+    for v in list(variants):
+        b = _balanced(v)
+        if b is not None and b != v:
+            variants.append(b)
+    last: Exception | None = None
+    for v in variants:
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError as exc:
+            last = exc
+        try:
+            return json.loads(_pythonish_to_json(v))
+        except (json.JSONDecodeError, ToolCallParseError) as exc:
+            last = exc
+        try:
+            return ast.literal_eval(v)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            last = exc
+    raise ToolCallParseError(f"not JSON: {last}")
+
+
+# ------------------------------------------------------------------ tool calls in text
+_TAGGED = re.compile(r"<\|?tool_call\|?>\s*(.*?)\s*(?:<\|?/tool_call\|?>|(?=<\|?tool_call\|?>)|$)",
+                     re.DOTALL)
+_FUNCTION_TAG = re.compile(r"<function=(?P<name>[\w.\-]+)>\s*(?P<args>.*?)\s*</function>",
+                           re.DOTALL)
+_FENCED = re.compile(r"```(?:json|tool_call|tool|python|javascript)?\s*(.*?)```", re.DOTALL)
+_MISTRAL = re.compile(r"\[TOOL_CALLS\]\s*(.*)$", re.DOTALL)
+_ARG_KEYS = ("arguments", "parameters", "args", "input", "kwargs")
+_LOOKS_LIKE_CALL = re.compile(r"<\|?tool_call|<function=|\[TOOL_CALLS\]|^\s*[\[{]+\s*[\"']?"
+                              r"(?:name|function|tool)[\"']?\s*:", re.IGNORECASE)
+
+
+def _norm_name(name: Any, known: Iterable[str]) -> str | None:
+    """``name`` as a known tool's name (case, ``functions.`` prefixes, dashes forgiven)."""
+    if not isinstance(name, str):
+        return None
+    known = list(known)
+    if name in known:
+        return name
+    n = re.sub(r"^(?:functions?|tools?)[.:]", "", name.strip().strip("`'\"").lower())
+    n = re.sub(r"[\s\-]+", "_", n).removesuffix("()")
+    return n if n in known else None
+
+
+def _call_parts(obj: Any, known: Sequence[str]) -> list[tuple[Any, Any]]:
+    """``(name, arguments)`` pairs of a parsed tool-call object (or list of them)."""
+    if isinstance(obj, list):
+        return [p for o in obj for p in _call_parts(o, known)]
+    if not isinstance(obj, dict):
+        return []
+    fn = obj.get("function")
+    if isinstance(fn, dict):
+        return _call_parts({**fn, **{k: v for k, v in obj.items() if k != "function"}}, known)
+    name = obj.get("name", obj.get("tool", obj.get("tool_name", fn)))
+    if name is not None:
+        args = next((obj[k] for k in _ARG_KEYS if k in obj), {})
+        return [(name, args)]
+    if len(obj) == 1:  # {"report_facts": {...}}
+        (k, v), = obj.items()
+        if _norm_name(k, known) and isinstance(v, (dict, str)):
+            return [(k, v)]
+    return []
+
+
+def _blobs(text: str) -> tuple[list[str], str]:
+    """Candidate tool-call texts of a model answer, and the text around them."""
+    for rx in (_TAGGED, _MISTRAL, _FENCED):
+        found = [m.group(1) for m in rx.finditer(text) if m.group(1).strip()]
+        if found:
+            return found, rx.sub("", text).strip()
+    stripped = text.strip()
+    if stripped[:1] in "{[":
+        b = _balanced(stripped)
+        if b is not None:
+            return [b], stripped.replace(b, "", 1).strip() if b in stripped else ""
+        return [stripped], ""
+    blobs, rest = [], text
+    for m in re.finditer(r"[{\[]+\s*[\"']?(?:name|function|tool)[\"']?\s*:", text):
+        b = _balanced(text[m.start():])
+        if b and b not in blobs:
+            blobs.append(b)
+            rest = rest.replace(text[m.start():m.start() + len(b)], "", 1)
+    return blobs, rest.strip()
+
+
+def extract_tool_calls(text: str, tools: Mapping[str, BaseTool] | Sequence[str]
+                       ) -> ToolCallRepair:
+    """Tool calls written as text, repaired into proper calls of known tools.
+
+    Reads ``<tool_call>...</tool_call>`` blocks (Hermes, Qwen; also unterminated), Mistral's
+    ``[TOOL_CALLS]``, ``<function=name>{...}</function>`` (Llama 3.1), fenced code blocks, a
+    bare JSON object or list, or an object with a ``name`` key inside prose. Each object may be
+    ``{"name", "arguments"|"parameters"|"args"}``, ``{"function": {"name", "arguments"}}`` or
+    ``{tool: {arguments}}``; arguments may be a JSON string. The JSON may be near-JSON
+    (:func:`loads_lenient`). Arguments are cleaned with :func:`clean_args` when ``tools`` are
+    tool objects.
+
+    Parameters
+    ----------
+    text : str
+        The model's answer text.
+    tools : mapping of str to BaseTool, or sequence of str
+        The known tools (by name).
+
+    Returns
+    -------
+    ToolCallRepair
+    """
+    known = list(tools)
+    out = ToolCallRepair(content=text or "")
+    if not text or not text.strip():
+        return out
+    pairs: list[tuple[Any, Any, str]] = []
+    for m in _FUNCTION_TAG.finditer(text):
+        pairs.append((m.group("name"), m.group("args") or "{}", m.group(0)))
+    if pairs:
+        rest = _FUNCTION_TAG.sub("", text).strip()
+        blobs: list[str] = []
+    else:
+        blobs, rest = _blobs(text)
+    for blob in blobs:
+        try:
+            obj = loads_lenient(blob)
+        except ToolCallParseError as exc:
+            out.unreadable.append(blob[:300])
+            out.notes.append(f"unreadable tool call ({exc}): {blob[:120]}")
+            continue
+        parts = _call_parts(obj, known)
+        if not parts:
+            out.unreadable.append(blob[:300])
+            continue
+        pairs += [(n, a, blob) for n, a in parts]
+    for raw_name, raw_args, blob in pairs:
+        name = _norm_name(raw_name, known)
+        if name is None:
+            out.unreadable.append(blob[:300])
+            out.notes.append(f"tool call names an unknown tool {raw_name!r}")
+            continue
+        args: Any = raw_args
+        if isinstance(args, str):
+            try:
+                args = loads_lenient(args) if args.strip() else {}
+            except ToolCallParseError as exc:
+                out.unreadable.append(blob[:300])
+                out.notes.append(f"unreadable arguments of {name} ({exc})")
+                continue
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            out.unreadable.append(blob[:300])
+            out.notes.append(f"arguments of {name} are not an object: {args!r:.80}")
+            continue
+        if isinstance(tools, Mapping):
+            args, notes = clean_args(tools[name], args)
+            out.notes += notes
+        out.notes.append(f"read a {name} call written as text")
+        out.calls.append({"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}",
+                          "type": "tool_call"})
+    if out.calls:
+        out.content = rest
+    return out
+
+
+# ---------------------------------------------------------------------- argument checks
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``Model``, ``Model | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        for a in get_args(annotation):
+            m = _model_in(a)
+            if m is not None:
+                return m
+    return None
+
+
+def _clean_against(model: type[BaseModel], args: dict[str, Any], where: str,
+                   notes: list[str]) -> dict[str, Any]:
+    fields = model.model_fields
+    names = set(fields) | {f.alias for f in fields.values() if f.alias}
+    out: dict[str, Any] = {}
+    for k, v in args.items():
+        if k not in names or k == "runtime":
+            notes.append(f"dropped the argument {where}{k}={v!r:.60} that {model.__name__} "
+                         "does not have")
+            continue
+        f = fields.get(k) or next(x for x in fields.values() if x.alias == k)
+        if v is None and not f.is_required() and f.default is not None:
+            notes.append(f"dropped {where}{k}=null (the default applies)")
+            continue
+        sub = _model_in(f.annotation)
+        if sub is not None and isinstance(v, dict):
+            v = _clean_against(sub, v, f"{where}{k}.", notes)
+        out[k] = v
+    return out
+
+
+def clean_args(tool: BaseTool, args: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A tool call's arguments checked against the tool's schema.
+
+    Arguments the schema does not have (invented ones, at any depth of nested models) are
+    dropped, as is ``null`` for an optional argument whose default is not null; arguments
+    wrapped once more (``{"arguments": {...}}``, or that as a JSON string) are unwrapped.
+    Values are not coerced: a wrong value reaches the tool, whose error the model reads.
+
+    Returns
+    -------
+    args : dict
+    notes : list of str
+        One line per change (also logged).
+    """
+    notes: list[str] = []
+    args = dict(args)
+    schema = getattr(tool, "args_schema", None)
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        return args, notes
+    fields = set(schema.model_fields)
+    wrapped = [k for k in args if k in _ARG_KEYS and k not in fields]
+    if len(args) == 1 and wrapped:
+        inner = args[wrapped[0]]
+        if isinstance(inner, str):
+            try:
+                inner = loads_lenient(inner)
+            except ToolCallParseError:
+                inner = None
+        if isinstance(inner, dict):
+            notes.append(f"unwrapped the arguments of {tool.name} from {wrapped[0]!r}")
+            args = inner
+    args = _clean_against(schema, args, "", notes)
+    try:
+        schema.model_validate(args)
+    except ValidationError as exc:
+        notes.append(f"{tool.name} arguments still invalid (the tool will say why): "
+                     f"{exc.errors()[0].get('msg', '')}")
+    for n in notes:
+        logger.info("tool call %s: %s", tool.name, n)
+    return args, notes
+
+
+def call_signature(name: str, args: Mapping[str, Any]) -> str:
+    """A canonical text of a call (tool and arguments), equal for identical calls."""
+    return json.dumps({"tool": name, "args": args}, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------------ compact mode
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)[.;:](?=\s+[A-Z(\"'])")
+_PRIMITIVES = ("string", "number", "integer", "boolean", "null")
+
+
+def _short(text: str, limit: int) -> str:
+    """The first sentence of ``text`` (one line), cut to ``limit`` characters."""
+    t = " ".join((text or "").split())
+    m = _SENTENCE_END.search(t)
+    if m and m.start() > 10:
+        t = t[:m.start()]
+    t = t.rstrip(".;: ")
+    return t if len(t) <= limit else t[:limit - 1].rstrip(" ,;(") + "…"
+
+
+def _compact_schema(node: Any, field_chars: int, depth: int) -> Any:
+    """A JSON schema without what a small model does not need (see
+    :func:`compact_tool_schema`); ``depth`` 1 is a tool's own arguments."""
+    if isinstance(node, list):
+        return [_compact_schema(x, field_chars, depth) for x in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    any_of = node.pop("anyOf", None)
+    if isinstance(any_of, list):
+        options = [o for o in any_of if not (isinstance(o, dict) and o.get("type") == "null")]
+        if len(options) == 1 and isinstance(options[0], dict):
+            node = {**options[0], **node}
+        elif options and all(isinstance(o, dict) and set(o) == {"type"}
+                             and o["type"] in _PRIMITIVES for o in options):
+            node["type"] = [o["type"] for o in options]
+        else:
+            node["anyOf"] = options
+    prefix = node.pop("prefixItems", None)
+    if isinstance(prefix, list) and prefix and all(p == prefix[0] for p in prefix):
+        node["items"] = prefix[0]
+    elif prefix is not None:
+        node["prefixItems"] = prefix
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in ("title", "additionalProperties", "$schema", "default", "minimum", "maximum",
+                 "minItems", "maxItems", "exclusiveMinimum", "exclusiveMaximum"):
+            continue
+        if k == "description":
+            if depth <= 1:
+                out[k] = _short(str(v), field_chars)
+            continue
+        if k == "properties" and isinstance(v, dict):
+            out[k] = {p: _compact_schema(s, field_chars, depth + 1) for p, s in v.items()}
+            continue
+        out[k] = _compact_schema(v, field_chars, depth)
+    return out
+
+
+def compact_tool_schema(tool: BaseTool | dict[str, Any], *, description_chars: int = 90,
+                        field_chars: int = 32) -> dict[str, Any]:
+    """A tool's OpenAI-format schema shortened for a small context window.
+
+    The description is cut to its first sentence (``description_chars`` at most), each
+    argument's description likewise (``field_chars``; nested objects' fields keep none),
+    titles, defaults, bounds and ``additionalProperties`` are dropped, ``anyOf [X, null]``
+    becomes ``X`` and a union of plain types a list of types. Argument names, types, enums and
+    required lists are kept, so a call that fits the compact schema reaches the tool, whose
+    own validation (and defaults) still apply.
+    """
+    spec = convert_to_openai_tool(tool)
+    fn = dict(spec["function"])
+    fn["description"] = _short(fn.get("description", ""), description_chars)
+    if "parameters" in fn:
+        fn["parameters"] = _compact_schema(fn["parameters"], field_chars, 0)
+    return {"type": "function", "function": fn}
+
+
+def shorten_tool_result(text: str, limit: int) -> str:
+    """A tool result cut to about ``limit`` characters at a line break, saying what was left
+    out (the model is told the user sees it all)."""
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines()
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > limit:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    if not kept:
+        return (text[:limit].rstrip() + f" [... {len(text) - limit} more characters not "
+                "shown to save context; the user sees the full result]")
+    return ("\n".join(kept) + f"\n[... {len(lines) - len(kept)} more line(s) not shown to save "
+            "context; the user sees the full result]")
+
+
+# ---------------------------------------------------------------------- conversations
+def _text(m: BaseMessage) -> str:
+    c = m.content
+    if isinstance(c, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in c)
+    return str(c or "")
+
+
+def _last_human(messages: Sequence[BaseMessage]) -> int | None:
+    return max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)),
+               default=None)
+
+
+def _result_of(artifact: Any) -> Any:
+    """The structured result of a tool artifact (a ToolArtifact, or its dict after a
+    restart)."""
+    if artifact is None:
+        return None
+    if isinstance(artifact, dict):
+        return artifact.get("result")
+    return getattr(artifact, "result", None)
+
+
+def conversation_outputs(messages: Iterable[BaseMessage]) -> list[ToolOutput]:
+    """Every tool result of a conversation (blocked repeats and skipped calls left out)."""
+    out = []
+    for m in messages:
+        if isinstance(m, ToolMessage) and not (m.additional_kwargs.get(REPEAT_KEY)
+                                               or m.additional_kwargs.get(SKIPPED_KEY)):
+            out.append(ToolOutput(name=m.name or "", content=_text(m),
+                                  result=_result_of(getattr(m, "artifact", None))))
+    return out
+
+
+def ground_conversation(messages: Sequence[BaseMessage], text: str | None = None, *,
+                        extra: Iterable[FactItem] = REFERENCE_FACTS) -> GroundedAnswer:
+    """Check an answer against a conversation's tool outputs and its last question.
+
+    Parameters
+    ----------
+    messages : sequence of BaseMessage
+        The conversation (its last human message is the question).
+    text : str, optional
+        The answer (default: the last message's text).
+    extra : iterable of FactItem
+        Further allowed facts (default :data:`REFERENCE_FACTS`).
+
+    Returns
+    -------
+    GroundedAnswer
+    """
+    h = _last_human(messages)
+    question = _text(messages[h]) if h is not None else ""
+    if text is None:
+        text = _text(messages[-1]) if messages else ""
+    allowed = chat_allowed(conversation_outputs(messages), question, extra=extra)
+    return ground_answer(text, allowed)
+
+
+# ------------------------------------------------------------------------ middlewares
+class GuardState(AgentState):
+    """Agent state with the question's start time (not persisted)."""
+
+    sleeplm_question_started: NotRequired[Annotated[float, UntrackedValue, PrivateStateAttr]]
+
+
+def _tag(msg: AIMessage, **kw: Any) -> AIMessage:
+    return msg.model_copy(update={"additional_kwargs": {**msg.additional_kwargs, **kw}})
+
+
+def _split(result: Any) -> tuple[Any, AIMessage | None, Callable[[AIMessage], Any]]:
+    """The AI message of a handler result and a function putting a replacement back."""
+    if isinstance(result, AIMessage):
+        return result, result, lambda m: ModelResponse(result=[m])
+    if isinstance(result, ExtendedModelResponse):
+        _inner, msg, put = _split(result.model_response)
+        return result, msg, lambda m: ExtendedModelResponse(model_response=put(m),
+                                                            command=result.command)
+    if isinstance(result, ModelResponse):
+        idx = max((i for i, m in enumerate(result.result) if isinstance(m, AIMessage)),
+                  default=None)
+        if idx is None:
+            return result, None, lambda m: result
+
+        def put(m: AIMessage) -> ModelResponse:
+            msgs = list(result.result)
+            msgs[idx] = m
+            return ModelResponse(result=msgs, structured_response=result.structured_response)
+
+        return result, result.result[idx], put
+    return result, None, lambda m: result
+
+
+class ToolCallGuard(AgentMiddleware):
+    """Repairs, validates and de-loops an LLM's tool calls; falls back to the offline planner.
+
+    Parameters
+    ----------
+    tools : sequence of BaseTool
+        The agent's tools (for names and schemas).
+    fallback : BaseChatModel, optional
+        The offline planner that answers when the LLM cannot (None: the question stops with a
+        message instead).
+    time_budget_s : float
+        Seconds a question may take before the fallback answers.
+    max_repeats : int
+        Blocked repeated calls in a question before the loop stops.
+    max_tool_errors : int
+        Failed tool calls in a question before the fallback answers.
+    compact : bool
+        Compact tool schemas and tool results for the LLM (:func:`compact_tool_schema`,
+        :func:`shorten_tool_result`).
+    result_chars : int
+        Characters of a tool result of the current question the LLM reads in compact mode
+        (a quarter of that for earlier questions).
+    """
+
+    state_schema = GuardState
+
+    def __init__(self, tools: Sequence[BaseTool], *, fallback: Any = None,
+                 time_budget_s: float = 120.0, max_repeats: int = 2, max_tool_errors: int = 2,
+                 compact: bool = False, result_chars: int = 1200) -> None:
+        super().__init__()
+        self._tools: dict[str, BaseTool] = {t.name: t for t in tools}
+        self.fallback = fallback
+        self.time_budget_s = float(time_budget_s)
+        self.max_repeats = int(max_repeats)
+        self.max_tool_errors = int(max_tool_errors)
+        self.compact = bool(compact)
+        self.result_chars = int(result_chars)
+        self._compact_specs = ({n: compact_tool_schema(t) for n, t in self._tools.items()}
+                               if compact else {})
+
+    # -- hooks ---------------------------------------------------------------------------
+    def before_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Start the question's clock."""
+        return {_STARTED_KEY: time.monotonic()}
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]
+                        ) -> Any:
+        """Call the LLM (or, once fallen back, the planner) and check what it wrote."""
+        messages = list(request.messages)
+        h = _last_human(messages)
+        turn = messages[h + 1:] if h is not None else messages
+        question = _text(messages[h]) if h is not None else ""
+        started = (request.state or {}).get(_STARTED_KEY)
+        cut = next((i for i, m in enumerate(turn) if isinstance(m, AIMessage)
+                    and FALLBACK_KEY in m.additional_kwargs), None)
+        if cut is not None:
+            note = FallbackNote.model_validate(turn[cut].additional_kwargs[FALLBACK_KEY])
+            return self._fall_back(request, handler, messages, h, turn[cut:], note)
+        note = self._stop_reason(turn, started)
+        if note is not None:
+            return self._fall_back(request, handler, messages, h, [], note)
+        try:
+            result = handler(self._for_llm(request, h))
+        except Exception as exc:  # noqa: BLE001 - any failure of the model call falls back
+            from assistant.llm_server import LLMServerCrashed
+
+            if isinstance(exc, LLMServerCrashed):
+                raise
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            logger.warning("model call failed: %s", detail)
+            return self._fall_back(request, handler, messages, h, [],
+                                   FallbackNote(reason="model_error", detail=detail))
+        result, msg, put = _split(result)
+        if msg is None:
+            return result
+        msg, unreadable = self._repair(msg)
+        if msg.tool_calls:
+            if self._over_budget(started):
+                return self._fall_back(request, handler, messages, h, [], self._budget_note(
+                    started))
+            return put(_tag(msg, **{WRITER_KEY: "llm"}))
+        note = self._answer_problem(msg, turn, question, unreadable)
+        if note is not None:
+            return self._fall_back(request, handler, messages, h, [], note)
+        return put(_tag(msg, **{WRITER_KEY: "llm"}))
+
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        """Run an LLM's tool call unless it repeats one of this question or time is up."""
+        call = request.tool_call
+        state = request.state if isinstance(request.state, dict) else {}
+        messages = list(state.get("messages", []))
+        at = next((i for i in range(len(messages) - 1, -1, -1)
+                   if isinstance(messages[i], AIMessage)
+                   and any(tc.get("id") == call.get("id") for tc in messages[i].tool_calls)),
+                  None)
+        if at is None or messages[at].additional_kwargs.get(WRITER_KEY) != "llm":
+            return handler(request)
+        started = state.get(_STARTED_KEY)
+        if self._over_budget(started):
+            return ToolMessage(
+                content=f"Not run: this question's time budget ({self.time_budget_s:g} s) is "
+                        "spent.", tool_call_id=call["id"], name=call["name"], status="error",
+                additional_kwargs={SKIPPED_KEY: True})
+        h = _last_human(messages[:at])
+        sig = call_signature(call["name"], call.get("args", {}))
+        earlier = [tc for m in messages[(h + 1 if h is not None else 0):at]
+                   if isinstance(m, AIMessage) for tc in m.tool_calls]
+        for tc in messages[at].tool_calls:  # calls before this one in the same message
+            if tc.get("id") == call.get("id"):
+                break
+            earlier.append(tc)
+        seen = sum(call_signature(tc["name"], tc.get("args", {})) == sig for tc in earlier)
+        if seen:
+            logger.info("blocked repeated tool call %s %s", call["name"], call.get("args"))
+            return ToolMessage(
+                content=(f"Not run again: you already called {call['name']} with exactly "
+                         "these arguments in this question; its result is above. Answer from "
+                         "that result, or call a different tool or other arguments."),
+                tool_call_id=call["id"], name=call["name"], status="success",
+                additional_kwargs={REPEAT_KEY: True})
+        return handler(request)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _over_budget(self, started: float | None) -> bool:
+        return started is not None and time.monotonic() - started > self.time_budget_s
+
+    def _budget_note(self, started: float | None) -> FallbackNote:
+        spent = time.monotonic() - started if started is not None else 0.0
+        return FallbackNote(reason="time_budget",
+                            detail=f"{spent:.1f} s spent, budget {self.time_budget_s:g} s")
+
+    def _stop_reason(self, turn: Sequence[BaseMessage], started: float | None
+                     ) -> FallbackNote | None:
+        if self._over_budget(started):
+            return self._budget_note(started)
+        tool_msgs = [m for m in turn if isinstance(m, ToolMessage)]
+        repeats = [m for m in tool_msgs if m.additional_kwargs.get(REPEAT_KEY)]
+        if len(repeats) >= self.max_repeats:
+            return FallbackNote(reason="tool_loop",
+                                detail=f"{repeats[-1].name or 'a tool'} asked for "
+                                       f"{len(repeats) + 1} times with the same arguments")
+        errors = [m for m in tool_msgs if m.status == "error"
+                  and not m.additional_kwargs.get(SKIPPED_KEY)]
+        if len(errors) >= self.max_tool_errors:
+            return FallbackNote(reason="tool_errors",
+                                detail=f"{len(errors)} failed; last: {_text(errors[-1])[:160]}")
+        return None
+
+    def _for_llm(self, request: ModelRequest, h: int | None) -> ModelRequest:
+        """The request as the LLM gets it (compact tools and results in compact mode)."""
+        if not self.compact:
+            return request
+        tools = [self._compact_specs.get(t.name, t) if isinstance(t, BaseTool) else t
+                 for t in request.tools]
+        messages = []
+        for i, m in enumerate(request.messages):
+            if isinstance(m, ToolMessage):
+                limit = self.result_chars if h is None or i > h else max(
+                    200, self.result_chars // 4)
+                short = shorten_tool_result(_text(m), limit)
+                if short != _text(m):
+                    m = m.model_copy(update={"content": short})
+            messages.append(m)
+        return request.override(tools=tools, messages=messages)
+
+    def _repair(self, msg: AIMessage) -> tuple[AIMessage, list[str]]:
+        """Tool calls read from text and every call's arguments cleaned."""
+        notes: list[str] = []
+        unreadable: list[str] = []
+        content: Any = msg.content
+        calls = [dict(tc) for tc in msg.tool_calls]
+        invalid = list(msg.invalid_tool_calls)
+        for bad in list(invalid):
+            name = _norm_name(bad.get("name"), self._tools)
+            try:
+                args = loads_lenient(bad.get("args") or "{}")
+            except ToolCallParseError:
+                continue
+            if name is not None and isinstance(args, dict):
+                calls.append({"name": name, "args": args,
+                              "id": bad.get("id") or f"call_{uuid.uuid4().hex[:12]}",
+                              "type": "tool_call"})
+                invalid.remove(bad)
+                notes.append(f"repaired the malformed arguments of a {name} call")
+        if not calls:
+            rep = extract_tool_calls(_text(msg), list(self._tools))  # cleaned below
+            notes += rep.notes
+            unreadable = rep.unreadable
+            if rep.calls:
+                calls, content = rep.calls, rep.content
+        cleaned = []
+        for tc in calls:
+            name = _norm_name(tc.get("name"), self._tools) or tc.get("name")
+            if name != tc.get("name"):
+                notes.append(f"tool name {tc.get('name')!r} read as {name!r}")
+            args = tc.get("args") or {}
+            if name in self._tools and isinstance(args, dict):
+                args, more = clean_args(self._tools[name], args)
+                notes += more
+            cleaned.append({**tc, "name": name, "args": args})
+        if not notes:
+            return msg, unreadable
+        new = AIMessage(content=content, tool_calls=[
+            {"name": c["name"], "args": c["args"], "id": c.get("id"), "type": "tool_call"}
+            for c in cleaned], invalid_tool_calls=invalid, id=msg.id,
+            additional_kwargs={**msg.additional_kwargs, NOTES_KEY: notes},
+            response_metadata=msg.response_metadata, usage_metadata=msg.usage_metadata)
+        return new, unreadable
+
+    def _answer_problem(self, msg: AIMessage, turn: Sequence[BaseMessage], question: str,
+                        unreadable: list[str]) -> FallbackNote | None:
+        """Why a final answer of the LLM cannot stand, or None."""
+        text = _text(msg).strip()
+        if msg.invalid_tool_calls:
+            bad = msg.invalid_tool_calls[0]
+            return FallbackNote(reason="unreadable_tool_call",
+                                detail=f"{bad.get('name')}: {bad.get('args')}"[:160])
+        if unreadable or (text and _LOOKS_LIKE_CALL.search(text)):
+            return FallbackNote(reason="unreadable_tool_call",
+                                detail=(unreadable[0] if unreadable else text)[:160])
+        if not text:
+            return FallbackNote(reason="empty_answer")
+        if self.fallback is None or any(isinstance(m, ToolMessage) for m in turn):
+            return None
+        router = getattr(self.fallback, "router", None)
+        if router is None:
+            return None
+        from assistant.routing import fix_first_verb
+
+        route = router.route(fix_first_verb(question))
+        if route.intent not in NO_TOOL_INTENTS:
+            return FallbackNote(reason="no_tool_call",
+                                detail=f"the question asks for {route.intent.replace('_', ' ')}")
+        return None
+
+    def _fall_back(self, request: ModelRequest, handler: Callable[[ModelRequest], Any],
+                   messages: list[BaseMessage], h: int | None, own: list[BaseMessage],
+                   note: FallbackNote) -> Any:
+        """The offline planner's next message for this question (it sees the conversation
+        before the question, the question and its own steps), or a stop message."""
+        if not own:
+            logger.warning("falling back for this question: %s", note.describe())
+        if self.fallback is None:
+            note = note.model_copy(update={"by": "stopped"})
+            return ModelResponse(result=[AIMessage(
+                content=f"I could not answer this: {note.describe()} Please ask again or "
+                        "rephrase.",
+                additional_kwargs={WRITER_KEY: "guard", FALLBACK_KEY: note.model_dump()})])
+        base = messages[:h + 1] if h is not None else []
+        result = handler(request.override(model=self.fallback, messages=base + list(own)))
+        result, msg, put = _split(result)
+        if msg is None:
+            return result
+        return put(_tag(msg, **{WRITER_KEY: "planner", FALLBACK_KEY: note.model_dump()}))
+
+
+class ChatGroundingMiddleware(AgentMiddleware):
+    """At the end of a question, ground the LLM's final answer (see the module docstring).
+
+    Parameters
+    ----------
+    extra : iterable of FactItem
+        Further allowed facts (default :data:`REFERENCE_FACTS`).
+    """
+
+    def __init__(self, extra: Iterable[FactItem] = REFERENCE_FACTS) -> None:
+        super().__init__()
+        self.extra = tuple(extra)
+
+    def after_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        """Replace the final answer by its grounded text when something was withdrawn."""
+        messages = list(state.get("messages", []))
+        if not messages:
+            return None
+        last = messages[-1]
+        if not isinstance(last, AIMessage) or last.tool_calls \
+                or last.additional_kwargs.get(WRITER_KEY) != "llm":
+            return None
+        grounded = ground_conversation(messages, extra=self.extra)
+        if not grounded.changed:
+            return None
+        logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
+                       len(grounded.withdrawn), ", ".join(w.token for w in grounded.withdrawn))
+        return {"messages": [last.model_copy(update={
+            "content": grounded.text,
+            "additional_kwargs": {**last.additional_kwargs,
+                                  WITHDRAWN_KEY: [w.model_dump() for w in grounded.withdrawn]},
+        })]}
+
+
+def withdrawn_of(message: BaseMessage) -> list[WithdrawnClaim]:
+    """What the grounding check withdrew from an answer message."""
+    return [WithdrawnClaim.model_validate(w)
+            for w in message.additional_kwargs.get(WITHDRAWN_KEY, []) or []]

@@ -1,0 +1,358 @@
+"""assistant.toolcalls: a real LLM's tool calls repaired, checked, de-looped; the fallback.
+
+Unit tests read near-JSON tool calls as small models write them (Qwen2.5-Coder's template with
+doubled braces, single quotes, trailing commas, Python literals, arguments as a JSON string),
+clean invented arguments against the tools' schemas and shorten schemas and results for a 4k
+context. The agent tests drive :class:`~assistant.agent.Assistant` with scripted chat models
+(as tests/test_agent.py does) on a tiny simulated library: a tool call written as text is run,
+an identical call is not run twice and a loop stops, and an answer without a needed tool call,
+an unreadable call, failing tools, a failing model or a spent time budget make the offline
+planner answer the question, with the reason on the Answer and a note in the app.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_checkpoint, write_tiny_library
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from assistant.agent import Answer, Assistant, report_tools
+from assistant.config import AssistantConfig
+from assistant.toolcalls import (
+    FallbackNote,
+    ToolCallParseError,
+    call_signature,
+    clean_args,
+    compact_tool_schema,
+    extract_tool_calls,
+    loads_lenient,
+    shorten_tool_result,
+)
+from sleeplm.library.patients import PatientLibrary
+from tools import ToolContext, report_facts
+from tools.langchain_tools import make_tools
+
+PLAN = (("osa_moderate", 43, "SC4031E0"),)
+OSA = "sim-00043-osa_moderate"
+TOOLS = {t.name: t for t in make_tools() + report_tools()}
+
+
+# ------------------------------------------------------------------------ near-JSON
+@pytest.mark.parametrize("text,expected", [
+    ('{"a": 1}', {"a": 1}),
+    ('{{"name": "x", "arguments": {{"k": "v"}}}}', {"name": "x", "arguments": {"k": "v"}}),
+    ('{{"name": "x", "arguments": {"k": "v"}}}', {"name": "x", "arguments": {"k": "v"}}),
+    ('{"name": "x", "arguments": {"k": 1}}}', {"name": "x", "arguments": {"k": 1}}),
+    ('{"name": "x", "arguments": {"k": 1}', {"name": "x", "arguments": {"k": 1}}),
+    ("{'name': 'x', 'arguments': {'k': [1, 2,],},}", {"name": "x", "arguments": {"k": [1, 2]}}),
+    ('{"a": True, "b": None, "c": False};', {"a": True, "b": None, "c": False}),
+    ("{name: 'x', arguments: {}}", {"name": "x", "arguments": {}}),
+    ("{'text': 'it\\'s \"quoted\"'}", {"text": 'it\'s "quoted"'}),
+])
+def test_loads_lenient(text, expected):
+    assert loads_lenient(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "the AHI is high", '{"a": }', "{'a': 'unterminated}"])
+def test_loads_lenient_refuses_what_is_not_json(text):
+    with pytest.raises(ToolCallParseError):
+        loads_lenient(text)
+
+
+@pytest.mark.parametrize("text", [
+    # Qwen2.5-Coder's template, escaped braces kept
+    '<tool_call>{{"name": "report_facts", "arguments": {{"sections": ["respiratory"]}}}}'
+    '</tool_call>',
+    # one brace doubled, one extra closing brace, no closing tag
+    '<tool_call>\n{{"name": "report_facts", "arguments": {"sections": ["respiratory"]}}}}',
+    "{'name': 'report_facts', 'arguments': {'sections': ['respiratory'],},}",
+    '{"name": "report_facts", "arguments": "{\\"sections\\": [\\"respiratory\\"]}"}',
+    '```json\n{"function": {"name": "report_facts", "arguments": {"sections": '
+    '["respiratory"]}}}\n```',
+    '[TOOL_CALLS] [{"name": "report_facts", "arguments": {"sections": ["respiratory"]}}]',
+    '<function=report_facts>{"sections": ["respiratory"]}</function>',
+    '{"report_facts": {"sections": ["respiratory"]}}',
+    '{"name": "functions.Report-Facts", "parameters": {"sections": ["respiratory"]}}',
+])
+def test_text_tool_calls_become_proper_calls(text):
+    rep = extract_tool_calls(text, TOOLS)
+    [call] = rep.calls
+    assert call["name"] == "report_facts" and call["args"] == {"sections": ["respiratory"]}
+    assert call["type"] == "tool_call" and call["id"].startswith("call_")
+    assert not rep.unreadable and rep.content == ""
+
+
+def test_text_around_calls_is_kept_and_invented_arguments_dropped():
+    rep = extract_tool_calls(
+        "Let me look. <tool_call>{\"name\": \"caption\", \"arguments\": {\"target\": "
+        "{\"epoch\": 3, \"zoom\": 2}, \"system\": None, \"confidence\": 0.9}}</tool_call>",
+        TOOLS)
+    [call] = rep.calls
+    assert rep.content == "Let me look."
+    assert call["args"] == {"target": {"epoch": 3}}  # zoom, confidence invented; null default
+    assert any("target.zoom" in n for n in rep.notes)
+    assert any("confidence" in n for n in rep.notes)
+    assert any("system=null" in n for n in rep.notes)
+
+
+def test_unknown_tools_and_prose_are_not_calls():
+    rep = extract_tool_calls('<tool_call>{{"name": "measure", "arguments": {{"measure": '
+                             '"ahi"}}}}</tool_call>', TOOLS)
+    assert not rep.calls and rep.unreadable and "unknown tool 'measure'" in rep.notes[0]
+    assert rep.content.startswith("<tool_call>")  # kept: the guard decides what to do
+    rep = extract_tool_calls("The AHI is 12.0 events/h (moderate).", TOOLS)
+    assert not rep.calls and not rep.unreadable and rep.content.startswith("The AHI")
+
+
+def test_clean_args_against_the_schema():
+    args, notes = clean_args(TOOLS["list_events"], {"arguments": json.dumps(
+        {"types": ["hypopnea"], "within": {"start": "01:00", "until": "02:00"}, "limit": None,
+         "sort": "desc"})})
+    assert args == {"types": ["hypopnea"], "within": {"start": "01:00"}}
+    assert any("unwrapped" in n for n in notes)
+    assert any("within.until" in n for n in notes) and any("sort" in n for n in notes)
+    assert any("limit=null" in n for n in notes)
+    # a wrong value is left for the tool to refuse (the model reads its error)
+    args, notes = clean_args(TOOLS["list_events"], {"types": ["hypopnea"], "limit": "many"})
+    assert args["limit"] == "many" and any("still invalid" in n for n in notes)
+    # the LLM cannot pass the injected runtime
+    args, _ = clean_args(TOOLS["draft_report"], {"runtime": {"x": 1}, "indication": "snoring"})
+    assert args == {"indication": "snoring"}
+
+
+def test_call_signature_ignores_argument_order():
+    assert call_signature("t", {"a": 1, "b": [1, 2]}) == call_signature("t", {"b": [1, 2],
+                                                                             "a": 1})
+    assert call_signature("t", {"a": 1}) != call_signature("t", {"a": 2})
+
+
+def test_compact_schemas_fit_a_small_context():
+    full = sum(len(json.dumps(convert_to_openai_tool(t))) for t in TOOLS.values())
+    compact = {n: compact_tool_schema(t) for n, t in TOOLS.items()}
+    size = sum(len(json.dumps(c)) for c in compact.values())
+    assert size < 0.45 * full and size < 8000  # about 2k tokens for all eleven tools
+    for name, spec in compact.items():
+        fn = spec["function"]
+        assert fn["name"] == name and len(fn["description"]) <= 90
+        # every argument is still offered, required ones still required
+        params = convert_to_openai_tool(TOOLS[name])["function"]["parameters"]
+        assert set(fn["parameters"].get("properties", {})) == set(params.get("properties", {}))
+        assert fn["parameters"].get("required") == params.get("required")
+        assert "title" not in json.dumps(fn["parameters"])
+    assert compact["list_events"]["function"]["description"].startswith(
+        "Scored events of given types (e.g. obstructive_apnea")  # "e.g." does not end it
+
+
+def test_shorten_tool_result():
+    text = "\n".join(f"- line {i}: {'x' * 40}" for i in range(100))
+    short = shorten_tool_result(text, 500)
+    assert len(short) < 650 and short.startswith("- line 0:")
+    assert "more line(s) not shown" in short and "the user sees the full result" in short
+    assert shorten_tool_result("short", 500) == "short"
+    assert "more characters" in shorten_tool_result("y" * 2000, 300)
+
+
+# ------------------------------------------------------------------------ the agent
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> PatientLibrary:
+    root = tmp_path_factory.mktemp("robust")
+    lib_dir = root / "lib"
+    lib_dir.mkdir()
+    write_tiny_library(lib_dir, PLAN)
+    return PatientLibrary(lib_dir, model_dir=tiny_checkpoint(root))
+
+
+@pytest.fixture(scope="module")
+def ahi(library) -> str:
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    [m] = [m for ms in facts.sections.values() for m in ms if m.name == "ahi_3a"]
+    assert m.value is not None
+    return m.format()
+
+
+class ScriptedChat(FakeMessagesListChatModel):
+    """Answers with the scripted messages in turn; records what it was sent."""
+
+    seen: list = []
+    bound: list = []
+    delay_s: float = 0.0
+    fail: bool = False
+
+    def bind_tools(self, tools, **kwargs):
+        self.bound.append(list(tools))
+        return self
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        self.seen.append(list(messages))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("server at http://127.0.0.1:9 refused the connection")
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def _scripted(*responses, **kw) -> ScriptedChat:
+    return ScriptedChat(responses=list(responses), seen=[], bound=[], **kw)
+
+
+def _call(name: str, args: dict, cid: str) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": cid,
+                                      "type": "tool_call"}])
+
+
+def _bot(tmp: Path, library: PatientLibrary, chat_model, **cfg) -> Assistant:
+    config = AssistantConfig.load(env={}, state_dir=tmp / "state", **cfg)
+    return Assistant(config, library=library, index=None, chat_model=chat_model)
+
+
+def test_text_tool_call_is_run(tmp_path, library, ahi):
+    model = _scripted(
+        AIMessage('<tool_call>{{"name": "report_facts", "arguments": {{"sections": '
+                  '["respiratory"], "verbose": True}}}}</tool_call>'),
+        AIMessage(f"The AHI is {ahi}."))
+    answer = _bot(tmp_path, library, model).ask(OSA, "What is the AHI?")
+    [step] = answer.tool_calls
+    assert step.name == "report_facts" and step.args == {"sections": ["respiratory"]}
+    assert not step.error and step.artifact.result.sections["respiratory"]
+    assert answer.text == f"The AHI is {ahi}." and answer.fallback is None
+    assert any("verbose" in n for n in answer.tool_call_notes)
+    assert any("written as text" in n for n in answer.tool_call_notes)
+    # what the model read next is the tool result of the repaired call
+    assert isinstance(model.seen[1][-1], ToolMessage) and "AHI" in model.seen[1][-1].content
+
+
+def test_malformed_structured_arguments_are_repaired(tmp_path, library, ahi):
+    bad = AIMessage("", invalid_tool_calls=[{
+        "name": "report_facts", "args": "{'sections': ['respiratory'],}", "id": "bad1",
+        "error": "Function report_facts arguments are not valid JSON",
+        "type": "invalid_tool_call"}])
+    model = _scripted(bad, AIMessage(f"The AHI is {ahi}."))
+    answer = _bot(tmp_path, library, model).ask(OSA, "What is the AHI?")
+    [step] = answer.tool_calls
+    assert step.name == "report_facts" and step.args == {"sections": ["respiratory"]}
+    assert not step.error and answer.fallback is None
+    assert any("malformed arguments" in n for n in answer.tool_call_notes)
+
+
+def test_repeated_call_is_not_run_again_and_the_loop_stops(tmp_path, library, ahi):
+    call = lambda i: _call("report_facts", {"sections": ["respiratory"]}, f"c{i}")  # noqa: E731
+    model = _scripted(*[call(i) for i in range(6)], AIMessage("never reached"))
+    answer = _bot(tmp_path, library, model).ask(OSA, "What is the AHI?")
+    llm_steps = [s for s in answer.tool_calls][:3]
+    assert [s.name for s in llm_steps] == ["report_facts"] * 3
+    assert llm_steps[0].artifact is not None  # run once
+    for s in llm_steps[1:]:  # not run again: told the result is above
+        assert s.artifact is None and "already called report_facts" in s.content
+    assert answer.fallback is not None and answer.fallback.reason == "tool_loop"
+    assert answer.fallback.by == "offline_planner"
+    assert ahi in answer.text and "never reached" not in answer.text
+    assert len(model.seen) == 3  # the LLM was not asked again once the loop stopped
+
+
+def test_identical_parallel_calls_run_once(tmp_path, library, ahi):
+    twice = AIMessage("", tool_calls=[
+        {"name": "report_facts", "args": {"sections": ["respiratory"]}, "id": i,
+         "type": "tool_call"} for i in ("p1", "p2")])
+    model = _scripted(twice, AIMessage(f"The AHI is {ahi}."))
+    answer = _bot(tmp_path, library, model).ask(OSA, "What is the AHI?")
+    first, second = answer.tool_calls
+    assert first.artifact is not None and second.artifact is None
+    assert "already called report_facts" in second.content
+    assert answer.fallback is None and answer.text == f"The AHI is {ahi}."
+
+
+def test_answer_without_a_needed_tool_falls_back(tmp_path, library, ahi):
+    bot = _bot(tmp_path, library, _scripted(AIMessage("The AHI is 3.0 events/h."),
+                                            AIMessage("Hello! Ask me about the night.")))
+    answer = bot.ask(OSA, "What is the AHI?")
+    assert answer.fallback == FallbackNote(reason="no_tool_call",
+                                           detail="the question asks for measure")
+    assert [s.name for s in answer.tool_calls] == ["report_facts"]  # the planner's call
+    assert ahi in answer.text and "3.0 events/h" not in answer.text
+    assert bot.history(OSA)[-1] == ("assistant", answer.text)
+    # a greeting needs no tool: the LLM's own answer stands
+    hello = bot.ask(OSA, "hello")
+    assert hello.fallback is None and hello.text == "Hello! Ask me about the night."
+
+
+def test_unreadable_tool_call_falls_back(tmp_path, library, ahi):
+    model = _scripted(AIMessage('<tool_call>{{"name": "measure", "arguments": {{"measure": '
+                                '"ahi"}}}}</tool_call>'))
+    answer = _bot(tmp_path, library, model).ask(OSA, "What is the AHI?")
+    assert answer.fallback.reason == "unreadable_tool_call"
+    assert "measure" in answer.fallback.detail
+    assert ahi in answer.text and "<tool_call>" not in answer.text
+
+
+def test_failing_tool_calls_fall_back(tmp_path, library):
+    model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
+                      _call("list_events", {"types": ["dragons"]}, "e2"),
+                      AIMessage("never reached"))
+    answer = _bot(tmp_path, library, model).ask(OSA, "list the hypopneas")
+    assert [s.error for s in answer.tool_calls[:2]] == [True, True]
+    assert answer.fallback.reason == "tool_errors" and "unknown event type" in \
+        answer.fallback.detail
+    assert answer.tool_calls[2].name == "list_events" and not answer.tool_calls[2].error
+    assert "hypopnea" in answer.text and "never reached" not in answer.text
+
+
+def test_failing_model_falls_back(tmp_path, library, ahi):
+    answer = _bot(tmp_path, library, _scripted(AIMessage("x"), fail=True),
+                  max_retries=0).ask(OSA, "What is the AHI?")
+    assert answer.fallback.reason == "model_error"
+    assert "ConnectionError" in answer.fallback.detail and ahi in answer.text
+
+
+def test_time_budget_makes_the_planner_answer(tmp_path, library, ahi):
+    model = _scripted(_call("list_events", {"types": ["hypopnea"]}, "slow"),
+                      AIMessage("never reached"), delay_s=0.4)
+    t0 = time.perf_counter()
+    answer = _bot(tmp_path, library, model, time_budget_s=0.2).ask(OSA, "What is the AHI?")
+    assert answer.fallback.reason == "time_budget" and "budget 0.2 s" in answer.fallback.detail
+    # the late tool call was not run; the planner answered at once
+    assert [s.name for s in answer.tool_calls] == ["report_facts"]
+    assert ahi in answer.text and len(model.seen) == 1
+    assert time.perf_counter() - t0 < 30
+
+
+def test_without_fallback_a_loop_stops_with_a_message(tmp_path, library):
+    call = lambda i: _call("report_facts", {}, f"c{i}")  # noqa: E731
+    model = _scripted(*[call(i) for i in range(6)])
+    answer = _bot(tmp_path, library, model, fallback=False).ask(OSA, "What is the AHI?")
+    assert answer.fallback.reason == "tool_loop" and answer.fallback.by == "stopped"
+    assert answer.text.startswith("I could not answer this: The question was stopped")
+    assert sum(s.artifact is not None for s in answer.tool_calls) == 1
+
+
+def test_compact_mode_sends_short_schemas_and_results(tmp_path, library):
+    model = _scripted(_call("report_facts", {}, "f1"), AIMessage("Here are the facts."))
+    bot = _bot(tmp_path, library, model, compact_tools=True, compact_result_chars=300)
+    answer = bot.ask(OSA, "summarise this night")
+    tools = model.bound[0]
+    assert all(isinstance(t, dict) for t in tools)  # compact OpenAI-format schemas
+    assert {t["function"]["name"] for t in tools} == set(TOOLS)
+    assert sum(len(json.dumps(t)) for t in tools) < 8000
+    [step] = answer.tool_calls
+    sent = model.seen[1][-1]
+    assert isinstance(sent, ToolMessage) and len(sent.content) < 450
+    assert "not shown to save context" in sent.content
+    assert len(step.content) > 450 and sent.content.split("\n")[0] == \
+        step.content.split("\n")[0]  # the user keeps the full result
+    assert bot.agent.get_state(bot._run_config(OSA)).values["messages"][-2].content == \
+        step.content  # and so does the conversation
+
+
+def test_the_app_shows_the_fallback_note(tmp_path, library):
+    from assistant.app import answer_notes
+
+    answer = Answer(patient=OSA, question="q", text="t",
+                    fallback=FallbackNote(reason="no_tool_call", detail="d"))
+    note = answer_notes(answer)
+    assert note.startswith("\n\n> *Note: The offline planner answered this question")
+    assert answer_notes(Answer(patient=OSA, question="q", text="t")) == ""
