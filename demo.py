@@ -85,16 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend, base_url, model = args.llm, args.base_url, args.model
         if args.gguf is not None:
-            from assistant.llm_server import LlamaServer
+            from assistant.gguf_parts import TOOL_CHAT_FORMAT, ToolCallingLlamaServer
 
             if args.llm not in (None, "openai") or args.base_url:
                 raise SystemExit("--gguf starts its own server: leave out --llm/--base-url")
             model = model or args.gguf.stem
             print(f"Starting a llama.cpp server for {args.gguf} ...", file=sys.stderr)
-            server = LlamaServer(args.gguf, alias=model, n_ctx=args.n_ctx).start()
+            # the model's own chat template with tools and tool results (llama-cpp-python's
+            # stock formats drop tool results or return tool calls as text)
+            server = ToolCallingLlamaServer(args.gguf, alias=model, n_ctx=args.n_ctx,
+                                            extra_args=("--chat_format",
+                                                        TOOL_CHAT_FORMAT)).start()
             backend, base_url = "openai", server.url
         config = AssistantConfig.load(args.config, backend=backend, base_url=base_url,
                                       model=model, library=args.library)
+        if server is not None and args.n_ctx <= 4096:  # the full tool schemas need ~5.6k
+            config = config.model_copy(update={"compact_tools": True})
         if config.library is not None and not Path(config.library).is_dir():
             raise SystemExit(f"--library {config.library} is not a folder of EDF/BDF studies")
         print(f"Backend: {describe_backend(config)}", file=sys.stderr)

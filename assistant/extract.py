@@ -112,7 +112,10 @@ EVENT_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"hypopn(?:o)?eas?", ("hypopnea",)),
     (r"respiratory events?|breathing events?|apn(?:o)?eas? (?:and|or|&) hypopn(?:o)?eas?",
      ("obstructive_apnea", "central_apnea", "mixed_apnea", "apnea", "hypopnea")),
-    (r"apn(?:o)?eas?", ("obstructive_apnea", "central_apnea", "mixed_apnea", "apnea")),
+    (r"apn(?:o)?eas?|(?:breathing|airflow|breath) (?:\w+ )?(?:stops?|stopped|stopping|"
+     r"pauses?|paused|ceases?)|stops? breathing|stopped breathing|pauses? in (?:\w+ )?"
+     r"breathing|breathing pauses?", ("obstructive_apnea", "central_apnea", "mixed_apnea",
+                                      "apnea")),
     (r"desat(?:uration)?s?|drops? in (?:spo2|saturation|oxygen)", ("desaturation",)),
     (r"arousals?", ("arousal",)),
     (r"periodic limb movements?|plms?\b", ("plm",)),
@@ -316,12 +319,21 @@ class Args:
     patient: str | None
     sections: list[str]
     measures: list[str]
+    part: str | None = None
 
 
 def extract(text: str) -> Args:
-    """Every argument the parsers above find in ``text``."""
+    """Every argument the parsers above find in ``text``. A part of the night in words ("the
+    second half of the night", "the last 2 hours": :func:`tools.common.find_night_part`) is
+    taken when no clock time, range or epoch is given; its "first"/"second" is then not an
+    ordinal."""
+    from tools.common import find_night_part
+
     secs, names = sections_for(text)
-    return Args(time_range=time_range(text), clock=clock(text), epochs=epoch_range(text),
-                event_types=event_types(text), stage=stage(text), ordinal=ordinal(text),
+    rng, clk, eps = time_range(text), clock(text), epoch_range(text)
+    part = find_night_part(text) if rng is None and clk is None and eps is None else None
+    return Args(time_range=rng, clock=clk, epochs=eps,
+                event_types=event_types(text), stage=stage(text),
+                ordinal=None if part else ordinal(text),
                 superlative=superlative(text), system=system(text), quoted=quoted(text),
-                patient=patient_ref(text), sections=secs, measures=names)
+                patient=patient_ref(text), sections=secs, measures=names, part=part)

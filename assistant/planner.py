@@ -41,6 +41,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
 from assistant.routing import Route, SemanticRouter
+from tools.common import requirements_for
 
 __all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult"]
 
@@ -91,6 +92,8 @@ def _sel(args: X.Args) -> dict | None:
         return {k: v for k, v in (("start", s), ("end", e)) if v is not None}
     if args.clock:
         return {"start": args.clock, "end": _plus_minutes(args.clock, 1)}
+    if args.part:
+        return {"part": args.part}
     return None
 
 
@@ -399,14 +402,21 @@ class OfflinePlanner(BaseChatModel):
                  + (f", SpO2 nadir {e.attributes['spo2_nadir']:g} %"
                     if (e.attributes or {}).get("spo2_nadir") is not None else "")
                  for i, e in enumerate(shown, 1)]
-        head = (f"{len(events)} scored event(s) of type {', '.join(types)}"
+        auto = [e for e in events if "automatic" in (e.label or "")]
+        head = (f"{len(events)} {'detected' if auto else 'scored'} event(s) of type "
+                f"{', '.join(types)}"
                 + (" in the selected time range" if "within" in done[-1].args else "")
                 + (f"; the {a.superlative}:" if a.superlative else
                    f"; {'the first ' + str(len(shown)) if len(shown) < len(events) else 'all'}:"))
-        return _Step(text=head + "\n" + "\n".join(lines), refs=_event_refs(shown))
+        notes = [w for w in getattr(res, "warnings", []) if "automatic" in w]
+        return _Step(text=head + "\n" + "\n".join(lines)
+                     + ("\n(" + " ".join(notes) + ")" if notes else ""),
+                     refs=_event_refs(shown))
 
     def _do_localize(self, route, q, a, done, history) -> _Step:
         query = (a.quoted[0] if a.quoted else _strip_lead(q))
+        if a.event_types and not a.quoted and not _ASKS_MODEL.search(q):
+            return self._scored_first(route, q, a, done, history, query)
         if not done:
             args: dict[str, Any] = {"query": query, "limit": X.limit(q, 5)}
             if (sel := _sel(a)) is not None:
@@ -416,6 +426,33 @@ class OfflinePlanner(BaseChatModel):
         refs = _interval_refs(res.intervals, query)
         return _Step(text=res.summary() + "\n(SleepLM's localisation is model output: check it "
                                           "against the signals.)", refs=refs)
+
+    def _scored_first(self, route, q, a, done, history, query: str) -> _Step:
+        """A where-question about a kind of event the study scores ("where does the breathing
+        stop", "where are the spindles"): the scored (or detected) events first, with an offer
+        of SleepLM's localisation; SleepLM's localisation only when none is scored."""
+        if not done:
+            return self._do_events(route, q, a, done, history)
+        if len(done) == 1:
+            if done[0].error or done[0].result is None or list(done[0].result.events):
+                step = self._do_events(route, q, a, done, history)
+                if step.text and not done[0].error:
+                    step.text += ("\n\nThese are the scored events. SleepLM can also search the "
+                                  "signals for what you described: ask \"where does the model "
+                                  f"see {query.rstrip('?.! ')}?\"")
+                return step
+            args: dict[str, Any] = {"query": query, "limit": X.limit(q, 5)}
+            if (sel := _sel(a)) is not None:
+                args["within"] = sel
+            return _Step(tool="localize", args=args)
+        res = done[-1].result
+        head = (f"No {', '.join(t.replace('_', ' ') for t in a.event_types)} event is scored "
+                "in this part of the study, so here is SleepLM's reading of the signals.\n")
+        if res is None:
+            return _Step(text=head + done[-1].content)
+        return _Step(text=head + res.summary() + "\n(SleepLM's localisation is model output: "
+                                                  "check it against the signals.)",
+                     refs=_interval_refs(res.intervals, query))
 
     def _do_caption(self, route, q, a, done, history) -> _Step:
         sel = _sel(a)
@@ -546,8 +583,12 @@ class OfflinePlanner(BaseChatModel):
                               "one'). For the whole night, ask for the hypnogram or the event "
                               "timeline.")
         if not done:
-            return _Step(tool="plot_signals", args={"window": sel, "system": a.system,
-                                                    "pad_s": 15.0})
+            args = {"window": sel, "system": a.system, "pad_s": 15.0}
+            needs = {need for need, _ in requirements_for(q)}
+            if needs and needs <= {"SpO2", "body position"}:  # trend channels: any window
+                args = {"window": sel, "channels": [c for n, chans in requirements_for(q)
+                                                    for c in chans], "pad_s": 15.0}
+            return _Step(tool="plot_signals", args=args)
         return _Step(text=done[-1].content)
 
     def _do_report(self, route, q, a, done, history) -> _Step:
@@ -690,6 +731,10 @@ _ASKS_VALUE = re.compile(
     r"^\s*(?:(?:and |so )?what(?:'s| is| was| are| were|s)\b|how (?:many|much|long|low|high|"
     r"bad|severe|often)\b|give me the\b|tell me the\b|which (?:is|was)\b|is the\b|was the\b)",
     re.I)
+
+
+#: A question that asks for the model's own reading ("where does the model see ...").
+_ASKS_MODEL = re.compile(r"\bmodel\b|\bsleeplm\b|\bembedding|\bai\b", re.I)
 
 
 def _adjust(route: Route, question: str, a: X.Args) -> Route:

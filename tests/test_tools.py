@@ -663,3 +663,68 @@ def test_retrieve_nights_like_another_patient(ctx):
     assert all(h.patient not in (HEALTHY, OSA) for h in out.hits)  # neither query nor current
     with pytest.raises(UnknownPatientError):
         retrieve(ctx, RetrieveInput(source="night", level="night", like_patient="sim-99999-x"))
+
+
+# ---------------------------------------------------------------------- parts of the night
+def test_parts_of_the_night_in_words(ctx):
+    from tools.common import find_night_part, night_part_bounds
+
+    assert find_night_part("plot the oxygen for the second half of the night") == "second half"
+    assert find_night_part("apneas in the last 2 hours?") == "last 2 hours"
+    assert find_night_part("the final hour") == "last 1 hour"
+    assert find_night_part("first 90 minutes of the recording") == "first 90 minutes"
+    assert find_night_part("the middle third") == "middle third"
+    assert find_night_part("the second apnea") is None and find_night_part("at 2 am") is None
+    assert night_part_bounds("second half", 0, 100) == (50, 100)
+    assert night_part_bounds("last third", 0, 90) == (60, 90)
+    assert night_part_bounds("middle third", 0, 90) == (30, 60)
+    assert night_part_bounds("third quarter", 0, 80) == (40, 60)
+    assert night_part_bounds("first 2 hours", 100, 10000) == (100, 7300)
+    assert night_part_bounds("last 3 hours", 0, 3600) == (0, 3600)  # clipped to the night
+    for bad in ("middle quarter", "second hour", "whenever", "fourth third"):
+        with pytest.raises(TimeRangeError, match="part"):
+            night_part_bounds(bad, 0, 100)
+    p = ctx.processed()
+    n = p.n_epochs
+    first, second = (resolve_selection(p, TimeSelection(part=w)).span
+                     for w in ("first half", "second half"))
+    assert first.first_epoch == 0 and second.last_epoch == n - 1
+    assert first.last_epoch + 1 == second.first_epoch
+    assert abs(first.n_epochs - second.n_epochs) <= 1
+    with pytest.raises(TimeRangeError, match="not both"):
+        resolve_selection(p, TimeSelection(part="first half", start=60))
+    assert not TimeSelection(part="first half").is_night
+
+
+def test_spindles_and_eye_movements_are_detected_when_none_is_scored(ctx, bare):
+    from sleeplm.clinical.detectors import detect_spindles
+
+    rec = ctx.recording()
+    assert rec.events_of("spindle").empty  # the simulated study scores none
+    out = events_in_range(ctx, EventsInput(types=["spindle"], limit=5))
+    found = detect_spindles(rec)
+    assert out.n_total == len(found) > 20
+    assert [e.onset_s for e in out.events] == sorted(found["onset"])[:5]
+    assert all("automatic" in e.label and e.attributes["frequency_hz"] > 9 for e in out.events)
+    assert all(e.id >= len(rec.events) for e in out.events)  # not rows of the events table
+    assert any("YASA spindles_detect" in w and "not scored by a person" in w
+               for w in out.warnings)
+    half = events_in_range(ctx, EventsInput(types=["spindle"], within=TimeSelection(
+        part="second half")))
+    assert 0 < half.n_total < out.n_total
+    rem = events_in_range(ctx, EventsInput(types=["rapid_eye_movement"], limit=3))
+    assert rem.n_total > 0 and all(e.stage in ("R", "W") for e in rem.events)
+    # the bare study has no EEG: the reason is given, nothing is invented
+    none = events_in_range(bare, EventsInput(types=["spindle"]))
+    assert none.n_total == 0 and any("could not run" in w and "EEG" in w for w in none.warnings)
+
+
+def test_slow_channels_are_drawn_as_a_trend_over_a_long_window(ctx):
+    half = signals_figure(ctx, SignalsInput(window=TimeSelection(part="second half"),
+                                            channels=["SPO2"]))
+    assert half.png.startswith(PNG) and half.channels == ["SPO2"]
+    assert any(w.startswith("trend over") for w in half.warnings)
+    assert half.span.n_epochs > 20
+    raw = signals_figure(ctx, SignalsInput(window=TimeSelection(part="second half"),
+                                           channels=["SPO2", "EEG_C3"]))
+    assert any("window cut to 600 s" in w for w in raw.warnings)

@@ -26,6 +26,9 @@ __all__ = [
     "Selection",
     "Span",
     "TimeSelection",
+    "NIGHT_PARTS",
+    "find_night_part",
+    "night_part_bounds",
     "TimeValue",
     "check_requirements",
     "clock_of",
@@ -63,6 +66,11 @@ class TimeSelection(BaseModel):
     start, end : str or float or None
         Clock time ``"HH:MM[:SS]"`` or seconds from the recording start (``end`` exclusive);
         either may be left out (from the start / to the end of the night).
+    part : str or None
+        A part of the night in words (:data:`NIGHT_PARTS`): "first half", "second half",
+        "first third", "middle third", "last third", "first quarter" ... "last quarter",
+        "first hour", "last 2 hours", "first 90 minutes". Halves, thirds and quarters are of
+        the recording (its first to its last epoch).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,11 +82,88 @@ class TimeSelection(BaseModel):
         default=None, description="clock time 'HH:MM' or 'HH:MM:SS', or seconds from the start")
     end: TimeValue | None = Field(
         default=None, description="clock time 'HH:MM' or 'HH:MM:SS', or seconds from the start")
+    part: str | None = Field(
+        default=None, description="a part of the night in words: 'first half', 'second half', "
+                                  "'last third', 'first hour', 'last 2 hours'")
 
     @property
     def is_night(self) -> bool:
         return self.epoch is None and self.epochs is None and self.start is None \
-            and self.end is None
+            and self.end is None and self.part is None
+
+
+_ORDINAL_FRACTION = {"first": 0, "second": 1, "middle": None, "third": 2, "fourth": 3,
+                     "last": -1, "final": -1}
+_FRACTION = {"half": 2, "halves": 2, "third": 3, "quarter": 4}
+_NUMBER_WORDS = {"one": 1, "a": 1, "an": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+                 "six": 6, "couple of": 2}
+#: A part of the night in words (``TimeSelection.part``), as found in a question.
+NIGHT_PARTS = re.compile(
+    r"\b(?P<which>first|second|middle|third|fourth|last|final)\s+"
+    r"(?:(?P<frac>half|third|quarter)\b"
+    r"|(?P<n>\d+(?:\.\d+)?|one|two|three|four|five|six|couple of|a|an)?\s*"
+    r"(?P<unit>hours?|hrs?|minutes?|mins?)\b)"
+    r"(?:\s+(?:of\s+)?(?:the\s+)?(?:night|recording|study|sleep))?", re.IGNORECASE)
+
+
+def find_night_part(text: str) -> str | None:
+    """The part of the night a text names ("the second half of the night" -> "second half",
+    "in the last 2 hours" -> "last 2 hours"), normalised for ``TimeSelection.part``; None
+    when it names none."""
+    m = NIGHT_PARTS.search(text)
+    if not m:
+        return None
+    which = m.group("which").lower()
+    if m.group("frac"):
+        frac = m.group("frac").lower()
+        if which in {"third", "fourth"} and frac == "half":
+            return None
+        return f"{which} {frac}"
+    n = (m.group("n") or "1").lower()
+    n = str(_NUMBER_WORDS.get(n, n))
+    unit = "hour" if m.group("unit").lower().startswith("h") else "minute"
+    if which not in {"first", "last", "final"}:
+        return None
+    return f"{'last' if which == 'final' else which} {n} {unit}{'' if n == '1' else 's'}"
+
+
+def night_part_bounds(part: str, start_s: float, end_s: float) -> tuple[float, float]:
+    """``(start, end)`` in seconds from the recording start of a ``TimeSelection.part`` on a
+    night running from ``start_s`` to ``end_s``.
+
+    Raises
+    ------
+    TimeRangeError
+        A part that is not one of the accepted forms.
+    """
+    m = NIGHT_PARTS.fullmatch(part.strip()) if part else None
+    if m is None:
+        raise TimeRangeError(
+            f"part {part!r} is not a part of the night I know: say 'first half', 'second "
+            "half', 'first/middle/last third', 'first ... last quarter', 'first hour', 'last 2 "
+            "hours' or 'first 90 minutes', or give clock times")
+    which = m.group("which").lower()
+    length = end_s - start_s
+    if m.group("frac"):
+        k = _FRACTION[m.group("frac").lower()]
+        idx = _ORDINAL_FRACTION[which]
+        if idx is None:
+            idx = k // 2 if k % 2 else None
+        if idx is None or idx >= k:
+            raise TimeRangeError(f"part {part!r}: a night has no {which} "
+                                 f"{m.group('frac').lower()}")
+        idx = idx % k
+        return start_s + length * idx / k, start_s + length * (idx + 1) / k
+    n = (m.group("n") or "1").lower()
+    n = float(_NUMBER_WORDS.get(n, n))
+    secs = n * (3600.0 if m.group("unit").lower().startswith("h") else 60.0)
+    if which not in {"first", "last", "final"}:
+        raise TimeRangeError(f"part {part!r}: say 'first' or 'last' with hours or minutes")
+    if secs <= 0:
+        raise TimeRangeError(f"part {part!r} is empty")
+    if which == "first":
+        return start_s, min(end_s, start_s + secs)
+    return max(start_s, end_s - secs), end_s
 
 
 class Span(BaseModel):
@@ -274,10 +359,21 @@ def resolve_selection(p: ProcessedPatient, sel: TimeSelection | None) -> Selecti
         if b >= n:
             raise TimeRangeError(f"epochs {a}-{b} reach outside the night: {_where()}")
         return Selection(scope="epoch" if a == b else "range", span=span_of(p, a, b, t0))
-    if sel.start is None and sel.end is None:
+    if sel.part is not None:
+        if sel.start is not None or sel.end is not None:
+            raise TimeRangeError("give either a part of the night or clock times, not both")
+        s, e = night_part_bounds(sel.part, night0, night1)
+        # whole epochs: a boundary inside an epoch goes to the nearer epoch edge, so that the
+        # two halves of a night share no epoch
+        first = int(np.clip(np.searchsorted(onsets, s - es / 2, side="right"), 0, n - 1))
+        last = int(np.clip(np.searchsorted(onsets, e - es / 2, side="right") - 1, first, n - 1))
+        return Selection(scope="epoch" if first == last else "range",
+                         span=span_of(p, first, last, t0))
+    elif sel.start is None and sel.end is None:
         return Selection(scope="night", span=span_of(p, 0, n - 1, t0))
-    s = parse_time(sel.start, t0) if sel.start is not None else night0
-    e = parse_time(sel.end, t0) if sel.end is not None else night1
+    else:
+        s = parse_time(sel.start, t0) if sel.start is not None else night0
+        e = parse_time(sel.end, t0) if sel.end is not None else night1
     if not (night0 - 1e-6 <= s < night1):
         raise TimeRangeError(f"start {sel.start!r} ({s:.0f} s) is outside the night: {_where()}")
     if e > night1 + 1e-6 or e < night0:

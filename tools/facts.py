@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from sleeplm.clinical.measure import Measure
@@ -58,6 +59,29 @@ _EVENT_CHANNELS: dict[str, tuple[str, ...]] = {
     "limb_movement": ("EMG_LEG", "EMG_LEG_R"),
     "plm": ("EMG_LEG", "EMG_LEG_R"),
 }
+
+
+#: Event types that studies rarely score and YASA detects (see :func:`_detect`).
+_DETECTED = ("spindle", "rapid_eye_movement")
+
+
+def _detect(rec: Any, etype: str) -> tuple[pd.DataFrame, str]:
+    """Automatic detections of ``etype`` when the study scores none, with a note saying so
+    (or why detection could not run)."""
+    from sleeplm.clinical.detectors import (REM_SOURCE, SPINDLE_SOURCE, DetectorError,
+                                            detect_rapid_eye_movements, detect_spindles)
+
+    word = "spindles" if etype == "spindle" else "rapid eye movements"
+    try:
+        if etype == "spindle":
+            found, source = detect_spindles(rec), SPINDLE_SOURCE
+        else:
+            found, source = detect_rapid_eye_movements(rec), REM_SOURCE
+    except DetectorError as exc:
+        return pd.DataFrame(columns=rec.events.columns), (
+            f"no {word} are scored in this study, and automatic detection could not run: {exc}")
+    return found, (f"no {word} are scored in this study: the {word} listed are {source}, "
+                   f"{len(found)} in the whole night, for review")
 
 
 class FactsInput(BaseModel):
@@ -339,6 +363,18 @@ def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
     rec = ctx.recording()
     t0 = recording_start(p)
     ev = rec.events_of(*types) if types else rec.events
+    detected_notes: list[str] = []
+    next_id = len(rec.events)  # detections are not rows of the events table: ids after it
+    for t in _DETECTED:
+        if t in types and rec.events_of(t).empty:
+            found, note = ctx.memo(("detected", ctx.require_patient(), t),
+                                   lambda t=t: _detect(rec, t))
+            detected_notes.append(note)
+            if len(found):
+                found = found.copy()
+                found.index = range(next_id, next_id + len(found))
+                next_id += len(found)
+                ev = pd.concat([ev, found]).sort_values("onset", kind="stable")
     s0, s1 = sel.span.start_s, sel.span.end_s
     ev = ev[(ev["onset"] + ev["duration"] > s0) & (ev["onset"] < s1)]
     out = EventsOutput(patient=p.patient, types=types, span=sel.span,
@@ -364,6 +400,7 @@ def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
         if chans and not (present & set(chans)) and out.counts.get(t, 0) == 0:
             out.warnings.append(f"no {t} events, and the night has no {' or '.join(chans)} "
                                 f"channel to score them from: absence is not evidence here")
+    out.warnings += detected_notes
     if out.n_total > len(out.events):
         out.warnings.append(f"{out.n_total} events match; the first {len(out.events)} are listed")
     return out

@@ -8,6 +8,7 @@ too. Times on the axes are hours from the recording start with clock labels wher
 from __future__ import annotations
 
 import hashlib
+import warnings as warnings_
 import io
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,7 @@ from tools.facts import parse_event_types
 
 __all__ = [
     "MAX_WINDOW_S",
+    "TREND_CHANNELS",
     "STAGE_COLOURS",
     "FigureOutput",
     "HypnogramInput",
@@ -53,6 +55,11 @@ MODEL_STAGING_REAL = ("SleepLM zero-shot stages are the model's reading, trained
                       "0.12 and 0.55 (kappa -0.04 and 0.24; YASA 0.70, kappa 0.53 on the first)")
 #: Longest raw-signal window drawn, seconds.
 MAX_WINDOW_S = 600.0
+#: Slow channels drawn as a trend over any window (SpO2 by its minimum, heart rate by its mean
+#: and position by its value per bin), where raw signals are cut to :data:`MAX_WINDOW_S`.
+TREND_CHANNELS: tuple[str, ...] = ("SPO2", "HR", "POSITION")
+#: Bins of a trend plot (at most).
+TREND_BINS = 4000
 _EVENT_COLOURS = {"obstructive_apnea": "#d62839", "central_apnea": "#7b2cbf",
                   "mixed_apnea": "#9d4edd", "apnea": "#c9184a", "hypopnea": "#f77f00",
                   "desaturation": "#2a9d8f", "arousal": "#e9c46a", "limb_movement": "#6a994e",
@@ -313,8 +320,26 @@ def event_timeline_figure(ctx: ToolContext, request: TimelineInput | None = None
                         channels=[], warnings=warnings)
 
 
+def _trend(t: np.ndarray, y: np.ndarray, channel: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(t, y)`` in :data:`TREND_BINS` bins: the minimum of SpO2 (a desaturation's nadir
+    survives), the mean of heart rate, the first value of position; NaN bins stay NaN."""
+    n = y.size // TREND_BINS * TREND_BINS
+    yb = np.asarray(y[:n], dtype=float).reshape(TREND_BINS, -1)
+    tb = t[:n].reshape(TREND_BINS, -1)[:, 0]
+    with np.errstate(all="ignore"), warnings_.catch_warnings():
+        warnings_.simplefilter("ignore", RuntimeWarning)
+        if channel == "SPO2":
+            v = np.nanmin(yb, axis=1)
+        elif channel == "HR":
+            v = np.nanmean(yb, axis=1)
+        else:
+            v = yb[:, 0]
+    return tb, v
+
+
 def signals_figure(ctx: ToolContext, request: SignalsInput) -> FigureOutput:
-    """Raw signals (native rates, physical units) around an epoch or interval.
+    """Raw signals (native rates, physical units) around an epoch or interval; SpO2, heart
+    rate and position alone as a trend over any window (:data:`TREND_CHANNELS`).
 
     Channels: ``request.channels``, else the ``system``'s, else those the ``query`` needs, else
     every channel the recording has. The interval is shaded; scored events in view are marked.
@@ -345,9 +370,16 @@ def signals_figure(ctx: ToolContext, request: SignalsInput) -> FigureOutput:
         out.warnings.append(f"not in this recording: {', '.join(missing)}")
     s0 = max(0.0, sel.span.start_s - request.pad_s)
     s1 = min(rec.duration, sel.span.end_s + request.pad_s)
-    if s1 - s0 > MAX_WINDOW_S:
+    trend = s1 - s0 > MAX_WINDOW_S and all(c in TREND_CHANNELS for c in chans)
+    if s1 - s0 > MAX_WINDOW_S and not trend:
         s1 = s0 + MAX_WINDOW_S
-        out.warnings.append(f"window cut to {MAX_WINDOW_S:.0f} s from {s0:.0f} s")
+        out.warnings.append(f"window cut to {MAX_WINDOW_S:.0f} s from {s0:.0f} s (raw signals "
+                            "are drawn 10 minutes at a time; SpO2, heart rate and position "
+                            "alone are drawn as a trend over any part of the night)")
+    elif trend:
+        out.warnings.append(f"trend over {(s1 - s0) / 3600:.1f} h: SpO2 as its lowest value, "
+                            "heart rate as its mean and position as its value per "
+                            f"{(s1 - s0) / TREND_BINS:.0f}-s bin")
     chans = chans[:12]
     fig, axes = plt.subplots(len(chans), 1, figsize=(10, 0.9 + 1.0 * len(chans)), sharex=True,
                              squeeze=False)
@@ -357,6 +389,8 @@ def signals_figure(ctx: ToolContext, request: SignalsInput) -> FigureOutput:
         sig = rec.signals[c]
         y = sig.segment(s0, s1)
         t = s0 + np.arange(y.size) / sig.sfreq
+        if trend and y.size > TREND_BINS:
+            t, y = _trend(t, y, c)
         ax.plot(t, y, lw=0.5, color="#222")
         ax.set_ylabel(f"{c}\n[{sig.unit}]", fontsize=7, rotation=0, ha="right", va="center")
         ax.axvspan(sel.span.start_s, sel.span.end_s, color="#ffe08a", alpha=0.35, lw=0)
