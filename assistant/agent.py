@@ -386,7 +386,8 @@ class Assistant:
                 max_repeats=self.config.max_repeats,
                 max_tool_errors=self.config.max_tool_errors,
                 compact=self.config.compact_tools,
-                result_chars=self.config.compact_result_chars)
+                result_chars=self.config.compact_result_chars,
+                history_chars=self.config.compact_history_chars)
             middleware += [self.guard, ChatGroundingMiddleware()]
         from assistant.backends import RedactionMiddleware, describe_backend, \
             sends_data_off_machine

@@ -86,6 +86,10 @@ class AssistantConfig(BaseModel):
         For LLMs with small context windows (4k tokens): short tool descriptions and argument
         schemas, and tool results cut to ``compact_result_chars`` in what the LLM reads (the
         user still sees every result in full).
+    compact_history_chars : int
+        In compact mode, characters of earlier questions' messages the LLM reads: the most
+        recent whole questions that fit (their tool calls and results together); older ones
+        are left out of what the LLM reads (the stored conversation keeps them). 0 = all.
     compact_result_chars : int
         Characters of a tool result of the current question the LLM reads in compact mode
         (a quarter of that for earlier questions).
@@ -112,6 +116,7 @@ class AssistantConfig(BaseModel):
     max_tool_errors: int = Field(default=2, ge=1, le=50)
     compact_tools: bool = False
     compact_result_chars: int = Field(default=1200, ge=200, le=100_000)
+    compact_history_chars: int = Field(default=2400, ge=0, le=1_000_000)
 
     @field_validator("base_url")
     @classmethod

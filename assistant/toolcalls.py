@@ -640,6 +640,26 @@ def _text(m: BaseMessage) -> str:
     return str(c or "")
 
 
+def _recent_history(earlier: Sequence[BaseMessage], chars: int) -> list[BaseMessage]:
+    """The most recent whole questions of ``earlier`` (each from its HumanMessage on, with its
+    tool calls and results) whose text fits in ``chars``; older ones are left out."""
+    turns: list[list[BaseMessage]] = []
+    for m in earlier:
+        if isinstance(m, HumanMessage) or not turns:
+            turns.append([m])
+        else:
+            turns[-1].append(m)
+    kept: list[list[BaseMessage]] = []
+    used = 0
+    for t in reversed(turns):
+        size = sum(len(_text(m)) for m in t)
+        if used + size > chars:
+            break
+        kept.insert(0, t)
+        used += size
+    return [m for t in kept for m in t]
+
+
 def _last_human(messages: Sequence[BaseMessage]) -> int | None:
     return max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)),
                default=None)
@@ -747,13 +767,18 @@ class ToolCallGuard(AgentMiddleware):
     result_chars : int
         Characters of a tool result of the current question the LLM reads in compact mode
         (a quarter of that for earlier questions).
+    history_chars : int
+        In compact mode, characters of earlier questions the LLM reads: the most recent whole
+        questions that fit (a 4k-token context overflows after a few questions otherwise, and
+        llama.cpp then streams nothing); 0 = every earlier question.
     """
 
     state_schema = GuardState
 
     def __init__(self, tools: Sequence[BaseTool], *, fallback: Any = None,
                  time_budget_s: float = 120.0, max_repeats: int = 2, max_tool_errors: int = 2,
-                 compact: bool = False, result_chars: int = 1200) -> None:
+                 compact: bool = False, result_chars: int = 1200,
+                 history_chars: int = 0) -> None:
         super().__init__()
         self._tools: dict[str, BaseTool] = {t.name: t for t in tools}
         self.fallback = fallback
@@ -762,6 +787,7 @@ class ToolCallGuard(AgentMiddleware):
         self.max_tool_errors = int(max_tool_errors)
         self.compact = bool(compact)
         self.result_chars = int(result_chars)
+        self.history_chars = int(history_chars)
         self._compact_specs = ({n: compact_tool_schema(t) for n, t in self._tools.items()}
                                if compact else {})
 
@@ -888,6 +914,8 @@ class ToolCallGuard(AgentMiddleware):
                 if short != _text(m):
                     m = m.model_copy(update={"content": short})
             messages.append(m)
+        if h is not None and self.history_chars > 0:
+            messages = _recent_history(messages[:h], self.history_chars) + messages[h:]
         return request.override(tools=tools, messages=messages)
 
     def _repair(self, msg: AIMessage) -> tuple[AIMessage, list[str]]:

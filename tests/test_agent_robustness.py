@@ -356,3 +356,25 @@ def test_the_app_shows_the_fallback_note(tmp_path, library):
     note = answer_notes(answer)
     assert note.startswith("\n\n> *Note: The offline planner answered this question")
     assert answer_notes(Answer(patient=OSA, question="q", text="t")) == ""
+
+
+def test_compact_mode_sends_only_the_recent_questions_that_fit():
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import _recent_history
+
+    def turn(k: int, size: int) -> list:
+        call = {"name": "report_facts", "args": {}, "id": f"c{k}"}
+        return [HumanMessage(f"question {k}"), AIMessage("", tool_calls=[call]),
+                ToolMessage("x" * size, tool_call_id=f"c{k}", name="report_facts"),
+                AIMessage(f"answer {k}")]
+
+    earlier = turn(1, 2000) + turn(2, 500) + turn(3, 500)
+    kept = _recent_history(earlier, 1500)
+    assert [m.content for m in kept if isinstance(m, HumanMessage)] == ["question 2",
+                                                                        "question 3"]
+    # whole questions only: every kept tool result keeps the call it answers
+    ids = {tc["id"] for m in kept if isinstance(m, AIMessage) for tc in m.tool_calls}
+    assert {m.tool_call_id for m in kept if isinstance(m, ToolMessage)} == ids == {"c2", "c3"}
+    assert _recent_history(earlier, 10) == []
+    assert _recent_history(earlier, 10**6) == earlier
