@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tools.common import find_night_part
+
 __all__ = [
     "EVENT_WORDS",
     "Args",
@@ -327,8 +329,6 @@ def extract(text: str) -> Args:
     second half of the night", "the last 2 hours": :func:`tools.common.find_night_part`) is
     taken when no clock time, range or epoch is given; its "first"/"second" is then not an
     ordinal."""
-    from tools.common import find_night_part
-
     secs, names = sections_for(text)
     rng, clk, eps = time_range(text), clock(text), epoch_range(text)
     part = find_night_part(text) if rng is None and clk is None and eps is None else None

@@ -145,12 +145,11 @@ def run(corpus: Path, split: str, checkpoints: list[Path], *, max_epochs: int | 
         captions: int, seed: int, out: Path) -> dict:
     """Load the split once; evaluate each checkpoint; write ``modalities.json``."""
     from sleeplm.corpus.shards import load_split_epochs
-    from sleeplm.model.network import load_model
 
     if split == "train":
         raise ValueError("evaluate on a held-out split (validation or test), not train")
     t0 = time.perf_counter()
-    channels = tuple(load_model(checkpoints[0]).cfg.channels)
+    channels = tuple(json.loads((Path(checkpoints[0]) / "config.json").read_text())["channels"])
     data = load_split_epochs(corpus, split, channels)
     if max_epochs is not None and len(data["stage"]) > max_epochs:  # a seeded sample
         pick = np.sort(np.random.default_rng(seed).choice(len(data["stage"]), max_epochs,

@@ -298,3 +298,35 @@ def tiny_checkpoint(root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = SleepLMConfig.tiny(channels=TINY_CHANNELS, sfreq=16, vocab_size=tok.vocab_size)
     return save_model(SleepLM(cfg), root / "ck", root / "tok.json")
+
+
+def measures_of(library, patient: str) -> dict:
+    """Every measure of a patient's night (``report_facts``), by name."""
+    from tools import ToolContext, report_facts
+
+    facts = report_facts(ToolContext(library=library, patient=patient))
+    return {m.name: m for ms in facts.sections.values() for m in ms}
+
+
+def tool_call(name: str, args: dict, cid: str):
+    """An AIMessage that calls one tool (what a scripted chat model says)."""
+    from langchain_core.messages import AIMessage
+
+    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": cid,
+                                      "type": "tool_call"}])
+
+
+def _scripted_chat_class():
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+
+    class ScriptedChat(FakeMessagesListChatModel):
+        """Answers with the scripted messages in turn; ``bind_tools`` returns itself."""
+
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+    return ScriptedChat
+
+
+#: A chat model that answers with scripted messages in turn (tests of the agent loop).
+ScriptedChat = _scripted_chat_class()

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import add_study, tiny_checkpoint, write_tiny_library
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from conftest import ScriptedChat, add_study, tiny_checkpoint, write_tiny_library
+from conftest import measures_of as _measures
 from langchain_core.messages import AIMessage
 
 from assistant import extract as X
@@ -22,7 +22,6 @@ from assistant.agent import Assistant
 from assistant.config import AssistantConfig, ConfigError
 from assistant.planner import OfflinePlanner
 from sleeplm.library.patients import InvalidPatientIdError, PatientLibrary, UnknownPatientError
-from tools import ToolContext, report_facts
 
 PLAN = (("osa_moderate", 41, "SC4031E0"),)
 OSA = "sim-00041-osa_moderate"
@@ -39,18 +38,6 @@ def library(tmp_path_factory) -> PatientLibrary:
     add_study(lib_dir, INJ, 42, extra_label=INJECTION)
     ck = tiny_checkpoint(root)
     return PatientLibrary(lib_dir, model_dir=ck)
-
-
-def _measures(library: PatientLibrary, patient: str) -> dict:
-    facts = report_facts(ToolContext(library=library, patient=patient))
-    return {m.name: m for ms in facts.sections.values() for m in ms}
-
-
-class ScriptedChat(FakeMessagesListChatModel):
-    """Answers with the scripted messages in turn; ``bind_tools`` returns itself."""
-
-    def bind_tools(self, tools, **kwargs):
-        return self
 
 
 def _bot(tmp: Path, library: PatientLibrary, chat_model=None, **cfg) -> Assistant:

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ScriptedChat as SharedScriptedChat
 from conftest import tiny_checkpoint, write_tiny_library
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from conftest import tool_call as _call
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -176,7 +177,7 @@ def ahi(library) -> str:
     return m.format()
 
 
-class ScriptedChat(FakeMessagesListChatModel):
+class ScriptedChat(SharedScriptedChat):
     """Answers with the scripted messages in turn; records what it was sent."""
 
     seen: list = []
@@ -199,11 +200,6 @@ class ScriptedChat(FakeMessagesListChatModel):
 
 def _scripted(*responses, **kw) -> ScriptedChat:
     return ScriptedChat(responses=list(responses), seen=[], bound=[], **kw)
-
-
-def _call(name: str, args: dict, cid: str) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": cid,
-                                      "type": "tool_call"}])
 
 
 def _bot(tmp: Path, library: PatientLibrary, chat_model, **cfg) -> Assistant:

@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import add_study, tiny_checkpoint, write_tiny_library
-from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from conftest import ScriptedChat, add_study, tiny_checkpoint, write_tiny_library
+from conftest import measures_of as _measures
+from conftest import tool_call as _call
 from langchain_core.messages import AIMessage
 
 from assistant.agent import Assistant
@@ -32,7 +33,6 @@ from assistant.planner import OfflinePlanner
 from assistant.toolcalls import REFERENCE_FACTS, ground_conversation
 from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.library.patients import PatientLibrary
-from tools import ToolContext, report_facts
 
 PLAN = (("osa_moderate", 44, "SC4031E0"),)
 OSA = "sim-00044-osa_moderate"
@@ -161,23 +161,6 @@ def library(tmp_path_factory) -> PatientLibrary:
     write_tiny_library(lib_dir, PLAN)
     add_study(lib_dir, INJ, 45, extra_label=INJECTION)
     return PatientLibrary(lib_dir, model_dir=tiny_checkpoint(root))
-
-
-def _measures(library: PatientLibrary, patient: str) -> dict:
-    facts = report_facts(ToolContext(library=library, patient=patient))
-    return {m.name: m for ms in facts.sections.values() for m in ms}
-
-
-class ScriptedChat(FakeMessagesListChatModel):
-    """Answers with the scripted messages in turn; ``bind_tools`` returns itself."""
-
-    def bind_tools(self, tools, **kwargs):
-        return self
-
-
-def _call(name: str, args: dict, cid: str) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": cid,
-                                      "type": "tool_call"}])
 
 
 def _bot(tmp: Path, library: PatientLibrary, chat_model=None) -> Assistant:

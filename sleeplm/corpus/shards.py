@@ -460,13 +460,13 @@ class EpochShardDataset(IterableDataset):
         drop = choose_subset(self.channels, centre_mask, vrng, self.modality_dropout)
         if drop is not None:
             kept = [c for c, k in zip(self.channels, drop[1]) if k]
-            text, system, facts = self._cut_caption(meta, text, system, facts, kept)
-            if text:
+            cut = self._cut_caption(meta, text, system, facts, kept)
+            if cut[0]:
+                text, system, facts = cut
                 subset = drop[0]
                 x, mask = drop_modalities(x, mask, drop[1])
             else:  # nothing of the epoch's captions survives this montage: show it whole
                 kept = None
-                system, text, facts = self._draw_caption(meta, key, rep)
         if self.augment > 0:
             if x.ndim == 2:
                 x, _ = augment_epoch(x, mask, self.channels, vrng, self.sfreq, self.augment)
