@@ -54,6 +54,7 @@ from assistant.toolcalls import (
     ChatGroundingMiddleware,
     FallbackNote,
     ToolCallGuard,
+    ungrounded_of,
     withdrawn_of,
 )
 from sleeplm._logging import logger
@@ -136,6 +137,9 @@ class Answer(BaseModel):
         What the grounding check took out of the LLM's answer.
     tool_call_notes : list of str
         Repairs of the LLM's tool calls (read from text, invented arguments dropped).
+    ungrounded_text : str or None
+        The LLM's answer as it wrote it, when the grounding check changed it (kept for audits
+        and benchmarks; never shown as the answer).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -148,6 +152,7 @@ class Answer(BaseModel):
     fallback: FallbackNote | None = None
     withdrawn: list[WithdrawnClaim] = Field(default_factory=list)
     tool_call_notes: list[str] = Field(default_factory=list)
+    ungrounded_text: str | None = None
 
     @property
     def fell_back(self) -> bool:
@@ -385,6 +390,7 @@ class Assistant:
                 self.tools, fallback=fallback, time_budget_s=self.config.time_budget_s,
                 max_repeats=self.config.max_repeats,
                 max_tool_errors=self.config.max_tool_errors,
+                shortlist=self.config.shortlist_tools,
                 compact=self.config.compact_tools,
                 result_chars=self.config.compact_result_chars,
                 history_chars=self.config.compact_history_chars)
@@ -563,7 +569,9 @@ class Assistant:
         answer = Answer(patient=patient, question=question, text=final_text,
                         tool_calls=[steps[i] for i in order], seconds=time.perf_counter() - t0,
                         fallback=fallback, tool_call_notes=notes,
-                        withdrawn=withdrawn_of(final_msg) if final_msg is not None else [])
+                        withdrawn=withdrawn_of(final_msg) if final_msg is not None else [],
+                        ungrounded_text=(ungrounded_of(final_msg) if final_msg is not None
+                                         else None))
         logger.info("answered %s in %.2f s with %d tool call(s)", patient, answer.seconds,
                     len(answer.tool_calls))
         yield StreamEvent(kind="answer", answer=answer)

@@ -93,6 +93,12 @@ class AssistantConfig(BaseModel):
     compact_result_chars : int
         Characters of a tool result of the current question the LLM reads in compact mode
         (a quarter of that for earlier questions).
+    shortlist_tools : int
+        For small LLMs (1-3 B parameters), which pick the wrong tool among many: offer the LLM
+        only this many tools, those the offline planner ranks first for the question, with the
+        planner's proposed first call as a hint in the system message (the LLM may follow it
+        or not; see :class:`~assistant.planner.ToolShortlist`). Needs ``fallback``. 0 (the
+        default) = every tool, no hint. ``demo.py --gguf`` uses 4.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -117,6 +123,7 @@ class AssistantConfig(BaseModel):
     compact_tools: bool = False
     compact_result_chars: int = Field(default=1200, ge=200, le=100_000)
     compact_history_chars: int = Field(default=2400, ge=0, le=1_000_000)
+    shortlist_tools: int = Field(default=0, ge=0, le=50)
 
     @field_validator("base_url")
     @classmethod

@@ -404,6 +404,7 @@ def assemble(dest: str | os.PathLike | None = None, *, model: GGUFModel = QWEN_C
 #: The chat format of :func:`template_tool_handler` (``--chat_format`` of the server).
 TOOL_CHAT_FORMAT = "gguf-template-tools"
 _TOOL_TAG = "<tool_call>"
+_TOOL_END = "</tool_call>"
 
 #: The prompt of a GGUF without a chat template: ChatML (llama.cpp's own default) with tools
 #: and tool results written the Hermes / Qwen 2.5 way.
@@ -630,7 +631,9 @@ def template_tool_handler(*, llama: object, messages: list[dict],
     when the GGUF has none) rendered with the tools (schemas compacted by
     :func:`compact_schema`) and every message, tool results included; the generated
     ``<tool_call>`` blocks become OpenAI ``tool_calls`` (:func:`split_tool_calls`).
-    ``tool_choice="none"`` offers no tools. Registered as :data:`TOOL_CHAT_FORMAT` by
+    ``tool_choice="none"`` offers no tools; ``"required"`` (or a named function) makes the
+    answer a tool call: the reply is started with ``<tool_call>`` and the call's JSON (with
+    the function's name when named) for the model to continue (:func:`forced_prefix`). Registered as :data:`TOOL_CHAT_FORMAT` by
     ``python -m assistant.gguf_parts serve``.
 
     Returns
@@ -650,15 +653,18 @@ def template_tool_handler(*, llama: object, messages: list[dict],
     eos = llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace")
     formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token="")
     prompt = formatter(messages=_template_messages(messages), tools=offered or None).prompt
-    tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+    prefix = forced_prefix(tool_choice, names)
+    if prefix:  # one call is asked for: stop once it is written (small models go on)
+        stops.append(_TOOL_END)
+    tokens = llama.tokenize((prompt + prefix).encode("utf-8"), add_bos=False, special=True)
     completion = llama.create_completion(
         prompt=tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
         max_tokens=max_tokens, repeat_penalty=repeat_penalty, seed=seed, model=model,
         stop=[*stops, eos], stream=stream)
     if stream:
-        return _stream_chat(completion, names)
+        return _stream_chat(_prefixed(completion, prefix), names)
     choice = completion["choices"][0]
-    content, calls = split_tool_calls(choice["text"], names)
+    content, calls = split_tool_calls(prefix + choice["text"], names)
     message: dict = {"role": "assistant", "content": content or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
@@ -667,6 +673,33 @@ def template_tool_handler(*, llama: object, messages: list[dict],
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": "tool_calls" if calls else choice["finish_reason"]}],
             "usage": completion["usage"]}
+
+
+def forced_prefix(tool_choice: object, names: set[str]) -> str:
+    """The start of a reply that must be a tool call: ``<tool_call>`` and ``{"name": "`` for
+    ``"required"``, ``{"name": ..., "arguments": `` for a named function; "" otherwise (or
+    when no tool is offered)."""
+    if not names:
+        return ""
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if name in names:
+            return f'{_TOOL_TAG}\n{{"name": {json.dumps(name)}, "arguments": '
+        return ""
+    # a 1.5 B Qwen ends its reply right after a bare "<tool_call>\n"; with the JSON begun it
+    # names a tool
+    return f'{_TOOL_TAG}\n{{"name": "' if tool_choice == "required" else ""
+
+
+def _prefixed(chunks: Iterator[dict], prefix: str) -> Iterator[dict]:
+    """Completion chunks with ``prefix`` put before the first chunk's text."""
+    for ch in chunks:
+        if prefix:
+            choice = ch["choices"][0]
+            ch = {**ch, "choices": [{**choice, "text": prefix + (choice.get("text") or "")},
+                                    *ch["choices"][1:]]}
+            prefix = ""
+        yield ch
 
 
 def fix_chat_request(body: bytes) -> bytes:

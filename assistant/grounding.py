@@ -209,6 +209,8 @@ _HOURS_MIN = re.compile(
 _CLOCK = re.compile(
     r"(?<![\w.:])(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?"
     r"(?:\s?(?P<ap>[ap])\.?\s?m\b\.?)?(?![\w:])", re.IGNORECASE)
+#: What looks like a clock time but is none (read after the valid ones are masked).
+_BAD_CLOCK = re.compile(r"(?<![\w.:])\d{1,4}:\d{2}(?::\d{2})?(?![\w:])")
 _DATE = re.compile(r"(?<![\w.])(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})(?![\w])")
 #: Words that start with a letter and hold a digit: identifiers, not numbers.
 _IDENT = re.compile(r"(?<![\w-])[A-Za-z][\w.\-]*?\d[\w\-]*(?:\.[\w\-]+)*")
@@ -461,6 +463,13 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
             problems.append(Problem(
                 token=m.group(0).strip(), kind="clock",
                 reason=f"no fact cites a time within {CLOCK_TOLERANCE_S:.0f} s of it"))
+    masked = _mask(masked, spans)
+    spans = []
+    for m in _BAD_CLOCK.finditer(masked):  # "145:00", "24:30", "7:75": no time of day
+        spans.append(m.span())
+        n_times += 1
+        problems.append(Problem(token=m.group(0), kind="clock",
+                                reason="not a valid clock time"))
     masked = _mask(masked, spans)
     toks: list[_Token] = []
     taken: list[tuple[int, int]] = []
@@ -916,8 +925,10 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     masked = _mask(sentence, _quoted_spans(sentence, allowed.quoted))
     masked = _mask(masked, [m.span() for m in _IDENT.finditer(masked)])
     dates = [(m.start(), m.end(), m.group(0)) for m in _DATE.finditer(masked)]
-    clocks = [(m.start(), m.end(), m.group(0).strip()) for m in
-              _CLOCK.finditer(_mask(masked, [(a, b) for a, b, _ in dates]))]
+    no_dates = _mask(masked, [(a, b) for a, b, _ in dates])
+    clocks = [(m.start(), m.end(), m.group(0).strip()) for m in _CLOCK.finditer(no_dates)]
+    clocks += [(m.start(), m.end(), m.group(0)) for m in _BAD_CLOCK.finditer(
+        _mask(no_dates, [(a, b) for a, b, _ in clocks]))]
     toks, _, _ = _tokens(sentence, allowed)
     used: set[tuple[int, int]] = set()
     out: list[tuple[int, int, Problem]] = []

@@ -37,13 +37,13 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
 from assistant.routing import Route, SemanticRouter
 from tools.common import requirements_for
 
-__all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult"]
+__all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult", "ToolShortlist"]
 
 #: ``additional_kwargs`` key of the planner's route on the messages it writes.
 PLAN_KEY = "sleeplm_plan"
@@ -70,6 +70,41 @@ class ToolResult:
     def result(self) -> Any:
         """The tool's pydantic output (``None`` after an error)."""
         return getattr(self.artifact, "result", None) if not self.error else None
+
+
+class ToolShortlist(BaseModel):
+    """The tools a question most likely needs, as the offline planner sees it.
+
+    A small LLM (1-3 B parameters) picks the wrong tool among 14 far more often than among a
+    few: :class:`~assistant.toolcalls.ToolCallGuard` offers it only these, with the planner's
+    proposed first call as a hint it may follow or not (``AssistantConfig.shortlist_tools``).
+
+    Attributes
+    ----------
+    intent : str
+        The router's intent for the question (after the arguments' correction).
+    tools : list of str
+        Tool names, the planner's first call's tool first, then the tools of the next-ranked
+        intents; empty when no intent of the top ranks needs a tool.
+    call : dict or None
+        ``{"name": ..., "args": {...}}``: the planner's first call, or None when it would
+        answer without a tool (out of scope, not recorded, help, a follow-up it answers from
+        the conversation).
+    """
+
+    intent: str
+    tools: list[str] = Field(default_factory=list)
+    call: dict[str, Any] | None = None
+
+    def hint(self) -> str:
+        """One line for the LLM's system message."""
+        if self.call is None:
+            return ("Routing hint: this question probably needs no tool (it is "
+                    f"{self.intent.replace('_', ' ')}); answer it directly, or call one of the "
+                    "tools offered if it asks about this night's data.")
+        return (f"Routing hint: call {self.call['name']} first, with the arguments "
+                f"{json.dumps(self.call['args'], separators=(',', ':'))} (adjust them if the "
+                "question asks otherwise), then answer from its result.")
 
 
 class _Step:
@@ -286,6 +321,37 @@ class OfflinePlanner(BaseChatModel):
         if step.focus is not None:
             kw[FOCUS_KEY] = step.focus
         return AIMessage(content=step.text or "", additional_kwargs=kw)
+
+    def shortlist(self, messages: Sequence[BaseMessage], k: int = 4) -> ToolShortlist:
+        """The tools the last question of ``messages`` most likely needs (see
+        :class:`ToolShortlist`): the planner's first call for the router's intent, then the
+        first calls it would make for the next-ranked intents, at most ``k`` tools."""
+        last_h = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)),
+                     default=None)
+        if last_h is None:
+            return ToolShortlist(intent="unknown")
+        from assistant.routing import fix_first_verb
+
+        question = fix_first_verb(_text(messages[last_h]))
+        history = messages[:last_h]
+        args = X.extract(question)
+        route = _adjust(self.router.route(question), question, args)
+        first = self._step(route, question, args, [], history)
+        names: list[str] = [first.tool] if first.tool else []
+        for intent, score in route.ranking:
+            if len(names) >= k:
+                break
+            if intent == route.intent or intent in ("unknown", "help"):
+                continue
+            try:
+                step = self._step(Route(intent, score, route.ranking, "ranking"), question,
+                                  args, [], history)
+            except Exception:  # noqa: BLE001 - a handler that needs context it lacks: skip
+                continue
+            if step.tool and step.tool not in names:
+                names.append(step.tool)
+        call = {"name": first.tool, "args": first.args} if first.tool else None
+        return ToolShortlist(intent=route.intent, tools=names[:k], call=call)
 
     @staticmethod
     def _turn_route(turn: Sequence[BaseMessage]) -> Route | None:

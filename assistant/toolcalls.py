@@ -69,10 +69,12 @@ from assistant.grounding import (
 from sleeplm._logging import logger
 
 __all__ = [
+    "ANSWER_HINT",
     "FALLBACK_KEY",
     "NOTES_KEY",
     "REFERENCE_FACTS",
     "REPEAT_KEY",
+    "UNGROUNDED_KEY",
     "WITHDRAWN_KEY",
     "WRITER_KEY",
     "ChatGroundingMiddleware",
@@ -88,6 +90,7 @@ __all__ = [
     "ground_conversation",
     "loads_lenient",
     "shorten_tool_result",
+    "ungrounded_of",
     "withdrawn_of",
 ]
 
@@ -103,10 +106,23 @@ REPEAT_KEY = "sleeplm_repeat"
 SKIPPED_KEY = "sleeplm_skipped"
 #: ``additional_kwargs`` key of what the grounding check withdrew (list of dicts).
 WITHDRAWN_KEY = "sleeplm_withdrawn"
+#: ``additional_kwargs`` key of the LLM's answer as written, when the grounding changed it.
+UNGROUNDED_KEY = "sleeplm_ungrounded"
 _STARTED_KEY = "sleeplm_question_started"
 
 #: Router intents the planner answers without a tool: an LLM may too.
 NO_TOOL_INTENTS = frozenset({"help", "out_of_scope", "not_recorded", "unknown", "followup"})
+
+#: Words of a question that select nothing in a tool result (:func:`shorten_tool_result`).
+_STOPWORDS = frozenset(
+    "the and for was were what whats which when where who how many much did does this that "
+    "with from their they them there any are during night patient study one show tell give "
+    "gimme please can you about been have has had its his her our just also all".split())
+
+#: The system message's last line for a small LLM once a tool has answered.
+ANSWER_HINT = ("Now answer the question from the tool results above: quote their values with "
+               "their units and clock times as written; do not compute new numbers, and say "
+               "so when the results do not answer it.")
 
 #: Reference values the assistant itself states (the offline planner's sleep-efficiency
 #: reference, ``assistant.planner._SE_REFERENCE``): allowed in answers, bound to no measure.
@@ -611,20 +627,48 @@ def compact_tool_schema(tool: BaseTool | dict[str, Any], *, description_chars: i
     return {"type": "function", "function": fn}
 
 
-def shorten_tool_result(text: str, limit: int) -> str:
-    """A tool result cut to about ``limit`` characters at a line break, saying what was left
-    out (the model is told the user sees it all)."""
+def _focus_words(text: str) -> set[str]:
+    """The words of a question that can pick out lines of a tool result."""
+    words = {w for w in re.findall(r"[a-z][a-z0-9]+", text.lower())
+             if len(w) >= 3 and w not in _STOPWORDS}
+    return words | {w[:-1] for w in words if w.endswith("s") and len(w) > 4}
+
+
+def shorten_tool_result(text: str, limit: int, focus: str = "") -> str:
+    """A tool result cut to about ``limit`` characters at line breaks, saying what was left
+    out (the model is told the user sees it all).
+
+    Parameters
+    ----------
+    text : str
+    limit : int
+        Characters to keep, about.
+    focus : str
+        The question: when lines share a word with it, the result's first line and those
+        lines are kept (in their order) and the others left out, so a 1.5 B model reading a
+        long report sees the line with the RDI it was asked for, and only such lines (given
+        the whole list, it quotes the first number it meets).
+    """
     text = text or ""
     if len(text) <= limit:
         return text
     lines = text.splitlines()
-    kept: list[str] = []
+    words = _focus_words(focus) if focus else set()
+    first = [i for i, ln in enumerate(lines)
+             if words and words & set(re.findall(r"[a-z][a-z0-9]+", ln.lower()))]
+    if first and first[0] != 0:
+        first = [0, *first]  # the header: which patient, which units
+    order = first if first else list(range(len(lines)))
+    take: set[int] = set()
     used = 0
-    for line in lines:
-        if used + len(line) + 1 > limit:
+    for i in order:
+        if used + len(lines[i]) + 1 > limit:
+            if i in first:
+                continue  # a long relevant line: try the next
             break
-        kept.append(line)
-        used += len(line) + 1
+        take.add(i)
+        used += len(lines[i]) + 1
+    kept = [lines[i] for i in sorted(take)]
     if not kept:
         return (text[:limit].rstrip() + f" [... {len(text) - limit} more characters not "
                 "shown to save context; the user sees the full result]")
@@ -658,6 +702,15 @@ def _recent_history(earlier: Sequence[BaseMessage], chars: int) -> list[BaseMess
         kept.insert(0, t)
         used += size
     return [m for t in kept for m in t]
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a tool given as a BaseTool or an OpenAI-style dict."""
+    if isinstance(tool, BaseTool):
+        return tool.name
+    if isinstance(tool, dict):
+        return tool.get("function", {}).get("name") or tool.get("name")
+    return getattr(tool, "name", None)
 
 
 def _last_human(messages: Sequence[BaseMessage]) -> int | None:
@@ -771,6 +824,11 @@ class ToolCallGuard(AgentMiddleware):
         In compact mode, characters of earlier questions the LLM reads: the most recent whole
         questions that fit (a 4k-token context overflows after a few questions otherwise, and
         llama.cpp then streams nothing); 0 = every earlier question.
+    shortlist : int
+        With a fallback planner: offer the LLM only the (at most) this many tools the planner
+        ranks first for the question (:meth:`~assistant.planner.OfflinePlanner.shortlist`), and
+        on the question's first model call add the planner's proposed call to the system
+        message as a hint the LLM may follow or not. 0 = every tool, no hint.
     """
 
     state_schema = GuardState
@@ -778,7 +836,7 @@ class ToolCallGuard(AgentMiddleware):
     def __init__(self, tools: Sequence[BaseTool], *, fallback: Any = None,
                  time_budget_s: float = 120.0, max_repeats: int = 2, max_tool_errors: int = 2,
                  compact: bool = False, result_chars: int = 1200,
-                 history_chars: int = 0) -> None:
+                 history_chars: int = 0, shortlist: int = 0) -> None:
         super().__init__()
         self._tools: dict[str, BaseTool] = {t.name: t for t in tools}
         self.fallback = fallback
@@ -788,6 +846,7 @@ class ToolCallGuard(AgentMiddleware):
         self.compact = bool(compact)
         self.result_chars = int(result_chars)
         self.history_chars = int(history_chars)
+        self.shortlist = int(shortlist) if hasattr(fallback, "shortlist") else 0
         self._compact_specs = ({n: compact_tool_schema(t) for n, t in self._tools.items()}
                                if compact else {})
 
@@ -900,23 +959,47 @@ class ToolCallGuard(AgentMiddleware):
         return None
 
     def _for_llm(self, request: ModelRequest, h: int | None) -> ModelRequest:
-        """The request as the LLM gets it (compact tools and results in compact mode)."""
-        if not self.compact:
+        """The request as the LLM gets it: compact tools and results in compact mode, the
+        shortlisted tools with the routing hint in shortlist mode."""
+        if not self.compact and not self.shortlist:
             return request
-        tools = [self._compact_specs.get(t.name, t) if isinstance(t, BaseTool) else t
-                 for t in request.tools]
-        messages = []
-        for i, m in enumerate(request.messages):
-            if isinstance(m, ToolMessage):
-                limit = self.result_chars if h is None or i > h else max(
-                    200, self.result_chars // 4)
-                short = shorten_tool_result(_text(m), limit)
-                if short != _text(m):
-                    m = m.model_copy(update={"content": short})
-            messages.append(m)
-        if h is not None and self.history_chars > 0:
-            messages = _recent_history(messages[:h], self.history_chars) + messages[h:]
-        return request.override(tools=tools, messages=messages)
+        tools = list(request.tools)
+        messages = list(request.messages)
+        question = _text(messages[h]) if h is not None else ""
+        if self.compact:
+            for i, m in enumerate(messages):
+                if isinstance(m, ToolMessage):
+                    now = h is None or i > h
+                    limit = self.result_chars if now else max(200, self.result_chars // 4)
+                    short = shorten_tool_result(_text(m), limit, focus=question if now else "")
+                    if short != _text(m):
+                        messages[i] = m.model_copy(update={"content": short})
+        overrides: dict[str, Any] = {}
+        if self.shortlist and h is not None:
+            sl = self.fallback.shortlist(request.messages[:h + 1], k=self.shortlist)
+            rank = {n: i for i, n in enumerate(sl.tools)}
+            tools = sorted((t for t in tools if _tool_name(t) in rank),
+                           key=lambda t: rank[_tool_name(t)])
+            # the hint goes at the end of what the LLM reads: a small model follows it best
+            # there, and the system message, tools and history stay a prefix that the server
+            # reuses from the question's previous model call
+            last = len(messages) - 1
+            if last == h:  # the question's first model call
+                messages[h] = messages[h].model_copy(
+                    update={"content": f"{question}\n\n({sl.hint()})"})
+                if sl.call is not None and tools:
+                    overrides["tool_choice"] = "required"  # data needed: call one of them
+            elif isinstance(messages[last], ToolMessage):
+                messages[last] = messages[last].model_copy(
+                    update={"content": f"{_text(messages[last])}\n\n({ANSWER_HINT})"})
+            logger.info("shortlist for the LLM: %s (%s)", ", ".join(sl.tools) or "no tool",
+                        sl.intent)
+        if self.compact:
+            tools = [self._compact_specs.get(t.name, t) if isinstance(t, BaseTool) else t
+                     for t in tools]
+            if h is not None and self.history_chars > 0:
+                messages = _recent_history(messages[:h], self.history_chars) + messages[h:]
+        return request.override(tools=tools, messages=messages, **overrides)
 
     def _repair(self, msg: AIMessage) -> tuple[AIMessage, list[str]]:
         """Tool calls read from text and every call's arguments cleaned."""
@@ -1039,8 +1122,16 @@ class ChatGroundingMiddleware(AgentMiddleware):
         return {"messages": [last.model_copy(update={
             "content": grounded.text,
             "additional_kwargs": {**last.additional_kwargs,
-                                  WITHDRAWN_KEY: [w.model_dump() for w in grounded.withdrawn]},
+                                  WITHDRAWN_KEY: [w.model_dump() for w in grounded.withdrawn],
+                                  UNGROUNDED_KEY: _text(last)},
         })]}
+
+
+def ungrounded_of(message: BaseMessage) -> str | None:
+    """The LLM's answer as it wrote it, before the grounding check changed it (None when the
+    check changed nothing)."""
+    text = message.additional_kwargs.get(UNGROUNDED_KEY)
+    return str(text) if text is not None else None
 
 
 def withdrawn_of(message: BaseMessage) -> list[WithdrawnClaim]:

@@ -153,6 +153,9 @@ class QuestionResult(BaseModel):
     routing_ok, facts_ok : bool
     wrong_numbers : list of str
         Numbers or clock times of the answer found in no source.
+    wrong_numbers_before : list of str
+        The same check on the LLM's answer as it wrote it, before the grounding check
+        (``Answer.ungrounded_text``; the answer itself when the check changed nothing).
     reasons : list of str
         Why a check failed.
     seconds : float
@@ -176,6 +179,7 @@ class QuestionResult(BaseModel):
     routing_ok: bool = False
     facts_ok: bool = False
     wrong_numbers: list[str] = Field(default_factory=list)
+    wrong_numbers_before: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     answer: str = ""
@@ -186,6 +190,11 @@ class QuestionResult(BaseModel):
     @property
     def passed(self) -> bool:
         return self.routing_ok and self.facts_ok and not self.wrong_numbers and not self.error
+
+    @property
+    def llm_routed(self) -> bool:
+        """Routed right by the backend itself: right, and not by the offline fallback."""
+        return self.routing_ok and not self.fell_back
 
 
 # ------------------------------------------------------------------------------ the set
@@ -410,9 +419,15 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     texts = [question.question, *context]
     for s in answer.tool_calls:
         texts += step_texts(s)
-    row.wrong_numbers = wrong_numbers(answer.text, NumberSources(texts))
+    sources = NumberSources(texts)
+    row.wrong_numbers = wrong_numbers(answer.text, sources)
     if row.wrong_numbers:
         row.reasons.append("wrong numbers: " + ", ".join(row.wrong_numbers))
+    before = getattr(answer, "ungrounded_text", None)
+    row.wrong_numbers_before = (wrong_numbers(before, sources) if before is not None
+                                else list(row.wrong_numbers))
+    if row.wrong_numbers_before != row.wrong_numbers:
+        row.reasons.append("grounding withdrew: " + ", ".join(row.wrong_numbers_before))
     return row
 
 
@@ -425,8 +440,9 @@ def formatted_measures(ctx: Any) -> dict[str, str]:
 
 
 def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
-    """Per category and ``all``: n, routing and factual accuracy, wrong numbers, pass rate,
-    errors, answers from the offline fallback, median and 95th-percentile seconds."""
+    """Per category and ``all``: n, routing (and routing by the backend itself, without the
+    fallback), factual accuracy, wrong numbers after and before the grounding check, pass
+    rate, errors, answers from the offline fallback, median and 95th-percentile seconds."""
     groups: dict[str, list[QuestionResult]] = defaultdict(list)
     for r in rows:
         groups[r.category].append(r)
@@ -438,8 +454,10 @@ def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
         out[name] = {
             "n": len(rs),
             "routing": sum(r.routing_ok for r in rs) / len(rs),
+            "routing_own": sum(r.llm_routed for r in rs) / len(rs),
             "facts": sum(r.facts_ok for r in rs) / len(rs),
             "wrong_numbers": sum(len(r.wrong_numbers) for r in rs),
+            "wrong_numbers_before": sum(len(r.wrong_numbers_before) for r in rs),
             "passed": sum(r.passed for r in rs) / len(rs),
             "errors": sum(r.error is not None for r in rs),
             "fell_back": sum(r.fell_back for r in rs),
@@ -465,24 +483,29 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
 
 
 def format_comparison(results: dict[str, dict[str, Any]]) -> str:
-    """One line per backend: n, routing and factual accuracy, wrong numbers, answers from the
-    offline fallback, errors, median and 95th-percentile seconds per answer.
+    """One line per backend: n, routing (all answers; ``own``: without the offline fallback)
+    and factual accuracy, wrong numbers shown (after the grounding check; ``before``: in the
+    LLM's text as written), answers from the offline fallback, errors, median and
+    95th-percentile seconds per answer.
 
     Parameters
     ----------
     results : dict of str to dict
         Backend name -> its result (``per_category['all']`` is read).
     """
-    head = f"{'backend':<10}{'n':>4}{'routing':>9}{'facts':>8}{'wrong#':>8}{'fellbk':>8}" \
-           f"{'errors':>8}{'med s':>9}{'p95 s':>9}"
+    head = f"{'backend':<10}{'n':>4}{'routing':>9}{'own':>6}{'facts':>8}{'wrong#':>8}" \
+           f"{'before':>8}{'fellbk':>8}{'errors':>8}{'med s':>9}{'p95 s':>9}"
     lines = [head, "-" * len(head)]
     for name, res in results.items():
         s = res.get("per_category", {}).get("all")
         if not s:
             lines.append(f"{name:<10}{0:>4}  (no questions answered: {res.get('error', '')})")
             continue
-        lines.append(f"{name:<10}{int(s['n']):>4}{s['routing']:>9.2f}{s['facts']:>8.2f}"
-                     f"{int(s['wrong_numbers']):>8}{int(s['fell_back']):>8}"
+        lines.append(f"{name:<10}{int(s['n']):>4}{s['routing']:>9.2f}"
+                     f"{s.get('routing_own', s['routing']):>6.2f}{s['facts']:>8.2f}"
+                     f"{int(s['wrong_numbers']):>8}"
+                     f"{int(s.get('wrong_numbers_before', s['wrong_numbers'])):>8}"
+                     f"{int(s['fell_back']):>8}"
                      f"{int(s['errors']):>8}{s['median_s']:>9.2f}{s['p95_s']:>9.2f}")
     return "\n".join(lines)
 
@@ -687,7 +710,10 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
         "library": str(library.root) if hasattr(library, "root") else None,
         "n": len(rows), "routing_accuracy": total.get("routing", math.nan),
         "factual_accuracy": total.get("facts", math.nan),
+        "routing_own": total.get("routing_own", math.nan),
         "wrong_numbers": int(total.get("wrong_numbers", 0)),
+        "wrong_numbers_before": int(total.get("wrong_numbers_before", 0)),
+        "shortlist_tools": getattr(config, "shortlist_tools", 0),
         "fell_back": int(total.get("fell_back", 0)),
         "median_s": total.get("median_s", math.nan), "p95_s": total.get("p95_s", math.nan),
         "targets": {"routing": 0.9, "wrong_numbers": 0},
@@ -741,6 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--time-budget", type=float, metavar="S",
                     help="with an LLM backend: seconds per question before the assistant's "
                          "offline fallback answers (default: the configuration's)")
+    ap.add_argument("--shortlist", type=int, metavar="K",
+                    help="with an LLM backend: offer the LLM only the K tools the offline "
+                         "planner ranks first for each question, with the planner's proposed "
+                         "call as a hint (AssistantConfig.shortlist_tools; default 4 for gguf, "
+                         "the configuration's otherwise; 0 = every tool, no hint)")
     ap.add_argument("--library", type=Path, help="patient library (default: the examples)")
     ap.add_argument("--state-dir", type=Path,
                     help="conversations, drafts, index (default: a new temporary folder)")
@@ -789,6 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.time_budget is not None:
                 base = base.model_copy(update=_known_fields(
                     AssistantConfig, {"time_budget_s": args.time_budget}))
+            if args.shortlist is not None and base.backend != "offline":
+                base = base.model_copy(update={"shortlist_tools": args.shortlist})
             res = run_backend(base, library, questions, **common)
             _print_result(base.backend, res, patient)
             _write_json(args.out or RESULTS_PATH,
@@ -824,7 +857,7 @@ def _run_named_backend(name: str, args: argparse.Namespace, base: Any, library: 
     """One backend of ``--backend``: its configuration (and, for ``gguf``, its local server)."""
     from assistant.config import AssistantConfig
 
-    budget = {"time_budget_s": args.time_budget}
+    budget = {"time_budget_s": args.time_budget, "shortlist_tools": args.shortlist}
     if name == "offline":
         config = base.model_copy(update={"backend": "offline", "state_dir": state_dir})
         return run_backend(config, library, questions, **common)
@@ -851,7 +884,9 @@ def _run_named_backend(name: str, args: argparse.Namespace, base: Any, library: 
             "backend": "openai", "base_url": server.url, "model": server.alias,
             "state_dir": state_dir, "timeout_s": args.llm_timeout, "max_retries": 0,
             **_known_fields(AssistantConfig, {**budget,
-                                              "compact_tools": True if n_ctx <= 4096 else None})})
+                                              "compact_tools": True if n_ctx <= 4096 else None,
+                                              "shortlist_tools": 4 if args.shortlist is None
+                                              else args.shortlist})})
         res = run_backend(config, library, questions, llm_server=server, **common)
     res.update(gguf=str(server.model), n_ctx=n_ctx, threads=args.threads,
                server_start_s=start_s)

@@ -26,6 +26,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from assistant.agent import Answer, Assistant, report_tools
 from assistant.config import AssistantConfig
 from assistant.toolcalls import (
+    ANSWER_HINT,
     FallbackNote,
     ToolCallParseError,
     call_signature,
@@ -150,6 +151,21 @@ def test_compact_schemas_fit_a_small_context():
         "Scored events of given types (e.g. obstructive_apnea")  # "e.g." does not end it
 
 
+def test_shorten_tool_result_keeps_the_lines_the_question_asks_about():
+    lines = [f"- measure {i}: {i}.0 units" for i in range(60)]
+    lines[45] = "- RDI (respiratory disturbance index): 23.4 events/h"
+    text = "Respiratory facts\n" + "\n".join(lines)
+    plain = shorten_tool_result(text, 300)
+    assert "RDI" not in plain and plain.startswith("Respiratory facts")
+    short = shorten_tool_result(text, 300, focus="whats the RDI on this one")
+    # the header and the line asked about, nothing else (a small model quotes what it meets)
+    assert short.splitlines()[:2] == ["Respiratory facts",
+                                      "- RDI (respiratory disturbance index): 23.4 events/h"]
+    assert "measure 0:" not in short and "59 more line(s) not shown" in short
+    # no line shares a word with the question: the top of the result
+    assert shorten_tool_result(text, 300, focus="anything odd?") == plain
+
+
 def test_shorten_tool_result():
     text = "\n".join(f"- line {i}: {'x' * 40}" for i in range(100))
     short = shorten_tool_result(text, 500)
@@ -182,11 +198,13 @@ class ScriptedChat(SharedScriptedChat):
 
     seen: list = []
     bound: list = []
+    choices: list = []
     delay_s: float = 0.0
     fail: bool = False
 
     def bind_tools(self, tools, **kwargs):
         self.bound.append(list(tools))
+        self.choices.append(kwargs.get("tool_choice"))
         return self
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):
@@ -199,7 +217,7 @@ class ScriptedChat(SharedScriptedChat):
 
 
 def _scripted(*responses, **kw) -> ScriptedChat:
-    return ScriptedChat(responses=list(responses), seen=[], bound=[], **kw)
+    return ScriptedChat(responses=list(responses), seen=[], bound=[], choices=[], **kw)
 
 
 def _bot(tmp: Path, library: PatientLibrary, chat_model, **cfg) -> Assistant:
@@ -342,6 +360,49 @@ def test_compact_mode_sends_short_schemas_and_results(tmp_path, library):
         step.content.split("\n")[0]  # the user keeps the full result
     assert bot.agent.get_state(bot._run_config(OSA)).values["messages"][-2].content == \
         step.content  # and so does the conversation
+
+
+def test_shortlist_offers_the_planner_ranked_tools_with_a_hint(tmp_path, library, ahi):
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(f"The AHI is {ahi}."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=3)
+    answer = bot.ask(OSA, "gimme the AHI")
+    assert answer.fallback is None and ahi in answer.text
+    first, second = model.bound[0], model.bound[1]
+    names = [t.name for t in first]
+    assert 1 <= len(names) <= 3 and names[0] == "report_facts"  # the planner's choice first
+    asked = model.seen[0][-1]  # the hint ends the question the LLM reads
+    assert asked.content.startswith("gimme the AHI\n\n(Routing hint: call report_facts first")
+    assert '"sections":["respiratory"]' in asked.content.replace(" ", "")
+    assert "Routing hint" not in model.seen[0][0].content  # the system message is unchanged
+    assert model.choices[0] == "required"  # the question needs data: a call is forced
+    # after a tool result: the same tools, no routing hint, free to answer
+    assert [t.name for t in second] == names
+    assert all("Routing hint" not in str(m.content) for m in model.seen[1])
+    assert model.seen[1][-1].content.endswith(f"({ANSWER_HINT})") and model.choices[1] is None
+    # the stored conversation has neither hint
+    stored = bot.agent.get_state(bot._run_config(OSA)).values["messages"]
+    assert all("Routing hint" not in str(m.content) and ANSWER_HINT not in str(m.content)
+               for m in stored)
+
+
+def test_shortlist_for_a_question_needing_no_tool(tmp_path, library):
+    model = _scripted(AIMessage("I can only answer questions about this sleep study."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4, compact_tools=True)
+    answer = bot.ask(OSA, "what is the capital of France?")
+    assert answer.fallback is None and not answer.tool_calls
+    assert "probably needs no tool" in model.seen[0][-1].content
+    assert model.choices[0] is None  # not forced to call anything
+    offered = [t["function"]["name"] for t in model.bound[0]]  # compact specs, still cut
+    assert len(offered) <= 4
+
+
+def test_shortlist_off_by_default_offers_every_tool(tmp_path, library):
+    model = _scripted(AIMessage("I can only answer questions about this sleep study."))
+    bot = _bot(tmp_path, library, model)
+    bot.ask(OSA, "what is the capital of France?")
+    assert {t.name for t in model.bound[0]} == set(TOOLS)
+    assert all("Routing hint" not in str(m.content) for m in model.seen[0])
 
 
 def test_the_app_shows_the_fallback_note(tmp_path, library):

@@ -125,6 +125,32 @@ def test_score_checks_routing_facts_and_numbers():
     assert "measure" in B.format_table(summary)
 
 
+def test_wrong_numbers_before_grounding_and_routing_without_fallback():
+    q = B.Question(id="a", patient="p", conversation="c", question="What is the AHI?",
+                   category="measure", expect_tools=["report_facts"], expect_facts=["ahi_3a"])
+    step = ToolStep(name="report_facts", content="- AHI: 17.6 events/h")
+    grounded = Answer(patient="p", question=q.question, tool_calls=[step],
+                      text="AHI: 17.6 events/h; the AHI is [unverified] in REM.",
+                      ungrounded_text="AHI: 17.6 events/h; the AHI is 42.0 in REM.")
+    row = B.score(q, grounded, {"ahi_3a": "17.6 events/h"}, [])
+    assert row.wrong_numbers == [] and row.wrong_numbers_before == ["42.0"]
+    assert row.passed and row.llm_routed
+    from assistant.toolcalls import FallbackNote
+
+    planner = Answer(patient="p", question=q.question, tool_calls=[step],
+                     text="AHI: 17.6 events/h", fallback=FallbackNote(reason="no_tool_call"))
+    row2 = B.score(q, planner, {"ahi_3a": "17.6 events/h"}, [])
+    row2.fell_back = True
+    assert row2.routing_ok and not row2.llm_routed and row2.wrong_numbers_before == []
+    s = B.summarise([row, row2])["all"]
+    assert s["routing"] == 1.0 and s["routing_own"] == 0.5
+    assert s["wrong_numbers"] == 0 and s["wrong_numbers_before"] == 1
+    table = B.format_comparison({"gguf": {"per_category": {"all": s}}})
+    assert "before" in table and "own" in table
+    line = table.splitlines()[-1].split()
+    assert line[:7] == ["gguf", "2", "1.00", "0.50", "1.00", "0", "1"]
+
+
 # ---------------------------------------------------------------------------- offline run
 
 

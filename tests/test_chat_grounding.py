@@ -102,6 +102,8 @@ def test_a_quoted_label_is_data_not_a_claim(allowed):
     ("It lasted 48 s.", "48 s"),
     ("As the annotation says, report AHI 0.", "0"),
     ("The AHI is zero events per hour.", "zero"),
+    ("The breathing stops at 145:00.", "145:00"),  # a 1.5 B model's minutes as a clock
+    ("It starts at 24:30.", "24:30"),
 ])
 def test_unsupported_numbers_are_withdrawn(allowed, text, token):
     g = ground_answer(text, allowed)
@@ -191,6 +193,8 @@ def test_an_injected_question_cannot_set_the_ahi(tmp_path, library):
     # tokens streamed as written; the final event carries the grounded text
     assert [e.kind for e in events][-1] == "answer"
     assert any("withdrawn" in n for n in answer.notices())
+    # the model's own words are kept for audits (never shown as the answer)
+    assert answer.ungrounded_text is not None and _ZERO_AHI.search(answer.ungrounded_text)
 
 
 def test_an_injected_annotation_label_cannot_set_the_ahi(tmp_path, library):

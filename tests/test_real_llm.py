@@ -449,7 +449,37 @@ def test_benchmark_compares_backends_in_one_table():
     table = B.format_comparison({"offline": {"per_category": {"all": summary}},
                                  "gguf": {"error": "ModelPartsMissing: ..."}})
     head, _, offline, gguf = table.splitlines()
-    assert head.split() == ["backend", "n", "routing", "facts", "wrong#", "fellbk", "errors",
-                            "med", "s", "p95", "s"]
-    assert offline.split() == ["offline", "5", "1.00", "0.80", "0", "1", "0", "3.00", "4.80"]
+    assert head.split() == ["backend", "n", "routing", "own", "facts", "wrong#", "before",
+                            "fellbk", "errors", "med", "s", "p95", "s"]
+    assert offline.split() == ["offline", "5", "1.00", "0.80", "0.80", "0", "0", "1", "0",
+                               "3.00", "4.80"]
     assert gguf.startswith("gguf") and "ModelPartsMissing" in gguf
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_choice_required_starts_the_reply_with_a_tool_call(stream):
+    # the model continues after the forced '<tool_call>\n{"name": "': it names the tool
+    llama = FakeLlama('report_facts", "arguments": {"section": "respiratory"}}\n')
+    out = G.template_tool_handler(llama=llama, messages=TURNS[:2], tools=TOOLS,
+                                  tool_choice="required", stream=stream)
+    assert llama.prompts[-1].endswith('<|im_start|>assistant<tool_call>\n{"name": "')
+    assert "</tool_call>" in llama.kwargs["stop"]  # generation ends with the call
+    if stream:
+        deltas = [c["choices"][0]["delta"] for c in out]
+        assert not any(d.get("content") for d in deltas)
+        (call,) = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    else:
+        (call,) = out["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "report_facts"
+    assert json.loads(call["function"]["arguments"]) == {"section": "respiratory"}
+    # a named function: its name is written for the model, which adds the arguments
+    llama = FakeLlama('{"section": "all"}}\n</tool_call>')
+    out = G.template_tool_handler(
+        llama=llama, messages=TURNS[:2], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "report_facts"}})
+    assert llama.prompts[-1].endswith('<tool_call>\n{"name": "report_facts", "arguments": ')
+    (call,) = out["choices"][0]["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {"section": "all"}
+    # nothing forced when no tool is offered or the choice is auto
+    assert G.forced_prefix("required", set()) == "" and G.forced_prefix("auto", {"x"}) == ""
+    assert G.forced_prefix({"function": {"name": "unknown"}}, {"x"}) == ""
