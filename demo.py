@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         config = AssistantConfig.load(args.config, backend=backend, base_url=base_url,
                                       model=model, library=args.library)
         if server is not None:  # a 1.5 B model: the planner shortlists its tools
-            config = config.model_copy(update={"shortlist_tools": 4})
+            config = config.model_copy(update={"shortlist_tools": 4, "report_budget_s": 120.0})
         if server is not None and args.n_ctx <= 4096:  # the full tool schemas need ~5.6k
             config = config.model_copy(update={"compact_tools": True})
         if config.library is not None and not Path(config.library).is_dir():

@@ -467,7 +467,7 @@ class Assistant:
                 from assistant.backends import sends_data_off_machine
                 from assistant.report import LLMWriter
 
-                writer = LLMWriter(self.chat_model)
+                writer = LLMWriter(self.chat_model, budget_s=self.config.report_budget_s)
                 writer.sends_off_machine = sends_data_off_machine(self.config)
             self._contexts[patient] = AssistantContext(
                 library=self.library, patient=patient, index=self.index,

@@ -99,6 +99,10 @@ class AssistantConfig(BaseModel):
         planner's proposed first call as a hint in the system message (the LLM may follow it
         or not; see :class:`~assistant.planner.ToolShortlist`). Needs ``fallback``. 0 (the
         default) = every tool, no hint. ``demo.py --gguf`` uses 4.
+    report_budget_s : float or None
+        Seconds the LLM may spend writing one report draft; the remaining sections are then
+        written from the templates (the report records it). None (default): no limit;
+        ``demo.py --gguf`` uses 120.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -124,6 +128,7 @@ class AssistantConfig(BaseModel):
     compact_result_chars: int = Field(default=1200, ge=200, le=100_000)
     compact_history_chars: int = Field(default=2400, ge=0, le=1_000_000)
     shortlist_tools: int = Field(default=0, ge=0, le=50)
+    report_budget_s: float | None = Field(default=None, gt=0)
 
     @field_validator("base_url")
     @classmethod

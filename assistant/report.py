@@ -25,6 +25,7 @@ import datetime as _dt
 import json
 import math
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -783,13 +784,18 @@ class LLMWriter:
         How the report names the writer (default ``llm:<model name>``).
     max_chars : int
         Longest narrative accepted per section, characters (longer text is cut at a sentence).
+    budget_s : float or None
+        Seconds one draft may spend in the LLM: once spent, :func:`draft_report` writes the
+        remaining sections from the templates (recorded in the report's grounding log). A
+        1.5 B model on two CPU cores takes about 7 minutes for a whole report. None: no limit.
     """
 
     can_regenerate = True
 
     def __init__(self, chat_model: BaseChatModel, *, name: str | None = None,
-                 max_chars: int = 2500) -> None:
+                 max_chars: int = 2500, budget_s: float | None = None) -> None:
         self.chat_model = chat_model
+        self.budget_s = budget_s
         model_name = (getattr(chat_model, "model_name", None) or getattr(chat_model, "model", None)
                       or type(chat_model).__name__)
         self.name = name or f"llm:{model_name}"
@@ -1362,6 +1368,8 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     """
     writer = writer or TemplateWriter()
     templates = TemplateWriter()
+    budget = getattr(writer, "budget_s", None)
+    deadline = time.monotonic() + budget if budget is not None else None
     indication = " ".join(indication.split()) if indication and indication.strip() else None
     col = _collect(ctx, indication)
     unavailable = {k: v for k, v in ((s.key, s.unavailable) for s in col.inputs.values()) if v}
@@ -1383,6 +1391,13 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     sections: list[ReportSection] = []
     for key in SECTION_ORDER:
         inp = col.inputs[key].model_copy(update={"short": key in plan.short})
+        if deadline is not None and writer is not templates and time.monotonic() > deadline:
+            logger.warning("report: the writer's time budget (%g s) is spent; templates write "
+                           "the remaining sections", budget)
+            log.fallbacks.append(f"{key} and later sections: {getattr(writer, 'name', 'writer')}"
+                                 f"'s time budget ({budget:g} s) was spent; the template text "
+                                 "was used")
+            writer = templates
         try:
             text = writer.write(inp)
         except Exception as exc:  # noqa: BLE001 - any backend failure falls back to templates

@@ -119,6 +119,10 @@ _STOPWORDS = frozenset(
     "with from their they them there any are during night patient study one show tell give "
     "gimme please can you about been have has had its his her our just also all".split())
 
+#: Tools whose finished result a fallback reuses whatever the LLM's arguments (a report
+#: draft or revision: slow with an LLM writer, and the same study either way).
+REUSABLE_TOOLS = frozenset({"draft_report", "revise_report"})
+
 #: The system message's last line for a small LLM once a tool has answered.
 ANSWER_HINT = ("Now answer the question from the tool results above: quote their values with "
                "their units and clock times as written; do not compute new numbers, and say "
@@ -1071,6 +1075,34 @@ class ToolCallGuard(AgentMiddleware):
                                 detail=f"the question asks for {route.intent.replace('_', ' ')}")
         return None
 
+    def _reusable(self, messages: Sequence[BaseMessage], h: int) -> list[BaseMessage]:
+        """The LLM's finished call of this question that the planner would make first (same
+        tool and arguments, or any draft/revision of the report), with its result, so that
+        a fallback (e.g. the time budget spent while the LLM's report was drafted) answers
+        from it instead of running it again; [] when there is none."""
+        if not hasattr(self.fallback, "shortlist"):
+            return []
+        sl = self.fallback.shortlist(messages[:h + 1], k=1)
+        if sl.call is None:
+            return []
+        from assistant.planner import PLAN_KEY
+
+        turn = messages[h + 1:]
+        results = {m.tool_call_id: m for m in turn if isinstance(m, ToolMessage)
+                   and m.status != "error" and not m.additional_kwargs.get(REPEAT_KEY)
+                   and not m.additional_kwargs.get(SKIPPED_KEY)}
+        for m in reversed(turn):
+            for tc in m.tool_calls if isinstance(m, AIMessage) else []:
+                same = tc["name"] == sl.call["name"] and (
+                    tc["name"] in REUSABLE_TOOLS
+                    or call_signature(tc["name"], tc.get("args", {}))
+                    == call_signature(sl.call["name"], sl.call["args"]))
+                if same and tc.get("id") in results:
+                    plan = {"intent": sl.intent, "score": 1.0, "by": "llm_call_reused"}
+                    return [AIMessage(content="", tool_calls=[tc],
+                                      additional_kwargs={PLAN_KEY: plan}), results[tc["id"]]]
+        return []
+
     def _fall_back(self, request: ModelRequest, handler: Callable[[ModelRequest], Any],
                    messages: list[BaseMessage], h: int | None, own: list[BaseMessage],
                    note: FallbackNote) -> Any:
@@ -1085,6 +1117,8 @@ class ToolCallGuard(AgentMiddleware):
                         "rephrase.",
                 additional_kwargs={WRITER_KEY: "guard", FALLBACK_KEY: note.model_dump()})])
         base = messages[:h + 1] if h is not None else []
+        if not own and h is not None:
+            own = self._reusable(messages, h)
         result = handler(request.override(model=self.fallback, messages=base + list(own)))
         result, msg, put = _split(result)
         if msg is None:

@@ -11,9 +11,10 @@ library (the SIMULATED example patients) and measures, per question:
   ``expect_facts`` appears in the answer, and the answer matches ``expect_says`` (a regular
   expression, case-insensitive) when the question has one;
 * **wrong numbers**: every number and clock time of the answer is found in the text of that
-  answer's tool results (their summaries and full outputs), the question, the earlier answers
-  and questions of the same conversation, or :data:`REFERENCE_NUMBERS`. A number found in none
-  of them is a wrong number (target: none, ever).
+  answer's tool results (their summaries and full outputs), the question, the earlier answers,
+  questions and tool results of the same conversation, or :data:`REFERENCE_NUMBERS`. A number
+  found in none of them is a wrong number (target: none, ever); ``before`` counts the same in
+  an LLM's answer as it wrote it, before the assistant's grounding check.
 
 Questions of one ``conversation`` run in order in one thread (follow-ups, report edits); the
 patient's thread is cleared when a new conversation starts. Also measured: the first answer's
@@ -156,6 +157,8 @@ class QuestionResult(BaseModel):
     wrong_numbers_before : list of str
         The same check on the LLM's answer as it wrote it, before the grounding check
         (``Answer.ungrounded_text``; the answer itself when the check changed nothing).
+    answer_before : str or None
+        That text, when the grounding check changed the answer.
     reasons : list of str
         Why a check failed.
     seconds : float
@@ -180,6 +183,7 @@ class QuestionResult(BaseModel):
     facts_ok: bool = False
     wrong_numbers: list[str] = Field(default_factory=list)
     wrong_numbers_before: list[str] = Field(default_factory=list)
+    answer_before: str | None = None
     reasons: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     answer: str = ""
@@ -388,7 +392,8 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     formatted : dict of str to str
         ``Measure.format()`` of every measure of the patient's night.
     context : sequence of str
-        Earlier questions and answers of the conversation.
+        Earlier questions, answers and tool results of the conversation (a follow-up may
+        quote an earlier result, as the grounding check allows).
     """
     tools = [s.name for s in answer.tool_calls]
     row = QuestionResult(id=question.id, patient=question.patient,
@@ -426,6 +431,7 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     before = getattr(answer, "ungrounded_text", None)
     row.wrong_numbers_before = (wrong_numbers(before, sources) if before is not None
                                 else list(row.wrong_numbers))
+    row.answer_before = before
     if row.wrong_numbers_before != row.wrong_numbers:
         row.reasons.append("grounding withdrew: " + ", ".join(row.wrong_numbers_before))
     return row
@@ -594,7 +600,9 @@ def run_questions(bot: Any, questions: Sequence[Question], *,
                 row.intent = _intent(bot, patient)
                 row.fell_back, row.fallback = fallback_of(answer)
             rows.append(row)
-            context += [q.question, answer.text]
+            # what the next answers may quote: the questions, answers and tool results so far
+            context += [q.question, answer.text,
+                        *(t for step in answer.tool_calls for t in step_texts(step))]
             if progress:
                 mark = "ok  " if row.passed else "FAIL"
                 print(f"{mark} {q.id:<10} {row.seconds:5.1f}s {row.intent or '-':<18} "
@@ -886,7 +894,8 @@ def _run_named_backend(name: str, args: argparse.Namespace, base: Any, library: 
             **_known_fields(AssistantConfig, {**budget,
                                               "compact_tools": True if n_ctx <= 4096 else None,
                                               "shortlist_tools": 4 if args.shortlist is None
-                                              else args.shortlist})})
+                                              else args.shortlist,
+                                              "report_budget_s": 120.0})})
         res = run_backend(config, library, questions, llm_server=server, **common)
     res.update(gguf=str(server.model), n_ctx=n_ctx, threads=args.threads,
                server_start_s=start_s)

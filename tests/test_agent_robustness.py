@@ -335,6 +335,25 @@ def test_time_budget_makes_the_planner_answer(tmp_path, library, ahi):
     assert time.perf_counter() - t0 < 30
 
 
+def test_time_budget_spent_in_a_tool_reuses_its_result(tmp_path, library, ahi):
+    # the LLM's own call is what the planner would call: the fallback answers from its
+    # result instead of running it again (a report drafted by an LLM takes minutes)
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "slow"),
+                      AIMessage("never reached"))
+    bot = _bot(tmp_path, library, model)
+    checks = []
+
+    def spent_after_the_tool(started):  # checked: question start, the call, the tool, next
+        checks.append(started)
+        return len(checks) > 3
+
+    bot.guard._over_budget = spent_after_the_tool
+    answer = bot.ask(OSA, "gimme the AHI")
+    assert answer.fallback.reason == "time_budget"
+    assert [s.name for s in answer.tool_calls] == ["report_facts"]  # run once, not again
+    assert ahi in answer.text and len(model.seen) == 1
+
+
 def test_without_fallback_a_loop_stops_with_a_message(tmp_path, library):
     call = lambda i: _call("report_facts", {}, f"c{i}")  # noqa: E731
     model = _scripted(*[call(i) for i in range(6)])

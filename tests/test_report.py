@@ -276,6 +276,24 @@ def test_llm_failure_falls_back_to_templates(env, reports):
         assert rep.section(key).narrative == reports[HEALTHY].section(key).narrative
 
 
+def test_llm_writer_time_budget_hands_the_rest_to_templates(env, reports, monkeypatch):
+    ctx = _ctx(env, HEALTHY)
+    chat = ScriptedChat()
+    clock = iter(range(0, 10_000, 100))  # each look at the clock: 100 s later
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: float(next(clock)))
+    rep = draft_report(ctx, writer=LLMWriter(chat, budget_s=150))
+    # the budget starts at 0 s: sections at 100 s (LLM) and 200 s (spent: templates onward)
+    assert len(chat.seen) == 1
+    assert len(rep.grounding.fallbacks) == 1
+    assert "time budget (150 s) was spent" in rep.grounding.fallbacks[0]
+    for key in SECTION_ORDER[1:]:
+        assert rep.section(key).narrative == reports[HEALTHY].section(key).narrative
+    # without a budget every section is the LLM's
+    chat2 = ScriptedChat()
+    draft_report(ctx, writer=LLMWriter(chat2))
+    assert len(chat2.seen) >= len(SECTION_ORDER)
+
+
 # --------------------------------------------------------------------------------- edits
 
 
