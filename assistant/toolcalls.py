@@ -119,6 +119,10 @@ _STOPWORDS = frozenset(
     "with from their they them there any are during night patient study one show tell give "
     "gimme please can you about been have has had its his her our just also all".split())
 
+#: Intents the planner answers without the night's data: in shortlist mode the LLM is then
+#: offered no tool (asked about CPAP settings, a 1.5 B model drafted the whole report).
+NO_DATA_INTENTS = frozenset({"out_of_scope", "not_recorded", "help"})
+
 #: Tools whose finished result a fallback reuses whatever the LLM's arguments (a report
 #: draft or revision: slow with an LLM writer, and the same study either way).
 REUSABLE_TOOLS = frozenset({"draft_report", "revise_report"})
@@ -984,6 +988,8 @@ class ToolCallGuard(AgentMiddleware):
             rank = {n: i for i, n in enumerate(sl.tools)}
             tools = sorted((t for t in tools if _tool_name(t) in rank),
                            key=lambda t: rank[_tool_name(t)])
+            if sl.call is None and sl.intent in NO_DATA_INTENTS:
+                tools = []  # out of scope / not recorded: a 1.5 B model drafted a report
             # the hint goes at the end of what the LLM reads: a small model follows it best
             # there, and the system message, tools and history stay a prefix that the server
             # reuses from the question's previous model call
