@@ -123,6 +123,9 @@ _STOPWORDS = frozenset(
 #: offered no tool (asked about CPAP settings, a 1.5 B model drafted the whole report).
 NO_DATA_INTENTS = frozenset({"out_of_scope", "not_recorded", "help"})
 
+#: Intents the planner declines itself in shortlist mode (the LLM is not asked).
+DECLINED_INTENTS = frozenset({"out_of_scope", "not_recorded"})
+
 #: Tools whose finished result a fallback reuses whatever the LLM's arguments (a report
 #: draft or revision: slow with an LLM writer, and the same study either way).
 REUSABLE_TOOLS = frozenset({"draft_report", "revise_report"})
@@ -140,7 +143,7 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 )
 
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
-                         "tool_loop", "time_budget", "model_error"]
+                         "tool_loop", "time_budget", "model_error", "out_of_scope"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -150,6 +153,8 @@ _REASON_TEXT: dict[str, str] = {
     "tool_loop": "the model kept repeating the same tool call",
     "time_budget": "the question's time budget was spent",
     "model_error": "the model call failed",
+    "out_of_scope": ("the question is outside the study (treatment, driving, anything not "
+                     "recorded), which the assistant declines by fixed rule"),
 }
 
 
@@ -164,7 +169,8 @@ class FallbackNote(BaseModel):
     ----------
     reason : str
         ``no_tool_call``, ``unreadable_tool_call``, ``empty_answer``, ``tool_errors``,
-        ``tool_loop``, ``time_budget`` or ``model_error``.
+        ``tool_loop``, ``time_budget``, ``model_error`` or ``out_of_scope`` (shortlist mode:
+        the planner declines what is outside the study itself).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -877,6 +883,8 @@ class ToolCallGuard(AgentMiddleware):
             note = FallbackNote.model_validate(turn[cut].additional_kwargs[FALLBACK_KEY])
             return self._fall_back(request, handler, messages, h, turn[cut:], note)
         note = self._stop_reason(turn, started)
+        if note is None and self.shortlist and h is not None and not turn:
+            note = self._declined(messages, h)
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
         try:
@@ -1079,6 +1087,16 @@ class ToolCallGuard(AgentMiddleware):
         if route.intent not in NO_TOOL_INTENTS:
             return FallbackNote(reason="no_tool_call",
                                 detail=f"the question asks for {route.intent.replace('_', ' ')}")
+        return None
+
+    def _declined(self, messages: Sequence[BaseMessage], h: int) -> FallbackNote | None:
+        """Shortlist mode: a question the planner places out of scope or not recorded is
+        answered by the planner's fixed refusal, never by the small LLM (asked whether to
+        start CPAP or bilevel, a 1.5 B model recommended bilevel)."""
+        sl = self.fallback.shortlist(messages[:h + 1], k=1)
+        if sl.call is None and sl.intent in DECLINED_INTENTS:
+            return FallbackNote(reason="out_of_scope",
+                                detail=f"the planner reads it as {sl.intent.replace('_', ' ')}")
         return None
 
     def _reusable(self, messages: Sequence[BaseMessage], h: int) -> list[BaseMessage]:

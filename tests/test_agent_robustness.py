@@ -406,18 +406,21 @@ def test_shortlist_offers_the_planner_ranked_tools_with_a_hint(tmp_path, library
 
 
 def test_shortlist_for_a_question_needing_no_tool(tmp_path, library):
-    model = _scripted(AIMessage("That is a treatment decision for the clinician."),
+    model = _scripted(AIMessage("Go straight to bilevel."),
                       AIMessage("I can only answer questions about this sleep study."))
     bot = _bot(tmp_path, library, model, shortlist_tools=4, compact_tools=True)
+    # out of scope: the planner's fixed refusal, the small LLM is not asked (a 1.5 B model
+    # recommended bilevel)
     answer = bot.ask(OSA, "Should I start him on CPAP at 10 cm H2O or go straight to bilevel?")
+    assert answer.fallback.reason == "out_of_scope" and not answer.tool_calls
+    assert "bilevel" not in answer.text.replace("go straight to bilevel", "")
+    assert "outside" in answer.text and model.seen == []
+    assert "outside the study" in answer.notices()[0]
+    # a question the router cannot place: the LLM answers, free to pick among the shortlist
+    answer = bot.ask(OSA, "what is the capital of France?")
     assert answer.fallback is None and not answer.tool_calls
     assert "probably needs no tool" in model.seen[0][-1].content
-    # out of scope: no tool offered (the model is called without binding any)
-    assert all(b == [] for b in model.bound) and len(model.seen) == 1
-    # a question the router cannot place: the LLM may still pick among the shortlist
-    answer = bot.ask(OSA, "what is the capital of France?")
-    assert not answer.tool_calls and model.choices[-1] is None
-    assert 1 <= len(model.bound[-1]) <= 4
+    assert model.choices[-1] is None and 1 <= len(model.bound[-1]) <= 4
 
 
 def test_shortlist_off_by_default_offers_every_tool(tmp_path, library):
