@@ -96,7 +96,7 @@ class AssistantConfig(BaseModel):
     shortlist_tools : int
         For small LLMs (1-3 B parameters), which pick the wrong tool among many: offer the LLM
         only this many tools, those the offline planner ranks first for the question, with the
-        planner's proposed first call as a hint in the system message (the LLM may follow it
+        planner's proposed first call as a hint after the question (the LLM may follow it
         or not; see :class:`~assistant.planner.ToolShortlist`). Needs ``fallback``. 0 (the
         default) = every tool, no hint. ``demo.py --gguf`` uses 4.
     report_budget_s : float or None

@@ -97,7 +97,7 @@ class ToolShortlist(BaseModel):
     call: dict[str, Any] | None = None
 
     def hint(self) -> str:
-        """One line for the LLM's system message."""
+        """One line appended to the question the LLM reads."""
         if self.call is None:
             return ("Routing hint: this question probably needs no tool (it is "
                     f"{self.intent.replace('_', ' ')}); answer it directly, or call one of the "

@@ -119,10 +119,6 @@ _STOPWORDS = frozenset(
     "with from their they them there any are during night patient study one show tell give "
     "gimme please can you about been have has had its his her our just also all".split())
 
-#: Intents the planner answers without the night's data: in shortlist mode the LLM is then
-#: offered no tool (asked about CPAP settings, a 1.5 B model drafted the whole report).
-NO_DATA_INTENTS = frozenset({"out_of_scope", "not_recorded", "help"})
-
 #: Intents the planner declines itself in shortlist mode (the LLM is not asked).
 DECLINED_INTENTS = frozenset({"out_of_scope", "not_recorded"})
 
@@ -130,7 +126,7 @@ DECLINED_INTENTS = frozenset({"out_of_scope", "not_recorded"})
 #: draft or revision: slow with an LLM writer, and the same study either way).
 REUSABLE_TOOLS = frozenset({"draft_report", "revise_report"})
 
-#: The system message's last line for a small LLM once a tool has answered.
+#: Appended, in shortlist mode, to the tool result a small LLM reads last.
 ANSWER_HINT = ("Now answer the question from the tool results above: quote their values with "
                "their units and clock times as written; do not compute new numbers, and say "
                "so when the results do not answer it.")
@@ -840,9 +836,10 @@ class ToolCallGuard(AgentMiddleware):
         llama.cpp then streams nothing); 0 = every earlier question.
     shortlist : int
         With a fallback planner: offer the LLM only the (at most) this many tools the planner
-        ranks first for the question (:meth:`~assistant.planner.OfflinePlanner.shortlist`), and
-        on the question's first model call add the planner's proposed call to the system
-        message as a hint the LLM may follow or not. 0 = every tool, no hint.
+        ranks first for the question (:meth:`~assistant.planner.OfflinePlanner.shortlist`); on
+        the question's first model call append the planner's proposed call to the question as
+        a hint the LLM may follow or not (and require a tool call when the planner needs data);
+        let the planner decline out-of-scope questions itself. 0 = every tool, no hint.
     """
 
     state_schema = GuardState
@@ -883,12 +880,14 @@ class ToolCallGuard(AgentMiddleware):
             note = FallbackNote.model_validate(turn[cut].additional_kwargs[FALLBACK_KEY])
             return self._fall_back(request, handler, messages, h, turn[cut:], note)
         note = self._stop_reason(turn, started)
-        if note is None and self.shortlist and h is not None and not turn:
-            note = self._declined(messages, h)
+        sl = (self.fallback.shortlist(messages[:h + 1], k=self.shortlist)
+              if self.shortlist and h is not None else None)
+        if note is None and sl is not None and not turn:
+            note = self._declined(sl)
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
         try:
-            result = handler(self._for_llm(request, h))
+            result = handler(self._for_llm(request, h, sl))
         except Exception as exc:  # noqa: BLE001 - any failure of the model call falls back
             from assistant.llm_server import LLMServerCrashed
 
@@ -974,10 +973,11 @@ class ToolCallGuard(AgentMiddleware):
                                 detail=f"{len(errors)} failed; last: {_text(errors[-1])[:160]}")
         return None
 
-    def _for_llm(self, request: ModelRequest, h: int | None) -> ModelRequest:
+    def _for_llm(self, request: ModelRequest, h: int | None, sl: Any = None) -> ModelRequest:
         """The request as the LLM gets it: compact tools and results in compact mode, the
-        shortlisted tools with the routing hint in shortlist mode."""
-        if not self.compact and not self.shortlist:
+        shortlisted tools (``sl``, a :class:`~assistant.planner.ToolShortlist`) with the
+        routing hint in shortlist mode."""
+        if not self.compact and sl is None:
             return request
         tools = list(request.tools)
         messages = list(request.messages)
@@ -991,13 +991,10 @@ class ToolCallGuard(AgentMiddleware):
                     if short != _text(m):
                         messages[i] = m.model_copy(update={"content": short})
         overrides: dict[str, Any] = {}
-        if self.shortlist and h is not None:
-            sl = self.fallback.shortlist(request.messages[:h + 1], k=self.shortlist)
+        if sl is not None and h is not None:
             rank = {n: i for i, n in enumerate(sl.tools)}
             tools = sorted((t for t in tools if _tool_name(t) in rank),
                            key=lambda t: rank[_tool_name(t)])
-            if sl.call is None and sl.intent in NO_DATA_INTENTS:
-                tools = []  # out of scope / not recorded: a 1.5 B model drafted a report
             # the hint goes at the end of what the LLM reads: a small model follows it best
             # there, and the system message, tools and history stay a prefix that the server
             # reuses from the question's previous model call
@@ -1089,11 +1086,11 @@ class ToolCallGuard(AgentMiddleware):
                                 detail=f"the question asks for {route.intent.replace('_', ' ')}")
         return None
 
-    def _declined(self, messages: Sequence[BaseMessage], h: int) -> FallbackNote | None:
+    @staticmethod
+    def _declined(sl: Any) -> FallbackNote | None:
         """Shortlist mode: a question the planner places out of scope or not recorded is
         answered by the planner's fixed refusal, never by the small LLM (asked whether to
         start CPAP or bilevel, a 1.5 B model recommended bilevel)."""
-        sl = self.fallback.shortlist(messages[:h + 1], k=1)
         if sl.call is None and sl.intent in DECLINED_INTENTS:
             return FallbackNote(reason="out_of_scope",
                                 detail=f"the planner reads it as {sl.intent.replace('_', ' ')}")
