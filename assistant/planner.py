@@ -841,11 +841,67 @@ def _results(turn: Sequence[BaseMessage]) -> list[ToolResult]:
 
 
 def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
-    """The last list of intervals/events and the item talked about last (or None)."""
-    for m in reversed(history):
-        if isinstance(m, AIMessage) and m.additional_kwargs.get(REFS_KEY):
+    """The last list of intervals/events and the item talked about last (or None).
+
+    An answer the planner wrote carries its list (``REFS_KEY``). An answer an LLM wrote does
+    not: its list is the events or intervals of the ``list_events`` / ``localize`` results it
+    was given in that turn, in the order the tool returned them (the order an LLM lists them
+    in), so "and the second one?" after an LLM's answer resolves as it does after the
+    planner's.
+    """
+    for i in range(len(history) - 1, -1, -1):
+        m = history[i]
+        if not isinstance(m, AIMessage):
+            continue
+        if m.additional_kwargs.get(REFS_KEY):
             return list(m.additional_kwargs[REFS_KEY]), m.additional_kwargs.get(FOCUS_KEY)
+        if m.tool_calls or REFS_KEY in m.additional_kwargs:
+            continue  # a call, or a planner answer whose list was empty
+        refs = _tool_refs(history[:i])
+        if refs:
+            return refs, None
     return [], None
+
+
+def _field(obj: Any, key: str, default: Any = None) -> Any:
+    """``obj.key`` or ``obj[key]`` (a tool result is a dict after a checkpoint round trip)."""
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _tool_refs(before: Sequence[BaseMessage]) -> list[dict]:
+    """The refs of the last ``list_events`` / ``localize`` result in the turn that ends
+    ``before`` (the messages back to its question)."""
+    for m in reversed(before):
+        if isinstance(m, HumanMessage):
+            return []
+        if not isinstance(m, ToolMessage) or m.status == "error":
+            continue
+        art = getattr(m, "artifact", None)
+        res = _field(art, "result") if art is not None else None
+        if res is None:
+            continue
+        if m.name == "list_events" and _field(res, "events"):
+            return [{"kind": "event", "label": _field(e, "type"),
+                     "start_s": _field(e, "onset_s"), "end_s": _field(e, "end_s"),
+                     "first_epoch": max(int(_field(e, "epoch", 0)), 0),
+                     "last_epoch": max(int(_field(e, "epoch", 0)), 0),
+                     "clock": _field(e, "clock"), "stage": _field(e, "stage")}
+                    for e in _field(res, "events")]
+        if m.name == "localize" and _field(res, "intervals"):
+            label = str(_field(res, "query", "") or "interval")
+            out = []
+            for iv in _field(res, "intervals"):
+                sp = _field(iv, "span")
+                out.append({"kind": "interval", "label": label,
+                            "start_s": _field(sp, "start_s"), "end_s": _field(sp, "end_s"),
+                            "first_epoch": _field(sp, "first_epoch"),
+                            "last_epoch": _field(sp, "last_epoch"),
+                            "clock": _field(sp, "start_clock"),
+                            "stage": _field(sp, "main_stage")})
+            return out
+    return []
 
 
 def _error_answer(r: ToolResult) -> str:

