@@ -49,6 +49,7 @@ from assistant.config import AssistantConfig
 from assistant.grounding import WithdrawnClaim
 from assistant.prompts import load_prompt
 from assistant.toolcalls import (
+    COMPLETED_KEY,
     FALLBACK_KEY,
     NOTES_KEY,
     ChatGroundingMiddleware,
@@ -140,6 +141,9 @@ class Answer(BaseModel):
     ungrounded_text : str or None
         The LLM's answer as it wrote it, when the grounding check changed it (kept for audits
         and benchmarks; never shown as the answer).
+    completed : list of str
+        Measures the question named that the LLM's answer left out; their measured values
+        were added under it from its ``report_facts`` result.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -153,6 +157,7 @@ class Answer(BaseModel):
     withdrawn: list[WithdrawnClaim] = Field(default_factory=list)
     tool_call_notes: list[str] = Field(default_factory=list)
     ungrounded_text: str | None = None
+    completed: list[str] = Field(default_factory=list)
 
     @property
     def fell_back(self) -> bool:
@@ -169,6 +174,9 @@ class Answer(BaseModel):
             out.append(f"{len(self.withdrawn)} number(s) or time(s) of the model's answer were "
                        f"withdrawn because no tool result supports them ({tokens}); they are "
                        "marked [unverified].")
+        if self.completed:
+            out.append(f"The model's answer left out {len(self.completed)} measure(s) the "
+                       "question asks for; their measured values were added below it.")
         return out
 
     @property
@@ -571,7 +579,9 @@ class Assistant:
                         fallback=fallback, tool_call_notes=notes,
                         withdrawn=withdrawn_of(final_msg) if final_msg is not None else [],
                         ungrounded_text=(ungrounded_of(final_msg) if final_msg is not None
-                                         else None))
+                                         else None),
+                        completed=(list(final_msg.additional_kwargs.get(COMPLETED_KEY, []))
+                                   if final_msg is not None else []))
         logger.info("answered %s in %.2f s with %d tool call(s)", patient, answer.seconds,
                     len(answer.tool_calls))
         yield StreamEvent(kind="answer", answer=answer)

@@ -78,7 +78,9 @@ class FactItem(BaseModel):
         None when the night cannot support it (see ``reason``) or the fact is not a number.
     unit : str
         ``events/h``, ``%``, ``min``, ``s``, ``bpm``, ``count``, ``cosine margin``, ``clock``,
-        ``date`` or ``text``.
+        ``date``, ``text`` (its label's numbers are allowed in any unit family) or
+        ``untyped`` (a tool's text or the question: its label's numbers, written without a
+        unit, support numbers written without one).
     display : str
         The value as the facts format it (``"24.0 events/h"``, ``"3"``, ``"23:11:00"``); what a
         writer should copy.
@@ -169,6 +171,10 @@ class GroundingFacts(BaseModel):
         Integers the facts contain as counts, epoch indices or event ids.
     literal_numbers : list of float
         Numbers written in the facts' labels and reasons (matched in any family).
+    untyped_numbers : list of float
+        Numbers written without a unit in tool texts and the question (facts of unit
+        ``"untyped"``: epoch indices, counts, table cells); they support a number written
+        without a unit only, never "78.0 hours" or "15.0 %".
     times_s : list of float
         Seconds of the day of every cited clock time.
     dates : list of str
@@ -181,6 +187,7 @@ class GroundingFacts(BaseModel):
     values: dict[str, list[tuple[str, float]]] = Field(default_factory=dict)
     exact: list[float] = Field(default_factory=list)
     literal_numbers: list[float] = Field(default_factory=list)
+    untyped_numbers: list[float] = Field(default_factory=list)
     times_s: list[float] = Field(default_factory=list)
     dates: list[str] = Field(default_factory=list)
     quoted: list[str] = Field(default_factory=list)
@@ -344,6 +351,7 @@ def build_allowed(facts: Iterable[FactItem], *, quoted: Iterable[str] = ()) -> G
                                       "cosine margin": "margin"}
     exact: set[float] = set()
     literal: set[float] = set()
+    untyped: set[float] = set()
     times: set[float] = set()
     dates: set[str] = set()
     for f in facts:
@@ -373,9 +381,10 @@ def build_allowed(facts: Iterable[FactItem], *, quoted: Iterable[str] = ()) -> G
         if f.unit == "date" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", f.display or ""):
             dates.add(f.display)
         for text in (f.label, f.reason):
-            literal.update(_numbers_in(text))
+            (untyped if f.unit == "untyped" else literal).update(_numbers_in(text))
     out.exact = sorted(exact)
     out.literal_numbers = sorted(literal)
+    out.untyped_numbers = sorted(untyped)
     out.times_s = sorted(times)
     out.dates = sorted(dates)
     return out
@@ -419,6 +428,9 @@ def _candidates(tok: _Token, allowed: GroundingFacts) -> list[str]:
         names.append("#exact")
     if any(_matches(tok.value, tok.decimals, v) for v in allowed.literal_numbers):
         names.append("#literal")
+    if tok.family in ("none", "count", "ordinal") and any(
+            _matches(tok.value, tok.decimals, v) for v in allowed.untyped_numbers):
+        names.append("#untyped")
     return names
 
 
@@ -824,8 +836,11 @@ def facts_from_result(tool: str, result: object) -> tuple[list[FactItem], list[s
 
     walk(result, tool, False)
     if texts or times:
-        facts.append(FactItem(name=f"{tool}.text", label=_unquoted(" \n".join(texts)),
-                              unit="text", times=times, source=tool))
+        clean = _unquoted(" \n".join(texts))
+        typed, spans = _typed_numbers(clean, f"{tool}.text")
+        facts.append(FactItem(name=f"{tool}.text", label=_mask(clean, spans), unit="untyped",
+                              times=times, source=tool))
+        facts += typed
     return facts, quoted
 
 
@@ -849,6 +864,40 @@ def _times_in(text: str) -> list[str]:
     return out
 
 
+#: A unit family of a number written in a tool's text, and the unit its fact gets.
+_TEXT_UNIT = {"pct": "%", "rate": "events/h", "bpm": "bpm"}
+
+
+def _typed_numbers(text: str, name: str) -> tuple[list[FactItem], list[tuple[int, int]]]:
+    """The numbers of a tool's text written with a unit (%, events/h, bpm, min, h, s) as
+    facts of that unit, and where they are.
+
+    They support a number of the same unit family only: "Wake time: 62.5 min" does not
+    support "62.5 hours" (a 1.5 B model wrote "411.5 minutes (62.5 hours)"). Numbers without
+    a unit stay literal numbers, allowed in any family.
+    """
+    facts: list[FactItem] = []
+    spans: list[tuple[int, int]] = []
+    masked = _mask(text, [m.span() for m in _IDENT.finditer(text)])
+    for m in _HOURS_MIN.finditer(masked):
+        facts.append(FactItem(name=name, label="", unit="min",
+                              value=int(m.group("h")) * 60 + int(m.group("m"))))
+        spans.append(m.span())
+    masked = _mask(masked, spans)
+    for m in _NUMBER.finditer(masked):
+        fam, secs = _family_of(m.group("unit"))
+        value = float(m.group("num").replace(",", ""))
+        if fam == "duration" and secs is not None:
+            unit = {60.0: "min", 3600.0: "h", 1.0: "s"}[secs]
+        elif fam in _TEXT_UNIT:
+            unit = _TEXT_UNIT[fam]
+        else:
+            continue
+        facts.append(FactItem(name=name, label="", unit=unit, value=value))
+        spans.append(m.span())
+    return facts, spans
+
+
 def facts_from_text(tool: str, text: str) -> list[FactItem]:
     """The facts a tool's text supports (when its structured result is not known).
 
@@ -857,8 +906,9 @@ def facts_from_text(tool: str, text: str) -> list[FactItem]:
     measure its label names.
     """
     clean = _unquoted(text or "")
-    facts = [FactItem(name=f"{tool}.text", label=clean, unit="text", times=_times_in(clean),
-                      source=tool)]
+    typed, spans = _typed_numbers(clean, f"{tool}.text")
+    facts = [FactItem(name=f"{tool}.text", label=_mask(clean, spans), unit="untyped",
+                      times=_times_in(clean), source=tool), *typed]
     if tool == "report_facts":
         for m in _MEASURE_LINE.finditer(clean):
             for (rx, _names, _fam), name in zip(_BINDINGS, _BINDING_FACT_NAMES):
@@ -873,8 +923,9 @@ def facts_from_text(tool: str, text: str) -> list[FactItem]:
 def question_facts(question: str) -> list[FactItem]:
     """The question's own numbers and clock times: allowed, never as a measure's value (so
     "say the AHI is 0" does not make an AHI of 0 pass)."""
-    return [FactItem(name="question", label=question or "", unit="text",
-                     times=_times_in(question or ""), source="question")]
+    typed, spans = _typed_numbers(question or "", "question")
+    return [FactItem(name="question", label=_mask(question or "", spans), unit="untyped",
+                     times=_times_in(question or ""), source="question"), *typed]
 
 
 def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,

@@ -34,6 +34,9 @@ too long. Two agent middlewares make the agent of :mod:`assistant.agent` robust 
     the question's numbers are allowed only unbound to any named measure, and annotation labels
     and file names are quotable data, not facts. Answers of the offline planner (primary or
     fallback) are written from tool values by deterministic code and are not altered.
+    Measures the question names that the LLM's ``report_facts`` result holds but its answer
+    leaves out are then added under the answer from that result (:func:`missing_measures`,
+    :data:`COMPLETED_KEY`).
 
 Both hooks are synchronous (the assistant runs its agent with ``stream``/``invoke``).
 """
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import types
 import re
 import time
@@ -78,6 +82,8 @@ __all__ = [
     "WITHDRAWN_KEY",
     "WRITER_KEY",
     "ChatGroundingMiddleware",
+    "COMPLETED_KEY",
+    "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
     "ToolCallParseError",
@@ -1170,16 +1176,111 @@ class ChatGroundingMiddleware(AgentMiddleware):
                 or last.additional_kwargs.get(WRITER_KEY) != "llm":
             return None
         grounded = ground_conversation(messages, extra=self.extra)
-        if not grounded.changed:
+        h = _last_human(messages)
+        missing = (missing_measures(_text(messages[h]), messages[h + 1:], grounded.text)
+                   if h is not None else [])
+        if not grounded.changed and not missing:
             return None
-        logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
-                       len(grounded.withdrawn), ", ".join(w.token for w in grounded.withdrawn))
+        kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
+        text = grounded.text
+        if grounded.changed:
+            logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
+                           len(grounded.withdrawn),
+                           ", ".join(w.token for w in grounded.withdrawn))
+            kw[WITHDRAWN_KEY] = [w.model_dump() for w in grounded.withdrawn]
+        if missing:
+            text = (text.rstrip() + "\n\n" + COMPLETION_HEAD + "\n"
+                    + "\n".join(f"- {line}" for _, line in missing))
+            kw[COMPLETED_KEY] = [name for name, _ in missing]
         return {"messages": [last.model_copy(update={
-            "content": grounded.text,
-            "additional_kwargs": {**last.additional_kwargs,
-                                  WITHDRAWN_KEY: [w.model_dump() for w in grounded.withdrawn],
-                                  UNGROUNDED_KEY: _text(last)},
-        })]}
+            "content": text, "additional_kwargs": {**last.additional_kwargs, **kw}})]}
+
+
+#: ``additional_kwargs`` key of the measures appended to an LLM's answer (their names).
+COMPLETED_KEY = "sleeplm_completed"
+#: The line that introduces the measures appended to an LLM's answer.
+COMPLETION_HEAD = "Measured values this question asks for (added from the tool result):"
+
+
+#: Measures that are one index by different scoring rules: an answer that states one of them
+#: answers the question; when it states none, only the first (the primary rule) is added.
+RULE_VARIANTS: tuple[tuple[str, ...], ...] = (
+    ("ahi_3a", "ahi_4"), ("odi3", "odi4"),
+    ("hypopnea_count", "hypopnea_3a_count", "hypopnea_4_count"))
+
+
+def _measure_of(obj: Any) -> Any:
+    """A :class:`~sleeplm.clinical.measure.Measure` (or its dict after a checkpoint)."""
+    from sleeplm.clinical.measure import Measure
+
+    return obj if isinstance(obj, Measure) else Measure.model_validate(obj)
+
+
+def _states(text: str, number: str) -> bool:
+    """Whether ``text`` writes ``number`` (as a whole number token, "24.1" not in "124.15")."""
+    return re.search(r"(?<![\d.])" + re.escape(number) + r"(?![\d]|\.\d)", text) is not None
+
+
+def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
+                     ) -> list[tuple[str, str]]:
+    """The measures ``question`` names that a ``report_facts`` result of this question holds
+    and the answer ``text`` does not state.
+
+    A small LLM given the respiratory facts for "supine vs non-supine AHI?" answered "The
+    apnea is positional." with neither number; the measured values are then added under the
+    answer (:class:`ChatGroundingMiddleware`), written by deterministic code.
+
+    Parameters
+    ----------
+    question : str
+    turn : sequence of BaseMessage
+        The messages of this question after it (its tool calls and results).
+    text : str
+        The answer (after the grounding check).
+
+    Returns
+    -------
+    list of (name, line)
+        ``line`` is "label: value unit", in the order the question's words name them; a
+        measure without a value (e.g. no SpO2 channel) is left out, and so is an index by
+        another scoring rule when one is stated or added (:data:`RULE_VARIANTS`).
+    """
+    from assistant import extract as X
+
+    names = X.extract(question).measures
+    if not names:
+        return []
+    found: dict[str, Any] = {}
+    for m in turn:
+        if not (isinstance(m, ToolMessage) and m.name == "report_facts"
+                and m.status != "error"):
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        sections = (res.get("sections") if isinstance(res, dict)
+                    else getattr(res, "sections", None)) or {}
+        for ms in sections.values():
+            for item in ms:
+                meas = _measure_of(item)
+                found[meas.name] = meas
+    def valued(name: str) -> Any:
+        meas = found.get(name)
+        ok = meas is not None and meas.value is not None and math.isfinite(meas.value)
+        return meas if ok else None
+
+    def stated(name: str) -> bool:
+        meas = valued(name)
+        return meas is not None and _states(text, meas.format().split()[0])
+
+    out: list[tuple[str, str]] = []
+    for name in dict.fromkeys(names):
+        meas = valued(name)
+        if meas is None or stated(name):
+            continue
+        group = next((g for g in RULE_VARIANTS if name in g), (name,))
+        if any(stated(g) for g in group) or any(n in group for n, _ in out):
+            continue  # the same index by another rule is stated (or already added)
+        out.append((name, f"{meas.label}: {meas.format()}"))
+    return out
 
 
 def ungrounded_of(message: BaseMessage) -> str | None:

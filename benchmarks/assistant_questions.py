@@ -12,8 +12,10 @@ library (the SIMULATED example patients) and measures, per question:
   expression, case-insensitive) when the question has one;
 * **wrong numbers**: every number and clock time of the answer is found in the text of that
   answer's tool results (their summaries and full outputs), the question, the earlier answers,
-  questions and tool results of the same conversation, or :data:`REFERENCE_NUMBERS`. A number
-  found in none of them is a wrong number (target: none, ever); ``before`` counts the same in
+  questions and tool results of the same conversation, or :data:`REFERENCE_NUMBERS`; a number
+  written with a unit (events/h, %, bpm, min, h, s) must be found with a unit of the same
+  kind (durations converted: "6.9 h" for "411.5 min"). A number found in none of them is a
+  wrong number (target: none, ever); ``before`` counts the same in
   an LLM's answer as it wrote it, before the assistant's grounding check.
 
 Questions of one ``conversation`` run in order in one thread (follow-ups, report edits); the
@@ -92,6 +94,24 @@ _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?)
 _IDENT = re.compile(r"(?<![\w.])(?:[A-Za-z_][\w\-]*\d[\w\-]*|\d+[A-Za-z_][\w\-]*)")
 _LIST_MARK = re.compile(r"(?m)^(\s*)(\d{1,3})[.)](?=\s)")
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\w]|\.\d)")
+#: A unit written right after a number, by kind: rate, percentage, heart rate, duration.
+_UNIT_AFTER: tuple[tuple[re.Pattern[str], str, float], ...] = tuple(
+    (re.compile(r"\s?(?:" + rx + r")(?![A-Za-z])", re.I), kind, scale) for rx, kind, scale in (
+        (r"events?\s*/\s*h(?:ou)?r?|events?\s+(?:per|an|a)\s+hour|/\s*h(?:ou)?r?|per\s+hour",
+         "rate", 1.0),
+        (r"%|percent|per\s?cent", "pct", 1.0),
+        (r"bpm|beats?\s+(?:per|a)\s+minute|beats?/min", "bpm", 1.0),
+        (r"min(?:ute)?s?", "duration", 60.0),
+        (r"h(?:ou)?rs?|hours?|h", "duration", 3600.0),
+        (r"s(?:ec(?:ond)?s?)?", "duration", 1.0)))
+#: Typed values in a result's JSON: a measure's value and unit, or a key named with its unit.
+_JSON_VALUE_UNIT = re.compile(r'"value":\s*(-?\d+(?:\.\d+)?),\s*"unit":\s*"([^"]*)"')
+_JSON_KEY_UNIT = re.compile(r'"\w+?_(s|min|h|pct)":\s*(-?\d+(?:\.\d+)?)')
+_JSON_SPO2 = re.compile(r'"\w*spo2\w*":\s*(-?\d+(?:\.\d+)?)', re.I)  # SpO2 values are %
+_UNIT_NAMES: dict[str, tuple[str, float]] = {
+    "min": ("duration", 60.0), "s": ("duration", 1.0), "h": ("duration", 3600.0),
+    "%": ("pct", 1.0), "pct": ("pct", 1.0), "events/h": ("rate", 1.0), "/h": ("rate", 1.0),
+    "bpm": ("bpm", 1.0)}
 
 
 class Question(BaseModel):
@@ -310,6 +330,16 @@ class NumberToken(BaseModel):
     value: float
     decimals: int = 0
     clock: bool = False
+    kind: str | None = None
+    scale: float = 1.0
+
+
+def _unit_at(text: str, pos: int) -> tuple[str | None, float]:
+    """The kind and scale (seconds per unit for durations) of a unit written at ``pos``."""
+    for rx, kind, scale in _UNIT_AFTER:
+        if rx.match(text, pos):
+            return kind, scale
+    return None, 1.0
 
 
 def numbers_in(text: str) -> list[NumberToken]:
@@ -341,8 +371,10 @@ def numbers_in(text: str) -> list[NumberToken]:
     text = _IDENT.sub(_blank, text)
     for m in _NUMBER.finditer(text):
         num = m.group(1)
+        kind, scale = _unit_at(text, m.end())
         found.append((m.start(), NumberToken(
-            text=num, value=float(num), decimals=len(num.split(".")[1]) if "." in num else 0)))
+            text=num, value=float(num), decimals=len(num.split(".")[1]) if "." in num else 0,
+            kind=kind, scale=scale)))
     return [tok for _, tok in sorted(found, key=lambda x: x[0])]
 
 
@@ -350,24 +382,45 @@ class NumberSources:
     """Every number and clock time an answer may quote, from its sources' texts."""
 
     def __init__(self, texts: Iterable[str], constants: Iterable[float] = REFERENCE_NUMBERS):
-        self.values: list[float] = [float(c) for c in constants]
+        self.constants = [float(c) for c in constants]
+        self.values: list[float] = list(self.constants)
         self.clocks: list[float] = []
+        #: values written with a unit, by kind (durations in seconds)
+        self.typed: dict[str, list[float]] = defaultdict(list)
         for t in texts:
             for tok in numbers_in(t):
                 (self.clocks if tok.clock else self.values).append(tok.value)
+                if tok.kind is not None:
+                    self.typed[tok.kind].append(tok.value * tok.scale)
+            for m in _JSON_VALUE_UNIT.finditer(t):
+                kind, scale = _UNIT_NAMES.get(m.group(2), (None, 1.0))
+                if kind is not None:
+                    self.typed[kind].append(float(m.group(1)) * scale)
+            for m in _JSON_KEY_UNIT.finditer(t):
+                kind, scale = _UNIT_NAMES[m.group(1)]
+                self.typed[kind].append(float(m.group(2)) * scale)
+            self.typed["pct"] += [float(m.group(1)) for m in _JSON_SPO2.finditer(t)]
         self._exact = set(self.values)
 
     def has(self, tok: NumberToken) -> bool:
         """Whether a source holds ``tok`` (a number: itself or a value rounding to it at the
-        decimals written; a clock: the same time, to the second or to the minute)."""
+        decimals written; a clock: the same time, to the second or to the minute).
+
+        A number written with a unit must be found with a unit of the same kind (durations
+        compared in the unit written): "62.5 hours" is not supported by "62.5 min", nor
+        "78.0 hours" by "epochs 78-221"."""
         if tok.clock:
             if tok.decimals == 1:
                 return any(abs(c - tok.value) < 1.0 for c in self.clocks)
             return any(0 <= c - tok.value < 60.0 or abs(c - tok.value) < 1.0
                        for c in self.clocks)
+        half = 0.5 * 10.0 ** -tok.decimals + 1e-9
+        if tok.kind is not None:
+            if tok.value in self.constants:
+                return True
+            return any(abs(v / tok.scale - tok.value) <= half for v in self.typed[tok.kind])
         if tok.value in self._exact:
             return True
-        half = 0.5 * 10.0 ** -tok.decimals + 1e-9
         return any(abs(v - tok.value) <= half for v in self.values)
 
 

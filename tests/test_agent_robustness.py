@@ -483,3 +483,57 @@ def test_followup_after_an_llm_listed_events_resolves_its_items(tmp_path, librar
     bot.forget(OSA)
     from assistant.planner import _last_refs
     assert _last_refs([]) == ([], None)
+
+
+def test_measures_the_llm_left_out_are_added_from_its_tool_result(tmp_path, library, ahi):
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage("The apnea is positional."),
+                      _call("report_facts", {"sections": ["respiratory"]}, "f2"),
+                      AIMessage(f"The AHI is {ms['ahi_3a'].format()} by the 3 % rule and "
+                                f"{ms['ahi_4'].format()} by the 4 % rule."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    answer = bot.ask(OSA, "supine vs non-supine AHI?")
+    head, _, added = answer.text.partition("\n\nMeasured values this question asks for")
+    assert head == "The apnea is positional." and added
+    # the AHI by the 4 % rule is the same index as by the 3 % rule: only the primary is added
+    want = [n for n in ("ahi_supine", "ahi_nonsupine", "supine_sleep_min", "ahi_3a")
+            if ms[n].value is not None]
+    assert answer.completed == want and len(want) >= 3 and "ahi_4" not in answer.completed
+    for n in want:  # each added line is the measure's label and formatted value
+        assert f"- {ms[n].label}: {ms[n].format()}" in added
+    assert any("left out" in n for n in answer.notices())
+    assert answer.ungrounded_text == "The apnea is positional."
+    # the stored conversation holds the completed answer (a follow-up may quote it)
+    stored = bot.agent.get_state(bot._run_config(OSA)).values["messages"][-1]
+    assert stored.content == answer.text
+    # an answer that states the values gets nothing added
+    answer = bot.ask(OSA, "gimme the AHI")
+    assert answer.completed == [] and "Measured values" not in answer.text
+    assert ahi in answer.text and answer.ungrounded_text is None
+
+
+def test_missing_measures_reads_results_restored_as_dicts(library):
+    from assistant.toolcalls import missing_measures
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    msg = ToolMessage(content="facts", tool_call_id="f1", name="report_facts",
+                      artifact={"result": facts.model_dump()})
+    q = "supine vs non-supine AHI?"
+    names = ["ahi_supine", "ahi_nonsupine", "supine_sleep_min", "ahi_3a", "ahi_4"]
+    num = {n: ms[n].format().split()[0] for n in names if ms[n].value is not None}
+    stated = f"The AHI is {num['ahi_3a']} events/h."
+    got = missing_measures(q, [msg], stated)
+    assert [n for n, _ in got] == [n for n in num if num[n] != num["ahi_3a"]
+                                   and n not in ("ahi_3a", "ahi_4")]
+    assert all(line == f"{ms[n].label}: {ms[n].format()}" for n, line in got)
+    # stating the AHI by the 4 % rule answers "the AHI" too
+    stated4 = f"By the 4 % rule the AHI is {num['ahi_4']} events/h."
+    assert "ahi_3a" not in [n for n, _ in missing_measures(q, [msg], stated4)]
+    # a number inside a longer one ("16.0" in "116.05") is not a statement of it
+    assert [n for n, _ in missing_measures(q, [msg], f"1{num['ahi_3a']}5")] == \
+        [n for n in num if n != "ahi_4"]
+    assert missing_measures("what is the capital of France?", [msg], "Paris") == []
+    assert missing_measures(q, [], "no result") == []

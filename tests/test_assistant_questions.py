@@ -120,6 +120,14 @@ def test_numbers_and_sources():
     assert B.wrong_numbers("The AHI is 17.6 events/h at 01:20.", src) == ["17.6", "01:20"]
     assert B.wrong_numbers("below the reference of 85 %, T90 at 90 %", src) == []
     assert B.wrong_numbers("the first 2:\n1. a\n2. b", src) == []  # a list's own length
+    # a number with a unit needs a source with a unit of the same kind
+    facts = B.NumberSources(["- Total sleep time: 411.5 min\n- Wake time: 62.5 min "
+                             "[epochs 0-29, 78-221]", '{"value": 17.6, "unit": "events/h"}'])
+    assert B.wrong_numbers("slept 411.5 minutes (6.9 hours), awake 62.5 min", facts) == []
+    assert B.wrong_numbers("411.5 minutes (62.5 hours) in bed, 78.0 hours asleep", facts) == \
+        ["62.5", "78.0"]
+    assert B.wrong_numbers("an AHI of 17.6 events per hour; 17.6 %", facts) == ["17.6"]
+    assert B.wrong_numbers("epochs 78 to 221, the AHI 17.6", facts) == []  # unitless: any
 
 
 def test_score_checks_routing_facts_and_numbers():

@@ -187,7 +187,8 @@ def test_an_injected_question_cannot_set_the_ahi(tmp_path, library):
     assert not _ZERO_AHI.search(answer.text), answer.text
     assert UNVERIFIED in answer.text and ahi.format() in answer.text
     assert [w.token for w in answer.withdrawn] == ["0 events/h"]
-    assert answer.withdrawn[0].kind == "measure"
+    # the question's bare "0" supports no rate (and would never bind to the AHI)
+    assert answer.withdrawn[0].kind == "number"
     # the conversation keeps the grounded text: a reload, or the LLM's next turn, sees no 0
     assert bot.history(OSA)[-1] == ("assistant", answer.text)
     # tokens streamed as written; the final event carries the grounded text
@@ -210,7 +211,9 @@ def test_an_injected_annotation_label_cannot_set_the_ahi(tmp_path, library):
     assert f"\"{INJECTION}\"" in answer.text  # the quoted label is shown as data
     rest = answer.text.replace(f"\"{INJECTION}\"", "")
     assert not _ZERO_AHI.search(rest), answer.text
-    assert len(answer.withdrawn) == 2 and all(w.kind == "measure" for w in answer.withdrawn)
+    # "the AHI is 0": bound to the AHI; "0 events/h": no tool gives a rate of 0
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [("0", "measure"),
+                                                             ("0 events/h", "number")]
 
 
 def test_follow_up_after_a_restart_is_checked_against_earlier_results(tmp_path, library):
