@@ -1007,6 +1007,133 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     return out
 
 
+_MEASURE_FAMILY: dict[str, Family] = {"%": "pct", "events/h": "rate", "/h": "rate",
+                                      "bpm": "bpm", "min": "duration", "s": "duration",
+                                      "h": "duration", "count": "count"}
+
+
+def _measure_matches(tok: _Token, value: float, unit: str) -> bool:
+    """Whether a written number states a measure's value (durations in the unit written)."""
+    fam = _MEASURE_FAMILY.get(unit, "none")
+    if tok.family == "duration" and fam == "duration":
+        return _duration_matches(tok, value * {"min": 60.0, "s": 1.0, "h": 3600.0}[unit])
+    return _matches(tok.value, tok.decimals, value)
+
+
+def misbound_numbers(text: str, measures: Iterable[object], question: str
+                     ) -> list[WithdrawnClaim]:
+    """Numbers written right after words that name a measure the question asks for, but that
+    are not its value.
+
+    The words are those the question parser knows (:data:`assistant.extract.MEASURE_WORDS`:
+    "WASO", "awakenings", "REM AHI", "deep sleep", ...), for the measures the question names.
+    In a sentence of the answer that names one of them (and cites no clock time or epoch: a
+    sentence about one event or epoch, whose numbers are not the night's), a number within
+    four words after the words, of a unit kind the measure can have (a count: an integer),
+    must be the value of a measure the sentence's words name (any measure, asked for or
+    not); else it is withdrawn even when the
+    number occurs elsewhere in the tool results (a 1.5 B model wrote "Number of awakenings:
+    20" from "and 20 more runs" and "WASO: 113.0 min" from another duration; the measured
+    values were 23 and 86.5 min).
+
+    Parameters
+    ----------
+    text : str
+        An answer (after :func:`ground_answer`; ``[unverified]`` holds no number).
+    measures : iterable of Measure
+        The measured values (``name``, ``value``, ``unit``) of the conversation's facts.
+    question : str
+        The question the answer answers.
+
+    Returns
+    -------
+    list of WithdrawnClaim
+        Each with ``kind="measure"``; its ``token`` is the number as written. Where it is in
+        ``text`` is found with :func:`misbound_spans`.
+    """
+    return [w for _a, _b, w in misbound_spans(text, measures, question)]
+
+
+_EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
+#: Evidence in brackets, as report_facts writes it ("[epochs 33-39, 41-42 and 20 more runs]").
+_EVIDENCE = re.compile(r"\[[^\]\n]*\]")
+_LABEL_STOP = frozenset({"in", "of", "the", "a", "an", "during", "per", "and", "or", "by",
+                         "from", "to", "with"})
+
+
+def _label_words(label: str) -> set[str]:
+    """The words of a measure's label, without its parenthesised rule and small words."""
+    bare = re.sub(r"\([^)]*\)", " ", label.lower())
+    return set(re.findall(r"[a-z0-9]+", bare)) - _LABEL_STOP
+
+
+def misbound_spans(text: str, measures: Iterable[object], question: str
+                   ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """:func:`misbound_numbers` with where each number is in ``text`` (start, end)."""
+    from assistant.extract import MEASURE_WORDS
+
+    by_name = {}
+    for m in measures:
+        v = getattr(m, "value", None)
+        if v is not None and math.isfinite(v):
+            by_name[getattr(m, "name")] = m
+    asked = [(pattern, names) for pattern, _section, names in MEASURE_WORDS
+             if re.search(pattern, (question or "").lower())]
+    if not by_name or not asked:
+        return []
+    view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
+    empty = GroundingFacts()
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    pos = 0
+    for sentence in split_sentences(view):
+        at = view.find(sentence, pos)
+        if at < 0:
+            continue
+        pos = at + len(sentence)
+        sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)])
+        low = sentence.lower()
+        if _EVENT_CONTEXT.search(low):
+            continue
+        hits = [(mt, [by_name[n] for n in names if n in by_name])
+                for pattern, names in asked
+                for mt in [re.search(pattern, low)] if mt is not None]
+        hits = [(mt, own) for mt, own in hits if own]
+        if not hits:
+            continue
+        # a value of any measure the sentence names is its own ("AHI supine ...: 61.4")
+        # ... and so is that of a measure whose label's words all are in the sentence ("mean
+        # heart rate in stage N1")
+        words = set(re.findall(r"[a-z0-9]+", low))
+        union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
+                 if re.search(pattern, low) for n in names if n in by_name]
+        union += [m for m in by_name.values() if _label_words(m.label) <= words]
+        toks, _, _ = _tokens(sentence, empty)
+        flagged: set[int] = set()
+        for mt, own in hits:
+            fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
+            for k, tok in enumerate(toks):
+                if tok.start < mt.end():
+                    continue
+                if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
+                    break
+                if tok.family not in ("none", "count") and tok.family not in fams:
+                    continue  # "(3% rule)" after "AHI": not a value of it
+                if tok.family == "count" and "count" not in fams:
+                    continue
+                if fams == {"count"} and tok.decimals:
+                    continue  # "0.05" after "periodic limb movement": not a count
+                if k not in flagged and not any(
+                        _measure_matches(tok, m.value, m.unit) for m in union):
+                    flagged.add(k)
+                    names = ", ".join(dict.fromkeys(
+                        f"{m.label} {m.format()}" for m in own))
+                    out.append((at + tok.start, at + tok.end, WithdrawnClaim(
+                        token=tok.text, kind="measure", sentence=text[at:at + len(sentence)],
+                        reason=f"{tok.text} is not the measured value ({names})")))
+                break
+    return out
+
+
 def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIED
                   ) -> GroundedAnswer:
     """Check a chat answer and replace every unsupported number or time by ``marker``.

@@ -63,12 +63,14 @@ from langgraph.channels.untracked_value import UntrackedValue
 from pydantic import BaseModel, Field, ValidationError
 
 from assistant.grounding import (
+    UNVERIFIED,
     FactItem,
     GroundedAnswer,
     ToolOutput,
     WithdrawnClaim,
     chat_allowed,
     ground_answer,
+    misbound_spans,
 )
 from sleeplm._logging import logger
 
@@ -83,6 +85,7 @@ __all__ = [
     "WRITER_KEY",
     "ChatGroundingMiddleware",
     "COMPLETED_KEY",
+    "facts_measures",
     "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
@@ -1176,18 +1179,22 @@ class ChatGroundingMiddleware(AgentMiddleware):
                 or last.additional_kwargs.get(WRITER_KEY) != "llm":
             return None
         grounded = ground_conversation(messages, extra=self.extra)
+        text, withdrawn = grounded.text, list(grounded.withdrawn)
         h = _last_human(messages)
-        missing = (missing_measures(_text(messages[h]), messages[h + 1:], grounded.text)
+        spans = (misbound_spans(text, facts_measures(messages).values(), _text(messages[h]))
+                 if h is not None else [])
+        for a, b, claim in sorted(spans, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
+        missing = (missing_measures(_text(messages[h]), messages[h + 1:], text)
                    if h is not None else [])
-        if not grounded.changed and not missing:
+        if not withdrawn and not missing:
             return None
         kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
-        text = grounded.text
-        if grounded.changed:
+        if withdrawn:
             logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
-                           len(grounded.withdrawn),
-                           ", ".join(w.token for w in grounded.withdrawn))
-            kw[WITHDRAWN_KEY] = [w.model_dump() for w in grounded.withdrawn]
+                           len(withdrawn), ", ".join(w.token for w in withdrawn))
+            kw[WITHDRAWN_KEY] = [w.model_dump() for w in withdrawn]
         if missing:
             text = (text.rstrip() + "\n\n" + COMPLETION_HEAD + "\n"
                     + "\n".join(f"- {line}" for _, line in missing))
@@ -1221,6 +1228,24 @@ def _states(text: str, number: str) -> bool:
     return re.search(r"(?<![\d.])" + re.escape(number) + r"(?![\d]|\.\d)", text) is not None
 
 
+def facts_measures(messages: Iterable[BaseMessage]) -> dict[str, Any]:
+    """``name -> Measure`` of every ``report_facts`` result among ``messages`` (the last
+    result of a measure wins; results restored from a checkpoint as dicts are read too)."""
+    found: dict[str, Any] = {}
+    for m in messages:
+        if not (isinstance(m, ToolMessage) and m.name == "report_facts"
+                and m.status != "error"):
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        sections = (res.get("sections") if isinstance(res, dict)
+                    else getattr(res, "sections", None)) or {}
+        for ms in sections.values():
+            for item in ms:
+                meas = _measure_of(item)
+                found[meas.name] = meas
+    return found
+
+
 def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
                      ) -> list[tuple[str, str]]:
     """The measures ``question`` names that a ``report_facts`` result of this question holds
@@ -1250,18 +1275,7 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
     names = X.extract(question).measures
     if not names:
         return []
-    found: dict[str, Any] = {}
-    for m in turn:
-        if not (isinstance(m, ToolMessage) and m.name == "report_facts"
-                and m.status != "error"):
-            continue
-        res = _result_of(getattr(m, "artifact", None))
-        sections = (res.get("sections") if isinstance(res, dict)
-                    else getattr(res, "sections", None)) or {}
-        for ms in sections.values():
-            for item in ms:
-                meas = _measure_of(item)
-                found[meas.name] = meas
+    found = facts_measures(turn)
     def valued(name: str) -> Any:
         meas = found.get(name)
         ok = meas is not None and meas.value is not None and math.isfinite(meas.value)

@@ -537,3 +537,18 @@ def test_missing_measures_reads_results_restored_as_dicts(library):
         [n for n in num if n != "ahi_4"]
     assert missing_measures("what is the capital of France?", [msg], "Paris") == []
     assert missing_measures(q, [], "no result") == []
+
+
+def test_a_measure_given_another_measures_value_is_withdrawn_and_completed(tmp_path, library):
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    waso, tib = ms["waso_min"], ms["tib_min"]
+    assert waso.value != tib.value
+    # the time in bed passes the plain number check (the tool wrote it, in minutes) but is
+    # not the WASO
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(f"WASO (wake after sleep onset): {tib.format()}."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "whats the WASO")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [(tib.format(), "measure")]
+    assert tib.format() not in answer.text.split("\n\n")[0]
+    assert answer.completed == ["waso_min"] and f"- {waso.label}: {waso.format()}" in answer.text

@@ -248,3 +248,33 @@ def test_offline_planner_answers_pass_the_check_unchanged(tmp_path, library, que
     g = ground_conversation(messages)
     assert g.withdrawn == [] and g.text == answer.text, [w.model_dump() for w in g.withdrawn]
     assert g.checked > 0
+
+
+def test_a_number_after_a_named_measure_must_be_its_value():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="awakenings", label="Awakenings", value=23, unit="count"),
+          Measure(name="waso_min", label="Wake after sleep onset", value=86.5, unit="min"),
+          Measure(name="hr_mean", label="Mean heart rate during sleep", value=66.9,
+                  unit="bpm"),
+          Measure(name="hr_n1_mean", label="Mean heart rate in stage N1", value=69.8,
+                  unit="bpm")]
+    q = "how many times did she wake up and whats the WASO"
+    # what a 1.5 B model wrote: both numbers occur in the tool text, neither is the value
+    wrote = ("Number of awakenings: 20 [epochs 33-39, 41-42, 75-81 and 20 more runs]\n"
+             "WASO (wake after sleep onset): 113.0 min [epoch 0-27]")
+    bad = misbound_numbers(wrote, ms, q)
+    assert [(w.token, w.kind) for w in bad] == [("20", "measure"), ("113.0 min", "measure")]
+    assert "Awakenings 23" in bad[0].reason and "86.5 min" in bad[1].reason
+    # the values, in other words and units, pass
+    assert misbound_numbers("She had 23 awakenings; WASO was 1.4 hours (86.5 min).", ms, q) \
+        == []
+    # a sentence about one epoch or event is not about the night's measure
+    assert misbound_numbers("She woke up at 02:13:00, epoch 300, for 4 min.", ms, q) == []
+    # measures the question did not name are not checked ...
+    assert misbound_numbers("Awakenings: 20.", ms, "what is the AHI?") == []
+    # ... and a measure whose label the sentence spells out is accepted as its own
+    hr = "what does the heart rate do?"
+    assert misbound_numbers("The mean heart rate in stage N1 was 69.8 bpm.", ms, hr) == []
+    assert [w.token for w in misbound_numbers("The heart rate was 71.2 bpm.", ms, hr)] == \
+        ["71.2 bpm"]
