@@ -1034,7 +1034,10 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
     not); else it is withdrawn even when the
     number occurs elsewhere in the tool results (a 1.5 B model wrote "Number of awakenings:
     20" from "and 20 more runs" and "WASO: 113.0 min" from another duration; the measured
-    values were 23 and 86.5 min).
+    values were 23 and 86.5 min). When the answer never states a measure the question asks
+    for (one measure, e.g. the sleep-onset latency), a number of its unit kind that is no value of what its sentence
+    names is withdrawn too ("took approximately 100 minutes to fall asleep" for a sleep-onset
+    latency of 69.0 min).
 
     Parameters
     ----------
@@ -1083,7 +1086,11 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         return []
     view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
     empty = GroundingFacts()
-    out: list[tuple[int, int, WithdrawnClaim]] = []
+    # the answer's sentences: where, the text (evidence in brackets masked), the numbers
+    # and the measures the sentence names (a value of any of them is its own: "AHI supine
+    # ...: 61.4"; so is that of a measure whose label's words all are in it: "mean heart
+    # rate in stage N1")
+    parts: list[tuple[int, str, str, list[_Token], list[object]]] = []
     pos = 0
     for sentence in split_sentences(view):
         at = view.find(sentence, pos)
@@ -1094,24 +1101,32 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         low = sentence.lower()
         if _EVENT_CONTEXT.search(low):
             continue
-        hits = [(mt, [by_name[n] for n in names if n in by_name])
-                for pattern, names in asked
-                for mt in [re.search(pattern, low)] if mt is not None]
-        hits = [(mt, own) for mt, own in hits if own]
-        if not hits:
-            continue
-        # a value of any measure the sentence names is its own ("AHI supine ...: 61.4")
-        # ... and so is that of a measure whose label's words all are in the sentence ("mean
-        # heart rate in stage N1")
         words = set(re.findall(r"[a-z0-9]+", low))
         union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
                  if re.search(pattern, low) for n in names if n in by_name]
         union += [m for m in by_name.values() if _label_words(m.label) <= words]
-        toks, _, _ = _tokens(sentence, empty)
-        flagged: set[int] = set()
-        for mt, own in hits:
+        parts.append((at, sentence, low, _tokens(sentence, empty)[0], union))
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    flagged: set[tuple[int, int]] = set()
+
+    def withdraw(at: int, sentence: str, tok: _Token, reason: str) -> None:
+        if (at, tok.start) not in flagged:
+            flagged.add((at, tok.start))
+            out.append((at + tok.start, at + tok.end, WithdrawnClaim(
+                token=tok.text, kind="measure", sentence=text[at:at + len(sentence)],
+                reason=reason)))
+
+    def of(own: list[object]) -> str:
+        return ", ".join(dict.fromkeys(f"{m.label} {m.format()}" for m in own))
+
+    for at, sentence, low, toks, union in parts:
+        for pattern, names in asked:
+            mt = re.search(pattern, low)
+            own = [by_name[n] for n in names if n in by_name]
+            if mt is None or not own:
+                continue
             fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
-            for k, tok in enumerate(toks):
+            for tok in toks:
                 if tok.start < mt.end():
                     continue
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
@@ -1122,16 +1137,29 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     continue
                 if fams == {"count"} and tok.decimals:
                     continue  # "0.05" after "periodic limb movement": not a count
-                if k not in flagged and not any(
-                        _measure_matches(tok, m.value, m.unit) for m in union):
-                    flagged.add(k)
-                    names = ", ".join(dict.fromkeys(
-                        f"{m.label} {m.format()}" for m in own))
-                    out.append((at + tok.start, at + tok.end, WithdrawnClaim(
-                        token=tok.text, kind="measure", sentence=text[at:at + len(sentence)],
-                        reason=f"{tok.text} is not the measured value ({names})")))
+                if not any(_measure_matches(tok, m.value, m.unit) for m in union):
+                    withdraw(at, sentence, tok,
+                             f"{tok.text} is not the measured value ({of(own)})")
                 break
-    return out
+    # a measure the question asks for, with one unit kind, whose value the answer never
+    # states: a number of that unit kind that is no value of what its sentence names is the
+    # model's own ("took approximately 100 minutes to fall asleep" for a latency of 69.0 min)
+    for pattern, names in asked:
+        own = [by_name[n] for n in names if n in by_name]
+        fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
+        if len(names) != 1 or len(own) != 1 or not fams <= {"duration", "pct", "rate", "bpm"}:
+            continue  # one measure only: "the architecture" names four percentages
+        if any(_measure_matches(tok, m.value, m.unit) for _a, _s, _l, toks, _u in parts
+               for tok in toks for m in own):
+            continue
+        for at, sentence, _low, toks, union in parts:
+            for tok in toks:
+                if tok.family in fams and not any(
+                        _measure_matches(tok, m.value, m.unit) for m in union):
+                    withdraw(at, sentence, tok,
+                             f"{tok.text} is none of the measures its sentence names, and the "
+                             f"answer never gives what the question asks for ({of(own)})")
+    return sorted(out, key=lambda x: x[0])
 
 
 def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIED

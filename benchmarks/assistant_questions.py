@@ -15,7 +15,11 @@ library (the SIMULATED example patients) and measures, per question:
   questions and tool results of the same conversation, or :data:`REFERENCE_NUMBERS`; a number
   written with a unit (events/h, %, bpm, min, h, s) must be found with a unit of the same
   kind (durations converted: "6.9 h" for "411.5 min"). A number found in none of them is a
-  wrong number (target: none, ever); ``before`` counts the same in
+  wrong number (target: none, ever), and so is one written right after words naming a
+  measure the question asks for that is not its value ("Number of awakenings: 20" when 20
+  occurs in the tool text but the night had 23; the assistant's own measure check,
+  :func:`assistant.grounding.misbound_numbers`, so it is independent for the offline planner
+  only); ``before`` counts the same in
   an LLM's answer as it wrote it, before the assistant's grounding check.
 
 Questions of one ``conversation`` run in order in one thread (follow-ups, report edits); the
@@ -469,7 +473,7 @@ def _spaced(text: str) -> str:
 
 
 def score(question: Question, answer: Any, formatted: dict[str, str],
-          context: Sequence[str]) -> QuestionResult:
+          context: Sequence[str], measures: Sequence[Any] = ()) -> QuestionResult:
     """The measurement of one answer.
 
     Parameters
@@ -481,6 +485,11 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     context : sequence of str
         Earlier questions, answers and tool results of the conversation (a follow-up may
         quote an earlier result, as the grounding check allows).
+    measures : sequence of Measure
+        The night's measures: a number written right after words naming a measure the
+        question asks for that is not its value ("Number of awakenings: 20" for 23) is a
+        wrong number too, even when the number occurs in a source
+        (:func:`assistant.grounding.misbound_numbers`).
     """
     tools = [s.name for s in answer.tool_calls]
     row = QuestionResult(id=question.id, patient=question.patient,
@@ -512,24 +521,23 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     for s in answer.tool_calls:
         texts += step_texts(s)
     sources = NumberSources(texts)
-    row.wrong_numbers = wrong_numbers(answer.text, sources)
+
+    def misbound(text: str) -> list[str]:
+        from assistant.grounding import misbound_numbers
+
+        return [f"{w.token} ({w.reason})" for w in misbound_numbers(text, measures,
+                                                                      question.question)]
+
+    row.wrong_numbers = wrong_numbers(answer.text, sources) + misbound(answer.text)
     if row.wrong_numbers:
         row.reasons.append("wrong numbers: " + ", ".join(row.wrong_numbers))
     before = getattr(answer, "ungrounded_text", None)
-    row.wrong_numbers_before = (wrong_numbers(before, sources) if before is not None
-                                else list(row.wrong_numbers))
+    row.wrong_numbers_before = (wrong_numbers(before, sources) + misbound(before)
+                                if before is not None else list(row.wrong_numbers))
     row.answer_before = before
     if row.wrong_numbers_before != row.wrong_numbers:
         row.reasons.append("grounding withdrew: " + ", ".join(row.wrong_numbers_before))
     return row
-
-
-def formatted_measures(ctx: Any) -> dict[str, str]:
-    """``name -> Measure.format()`` of every measure of the context's night."""
-    from tools import report_facts
-
-    facts = report_facts(ctx)
-    return {m.name: m.format() for ms in facts.sections.values() for m in ms}
 
 
 def summarise(rows: Sequence[QuestionResult]) -> dict[str, dict[str, float]]:
@@ -669,12 +677,17 @@ def run_questions(bot: Any, questions: Sequence[Question], *, progress: bool = T
     from assistant.agent import Answer
 
     formatted: dict[str, dict[str, str]] = {}
+    measures: dict[str, list[Any]] = {}
     rows: list[QuestionResult] = []
     for convo in conversations(questions):
         patient = convo[0].patient
         bot.forget(patient)
         if patient not in formatted:
-            formatted[patient] = formatted_measures(bot.context(patient))
+            from tools import report_facts
+
+            facts = report_facts(bot.context(patient))
+            measures[patient] = [m for ms in facts.sections.values() for m in ms]
+            formatted[patient] = {m.name: m.format() for m in measures[patient]}
         context: list[str] = []
         for q in convo:
             t0 = time.perf_counter()
@@ -683,11 +696,11 @@ def run_questions(bot: Any, questions: Sequence[Question], *, progress: bool = T
             except Exception as exc:  # noqa: BLE001 - a crash is a measured failure
                 answer = Answer(patient=patient, question=q.question, text="",
                                 seconds=time.perf_counter() - t0)
-                row = score(q, answer, formatted[patient], context)
+                row = score(q, answer, formatted[patient], context, measures[patient])
                 row.error = f"{type(exc).__name__}: {exc}"
                 row.reasons.append("error: " + row.error)
             else:
-                row = score(q, answer, formatted[patient], context)
+                row = score(q, answer, formatted[patient], context, measures[patient])
                 row.intent = _intent(bot, patient)
                 row.fell_back, row.fallback = fallback_of(answer)
             rows.append(row)

@@ -144,6 +144,19 @@ def test_score_checks_routing_facts_and_numbers():
     summary = B.summarise([row])
     assert summary["all"]["routing"] == 0.0 and summary["measure"]["wrong_numbers"] == 1
     assert "measure" in B.format_table(summary)
+    # a number from the tool text given to the wrong measure is a wrong number too
+    from sleeplm.clinical.measure import Measure
+
+    q = B.Question(id="b", patient="p", conversation="c", question="how many awakenings?",
+                   category="measure", expect_tools=["report_facts"])
+    step = ToolStep(name="report_facts", content="- Awakenings: 23 [epochs 3-9 and 20 more]")
+    wrote = Answer(patient="p", question=q.question, text="Number of awakenings: 20.",
+                   tool_calls=[step])
+    awakenings = Measure(name="awakenings", label="Awakenings", value=23, unit="count")
+    row = B.score(q, wrote, {}, [], [awakenings])
+    assert [w.split(" (")[0] for w in row.wrong_numbers] == ["20"]
+    assert "Awakenings 23" in row.wrong_numbers[0]
+    assert B.score(q, wrote, {}, []).wrong_numbers == []  # without the measures: present
 
 
 def test_wrong_numbers_before_grounding_and_routing_without_fallback():

@@ -278,3 +278,21 @@ def test_a_number_after_a_named_measure_must_be_its_value():
     assert misbound_numbers("The mean heart rate in stage N1 was 69.8 bpm.", ms, hr) == []
     assert [w.token for w in misbound_numbers("The heart rate was 71.2 bpm.", ms, hr)] == \
         ["71.2 bpm"]
+
+
+def test_a_number_that_stands_in_for_an_asked_measure_is_withdrawn():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="sleep_onset_latency_min", label="Sleep-onset latency", value=69.0,
+                  unit="min"),
+          Measure(name="tib_min", label="Time in bed", value=474.0, unit="min"),
+          Measure(name="sleep_efficiency_pct", label="Sleep efficiency", value=81.9, unit="%")]
+    q = "How long did it take her to actually fall asleep after lights out?"
+    wrote = "The patient took approximately 100 minutes to actually fall asleep after lights out."
+    assert [w.token for w in misbound_numbers(wrote, ms, q)] == ["100 minutes"]
+    # the value stated: other durations of named measures stand
+    ok = "She took 69 minutes to fall asleep, of 474.0 min in bed."
+    assert misbound_numbers(ok, ms, q) == []
+    # "SE" names the sleep efficiency
+    assert [w.token for w in misbound_numbers("The SE was 0.", ms, "What was her SE?")] == \
+        ["0"]
