@@ -1064,10 +1064,21 @@ _LABEL_STOP = frozenset({"in", "of", "the", "a", "an", "during", "per", "and", "
                          "from", "to", "with"})
 
 
+#: Label words a sentence may leave out and still name the measure ("194 central apneas,
+#: 26.0 per hour" names the central apnea index).
+_LABEL_GENERIC = frozenset({"index", "count", "number"})
+
+
+def _stem_words(text: str) -> set[str]:
+    """Lower-case words, a plural "s" dropped ("apneas" -> "apnea")."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in re.findall(r"[a-z0-9]+", text.lower())}
+
+
 def _label_words(label: str) -> set[str]:
     """The words of a measure's label, without its parenthesised rule and small words."""
     bare = re.sub(r"\([^)]*\)", " ", label.lower())
-    return set(re.findall(r"[a-z0-9]+", bare)) - _LABEL_STOP
+    return _stem_words(bare) - _LABEL_STOP - _LABEL_GENERIC
 
 
 def misbound_spans(text: str, measures: Iterable[object], question: str
@@ -1101,10 +1112,11 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         low = sentence.lower()
         if _EVENT_CONTEXT.search(low):
             continue
-        words = set(re.findall(r"[a-z0-9]+", low))
+        words = _stem_words(low)
         union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
                  if re.search(pattern, low) for n in names if n in by_name]
-        union += [m for m in by_name.values() if _label_words(m.label) <= words]
+        union += [m for m in by_name.values()
+                  if (lw := _label_words(m.label)) and lw <= words]
         parts.append((at, sentence, low, _tokens(sentence, empty)[0], union))
     out: list[tuple[int, int, WithdrawnClaim]] = []
     flagged: set[tuple[int, int]] = set()

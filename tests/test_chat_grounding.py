@@ -296,3 +296,17 @@ def test_a_number_that_stands_in_for_an_asked_measure_is_withdrawn():
     # "SE" names the sleep efficiency
     assert [w.token for w in misbound_numbers("The SE was 0.", ms, "What was her SE?")] == \
         ["0"]
+
+
+def test_a_measure_named_in_other_words_keeps_its_value():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="ahi_3a", label="AHI (AASM 3%/arousal rule)", value=32.5,
+                  unit="events/h"),
+          Measure(name="central_apnea_index", label="Central apnea index", value=26.0,
+                  unit="events/h")]
+    q = "How many central apneas were scored, and what does that come to per hour?"
+    said = "The number of central apneas scored is 194, and that comes to per hour 26.0 events/h."
+    assert misbound_numbers(said, ms, q) == []
+    assert [w.token for w in misbound_numbers(said.replace("26.0", "27.0"), ms, q)] == \
+        ["27.0 events/h"]
