@@ -1034,7 +1034,9 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
     not); else it is withdrawn even when the
     number occurs elsewhere in the tool results (a 1.5 B model wrote "Number of awakenings:
     20" from "and 20 more runs" and "WASO: 113.0 min" from another duration; the measured
-    values were 23 and 86.5 min). When the answer never states a measure the question asks
+    values were 23 and 86.5 min); so is a number of another unit kind written there
+    right after the words, with only "is", "was", "of" or punctuation between ("Percentage
+    of deep sleep: 2.8 /h", "The SE was 12.5 events/h"; not "AHI (3% rule)"). When the answer never states a measure the question asks
     for (one measure, e.g. the sleep-onset latency), a number of its unit kind that is no value of what its sentence
     names is withdrawn too ("took approximately 100 minutes to fall asleep" for a sleep-onset
     latency of 69.0 min).
@@ -1057,6 +1059,9 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
     return [w for _a, _b, w in misbound_spans(text, measures, question)]
 
 
+#: What may stand between a measure's words and its value ("SE was", "deep sleep: ").
+_CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
+                        r"around|roughly)\b)*", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
 #: Evidence in brackets, as report_facts writes it ("[epochs 33-39, 41-42 and 20 more runs]").
 _EVIDENCE = re.compile(r"\[[^\]\n]*\]")
@@ -1144,7 +1149,12 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break
                 if tok.family not in ("none", "count") and tok.family not in fams:
-                    continue  # "(3% rule)" after "AHI": not a value of it
+                    if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
+                        continue  # "(3% rule)" after "AHI": part of its name
+                    # "Percentage of deep sleep: 2.8 /h", "The SE was 12.5 events/h"
+                    withdraw(at, sentence, tok,
+                             f"{tok.text} is not of the unit of {of(own)}")
+                    break
                 if tok.family == "count" and "count" not in fams:
                     continue
                 if fams == {"count"} and tok.decimals:

@@ -310,3 +310,20 @@ def test_a_measure_named_in_other_words_keeps_its_value():
     assert misbound_numbers(said, ms, q) == []
     assert [w.token for w in misbound_numbers(said.replace("26.0", "27.0"), ms, q)] == \
         ["27.0 events/h"]
+
+
+def test_a_value_of_another_unit_kind_after_a_measure_is_withdrawn():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="n3_min", label="N3 time", value=8.0, unit="min"),
+          Measure(name="n3_pct_tst", label="N3 (% of TST)", value=1.6, unit="%"),
+          Measure(name="sleep_efficiency_pct", label="Sleep efficiency", value=81.9, unit="%"),
+          Measure(name="ahi_3a", label="AHI", value=17.6, unit="events/h")]
+    # what the 1.5 B model wrote on a rerun (both rates occur in the tool text)
+    assert [w.token for w in misbound_numbers(
+        "Percentage of deep sleep: 2.8 /h [epochs 33, 41 and 21 more runs]", ms,
+        "percentage of deep sleep")] == ["2.8 /h"]
+    assert [w.token for w in misbound_numbers(
+        "The SE was 12.5 events/h.", ms, "What was her SE?")] == ["12.5 events/h"]
+    # a unit in parentheses after the words is part of the measure's name
+    assert misbound_numbers("The AHI (3% rule) is 17.6 events/h.", ms, "gimme the AHI") == []
