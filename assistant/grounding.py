@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -1007,6 +1007,19 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     return out
 
 
+def _located_sentences(text: str) -> Iterator[tuple[int, str]]:
+    """The sentences of ``text`` (a markdown list marker "1." blanked, so it is no number)
+    with where each starts in ``text``."""
+    view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
+    pos = 0
+    for sentence in split_sentences(view):
+        at = view.find(sentence, pos)
+        if at < 0:
+            continue
+        pos = at + len(sentence)
+        yield at, sentence
+
+
 _MEASURE_FAMILY: dict[str, Family] = {"%": "pct", "events/h": "rate", "/h": "rate",
                                       "bpm": "bpm", "min": "duration", "s": "duration",
                                       "h": "duration", "count": "count"}
@@ -1100,19 +1113,13 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
              if re.search(pattern, (question or "").lower())]
     if not by_name or not asked:
         return []
-    view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
     empty = GroundingFacts()
     # the answer's sentences: where, the text (evidence in brackets masked), the numbers
     # and the measures the sentence names (a value of any of them is its own: "AHI supine
     # ...: 61.4"; so is that of a measure whose label's words all are in it: "mean heart
     # rate in stage N1")
     parts: list[tuple[int, str, str, list[_Token], list[object]]] = []
-    pos = 0
-    for sentence in split_sentences(view):
-        at = view.find(sentence, pos)
-        if at < 0:
-            continue
-        pos = at + len(sentence)
+    for at, sentence in _located_sentences(text):
         sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)])
         low = sentence.lower()
         if _EVENT_CONTEXT.search(low):
@@ -1207,15 +1214,9 @@ def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIE
         The text (unchanged when everything is supported) and what was withdrawn.
     """
     text = text or ""
-    view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
     edits: list[tuple[int, int, Problem, str]] = []
     checked = 0
-    pos = 0
-    for sentence in split_sentences(view):
-        at = view.find(sentence, pos)
-        if at < 0:
-            continue
-        pos = at + len(sentence)
+    for at, sentence in _located_sentences(text):
         toks, _, n_times = _tokens(sentence, allowed)
         checked += len(toks) + n_times
         original = text[at:at + len(sentence)]
