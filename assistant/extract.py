@@ -273,7 +273,9 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"awakenings|how many times .* wake|woke up", "architecture", ("awakenings",)),
     (r"time in bed|\btib\b|recording (?:time|length)|\bin bed\b", "architecture",
      ("tib_min",)),
-    (r"how much rem|rem (?:time|percentage|%|share)|percent(?:age)? (?:of )?rem", "architecture",
+    (r"how much rem|rem (?:time|percentage|%|share)|percent(?:age)? (?:of )?rem|"
+     r"(?:proportion|fraction|share|portion|percent(?:age)?) of [\w' ]{0,30}\brem\b|"
+     r"\brem\b [\w' ]{0,20}(?:proportion|fraction|share)", "architecture",
      ("r_min", "r_pct_tst")),
     (r"how much (?:n3|deep|slow)|n3 (?:time|percentage|%)|deep sleep|slow[- ]wave sleep|"
      r"\bsws\b|minutes of n3", "architecture",

@@ -986,10 +986,11 @@ class ToolCallGuard(AgentMiddleware):
         """The request as the LLM gets it: compact tools and results in compact mode, the
         shortlisted tools (``sl``, a :class:`~assistant.planner.ToolShortlist`) with the
         routing hint in shortlist mode."""
+        messages = [_without_added(m) if h is not None and i < h else m
+                    for i, m in enumerate(request.messages)]
         if not self.compact and sl is None:
-            return request
+            return request.override(messages=messages)
         tools = list(request.tools)
-        messages = list(request.messages)
         question = _text(messages[h]) if h is not None else ""
         if self.compact:
             for i, m in enumerate(messages):
@@ -1180,6 +1181,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
             return None
         grounded = ground_conversation(messages, extra=self.extra)
         text, withdrawn = grounded.text, list(grounded.withdrawn)
+        # a heading copied from an earlier answer would claim an addition the code did not make
+        text, copied = _COPIED_HEAD.subn("", text)
         h = _last_human(messages)
         spans = (misbound_spans(text, facts_measures(messages).values(), _text(messages[h]))
                  if h is not None else [])
@@ -1188,9 +1191,12 @@ class ChatGroundingMiddleware(AgentMiddleware):
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
         missing = (missing_measures(_text(messages[h]), messages[h + 1:], text)
                    if h is not None else [])
-        if not withdrawn and not missing:
+        if not withdrawn and not missing and not copied:
             return None
         kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
+        if copied:
+            logger.warning("removed %d copy(ies) of the added-values heading from an answer",
+                           copied)
         if withdrawn:
             logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
                            len(withdrawn), ", ".join(w.token for w in withdrawn))
@@ -1207,6 +1213,23 @@ class ChatGroundingMiddleware(AgentMiddleware):
 COMPLETED_KEY = "sleeplm_completed"
 #: The line that introduces the measures appended to an LLM's answer.
 COMPLETION_HEAD = "Measured values this question asks for (added from the tool result):"
+
+
+#: The added-values heading (or its "added from the tool result" tail) as an LLM copies it.
+_COPIED_HEAD = re.compile(
+    r"[ \t]*(?:" + re.escape(COMPLETION_HEAD.split(" (")[0]) + r"[ \t]*)?"
+    r"\(?added from the tool results?\)?:?[ \t]*", re.IGNORECASE)
+
+
+def _without_added(m: BaseMessage) -> BaseMessage:
+    """An earlier answer as the LLM reads it again: without the measured values that code
+    added below it (:data:`COMPLETED_KEY`). A small LLM that saw the added block in its
+    history wrote the heading itself under a later answer."""
+    if not (isinstance(m, AIMessage) and m.additional_kwargs.get(COMPLETED_KEY)):
+        return m
+    text = _text(m)
+    cut = text.find("\n\n" + COMPLETION_HEAD)
+    return m if cut < 0 else m.model_copy(update={"content": text[:cut]})
 
 
 #: Measures that are one index by different scoring rules: an answer that states one of them

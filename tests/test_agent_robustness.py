@@ -512,6 +512,23 @@ def test_measures_the_llm_left_out_are_added_from_its_tool_result(tmp_path, libr
     answer = bot.ask(OSA, "gimme the AHI")
     assert answer.completed == [] and "Measured values" not in answer.text
     assert ahi in answer.text and answer.ungrounded_text is None
+    # the LLM reads its earlier answer without the block the code added (a small model copied
+    # the heading under a later answer)
+    again = [m for m in model.seen[2] if isinstance(m, AIMessage) and not m.tool_calls]
+    assert [m.content for m in again] == ["The apnea is positional."]
+
+
+def test_an_added_values_heading_the_llm_writes_itself_is_removed(tmp_path, library):
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ahi = {m.name: m for sec in facts.sections.values() for m in sec}["ahi_3a"]
+    copied = (f"The AHI is {ahi.format()}.\n\nMeasured values this question asks for "
+              f"(added from the tool result):\n- AHI: {ahi.format()}")
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(copied))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "gimme the AHI")
+    assert "added from the tool result" not in answer.text and answer.completed == []
+    assert answer.text.startswith(f"The AHI is {ahi.format()}.")
+    assert f"- AHI: {ahi.format()}" in answer.text and answer.ungrounded_text == copied
 
 
 def test_missing_measures_reads_results_restored_as_dicts(library):
