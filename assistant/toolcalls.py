@@ -83,6 +83,8 @@ __all__ = [
     "UNGROUNDED_KEY",
     "WITHDRAWN_KEY",
     "WRITER_KEY",
+    "INTENT_KEY",
+    "HEADLINE_MEASURES",
     "ChatGroundingMiddleware",
     "COMPLETED_KEY",
     "facts_measures",
@@ -117,6 +119,9 @@ SKIPPED_KEY = "sleeplm_skipped"
 WITHDRAWN_KEY = "sleeplm_withdrawn"
 #: ``additional_kwargs`` key of the LLM's answer as written, when the grounding changed it.
 UNGROUNDED_KEY = "sleeplm_ungrounded"
+#: ``additional_kwargs`` key of the router's intent for the question an LLM message answers
+#: (shortlist mode).
+INTENT_KEY = "sleeplm_intent"
 _STARTED_KEY = "sleeplm_question_started"
 
 #: Router intents the planner answers without a tool: an LLM may too.
@@ -910,15 +915,16 @@ class ToolCallGuard(AgentMiddleware):
         if msg is None:
             return result
         msg, unreadable = self._repair(msg)
+        tags = {WRITER_KEY: "llm", **({INTENT_KEY: sl.intent} if sl is not None else {})}
         if msg.tool_calls:
             if self._over_budget(started):
                 return self._fall_back(request, handler, messages, h, [], self._budget_note(
                     started))
-            return put(_tag(msg, **{WRITER_KEY: "llm"}))
+            return put(_tag(msg, **tags))
         note = self._answer_problem(msg, turn, question, unreadable)
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
-        return put(_tag(msg, **{WRITER_KEY: "llm"}))
+        return put(_tag(msg, **tags))
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         """Run an LLM's tool call unless it repeats one of this question or time is up."""
@@ -1189,7 +1195,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
-        missing = (missing_measures(_text(messages[h]), messages[h + 1:], text)
+        missing = (missing_measures(_text(messages[h]), messages[h + 1:], text,
+                                    intent=last.additional_kwargs.get(INTENT_KEY))
                    if h is not None else [])
         if not withdrawn and not missing and not copied:
             return None
@@ -1269,8 +1276,14 @@ def facts_measures(messages: Iterable[BaseMessage]) -> dict[str, Any]:
     return found
 
 
-def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
-                     ) -> list[tuple[str, str]]:
+#: The headline measures of a night: what a summary ("quick overview", "headline numbers")
+#: must state (the offline planner's summary lists these first).
+HEADLINE_MEASURES: tuple[str, ...] = ("tst_min", "sleep_efficiency_pct", "ahi_3a",
+                                      "spo2_nadir")
+
+
+def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
+                     intent: str | None = None) -> list[tuple[str, str]]:
     """The measures ``question`` names that a ``report_facts`` result of this question holds
     and the answer ``text`` does not state.
 
@@ -1285,6 +1298,10 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
         The messages of this question after it (its tool calls and results).
     text : str
         The answer (after the grounding check).
+    intent : str, optional
+        The router's intent for the question. A ``summary`` question that names no measure
+        asks for the :data:`HEADLINE_MEASURES` ("Give me the headline numbers" was answered
+        without the AHI and the SpO2 nadir).
 
     Returns
     -------
@@ -1295,7 +1312,8 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str
     """
     from assistant import extract as X
 
-    names = X.extract(question).measures
+    names = X.extract(question).measures or (
+        list(HEADLINE_MEASURES) if intent == "summary" else [])
     if not names:
         return []
     found = facts_measures(turn)

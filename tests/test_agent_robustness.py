@@ -569,3 +569,27 @@ def test_a_measure_given_another_measures_value_is_withdrawn_and_completed(tmp_p
     assert [(w.token, w.kind) for w in answer.withdrawn] == [(tib.format(), "measure")]
     assert tib.format() not in answer.text.split("\n\n")[0]
     assert answer.completed == ["waso_min"] and f"- {waso.label}: {waso.format()}" in answer.text
+
+
+def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, library):
+    from assistant.toolcalls import HEADLINE_MEASURES, INTENT_KEY
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    tst = ms["tst_min"]
+    model = _scripted(_call("report_facts", {"sections": []}, "f1"),
+                      AIMessage(f"She slept {tst.format()} and has sleep apnea."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    answer = bot.ask(OSA, "Give me the headline numbers for this study.")
+    stored = bot.agent.get_state(bot._run_config(OSA)).values["messages"]
+    assert stored[-1].additional_kwargs[INTENT_KEY] == "summary"
+    want = [n for n in HEADLINE_MEASURES if n != "tst_min" and ms[n].value is not None]
+    assert answer.completed == want and len(want) >= 2
+    for n in want:
+        assert f"- {ms[n].label}: {ms[n].format()}" in answer.text
+    # a question of another intent that names no measure gets nothing added
+    model = _scripted(_call("list_events", {"event_types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage("The apneas are listed above."))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
+        OSA, "list the obstructive apneas")
+    assert answer.completed == []
