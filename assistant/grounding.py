@@ -45,6 +45,7 @@ __all__ = [
     "Problem",
     "SentenceCheck",
     "ToolOutput",
+    "RULE_VARIANTS",
     "UNVERIFIED",
     "WithdrawnClaim",
     "build_allowed",
@@ -54,7 +55,10 @@ __all__ = [
     "facts_from_result",
     "facts_from_text",
     "ground_answer",
+    "misbound_numbers",
+    "misbound_spans",
     "question_facts",
+    "specific_rules",
     "split_sentences",
 ]
 
@@ -1033,6 +1037,37 @@ def _measure_matches(tok: _Token, value: float, unit: str) -> bool:
     return _matches(tok.value, tok.decimals, value)
 
 
+#: Measures that are one index by different scoring rules: an answer that states one of them
+#: answers a question about the index; when it states none, only the first (the primary rule)
+#: is added (:func:`assistant.toolcalls.missing_measures`).
+RULE_VARIANTS: tuple[tuple[str, ...], ...] = (
+    ("ahi_3a", "ahi_4"), ("odi3", "odi4"),
+    ("hypopnea_count", "hypopnea_3a_count", "hypopnea_4_count"))
+
+
+def specific_rules(question: str) -> set[str]:
+    """The measures of :data:`RULE_VARIANTS` a question names by their rule: words of
+    :data:`assistant.extract.MEASURE_WORDS` that name one member of a group ("the AHI by the
+    4 % rule" names ``ahi_4``; "the AHI" names both rules)."""
+    from assistant.extract import MEASURE_WORDS
+
+    low = (question or "").lower()
+    out: set[str] = set()
+    for pattern, _section, names in MEASURE_WORDS:
+        if re.search(pattern, low):
+            for group in RULE_VARIANTS:
+                hit = set(group) & set(names)
+                if len(hit) == 1:
+                    out |= hit
+    return out
+
+
+def _other_rules(names: Iterable[str]) -> set[str]:
+    """The other rules' measures of a group of which ``names`` holds exactly one."""
+    names = set(names)
+    return {n for g in RULE_VARIANTS if len(set(g) & names) == 1 for n in g if n not in names}
+
+
 def misbound_numbers(text: str, measures: Iterable[object], question: str
                      ) -> list[WithdrawnClaim]:
     """Numbers written right after words that name a measure the question asks for, but that
@@ -1049,7 +1084,10 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
     20" from "and 20 more runs" and "WASO: 113.0 min" from another duration; the measured
     values were 23 and 86.5 min); so is a number of another unit kind written there
     right after the words, with only "is", "was", "of" or punctuation between ("Percentage
-    of deep sleep: 2.8 /h", "The SE was 12.5 events/h"; not "AHI (3% rule)"). When the answer never states a measure the question asks
+    of deep sleep: 2.8 /h", "The SE was 12.5 events/h"; not "AHI (3% rule)"). Words that
+    name one scoring rule of an index (:data:`RULE_VARIANTS`: "the 4% rule") with a number
+    right after them take only that rule's value ("the AHI ... with the 4% rule is 17.6
+    events/h" gave the 3 % rule's AHI). When the answer never states a measure the question asks
     for (one measure, e.g. the sleep-onset latency), a number of its unit kind that is no value of what its sentence
     names is withdrawn too ("took approximately 100 minutes to fall asleep" for a sleep-onset
     latency of 69.0 min).
@@ -1130,6 +1168,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         union += [m for m in by_name.values()
                   if (lw := _label_words(m.label)) and lw <= words]
         parts.append((at, sentence, low, _tokens(sentence, empty)[0], union))
+    every = _tokens(_mask(text, [m.span() for m in _EVIDENCE.finditer(text)]), empty)[0]
     out: list[tuple[int, int, WithdrawnClaim]] = []
     flagged: set[tuple[int, int]] = set()
 
@@ -1150,6 +1189,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             if mt is None or not own:
                 continue
             fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
+            others = _other_rules(names)
             for tok in toks:
                 if tok.start < mt.end():
                     continue
@@ -1166,7 +1206,10 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     continue
                 if fams == {"count"} and tok.decimals:
                     continue  # "0.05" after "periodic limb movement": not a count
-                if not any(_measure_matches(tok, m.value, m.unit) for m in union):
+                allowed = union
+                if others and _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
+                    allowed = [m for m in union if getattr(m, "name", "") not in others]
+                if not any(_measure_matches(tok, m.value, m.unit) for m in allowed):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")
                 break
@@ -1178,11 +1221,13 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
         if len(names) != 1 or len(own) != 1 or not fams <= {"duration", "pct", "rate", "bpm"}:
             continue  # one measure only: "the architecture" names four percentages
-        if any(_measure_matches(tok, m.value, m.unit) for _a, _s, _l, toks, _u in parts
-               for tok in toks for m in own):
+        # stated anywhere, also in a sentence about one epoch ("nadir 87.1 % at epoch 95")
+        if any(_measure_matches(tok, m.value, m.unit) for tok in every for m in own):
             continue
         for at, sentence, _low, toks, union in parts:
             for tok in toks:
+                if sentence[max(0, tok.start - 1):tok.start] == "(":
+                    continue  # "ODI (3 %)": the rule in a measure's name
                 if tok.family in fams and not any(
                         _measure_matches(tok, m.value, m.unit) for m in union):
                     withdraw(at, sentence, tok,

@@ -63,6 +63,7 @@ from langgraph.channels.untracked_value import UntrackedValue
 from pydantic import BaseModel, Field, ValidationError
 
 from assistant.grounding import (
+    RULE_VARIANTS,
     UNVERIFIED,
     FactItem,
     GroundedAnswer,
@@ -71,6 +72,7 @@ from assistant.grounding import (
     chat_allowed,
     ground_answer,
     misbound_spans,
+    specific_rules,
 )
 from sleeplm._logging import logger
 
@@ -1185,10 +1187,15 @@ class ChatGroundingMiddleware(AgentMiddleware):
         if not isinstance(last, AIMessage) or last.tool_calls \
                 or last.additional_kwargs.get(WRITER_KEY) != "llm":
             return None
+        # markers and a heading copied from earlier answers would claim a check or an
+        # addition the code did not make
+        own, marks = _MARKER.subn("", _text(last))
+        if marks:
+            messages[-1] = last.model_copy(update={"content": own})
         grounded = ground_conversation(messages, extra=self.extra)
         text, withdrawn = grounded.text, list(grounded.withdrawn)
-        # a heading copied from an earlier answer would claim an addition the code did not make
         text, copied = _COPIED_HEAD.subn("", text)
+        copied += marks
         h = _last_human(messages)
         spans = (misbound_spans(text, facts_measures(messages).values(), _text(messages[h]))
                  if h is not None else [])
@@ -1202,8 +1209,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
             return None
         kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
         if copied:
-            logger.warning("removed %d copy(ies) of the added-values heading from an answer",
-                           copied)
+            logger.warning("removed %d copied [unverified] marker(s) or added-values "
+                           "heading(s) from an answer", copied)
         if withdrawn:
             logger.warning("withdrew %d unsupported number(s)/time(s) from an answer: %s",
                            len(withdrawn), ", ".join(w.token for w in withdrawn))
@@ -1228,22 +1235,24 @@ _COPIED_HEAD = re.compile(
     r"\(?added from the tool results?\)?:?[ \t]*", re.IGNORECASE)
 
 
+#: An ``[unverified]`` marker with its brackets or parentheses and the space before it.
+_MARKER = re.compile(r"[ \t]*\(?" + re.escape(UNVERIFIED) + r"\)?")
+
+
 def _without_added(m: BaseMessage) -> BaseMessage:
     """An earlier answer as the LLM reads it again: without the measured values that code
-    added below it (:data:`COMPLETED_KEY`). A small LLM that saw the added block in its
-    history wrote the heading itself under a later answer."""
-    if not (isinstance(m, AIMessage) and m.additional_kwargs.get(COMPLETED_KEY)):
+    added below it (:data:`COMPLETED_KEY`) and without the ``[unverified]`` markers of the
+    grounding check. A small LLM that saw them in its history wrote the added block's
+    heading under a later answer, and "([unverified])" after its own numbers, right or
+    wrong."""
+    if not isinstance(m, AIMessage) or m.tool_calls:
         return m
     text = _text(m)
-    cut = text.find("\n\n" + COMPLETION_HEAD)
-    return m if cut < 0 else m.model_copy(update={"content": text[:cut]})
-
-
-#: Measures that are one index by different scoring rules: an answer that states one of them
-#: answers the question; when it states none, only the first (the primary rule) is added.
-RULE_VARIANTS: tuple[tuple[str, ...], ...] = (
-    ("ahi_3a", "ahi_4"), ("odi3", "odi4"),
-    ("hypopnea_count", "hypopnea_3a_count", "hypopnea_4_count"))
+    if m.additional_kwargs.get(COMPLETED_KEY):
+        cut = text.find("\n\n" + COMPLETION_HEAD)
+        text = text if cut < 0 else text[:cut]
+    text = _MARKER.sub("", text)
+    return m if text == _text(m) else m.model_copy(update={"content": text})
 
 
 def _measure_of(obj: Any) -> Any:
@@ -1308,7 +1317,9 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
     list of (name, line)
         ``line`` is "label: value unit", in the order the question's words name them; a
         measure without a value (e.g. no SpO2 channel) is left out, and so is an index by
-        another scoring rule when one is stated or added (:data:`RULE_VARIANTS`).
+        another scoring rule when one is stated or added (:data:`RULE_VARIANTS`), unless
+        the question names that rule ("the AHI by the 4% rule" was answered with the AHI by
+        the 3 % rule).
     """
     from assistant import extract as X
 
@@ -1316,6 +1327,7 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
         list(HEADLINE_MEASURES) if intent == "summary" else [])
     if not names:
         return []
+    explicit = specific_rules(question)
     found = facts_measures(turn)
     def valued(name: str) -> Any:
         meas = found.get(name)
@@ -1331,7 +1343,8 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
         meas = valued(name)
         if meas is None or stated(name):
             continue
-        group = next((g for g in RULE_VARIANTS if name in g), (name,))
+        group = next((g for g in RULE_VARIANTS if name in g and name not in explicit),
+                     (name,))
         if any(stated(g) for g in group) or any(n in group for n, _ in out):
             continue  # the same index by another rule is stated (or already added)
         out.append((name, f"{meas.label}: {meas.format()}"))

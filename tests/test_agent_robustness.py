@@ -593,3 +593,25 @@ def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, li
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "list the obstructive apneas")
     assert answer.completed == []
+
+
+def test_unverified_markers_the_llm_copies_are_removed_and_kept_from_its_history(
+        tmp_path, library):
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    waso, tib = ms["waso_min"], ms["tib_min"]
+    # the first answer gets a number withdrawn; the LLM then writes the marker itself after
+    # a right value (the 1.5 B model did, having read the marked answer in its history)
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(f"WASO: {tib.format()}."),
+                      _call("report_facts", {"sections": ["architecture"]}, "f2"),
+                      AIMessage(f"The patient spent {waso.format()} ([unverified]) awake "
+                                "after sleep onset ([unverified])."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    first = bot.ask(OSA, "whats the WASO")
+    assert "[unverified]" in first.text
+    answer = bot.ask(OSA, "How much wake after sleep onset was there?")
+    assert answer.text == f"The patient spent {waso.format()} awake after sleep onset."
+    assert answer.withdrawn == [] and "([unverified])" in answer.ungrounded_text
+    read = [m.content for m in model.seen[2] if isinstance(m, AIMessage) and not m.tool_calls]
+    assert read and not any("unverified" in r or "Measured values" in r for r in read)

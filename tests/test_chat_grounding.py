@@ -18,7 +18,7 @@ import pytest
 from conftest import ScriptedChat, add_study, tiny_checkpoint, write_tiny_library
 from conftest import measures_of as _measures
 from conftest import tool_call as _call
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, ToolMessage
 
 from assistant.agent import Assistant
 from assistant.config import AssistantConfig
@@ -327,3 +327,46 @@ def test_a_value_of_another_unit_kind_after_a_measure_is_withdrawn():
         "The SE was 12.5 events/h.", ms, "What was her SE?")] == ["12.5 events/h"]
     # a unit in parentheses after the words is part of the measure's name
     assert misbound_numbers("The AHI (3% rule) is 17.6 events/h.", ms, "gimme the AHI") == []
+
+
+def test_words_naming_one_scoring_rule_take_only_that_rules_value():
+    from assistant.grounding import misbound_numbers, specific_rules
+    from assistant.toolcalls import missing_measures
+
+    ms = [Measure(name="ahi_3a", label="AHI (AASM 3%/arousal rule)", value=17.6,
+                  unit="events/h"),
+          Measure(name="ahi_4", label="AHI (4% rule)", value=13.7, unit="events/h")]
+    q = "What is the AHI if hypopneas are scored with the 4% rule?"
+    assert specific_rules(q) == {"ahi_4"} and specific_rules("gimme the AHI") == set()
+    # what the 1.5 B model wrote: the 3 % rule's AHI for the 4 % rule
+    said = "The AHI if hypopneas are scored with the 4% rule is 17.6 events/h."
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["17.6 events/h"]
+    assert misbound_numbers(said.replace("17.6", "13.7"), ms, q) == []
+    # both rules compared in one sentence: each value keeps its own words
+    both = "With the 4% rule the AHI drops from 17.6 to 13.7 events/h."
+    assert misbound_numbers(both, ms, q) == []
+    assert misbound_numbers("The AHI is 17.6 events/h by the 3% rule and 13.7 events/h by "
+                            "the 4% rule.", ms, q) == []
+    # the 4 % rule's value is added when the answer gives only the 3 % rule's
+    facts = ToolMessage(content="facts", tool_call_id="f1", name="report_facts",
+                        artifact={"result": {"sections": {"respiratory": [
+                            m.model_dump() for m in ms]}}})
+    assert [n for n, _ in missing_measures(q, [facts], said)] == ["ahi_4"]
+    # a question about "the AHI" is answered by either rule
+    assert missing_measures("gimme the AHI", [facts], said) == []
+
+
+def test_a_value_stated_beside_an_epoch_counts_as_stated():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="spo2_nadir", label="SpO2 nadir during sleep", value=87.1, unit="%"),
+          Measure(name="odi3", label="ODI (3 % rule)", value=14.4, unit="events/h")]
+    q = "How low did her saturation go?"
+    # what the 1.5 B model wrote: the nadir is stated in the sentence about its epoch, and
+    # "(3 %)" is the rule in the ODI's name
+    said = ("The oxygen desaturation index (3 %) was 14.4 events/h in bed. The saturation "
+            "nadir during sleep was 87.1 % at epoch 95.")
+    assert misbound_numbers(said, ms, q) == []
+    # a nadir that is not stated anywhere still withdraws a percentage of the model's own
+    wrong = "Her saturation went down to about 85 %. The ODI (3 %) was 14.4 events/h."
+    assert [w.token for w in misbound_numbers(wrong, ms, q)] == ["85 %"]
