@@ -169,13 +169,20 @@ class Answer(BaseModel):
         out = []
         if self.fallback is not None:
             out.append(self.fallback.describe())
-        if self.withdrawn:
-            tokens = ", ".join(dict.fromkeys(w.token for w in self.withdrawn))
-            out.append(f"{len(self.withdrawn)} number(s) or time(s) of the model's answer were "
+        numbers = [w for w in self.withdrawn if w.kind != "absence"]
+        denials = [w for w in self.withdrawn if w.kind == "absence"]
+        if numbers:
+            tokens = ", ".join(dict.fromkeys(w.token for w in numbers))
+            out.append(f"{len(numbers)} number(s) or time(s) of the model's answer were "
                        f"withdrawn because no tool result supports them ({tokens}); they are "
                        "marked [unverified].")
-        if self.completed:
-            out.append(f"The model's answer left out {len(self.completed)} measure(s) the "
+        if denials:
+            out.append(f"The model's answer denied events that the tool result lists "
+                       f"({'; '.join(w.reason for w in denials)}); the denial is marked "
+                       "[unverified] and the scored count added below it.")
+        measures = [c for c in self.completed if c != "scored_events"]
+        if measures:
+            out.append(f"The model's answer left out {len(measures)} measure(s) the "
                        "question asks for; their measured values were added below it.")
         return out
 

@@ -128,7 +128,7 @@ class Problem(BaseModel):
     """
 
     token: str
-    kind: Literal["number", "clock", "date", "measure"]
+    kind: Literal["number", "clock", "date", "measure", "absence"]
     reason: str
 
 
@@ -673,15 +673,15 @@ class WithdrawnClaim(BaseModel):
     token : str
         As the answer wrote it (``"0 events/h"``, ``"04:44"``).
     kind : str
-        ``number``, ``clock``, ``date`` or ``measure`` (a named measure given a value that is
-        not its own).
+        ``number``, ``clock``, ``date``, ``measure`` (a named measure given a value that is
+        not its own) or ``absence`` ("no hypopneas" where the tool result lists some).
     reason : str
     sentence : str
         The sentence as the model wrote it.
     """
 
     token: str
-    kind: Literal["number", "clock", "date", "measure"]
+    kind: Literal["number", "clock", "date", "measure", "absence"]
     reason: str
     sentence: str
 

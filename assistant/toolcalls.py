@@ -65,6 +65,7 @@ from pydantic import BaseModel, Field, ValidationError
 from assistant.grounding import (
     RULE_VARIANTS,
     UNVERIFIED,
+    _located_sentences,
     FactItem,
     GroundedAnswer,
     ToolOutput,
@@ -90,6 +91,7 @@ __all__ = [
     "ChatGroundingMiddleware",
     "COMPLETED_KEY",
     "facts_measures",
+    "absence_spans",
     "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
@@ -1202,9 +1204,15 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
+        absent = absence_spans(text, messages[h + 1:]) if h is not None else []
+        for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
         missing = (missing_measures(_text(messages[h]), messages[h + 1:], text,
                                     intent=last.additional_kwargs.get(INTENT_KEY))
                    if h is not None else [])
+        missing += [("scored_events", line)
+                    for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
         if not withdrawn and not missing and not copied:
             return None
         kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
@@ -1283,6 +1291,80 @@ def facts_measures(messages: Iterable[BaseMessage]) -> dict[str, Any]:
                 meas = _measure_of(item)
                 found[meas.name] = meas
     return found
+
+
+#: Words that deny events right before their name ("there were no hypopneas", "not any
+#: arousals"; not "none of the hypopneas", not "no more than 12 hypopneas").
+_DENIAL = re.compile(r"\b(?:no|zero|not any|n't any|never any)\b(?:\s+[\w-]+){0,2}\s*$")
+
+
+def _events_results(turn: Sequence[BaseMessage]) -> list[tuple[list[str], dict[str, int], str]]:
+    """``(types asked, counts per type, "start-end" clock)`` of each ``list_events`` result
+    among ``turn`` (results restored as dicts are read too)."""
+    out = []
+    for m in turn:
+        if not (isinstance(m, ToolMessage) and m.name == "list_events" and m.status != "error"
+                and not m.additional_kwargs.get(REPEAT_KEY)):
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        if res is None:
+            continue
+        get = res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
+        span = get("span") or {}
+        sget = span.get if isinstance(span, dict) else (lambda k, sp=span: getattr(sp, k, ""))
+        clock = (f"{sget('start_clock')}-{sget('end_clock')}"
+                 if sget("start_clock") and sget("end_clock") else "")
+        out.append((list(get("types") or []), dict(get("counts") or {}), clock))
+    return out
+
+
+def absence_spans(text: str, turn: Sequence[BaseMessage]
+                  ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """Denials of events in ``text`` that the question's ``list_events`` results contradict.
+
+    Asked "Were there any hypopneas between 3 and 4 am?", the 1.5 B model answered "There
+    were no hypopneas between 3 and 4 am." while its result listed 12: a claim without a
+    number, which the number check cannot see. A denial ("no", "zero", "not any" right before
+    an event's name, :data:`assistant.extract.EVENT_WORDS`) is contradicted when every
+    ``list_events`` result of the question that covers the event's types counts some.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where the denying word is in ``text``; ``line`` gives the count from the result
+        ("Scored hypopnea events (03:00:00-04:00:00): 12"), to add under the answer.
+    """
+    from assistant.extract import EVENT_WORDS
+
+    results = _events_results(turn)
+    if not results:
+        return []
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for at, sentence in _located_sentences(text):
+        low = sentence.lower()
+        taken = [False] * len(low)
+        for pattern, types in EVENT_WORDS:
+            for mt in re.finditer(rf"\b(?:{pattern})", low):
+                if any(taken[mt.start():mt.end()]):
+                    continue
+                taken[mt.start():mt.end()] = [True] * (mt.end() - mt.start())
+                deny = _DENIAL.search(low[:mt.start()])
+                covering = [(sum(n for t, n in counts.items() if t in types), clock)
+                            for asked, counts, clock in results
+                            if not asked or set(asked) & set(types)]
+                if deny is None or not covering or min(n for n, _ in covering) == 0:
+                    continue
+                n, clock = min(covering)
+                word = re.match(r"[\w']+(?: any)?", low[deny.start():]).group(0)
+                kinds = ", ".join(t.replace("_", " ") for t in types
+                                  if any(t in counts for _a, counts, _c in results))
+                line = (f"Scored {kinds or mt.group(0)} events"
+                        + (f" ({clock})" if clock else "") + f": {n}")
+                out.append((at + deny.start(), at + deny.start() + len(word), WithdrawnClaim(
+                    token=sentence[deny.start():deny.start() + len(word)], kind="absence",
+                    sentence=sentence, reason=f"the list_events result counts {n} "
+                    f"{mt.group(0)}" + (f" in {clock}" if clock else "")), line))
+    return out
 
 
 #: The headline measures of a night: what a summary ("quick overview", "headline numbers")

@@ -588,7 +588,7 @@ def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, li
     for n in want:
         assert f"- {ms[n].label}: {ms[n].format()}" in answer.text
     # a question of another intent that names no measure gets nothing added
-    model = _scripted(_call("list_events", {"event_types": ["obstructive_apnea"]}, "e1"),
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
                       AIMessage("The apneas are listed above."))
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "list the obstructive apneas")
@@ -615,3 +615,38 @@ def test_unverified_markers_the_llm_copies_are_removed_and_kept_from_its_history
     assert answer.withdrawn == [] and "([unverified])" in answer.ungrounded_text
     read = [m.content for m in model.seen[2] if isinstance(m, AIMessage) and not m.tool_calls]
     assert read and not any("unverified" in r or "Measured values" in r for r in read)
+
+
+def test_a_denial_of_events_the_tool_result_lists_is_withdrawn_and_the_count_added(
+        tmp_path, library):
+    model = _scripted(_call("list_events", {"types": ["hypopnea"]}, "e1"),
+                      AIMessage("No, there were no hypopneas during the night."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    answer = bot.ask(OSA, "Were there any hypopneas?")
+    n = answer.tool_calls[0].artifact.result.counts["hypopnea"]
+    assert n > 0
+    assert answer.text.startswith("No, there were [unverified] hypopneas during the night.")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [("no", "absence")]
+    assert answer.completed == ["scored_events"]
+    assert any("denied events" in x and f"counts {n} " in x for x in answer.notices())
+    assert f"- Scored hypopnea events (" in answer.text and answer.text.endswith(f": {n}")
+
+
+def test_absence_spans_reads_results_as_dicts_and_spares_other_phrasings():
+    from assistant.toolcalls import absence_spans
+
+    res = {"patient": "p", "types": ["hypopnea"], "counts": {"hypopnea": 12}, "n_total": 12,
+           "span": {"start_clock": "03:00:00", "end_clock": "04:00:00"}, "events": []}
+    msg = ToolMessage(content="12 scored event(s)", tool_call_id="e1", name="list_events",
+                      artifact={"result": res})
+    said = "There were no hypopneas between 3 and 4 am."
+    [(a, b, claim, line)] = absence_spans(said, [msg])
+    assert said[a:b] == "no" and claim.kind == "absence" and "12" in claim.reason
+    assert line == "Scored hypopnea events (03:00:00-04:00:00): 12"
+    for fine in ("None of the hypopneas were in REM.", "There were no more than 12 hypopneas.",
+                 "There were 12 hypopneas and no central apneas (not asked for)."):
+        assert absence_spans(fine, [msg]) == []
+    # a result that counts none supports the denial; no result, no check
+    none = {**res, "counts": {}, "n_total": 0}
+    assert absence_spans(said, [msg.model_copy(update={"artifact": {"result": none}})]) == []
+    assert absence_spans(said, []) == []
