@@ -157,7 +157,8 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 )
 
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
-                         "tool_loop", "time_budget", "model_error", "out_of_scope"]
+                         "tool_loop", "time_budget", "model_error", "out_of_scope",
+                         "not_understood"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -169,6 +170,8 @@ _REASON_TEXT: dict[str, str] = {
     "model_error": "the model call failed",
     "out_of_scope": ("the question is outside the study (treatment, driving, anything not "
                      "recorded), which the assistant declines by fixed rule"),
+    "not_understood": ("the planner could not place the question, and a small model is not "
+                       "asked what the planner cannot route"),
 }
 
 
@@ -183,8 +186,9 @@ class FallbackNote(BaseModel):
     ----------
     reason : str
         ``no_tool_call``, ``unreadable_tool_call``, ``empty_answer``, ``tool_errors``,
-        ``tool_loop``, ``time_budget``, ``model_error`` or ``out_of_scope`` (shortlist mode:
-        the planner declines what is outside the study itself).
+        ``tool_loop``, ``time_budget``, ``model_error``, ``out_of_scope`` (shortlist mode:
+        the planner declines what is outside the study itself) or ``not_understood``
+        (shortlist mode: the planner cannot place the question).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -1110,10 +1114,16 @@ class ToolCallGuard(AgentMiddleware):
     def _declined(sl: Any) -> FallbackNote | None:
         """Shortlist mode: a question the planner places out of scope or not recorded is
         answered by the planner's fixed refusal, never by the small LLM (asked whether to
-        start CPAP or bilevel, a 1.5 B model recommended bilevel)."""
+        start CPAP or bilevel, a 1.5 B model recommended bilevel); one it cannot place at all
+        gets its answer saying so and what it can do."""
         if sl.call is None and sl.intent in DECLINED_INTENTS:
             return FallbackNote(reason="out_of_scope",
                                 detail=f"the planner reads it as {sl.intent.replace('_', ' ')}")
+        if sl.call is None and sl.intent == "unknown":
+            # every such question of the 187 benchmark questions was out of scope (driving,
+            # a recipe, a capital), and a 1.5 B model offered tools called localize or
+            # report_facts for them and answered with unrelated data
+            return FallbackNote(reason="not_understood")
         return None
 
     def _reusable(self, messages: Sequence[BaseMessage], h: int) -> list[BaseMessage]:
