@@ -219,9 +219,10 @@ _HOURS_MIN = re.compile(
     r"(?![A-Za-z0-9_])", re.IGNORECASE)
 _CLOCK = re.compile(
     r"(?<![\w.:])(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?"
-    r"(?:\s?(?P<ap>[ap])\.?\s?m\b\.?)?(?![\w:])", re.IGNORECASE)
-#: What looks like a clock time but is none (read after the valid ones are masked).
-_BAD_CLOCK = re.compile(r"(?<![\w.:])\d{1,4}:\d{2}(?::\d{2})?(?![\w:])")
+    r"(?:\s?(?P<ap>[ap])\.?\s?m\b\.?)?(?![\w:]|\.\d)", re.IGNORECASE)
+#: What looks like a clock time but is none (read after the valid ones are masked), a
+#: fraction included ("3.9 minutes (0:03.9)" is one token).
+_BAD_CLOCK = re.compile(r"(?<![\w.:])\d{1,4}:\d{2}(?::\d{2})?(?:\.\d+)?(?![\w:])")
 _DATE = re.compile(r"(?<![\w.])(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})(?![\w])")
 #: Words that start with a letter and hold a digit: identifiers, not numbers.
 _IDENT = re.compile(r"(?<![\w-])[A-Za-z][\w.\-]*?\d[\w\-]*(?:\.[\w\-]+)*")

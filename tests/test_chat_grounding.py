@@ -104,6 +104,7 @@ def test_a_quoted_label_is_data_not_a_claim(allowed):
     ("The AHI is zero events per hour.", "zero"),
     ("The breathing stops at 145:00.", "145:00"),  # a 1.5 B model's minutes as a clock
     ("It starts at 24:30.", "24:30"),
+    ("It lasted (0:03.9) in all.", "0:03.9"),  # minutes:seconds as the 1.5 B model wrote it
 ])
 def test_unsupported_numbers_are_withdrawn(allowed, text, token):
     g = ground_answer(text, allowed)
