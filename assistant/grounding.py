@@ -220,6 +220,11 @@ _HOURS_MIN = re.compile(
 _CLOCK = re.compile(
     r"(?<![\w.:])(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?::(?P<s>[0-5]\d))?"
     r"(?:\s?(?P<ap>[ap])\.?\s?m\b\.?)?(?![\w:]|\.\d)", re.IGNORECASE)
+#: Event words then "per hour" after a bare number: the number is a rate.
+_PER_HOUR_AFTER = re.compile(
+    r"(?:\s+(?:apn\w*|hypopn\w*|events?|arousals?|desat\w*|movements?|central|obstructive|"
+    r"mixed|respiratory|limb|leg|periodic|breathing|and|or)){1,4}\s+(?:per|an|each|every)\s+"
+    r"hour\b", re.IGNORECASE)
 #: What looks like a clock time but is none (read after the valid ones are masked), a
 #: fraction included ("3.9 minutes (0:03.9)" is one token).
 _BAD_CLOCK = re.compile(r"(?<![\w.:])\d{1,4}:\d{2}(?::\d{2})?(?:\.\d+)?(?![\w:])")
@@ -499,6 +504,8 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
     for m in _NUMBER.finditer(masked):
         num = m.group("num")
         fam, secs = _family_of(m.group("unit"))
+        if m.group("unit") is None and _PER_HOUR_AFTER.match(masked, m.end()):
+            fam, secs = "rate", None  # "65 hypopneas per hour": a rate, not the count 65
         toks.append(_Token(start=m.start(), end=m.end(), text=m.group(0).strip(),
                            value=float(num.replace(",", "")), decimals=_decimals(num),
                            family=fam, seconds=secs))

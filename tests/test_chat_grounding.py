@@ -78,6 +78,7 @@ def allowed():
     "fell to 86 %; the second at 2:31 am.",
     "1. obstructive apnea at 02:14:45\n2. obstructive apnea at 02:31:00",
     "The commonly used reference is 85 % for sleep efficiency.",
+    "There were 2 obstructive apneas, and 24 apneas and hypopneas per hour of sleep.",
 ])
 def test_supported_answers_pass_unchanged(allowed, text):
     g = ground_answer(text, allowed)
@@ -105,6 +106,8 @@ def test_a_quoted_label_is_data_not_a_claim(allowed):
     ("The breathing stops at 145:00.", "145:00"),  # a 1.5 B model's minutes as a clock
     ("It starts at 24:30.", "24:30"),
     ("It lasted (0:03.9) in all.", "0:03.9"),  # minutes:seconds as the 1.5 B model wrote it
+    # a count written as a rate (the 1.5 B model wrote "65 hypopneas per hour" for a count)
+    ("There were 2 obstructive apneas per hour.", "2"),
 ])
 def test_unsupported_numbers_are_withdrawn(allowed, text, token):
     g = ground_answer(text, allowed)
