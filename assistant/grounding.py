@@ -1122,6 +1122,9 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
+#: A run of epochs as evidence ("which occurred at epoch 30-947"): no single event.
+_EPOCH_RUN = re.compile(r"\bepochs?\s+\d+\s*[-\u2013]\s*\d+(?:\s*(?:,|and)\s*\d+\s*[-\u2013]"
+                        r"\s*\d+)*", re.IGNORECASE)
 #: Evidence in brackets, as report_facts writes it ("[epochs 33-39, 41-42 and 20 more runs]").
 _EVIDENCE = re.compile(r"\[[^\]\n]*\]")
 _LABEL_STOP = frozenset({"in", "of", "the", "a", "an", "during", "per", "and", "or", "by",
@@ -1160,13 +1163,15 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
     if not by_name or not asked:
         return []
     empty = GroundingFacts()
-    # the answer's sentences: where, the text (evidence in brackets masked), the numbers
+    # the answer's sentences: where, the text (evidence in brackets and runs of epochs
+    # masked), the numbers
     # and the measures the sentence names (a value of any of them is its own: "AHI supine
     # ...: 61.4"; so is that of a measure whose label's words all are in it: "mean heart
     # rate in stage N1")
     parts: list[tuple[int, str, str, list[_Token], list[object]]] = []
     for at, sentence in _located_sentences(text):
-        sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)])
+        sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)]
+                         + [m.span() for m in _EPOCH_RUN.finditer(sentence)])
         low = sentence.lower()
         if _EVENT_CONTEXT.search(low):
             continue
@@ -1176,7 +1181,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         union += [m for m in by_name.values()
                   if (lw := _label_words(m.label)) and lw <= words]
         parts.append((at, sentence, low, _tokens(sentence, empty)[0], union))
-    every = _tokens(_mask(text, [m.span() for m in _EVIDENCE.finditer(text)]), empty)[0]
+    every = _tokens(_mask(text, [m.span() for m in _EVIDENCE.finditer(text)]
+                          + [m.span() for m in _EPOCH_RUN.finditer(text)]), empty)[0]
     out: list[tuple[int, int, WithdrawnClaim]] = []
     flagged: set[tuple[int, int]] = set()
 

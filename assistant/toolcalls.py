@@ -92,6 +92,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "stale_citations",
     "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
@@ -158,7 +159,7 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
-                         "not_understood"]
+                         "not_understood", "stale_answer"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -170,6 +171,8 @@ _REASON_TEXT: dict[str, str] = {
     "model_error": "the model call failed",
     "out_of_scope": ("the question is outside the study (treatment, driving, anything not "
                      "recorded), which the assistant declines by fixed rule"),
+    "stale_answer": ("the model's answer cited only times or epochs of an earlier result, "
+                     "none of this question's"),
     "not_understood": ("the planner could not place the question, and a small model is not "
                        "asked what the planner cannot route"),
 }
@@ -188,7 +191,8 @@ class FallbackNote(BaseModel):
         ``no_tool_call``, ``unreadable_tool_call``, ``empty_answer``, ``tool_errors``,
         ``tool_loop``, ``time_budget``, ``model_error``, ``out_of_scope`` (shortlist mode:
         the planner declines what is outside the study itself) or ``not_understood``
-        (shortlist mode: the planner cannot place the question).
+        (shortlist mode: the planner cannot place the question) or ``stale_answer`` (the
+        answer cites only times or epochs of an earlier question's results).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -929,7 +933,8 @@ class ToolCallGuard(AgentMiddleware):
                 return self._fall_back(request, handler, messages, h, [], self._budget_note(
                     started))
             return put(_tag(msg, **tags))
-        note = self._answer_problem(msg, turn, question, unreadable)
+        note = self._answer_problem(msg, turn, question, unreadable,
+                                    earlier=messages[:h] if h is not None else ())
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
         return put(_tag(msg, **tags))
@@ -1085,9 +1090,11 @@ class ToolCallGuard(AgentMiddleware):
         return new, unreadable
 
     def _answer_problem(self, msg: AIMessage, turn: Sequence[BaseMessage], question: str,
-                        unreadable: list[str]) -> FallbackNote | None:
+                        unreadable: list[str], earlier: Sequence[BaseMessage] = ()
+                        ) -> FallbackNote | None:
         """Why a final answer of the LLM cannot stand, or None."""
         text = _text(msg).strip()
+        stale = stale_citations(text, turn, earlier)
         if msg.invalid_tool_calls:
             bad = msg.invalid_tool_calls[0]
             return FallbackNote(reason="unreadable_tool_call",
@@ -1097,6 +1104,8 @@ class ToolCallGuard(AgentMiddleware):
                                 detail=(unreadable[0] if unreadable else text)[:160])
         if not text:
             return FallbackNote(reason="empty_answer")
+        if stale:
+            return FallbackNote(reason="stale_answer", detail=", ".join(stale))
         if self.fallback is None or any(isinstance(m, ToolMessage) for m in turn):
             return None
         router = getattr(self.fallback, "router", None)
@@ -1301,6 +1310,43 @@ def facts_measures(messages: Iterable[BaseMessage]) -> dict[str, Any]:
                 meas = _measure_of(item)
                 found[meas.name] = meas
     return found
+
+
+_CITED_CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?::[0-5]\d)?(?![\d:])")
+_CITED_EPOCH = re.compile(r"\bepochs?\s+(\d+)(?!\d|\.\d|\s*[-\u2013]\s*\d)", re.IGNORECASE)
+
+
+def _citations(text: str) -> set[str]:
+    """The clock times ("HH:MM", seconds left out) and single epochs ("epoch N") ``text``
+    cites."""
+    clocks = {f"{int(m.group(1)):02d}:{m.group(2)}" for m in _CITED_CLOCK.finditer(text)}
+    return clocks | {f"epoch {m.group(1)}" for m in _CITED_EPOCH.finditer(text)}
+
+
+def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[BaseMessage]
+                    ) -> list[str]:
+    """The times and epochs an answer cites when all of them come from an earlier question's
+    tool results and none from this question's, which did list some; else [].
+
+    Asked "Which desaturations were scored after 5 am?", the 1.5 B model called list_events
+    (15 desaturations from 05:02:33) and answered "The longest desaturation of the night
+    occurred in epoch 379 (01:25:30-01:26:00, N2)", the event of the question before.
+
+    Parameters
+    ----------
+    text : str
+        The answer.
+    turn, earlier : sequence of BaseMessage
+        This question's messages after it, and the conversation before it.
+    """
+    now_text = " ".join(_text(m) for m in turn if isinstance(m, ToolMessage)
+                        and m.status != "error")
+    now = _citations(now_text)
+    said = _citations(text)
+    if not now or not said or said & now:
+        return []
+    before = _citations(" ".join(_text(m) for m in earlier if isinstance(m, ToolMessage)))
+    return sorted(said) if said <= before else []
 
 
 #: Words that deny events right before their name ("there were no hypopneas", "not any

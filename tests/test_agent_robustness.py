@@ -656,3 +656,35 @@ def test_absence_spans_reads_results_as_dicts_and_spares_other_phrasings():
     none = {**res, "counts": {}, "n_total": 0}
     assert absence_spans(said, [msg.model_copy(update={"artifact": {"result": none}})]) == []
     assert absence_spans(said, []) == []
+
+
+def test_an_answer_citing_only_an_earlier_results_times_falls_back(tmp_path, library):
+    from assistant.toolcalls import stale_citations
+
+    from tools.facts import EventsInput, events_in_range
+
+    apneas = events_in_range(ToolContext(library=library, patient=OSA),
+                             EventsInput(types=["obstructive_apnea"])).events
+    old = apneas[0].clock
+    # the LLM lists the hypopneas, then answers with the apnea of the question before (the
+    # 1.5 B model did so for "which desaturations were scored after 5 am?")
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage(f"The first is at {old}."),
+                      _call("list_events", {"types": ["hypopnea"]}, "e2"),
+                      AIMessage(f"The longest one was at {old} (epoch {apneas[0].epoch})."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    assert bot.ask(OSA, "list the obstructive apneas").fallback is None
+    answer = bot.ask(OSA, "list the hypopneas")
+    assert answer.fallback is not None and answer.fallback.reason == "stale_answer"
+    assert old[:5] in answer.fallback.detail
+    hyp = answer.tool_calls[-1].artifact.result.events
+    assert hyp and hyp[0].clock in answer.text and old not in answer.text
+    # citing one of this question's events, or nothing, stands
+    now = [ToolMessage(content=f"hypopnea at {hyp[0].clock} (epoch {hyp[0].epoch})",
+                       tool_call_id="x", name="list_events")]
+    before = [ToolMessage(content=f"apnea at {old} (epoch {apneas[0].epoch})",
+                          tool_call_id="y", name="list_events")]
+    assert stale_citations(f"At {old}.", now, before) == [old[:5]]
+    assert stale_citations(f"At {hyp[0].clock[:5]}, after the one at {old}.", now, before) == []
+    assert stale_citations("There were several.", now, before) == []
+    assert stale_citations("At 23:59.", now, before) == []  # from nowhere: grounding's job

@@ -374,3 +374,19 @@ def test_a_value_stated_beside_an_epoch_counts_as_stated():
     # a nadir that is not stated anywhere still withdraws a percentage of the model's own
     wrong = "Her saturation went down to about 85 %. The ODI (3 %) was 14.4 events/h."
     assert [w.token for w in misbound_numbers(wrong, ms, q)] == ["85 %"]
+
+
+def test_a_run_of_epochs_as_evidence_does_not_hide_a_misbound_value():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="ahi_3a", label="AHI (AASM 3%/arousal rule)", value=17.6,
+                  unit="events/h"),
+          Measure(name="ahi_4", label="AHI (4% rule)", value=13.7, unit="events/h")]
+    q = "What is the AHI if hypopneas are scored with the 4% rule?"
+    # the 1.5 B model's answer: "which occurred at epoch 30-947" paraphrases the evidence
+    said = ("The AHI if hypopneas are scored with the 4% rule is 17.6 events/h, which "
+            "occurred at epoch 30-947.")
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["17.6 events/h"]
+    # one epoch still marks a sentence about one event, whose numbers are not checked
+    one = "The AHI with the 4% rule is 17.6 events/h at epoch 95."
+    assert misbound_numbers(one, ms, q) == []
