@@ -1016,7 +1016,10 @@ class ToolCallGuard(AgentMiddleware):
                 if isinstance(m, ToolMessage):
                     now = h is None or i > h
                     limit = self.result_chars if now else max(200, self.result_chars // 4)
-                    short = shorten_tool_result(_text(m), limit, focus=question if now else "")
+                    full = _text(m)
+                    if m.name == "report_facts":
+                        full = _RUN_EVIDENCE.sub("", full)
+                    short = shorten_tool_result(full, limit, focus=question if now else "")
                     if short != _text(m):
                         messages[i] = m.model_copy(update={"content": short})
         overrides: dict[str, Any] = {}
@@ -1347,6 +1350,13 @@ def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[Ba
         return []
     before = _citations(" ".join(_text(m) for m in earlier if isinstance(m, ToolMessage)))
     return sorted(said) if said <= before else []
+
+
+#: Evidence of a measure over runs of epochs or many events, as report_facts writes it
+#: ("[epochs 30, 44-74, 78-221 and 10 more runs]", "[121 events]"): left out of what a compact
+#: LLM reads (a 1.5 B model turned epoch indices into "78.0 hours" and wrote "which occurred
+#: at epoch 30-947" after a severity); one epoch ("[epochs 95]", the nadir's) stays.
+_RUN_EVIDENCE = re.compile(r"[ \t]*\[(?:epochs? [^\]\n]*[-,\u2013][^\]\n]*|\d+ events?)\]")
 
 
 #: Words that deny events right before their name ("there were no hypopneas", "not any

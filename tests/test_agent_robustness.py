@@ -12,6 +12,7 @@ planner answer the question, with the reason on the Answer and a note in the app
 
 from __future__ import annotations
 
+import re
 import json
 import time
 from pathlib import Path
@@ -688,3 +689,17 @@ def test_an_answer_citing_only_an_earlier_results_times_falls_back(tmp_path, lib
     assert stale_citations(f"At {hyp[0].clock[:5]}, after the one at {old}.", now, before) == []
     assert stale_citations("There were several.", now, before) == []
     assert stale_citations("At 23:59.", now, before) == []  # from nowhere: grounding's job
+
+
+def test_a_compact_llm_reads_facts_without_evidence_over_runs_of_epochs(tmp_path, library):
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    full = facts.summary()
+    assert "more runs]" in full or re.search(r"\[epochs \d+-\d+\]", full)
+    model = _scripted(_call("report_facts", {"sections": []}, "f1"), AIMessage("Read."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4, compact_tools=True)
+    answer = bot.ask(OSA, "what is the total sleep time?")
+    read = model.seen[1][-1].content
+    assert "Total sleep time" in read and not re.search(r"\[epochs [^\]]*[-,]", read)
+    assert not re.search(r"\[\d+ events?\]", read)
+    # the user's tool result and the grounding keep the evidence
+    assert answer.tool_calls[0].content == full
