@@ -66,7 +66,8 @@ __all__ = [
 CLOCK_TOLERANCE_S = 30.0
 _DAY = 86400.0
 
-Family = Literal["none", "pct", "rate", "bpm", "duration", "count", "ordinal", "margin"]
+Family = Literal["none", "pct", "rate", "bpm", "duration", "count", "ordinal", "margin",
+                 "other"]
 
 
 class FactItem(BaseModel):
@@ -260,6 +261,28 @@ class _Token(BaseModel):
     decimals: int
     family: Family
     seconds: float | None = None  # durations, converted
+    other: str | None = None  # family "other": the unit's key (_other_unit_key)
+
+
+#: Units the check has no family for, after a number ("30 mmHg", "40 cm H2O", "4
+#: breaths/min"): such a number is supported only by the same number with the same unit.
+_OTHER_UNIT = re.compile(
+    r"\s?(?P<u>mm\s?hg|cm\s?h2o|l\s?/\s?min|ml(?:\s?/\s?min)?|mv|µv|uv|hz|kg|mg|°\s?c|"
+    r"breaths?\s?/\s?min(?:ute)?|breaths?\s+(?:per|a|an)\s+min(?:ute)?|/\s?min)"
+    r"(?![A-Za-z0-9_])", re.IGNORECASE)
+
+
+def _other_unit_key(unit: str | None) -> str | None:
+    """``"other:<unit>"`` for a unit of :data:`_OTHER_UNIT` (spaces dropped, lower case,
+    breaths per minute as ``/min``), else None."""
+    if not unit:
+        return None
+    m = _OTHER_UNIT.fullmatch(" " + unit.strip()) or _OTHER_UNIT.fullmatch(unit.strip())
+    if m is None:
+        return None
+    u = re.sub(r"\s+", "", m.group("u").lower()).replace("uv", "µv")
+    u = re.sub(r"^breaths?(?:/|per|an?)min(?:ute)?$", "/min", u)
+    return "other:" + u
 
 
 def _family_of(unit: str | None) -> tuple[Family, float | None]:
@@ -371,7 +394,7 @@ def build_allowed(facts: Iterable[FactItem], *, quoted: Iterable[str] = ()) -> G
                 scale = {"min": 60.0, "s": 1.0, "h": 3600.0}[f.unit]
                 out.values.setdefault("duration", []).append((f.name, float(v) * scale))
             else:
-                fam = fam_of_unit.get(f.unit, "none")
+                fam = _other_unit_key(f.unit) or fam_of_unit.get(f.unit, "none")
                 out.values.setdefault(fam, []).append((f.name, float(v)))
                 if fam == "count":
                     exact.add(float(round(v)))
@@ -416,6 +439,9 @@ def _candidates(tok: _Token, allowed: GroundingFacts) -> list[str]:
     counts, epochs, ids and label numbers)."""
     names: list[str] = []
     fams: list[str]
+    if tok.family == "other":  # "30 mmHg": only the same number with the same unit
+        return [n for n, v in allowed.values.get(tok.other or "", [])
+                if _matches(tok.value, tok.decimals, v)]
     if tok.family in ("none", "ordinal"):
         fams = list(allowed.values)
     elif tok.family == "count":
@@ -504,11 +530,14 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
     for m in _NUMBER.finditer(masked):
         num = m.group("num")
         fam, secs = _family_of(m.group("unit"))
+        other = None
         if m.group("unit") is None and _PER_HOUR_AFTER.match(masked, m.end()):
             fam, secs = "rate", None  # "65 hypopneas per hour": a rate, not the count 65
+        elif m.group("unit") is None and (u := _OTHER_UNIT.match(sentence, m.end())):
+            fam, secs, other = "other", None, _other_unit_key(u.group("u"))
         toks.append(_Token(start=m.start(), end=m.end(), text=m.group(0).strip(),
                            value=float(num.replace(",", "")), decimals=_decimals(num),
-                           family=fam, seconds=secs))
+                           family=fam, seconds=secs, other=other))
     toks.sort(key=lambda t: t.start)
     return toks, problems, n_times
 
@@ -899,10 +928,13 @@ def _typed_numbers(text: str, name: str) -> tuple[list[FactItem], list[tuple[int
     for m in _NUMBER.finditer(masked):
         fam, secs = _family_of(m.group("unit"))
         value = float(m.group("num").replace(",", ""))
+        other = (_OTHER_UNIT.match(text, m.end()) if m.group("unit") is None else None)
         if fam == "duration" and secs is not None:
             unit = {60.0: "min", 3600.0: "h", 1.0: "s"}[secs]
         elif fam in _TEXT_UNIT:
             unit = _TEXT_UNIT[fam]
+        elif other is not None:
+            unit = other.group("u")
         else:
             continue
         facts.append(FactItem(name=name, label="", unit=unit, value=value))

@@ -108,6 +108,12 @@ _UNIT_AFTER: tuple[tuple[re.Pattern[str], str, float], ...] = tuple(
         (r"min(?:ute)?s?", "duration", 60.0),
         (r"h(?:ou)?rs?|hours?|h", "duration", 3600.0),
         (r"s(?:ec(?:ond)?s?)?", "duration", 1.0)))
+#: Units of no kind above ("30 mmHg", "40 cm H2O", "4 breaths/min"): such a number must be
+#: found with the same unit (read on the text before identifiers such as "H2O" are blanked).
+_OTHER_UNIT_AFTER: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(r"\s?(?:" + rx + r")(?![A-Za-z0-9])", re.I), kind) for rx, kind in (
+        (r"mm\s?hg", "mmhg"), (r"cm\s?h2o", "cmh2o"), (r"l\s?/\s?min", "l/min"),
+        (r"breaths?\s?/\s?min(?:ute)?|breaths?\s+(?:per|an?)\s+min(?:ute)?|/\s?min", "/min")))
 #: Typed values in a result's JSON: a measure's value and unit, or a key named with its unit.
 _JSON_VALUE_UNIT = re.compile(r'"value":\s*(-?\d+(?:\.\d+)?),\s*"unit":\s*"([^"]*)"')
 _JSON_KEY_UNIT = re.compile(r'"\w+?_(s|min|h|pct)":\s*(-?\d+(?:\.\d+)?)')
@@ -372,10 +378,13 @@ def numbers_in(text: str) -> list[NumberToken]:
         return m.group(0)
 
     text = _CLOCK.sub(_clock, text)
+    whole = text
     text = _IDENT.sub(_blank, text)
     for m in _NUMBER.finditer(text):
         num = m.group(1)
         kind, scale = _unit_at(text, m.end())
+        if kind is None:
+            kind = next((k for rx, k in _OTHER_UNIT_AFTER if rx.match(whole, m.end())), None)
         found.append((m.start(), NumberToken(
             text=num, value=float(num), decimals=len(num.split(".")[1]) if "." in num else 0,
             kind=kind, scale=scale)))

@@ -128,6 +128,10 @@ def test_numbers_and_sources():
         ["62.5", "78.0"]
     assert B.wrong_numbers("an AHI of 17.6 events per hour; 17.6 %", facts) == ["17.6"]
     assert B.wrong_numbers("epochs 78 to 221, the AHI 17.6", facts) == []  # unitless: any
+    # units of no kind (the 1.5 B model invented "40 cm H2O" beside "epoch 40")
+    sig = B.NumberSources(["epoch 40 and 61: airflow 1.5 L/min, 4 breaths/min, 12 cm H2O"])
+    assert B.wrong_numbers("40 cm H2O and 61 mmHg; 12 cm H2O, 1.5 L/min, 4 breaths per "
+                           "minute, epoch 40", sig) == ["40", "61"]
 
 
 def test_score_checks_routing_facts_and_numbers():

@@ -390,3 +390,18 @@ def test_a_run_of_epochs_as_evidence_does_not_hide_a_misbound_value():
     # one epoch still marks a sentence about one event, whose numbers are not checked
     one = "The AHI with the 4% rule is 17.6 events/h at epoch 95."
     assert misbound_numbers(one, ms, q) == []
+
+
+def test_a_number_with_a_unit_of_no_family_needs_the_same_unit():
+    from assistant.grounding import ToolOutput, chat_allowed
+
+    outs = [ToolOutput(name="plot_signals", content="epoch 30, 40 and 60: airflow 1.5 L/min, "
+                       "4 breaths/min, SpO2 92 %, 12 cm H2O", result=None)]
+    allowed = chat_allowed(outs, "show the airflow and SpO2 traces")
+    # what the 1.5 B model wrote beside the signals plot: pressures from the epoch numbers
+    g = ground_answer("The nasal pressure was 30 mmHg, the thorax was at 40 cm H2O, and the "
+                      "SpO2 was 92%.", allowed)
+    assert [w.token for w in g.withdrawn] == ["30", "40"]
+    assert "[unverified] mmHg" in g.text and "92%" in g.text
+    fine = "Airflow 1.5 L/min, 4 breaths per minute, 12 cm H2O at epoch 40."
+    assert ground_answer(fine, allowed).withdrawn == []
