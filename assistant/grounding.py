@@ -1154,6 +1154,9 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
+#: After an hour: "am"/"pm", or "and 2 am" / "to 3 pm" ("between 1 and 2 am").
+_HOUR_AFTER = re.compile(r"\s*(?:(?:and|to|-|\u2013)\s*\d{1,2}(?::\d{2})?\s*)?(?:[ap]\.?m\b|"
+                         r"o'clock)", re.IGNORECASE)
 #: A run of epochs as evidence ("which occurred at epoch 30-947"): no single event.
 _EPOCH_RUN = re.compile(r"\bepochs?\s+\d+\s*[-\u2013]\s*\d+(?:\s*(?:,|and)\s*\d+\s*[-\u2013]"
                         r"\s*\d+)*", re.IGNORECASE)
@@ -1241,6 +1244,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     continue
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break
+                if _HOUR_AFTER.match(sentence, tok.end):
+                    break  # "between 1 and 2 am": a time of the question, no value
                 if tok.family not in ("none", "count") and tok.family not in fams:
                     if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
                         continue  # "(3% rule)" after "AHI": part of its name

@@ -405,3 +405,17 @@ def test_a_number_with_a_unit_of_no_family_needs_the_same_unit():
     assert "[unverified] mmHg" in g.text and "92%" in g.text
     fine = "Airflow 1.5 L/min, 4 breaths per minute, 12 cm H2O at epoch 40."
     assert ground_answer(fine, allowed).withdrawn == []
+
+
+def test_hours_of_a_time_range_after_a_measures_words_are_no_values():
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="plm_count", label="Periodic limb movements in sleep", value=308,
+                  unit="count"),
+          Measure(name="plmi", label="PLMS index", value=41.0, unit="events/h")]
+    q = "Which periodic limb movements happened between 1 and 2 am?"
+    # the 1.5 B model repeated the question's range: its hours are not the PLM count
+    said = "The periodic limb movements happened between 1 and 2 am."
+    assert misbound_numbers(said, ms, q) == []
+    assert misbound_numbers("Periodic limb movements at 3 pm.", ms, q) == []
+    assert [w.token for w in misbound_numbers("Periodic limb movements: 12.", ms, q)] == ["12"]
