@@ -239,7 +239,7 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"\brem\b.*\bahi\b|\bahi\b.*\b(?:rem|nrem)\b", "respiratory", ("ahi_rem", "ahi_nrem")),
     (r"4 ?% rule|ahi.?4\b|4 ?% (?:ahi|hypopnea)", "respiratory", ("ahi_4",)),
     (r"\bahi\b|apn(?:o)?ea[- ]hypopn(?:o)?ea index|how (?:severe|bad|serious) .*apn|"
-     r"apnea severity|"
+     r"apnea severity|apn(?:o)?ea\b.*\bhow (?:severe|bad|serious)\b|"
      r"severity of .*apn|(?:apn|hypopn|breathing|respiratory)\w*.* per hour|per hour .*"
      r"(?:apn|hypopn)", "respiratory", ("ahi_3a", "ahi_4")),
     (r"\brdi\b|respiratory disturbance index", "respiratory", ("ahi_3a", "ahi_4")),

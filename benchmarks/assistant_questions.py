@@ -41,7 +41,11 @@ Usage::
 
 ``--questions A.jsonl B.jsonl`` asks several sets in one run (ids unique across them). Each row
 is also appended, as soon as it is scored, to a JSON-lines file beside the result
-(``<result>.rows.jsonl``, with its backend), so a run stopped half-way keeps what it measured.
+(``<result>.rows.jsonl``, with its backend and the git commit that answered it), so a run
+stopped half-way keeps what it measured; ``--resume`` continues it with the same code (a
+conversation left half-way is asked again from its start) and reports every row together. On
+a 2-core machine the 1.5 B model needs about a minute per question, so the whole set takes more
+than one sitting.
 
 ``--backend offline gguf openai`` runs the same questions through several backends and prints
 one table (routing and factual accuracy, wrong numbers, answers from the offline fallback,
@@ -279,15 +283,127 @@ def load_question_sets(paths: Sequence[Path]) -> list[Question]:
     return out
 
 
-def row_sink(path: Path, backend: str) -> Callable[[QuestionResult], None]:
-    """A sink for :func:`run_questions` that appends each row, with its backend, to ``path``
-    (JSON lines, flushed per row)."""
+def row_sink(path: Path, backend: str, code: str | None = None
+             ) -> Callable[[QuestionResult], None]:
+    """A sink for :func:`run_questions` that appends each row, with its backend (and the
+    :func:`code_version` that answered it), to ``path`` (JSON lines, flushed per row)."""
 
     def write(row: QuestionResult) -> None:
         with Path(path).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"backend": backend, **row.model_dump()}, default=str) + "\n")
+            fh.write(_row_line(backend, row, code))
 
     return write
+
+
+def _row_line(backend: str, row: QuestionResult, code: str | None) -> str:
+    extra = {"code": code} if code is not None else {}
+    return json.dumps({"backend": backend, **extra, **row.model_dump()}, default=str) + "\n"
+
+
+class ResumeError(ValueError):
+    """Rows of an earlier run that cannot be continued (other code, unreadable lines)."""
+
+
+def code_version(root: Path = ROOT) -> str:
+    """The code a run measures: the git commit of ``root``, with ``+dirty.<hash of the
+    diff>`` when the working tree differs from it; ``"unknown"`` outside a git checkout.
+
+    Returns
+    -------
+    str
+    """
+    import hashlib
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changed = git("status", "--porcelain", "--untracked-files=no").strip()
+        diff = git("diff", "HEAD") if changed else ""
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not diff:
+        return commit
+    return f"{commit}+dirty.{hashlib.sha256(diff.encode()).hexdigest()[:8]}"
+
+
+def resume_rows(path: Path, questions: Sequence[Question], code: str, *,
+                any_code: bool = False) -> dict[str, list[QuestionResult]]:
+    """The rows of an earlier, stopped run that a resumed run keeps, per backend.
+
+    A conversation counts as done for a backend when every one of its items in
+    ``questions`` has a row; rows of conversations left half-way are dropped (the
+    conversation is asked again from its start, since follow-ups need their history), as
+    are rows of items no longer selected.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.rows.jsonl`` file of the earlier run (missing: nothing to keep).
+    questions : sequence of Question
+        The items of this run.
+    code : str
+        :func:`code_version` of this run.
+    any_code : bool
+        Keep rows that other code answered (their ``code`` stays in each row).
+
+    Returns
+    -------
+    dict
+        Backend name to its kept rows, in the order of ``questions``.
+
+    Raises
+    ------
+    ResumeError
+        A line that is no row, or rows answered by other code (unless ``any_code``).
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    by_backend: dict[str, dict[str, QuestionResult]] = defaultdict(dict)
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            backend = str(raw.pop("backend"))
+            row_code = raw.pop("code", None)
+            row = QuestionResult.model_validate(raw)
+        except (ValueError, KeyError) as exc:
+            raise ResumeError(f"{path}:{n} is no benchmark row ({exc}); move the file away "
+                              "to start a new run") from None
+        if row_code != code and not any_code:
+            raise ResumeError(
+                f"{path}:{n}: row {row.id} ({backend}) was answered by code {row_code!r}, "
+                f"this run is {code!r}; check out that commit to resume, run without "
+                "--resume to start again, or pass --resume-any-code to mix them")
+        by_backend[backend][row.id] = row
+    order = {q.id: i for i, q in enumerate(questions)}
+    kept: dict[str, list[QuestionResult]] = {}
+    for backend, rows in by_backend.items():
+        done = [c for c in conversations(questions) if all(q.id in rows for q in c)]
+        ids = {q.id for c in done for q in c}
+        kept[backend] = sorted((r for r in rows.values() if r.id in ids),
+                               key=lambda r: order[r.id])
+    return kept
+
+
+def write_kept_rows(path: Path, kept: dict[str, list[QuestionResult]]) -> None:
+    """Rewrite a ``.rows.jsonl`` file with only the lines of the rows a resumed run keeps
+    (:func:`resume_rows`), each with the code that answered it."""
+    keep = {(b, r.id) for b, rows in kept.items() for r in rows}
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    out = []
+    for line in lines:
+        if line.strip():
+            raw = json.loads(line)
+            if (raw.get("backend"), raw.get("id")) in keep:
+                out.append(line + "\n")
+    path.write_text("".join(out), encoding="utf-8")
 
 
 def check_question_set(questions: Sequence[Question], tool_names: Iterable[str],
@@ -779,7 +895,8 @@ def _known_fields(config_cls: Any, values: dict[str, Any]) -> dict[str, Any]:
 def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
                 index: bool = True, latency: bool = True, progress: bool = True,
                 llm_server: Any = None,
-                sink: Callable[[QuestionResult], None] | None = None) -> dict[str, Any]:
+                sink: Callable[[QuestionResult], None] | None = None,
+                prior: Sequence[QuestionResult] = ()) -> dict[str, Any]:
     """Ask ``questions`` with one assistant configuration and measure.
 
     Parameters
@@ -797,6 +914,9 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
         The local server behind ``config`` (its crash is then named in the errors).
     sink : callable, optional
         Given each row as it is scored (see :func:`run_questions`).
+    prior : sequence of QuestionResult
+        Rows an earlier, stopped run of the same code measured (:func:`resume_rows`): their
+        questions are not asked again, and they count in the summary.
 
     Returns
     -------
@@ -805,24 +925,35 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
     """
     from assistant.agent import Assistant
 
-    t0 = time.perf_counter()
-    bot = Assistant(config, library=library, index="auto" if index else None,
-                    **({"llm_server": llm_server} if llm_server is not None else {}))
-    construct_s = time.perf_counter() - t0
-    index_s = 0.0
-    try:
-        if index:
-            t0 = time.perf_counter()
-            added = bot.ensure_index()
-            index_s = time.perf_counter() - t0
-            print(f"retrieval index ready ({added} night(s) added, {index_s:.1f} s)", flush=True)
-        rows = run_questions(bot, questions, progress=progress, sink=sink)
-    finally:
-        bot.close()
+    done = {r.id for r in prior}
+    order = {q.id: i for i, q in enumerate(questions)}
+    all_questions, questions = questions, [q for q in questions if q.id not in done]
+
+    construct_s = index_s = math.nan
+    rows: list[QuestionResult] = []
+    if questions:
+        t0 = time.perf_counter()
+        bot = Assistant(config, library=library, index="auto" if index else None,
+                        **({"llm_server": llm_server} if llm_server is not None else {}))
+        construct_s, index_s = time.perf_counter() - t0, 0.0
+        try:
+            if index:
+                t0 = time.perf_counter()
+                added = bot.ensure_index()
+                index_s = time.perf_counter() - t0
+                print(f"retrieval index ready ({added} night(s) added, {index_s:.1f} s)",
+                      flush=True)
+            rows = run_questions(bot, questions, progress=progress, sink=sink)
+        finally:
+            bot.close()
+    elif prior:
+        print(f"all {len(prior)} questions resumed from the earlier run", flush=True)
+    rows = sorted([*prior, *rows], key=lambda r: order.get(r.id, len(order)))
+    questions = all_questions
     patient = questions[0].patient if questions else library.patients()[0]
     lat: dict[str, Any] = {"construct_s": math.nan, "first_answer_s": math.nan,
                            "second_answer_s": math.nan}
-    if latency:
+    if latency and (rows or not prior):  # none left to ask: the run that asked measured it
         try:
             lat = first_answer_latency(config, library, patient)
         except Exception as exc:  # noqa: BLE001 - a failing backend: measured, not fatal
@@ -844,7 +975,7 @@ def run_backend(config: Any, library: Any, questions: Sequence[Question], *,
         "median_s": total.get("median_s", math.nan), "p95_s": total.get("p95_s", math.nan),
         "targets": {"routing": 0.9, "wrong_numbers": 0},
         "index": index, "index_s": index_s, "construct_s": construct_s,
-        "latency": lat, "per_category": summary,
+        "latency": lat, "per_category": summary, "resumed_rows": len(prior),
         "rows": [r.model_dump() for r in rows],
     }
 
@@ -913,6 +1044,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="only the first N questions (after --category/--id): a smoke run")
     ap.add_argument("--out", type=Path, help=f"result JSON (default {RESULTS_PATH.name}, "
                     f"with --backend {COMPARE_PATH.name}, in {RESULTS_PATH.parent})")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run: keep the rows of conversations it finished "
+                         "(in <out>.rows.jsonl, answered by this same code) and ask the rest")
+    ap.add_argument("--resume-any-code", action="store_true",
+                    help="with --resume: keep rows that other code answered too")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.backend and args.llm:
@@ -929,8 +1065,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows_path = (args.out or (COMPARE_PATH if args.backend else RESULTS_PATH)
                  ).with_suffix(".rows.jsonl")
     rows_path.parent.mkdir(parents=True, exist_ok=True)
-    rows_path.write_text("", encoding="utf-8")
-    print(f"rows are appended to {rows_path} as they are scored", flush=True)
+    code = code_version()
+    prior: dict[str, list[QuestionResult]] = {}
+    if args.resume:
+        try:
+            prior = resume_rows(rows_path, questions, code, any_code=args.resume_any_code)
+        except ResumeError as exc:
+            ap.error(str(exc))
+        write_kept_rows(rows_path, prior)
+        print(f"resuming: {', '.join(f'{b} {len(r)}' for b, r in prior.items()) or 'no'} "
+              f"rows kept from {rows_path}", flush=True)
+    else:
+        rows_path.write_text("", encoding="utf-8")
+    print(f"rows are appended to {rows_path} as they are scored (code {code})", flush=True)
     tmp = None
     state_dir = args.state_dir
     if state_dir is None:
@@ -955,11 +1102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     AssistantConfig, {"time_budget_s": args.time_budget}))
             if args.shortlist is not None and base.backend != "offline":
                 base = base.model_copy(update={"shortlist_tools": args.shortlist})
-            res = run_backend(base, library, questions,
-                              sink=row_sink(rows_path, base.backend), **common)
+            res = run_backend(base, library, questions, prior=prior.get(base.backend, []),
+                              sink=row_sink(rows_path, base.backend, code), **common)
             _print_result(base.backend, res, patient)
             _write_json(args.out or RESULTS_PATH,
-                        {**res, "questions": [str(p) for p in args.questions], "note": note})
+                        {**res, "questions": [str(p) for p in args.questions], "code": code,
+                         "note": note})
             return 0
         results: dict[str, dict[str, Any]] = {}
         for name in dict.fromkeys(args.backend):
@@ -968,7 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 results[name] = _run_named_backend(
                     name, args, base, library, questions, sub_state,
-                    {**common, "sink": row_sink(rows_path, name)})
+                    {**common, "sink": row_sink(rows_path, name, code),
+                     "prior": prior.get(name, [])})
             except Exception as exc:  # noqa: BLE001 - a backend that cannot start: recorded
                 print(f"backend {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -977,7 +1126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(format_comparison(results))
         _write_json(args.out or COMPARE_PATH,
-                    {"questions": [str(p) for p in args.questions],
+                    {"questions": [str(p) for p in args.questions], "code": code,
                      "n_questions": len(questions),
                      "limit": args.limit, "backends": results,
                      "comparison": format_comparison(results).splitlines(), "note": note})
@@ -1006,6 +1155,11 @@ def _run_named_backend(name: str, args: argparse.Namespace, base: Any, library: 
         return run_backend(config, library, questions, **common)
     from assistant.gguf_parts import QWEN_CODER_1_5B, make_server
 
+    if {r.id for r in common.get("prior", ())} >= {q.id for q in questions}:
+        # every row resumed: no model to start (run_backend asks nothing)
+        config = base.model_copy(update={"backend": "openai", "state_dir": state_dir,
+                                         "base_url": None, "model": QWEN_CODER_1_5B.alias})
+        return run_backend(config, library, questions, **common)
     compact = "compact_tools" in AssistantConfig.model_fields
     n_ctx = args.n_ctx or (4096 if compact else QWEN_CODER_1_5B.n_ctx)
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,17 @@ def test_extraction():
     assert secs == ["respiratory"] and "ahi_supine" in names
 
 
+@pytest.mark.parametrize("question", [
+    "How bad is the sleep apnea?", "how serious is her apnoea?",
+    "Does she have sleep apnea, and how severe?", "what's the apnea severity",
+])
+def test_severity_questions_ask_for_the_ahi(question):
+    """Severity words before or after 'apnea' ask for the AHI (the 1.5 B model answered
+    'how severe' with the apnea index, and the measured AHI was not added)."""
+    secs, names = X.sections_for(question)
+    assert secs == ["respiratory"] and "ahi_3a" in names
+
+
 @pytest.mark.parametrize("question,intent", [
     ("what's the apnea-hypopnea index?", "measure"),
     ("give me a quick overview of the study", "summary"),

@@ -213,3 +213,55 @@ def test_offline_planner_on_a_subset(tmp_path, library):
     assert all(r.intent for r in rows)  # the planner's route is read back from the thread
     facts = {r.id: r for r in rows}
     assert facts["q002"].facts_ok and facts["q072"].facts_ok and facts["q099"].facts_ok
+
+
+def test_a_stopped_run_resumes_with_the_same_code(tmp_path, library):
+    """A run stopped half-way continues: finished conversations are kept, a conversation
+    left half-way is asked again from its start, and rows of other code are refused."""
+    by_id = {q.id: q for q in B.load_questions()}
+    subset = [by_id[i].model_copy(update={"patient": PATIENT})
+              for i in ("q024", "q028", "q072", "q080")]
+    config = AssistantConfig.load(env={}, backend="offline", state_dir=tmp_path / "state")
+    rows_path = tmp_path / "run.rows.jsonl"
+    first = B.run_backend(config, library, subset[:3], index=False, latency=False,
+                          progress=False, sink=B.row_sink(rows_path, "offline", "c1"))
+    assert [r["id"] for r in first["rows"]] == ["q024", "q028", "q072"]
+    # the run stopped after q024 of the next attempt: drop q028 and q072's lines
+    lines = rows_path.read_text().splitlines()
+    rows_path.write_text("\n".join([lines[0], lines[2]]) + "\n")
+
+    kept = B.resume_rows(rows_path, subset, "c1")
+    assert [r.id for r in kept["offline"]] == ["q072"]  # moderate-events lost q028: asked again
+    with pytest.raises(B.ResumeError, match="answered by code 'c1'.*--resume-any-code"):
+        B.resume_rows(rows_path, subset, "c2")
+    assert [r.id for r in B.resume_rows(rows_path, subset, "c2", any_code=True)["offline"]
+            ] == ["q072"]
+    assert B.resume_rows(tmp_path / "none.rows.jsonl", subset, "c1") == {}
+
+    B.write_kept_rows(rows_path, kept)
+    asked: list[str] = []
+    sink = B.row_sink(rows_path, "offline", "c1")
+    res = B.run_backend(config, library, subset, index=False, latency=False, progress=False,
+                        prior=kept["offline"], sink=lambda r: (asked.append(r.id), sink(r)))
+    assert asked == ["q024", "q028", "q080"]
+    assert [r["id"] for r in res["rows"]] == ["q024", "q028", "q072", "q080"]
+    assert res["n"] == 4 and res["resumed_rows"] == 1
+    written = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert sorted(w["id"] for w in written) == ["q024", "q028", "q072", "q080"]
+    assert {w["code"] for w in written} == {"c1"}
+    # nothing left to ask: no assistant is built, the rows are summarised as they are
+    again = B.run_backend(config, library, subset, index=False, latency=False, progress=False,
+                          prior=B.resume_rows(rows_path, subset, "c1")["offline"])
+    assert again["n"] == 4 and again["resumed_rows"] == 4
+    assert again["rows"] == res["rows"]
+
+    bad = tmp_path / "bad.rows.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(B.ResumeError, match="bad.rows.jsonl:1 is no benchmark row"):
+        B.resume_rows(bad, subset, "c1")
+
+
+def test_code_version(tmp_path):
+    version = B.code_version()
+    assert version == "unknown" or version[:40].isalnum() and len(version.split("+")[0]) == 40
+    assert B.code_version(tmp_path) == "unknown"  # no git checkout
