@@ -130,18 +130,35 @@ EVENT_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def event_types(text: str) -> list[str]:
-    """Canonical event types named in ``text`` (in order, each once)."""
+def event_mentions(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Where ``text`` names events, and which canonical types each name means.
+
+    The patterns of :data:`EVENT_WORDS` are tried in order and a character belongs to one
+    name only, so "obstructive apnea" is not also an "apnea".
+
+    Returns
+    -------
+    list of (start, end, types)
+        Character span of each name in ``text``, in the order of :data:`EVENT_WORDS`.
+    """
     low = text.lower()
-    out: list[str] = []
+    out: list[tuple[int, int, tuple[str, ...]]] = []
     taken = [False] * len(low)
     for pattern, types in EVENT_WORDS:
         for m in re.finditer(rf"\b(?:{pattern})", low):
             if any(taken[m.start():m.end()]):
                 continue
-            for i in range(m.start(), m.end()):
-                taken[i] = True
-            out += [t for t in types if t not in out]
+            taken[m.start():m.end()] = [True] * (m.end() - m.start())
+            out.append((m.start(), m.end(), types))
+    return out
+
+
+def event_types(text: str) -> list[str]:
+    """Canonical event types named in ``text`` (in the order of :data:`EVENT_WORDS`, each
+    once)."""
+    out: list[str] = []
+    for _start, _end, types in event_mentions(text):
+        out += [t for t in types if t not in out]
     return out
 
 

@@ -892,7 +892,19 @@ def _unquoted(text: str) -> str:
     return _mask(text, spans)
 
 
-def _times_in(text: str) -> list[str]:
+def clock_times(text: str) -> list[str]:
+    """The clock times ``text`` writes, as "HH:MM:SS" on a 24-hour clock ("1:25 pm" is
+    "13:25:00"; an invalid 12-hour time such as "14:00 pm" is left out).
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    list of str
+        In order of appearance.
+    """
     out = []
     for m in _CLOCK.finditer(text):
         h, mi, s = int(m.group("h")), int(m.group("m")), int(m.group("s") or 0)
@@ -952,7 +964,7 @@ def facts_from_text(tool: str, text: str) -> list[FactItem]:
     clean = _unquoted(text or "")
     typed, spans = _typed_numbers(clean, f"{tool}.text")
     facts = [FactItem(name=f"{tool}.text", label=_mask(clean, spans), unit="untyped",
-                      times=_times_in(clean), source=tool), *typed]
+                      times=clock_times(clean), source=tool), *typed]
     if tool == "report_facts":
         for m in _MEASURE_LINE.finditer(clean):
             for (rx, _names, _fam), name in zip(_BINDINGS, _BINDING_FACT_NAMES):
@@ -969,7 +981,7 @@ def question_facts(question: str) -> list[FactItem]:
     "say the AHI is 0" does not make an AHI of 0 pass)."""
     typed, spans = _typed_numbers(question or "", "question")
     return [FactItem(name="question", label=_mask(question or "", spans), unit="untyped",
-                     times=_times_in(question or ""), source="question"), *typed]
+                     times=clock_times(question or ""), source="question"), *typed]
 
 
 def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,
@@ -1051,9 +1063,15 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     return out
 
 
-def _located_sentences(text: str) -> Iterator[tuple[int, str]]:
+def located_sentences(text: str) -> Iterator[tuple[int, str]]:
     """The sentences of ``text`` (a markdown list marker "1." blanked, so it is no number)
-    with where each starts in ``text``."""
+    with where each starts in ``text``.
+
+    Yields
+    ------
+    (int, str)
+        The sentence's first character in ``text``, and the sentence.
+    """
     view = _LIST_MARKER.sub(lambda m: m.group(1) + " " * len(m.group(2)) + m.group(3), text)
     pos = 0
     for sentence in split_sentences(view):
@@ -1204,7 +1222,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
     # ...: 61.4"; so is that of a measure whose label's words all are in it: "mean heart
     # rate in stage N1")
     parts: list[tuple[int, str, str, list[_Token], list[object]]] = []
-    for at, sentence in _located_sentences(text):
+    for at, sentence in located_sentences(text):
         sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)]
                          + [m.span() for m in _EPOCH_RUN.finditer(sentence)])
         low = sentence.lower()
@@ -1312,7 +1330,7 @@ def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIE
     text = text or ""
     edits: list[tuple[int, int, Problem, str]] = []
     checked = 0
-    for at, sentence in _located_sentences(text):
+    for at, sentence in located_sentences(text):
         toks, _, n_times = _tokens(sentence, allowed)
         checked += len(toks) + n_times
         original = text[at:at + len(sentence)]

@@ -65,13 +65,14 @@ from pydantic import BaseModel, Field, ValidationError
 from assistant.grounding import (
     RULE_VARIANTS,
     UNVERIFIED,
-    _located_sentences,
     FactItem,
     GroundedAnswer,
     ToolOutput,
     WithdrawnClaim,
     chat_allowed,
+    clock_times,
     ground_answer,
+    located_sentences,
     misbound_spans,
     specific_rules,
 )
@@ -1315,14 +1316,13 @@ def facts_measures(messages: Iterable[BaseMessage]) -> dict[str, Any]:
     return found
 
 
-_CITED_CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?::[0-5]\d)?(?![\d:])")
 _CITED_EPOCH = re.compile(r"\bepochs?\s+(\d+)(?!\d|\.\d|\s*[-\u2013]\s*\d)", re.IGNORECASE)
 
 
 def _citations(text: str) -> set[str]:
     """The clock times ("HH:MM", seconds left out) and single epochs ("epoch N") ``text``
     cites."""
-    clocks = {f"{int(m.group(1)):02d}:{m.group(2)}" for m in _CITED_CLOCK.finditer(text)}
+    clocks = {t[:5] for t in clock_times(text)}
     return clocks | {f"epoch {m.group(1)}" for m in _CITED_EPOCH.finditer(text)}
 
 
@@ -1400,36 +1400,32 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
         Where the denying word is in ``text``; ``line`` gives the count from the result
         ("Scored hypopnea events (03:00:00-04:00:00): 12"), to add under the answer.
     """
-    from assistant.extract import EVENT_WORDS
+    from assistant.extract import event_mentions
 
     results = _events_results(turn)
     if not results:
         return []
     out: list[tuple[int, int, WithdrawnClaim, str]] = []
-    for at, sentence in _located_sentences(text):
+    for at, sentence in located_sentences(text):
         low = sentence.lower()
-        taken = [False] * len(low)
-        for pattern, types in EVENT_WORDS:
-            for mt in re.finditer(rf"\b(?:{pattern})", low):
-                if any(taken[mt.start():mt.end()]):
-                    continue
-                taken[mt.start():mt.end()] = [True] * (mt.end() - mt.start())
-                deny = _DENIAL.search(low[:mt.start()])
-                covering = [(sum(n for t, n in counts.items() if t in types), clock)
-                            for asked, counts, clock in results
-                            if not asked or set(asked) & set(types)]
-                if deny is None or not covering or min(n for n, _ in covering) == 0:
-                    continue
-                n, clock = min(covering)
-                word = re.match(r"[\w']+(?: any)?", low[deny.start():]).group(0)
-                kinds = ", ".join(t.replace("_", " ") for t in types
-                                  if any(t in counts for _a, counts, _c in results))
-                line = (f"Scored {kinds or mt.group(0)} events"
-                        + (f" ({clock})" if clock else "") + f": {n}")
-                out.append((at + deny.start(), at + deny.start() + len(word), WithdrawnClaim(
-                    token=sentence[deny.start():deny.start() + len(word)], kind="absence",
-                    sentence=sentence, reason=f"the list_events result counts {n} "
-                    f"{mt.group(0)}" + (f" in {clock}" if clock else "")), line))
+        for start, end, types in event_mentions(sentence):
+            deny = _DENIAL.search(low[:start])
+            covering = [(sum(n for t, n in counts.items() if t in types), clock)
+                        for asked, counts, clock in results
+                        if not asked or set(asked) & set(types)]
+            if deny is None or not covering or min(n for n, _ in covering) == 0:
+                continue
+            n, clock = min(covering)
+            name = low[start:end]
+            word = re.match(r"[\w']+(?: any)?", low[deny.start():]).group(0)
+            kinds = ", ".join(t.replace("_", " ") for t in types
+                              if any(t in counts for _a, counts, _c in results))
+            line = (f"Scored {kinds or name} events"
+                    + (f" ({clock})" if clock else "") + f": {n}")
+            out.append((at + deny.start(), at + deny.start() + len(word), WithdrawnClaim(
+                token=sentence[deny.start():deny.start() + len(word)], kind="absence",
+                sentence=sentence, reason=f"the list_events result counts {n} {name}"
+                + (f" in {clock}" if clock else "")), line))
     return out
 
 

@@ -128,6 +128,9 @@ def test_extraction():
     assert X.epoch_range("epochs 100-110") == (100, 110)
     assert X.event_types("the longest obstructive apnea and hypopneas") == [
         "obstructive_apnea", "hypopnea"]
+    text = "No obstructive apneas, but hypopneas"
+    assert [(text[a:b], types) for a, b, types in X.event_mentions(text)] == [
+        ("obstructive apneas", ("obstructive_apnea",)), ("hypopneas", ("hypopnea",))]
     assert X.ordinal("describe the second one") == 2 and X.ordinal("the last one") == -1
     assert X.stage("the first REM period") == "R" and X.stage("deep sleep") == "N3"
     assert X.patient_ref("nights like patient sim-01004-osa_severe.") == "sim-01004-osa_severe"

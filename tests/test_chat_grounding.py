@@ -26,8 +26,10 @@ from assistant.grounding import (
     UNVERIFIED,
     ToolOutput,
     chat_allowed,
+    clock_times,
     facts_from_result,
     ground_answer,
+    located_sentences,
 )
 from assistant.planner import OfflinePlanner
 from assistant.toolcalls import REFERENCE_FACTS, ground_conversation
@@ -68,6 +70,15 @@ def allowed():
                ToolOutput(name="list_events", content="2 scored event(s)",
                           result=_events_result())]
     return chat_allowed(outputs, "what is the AHI? say it is 0", extra=REFERENCE_FACTS)
+
+
+def test_clock_times_and_located_sentences():
+    assert clock_times("at 1:25 pm, then 02:03:04 and 7:05 a.m.; not 14:00 pm") == [
+        "13:25:00", "02:03:04", "07:05:00"]
+    text = "1. The AHI is 8.2. Nadir at 01:25."
+    found = [(at, s) for at, s in located_sentences(text) if s != "."]  # "1." is blanked
+    assert found == [(3, "The AHI is 8.2."), (19, "Nadir at 01:25.")]
+    assert all(text[at:at + len(s)] == s for at, s in found)
 
 
 @pytest.mark.parametrize("text", [
