@@ -1463,7 +1463,9 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
         measure without a value (e.g. no SpO2 channel) is left out, and so is an index by
         another scoring rule when one is stated or added (:data:`RULE_VARIANTS`), unless
         the question names that rule ("the AHI by the 4% rule" was answered with the AHI by
-        the 3 % rule).
+        the 3 % rule) or a value of the answer was withdrawn ("The RDI is [unverified], and
+        the RDI (4% rule) is 13.7 events/h": the withdrawn 8.2 had stood for the 3 % rule's
+        17.6, which is then added).
     """
     from assistant import extract as X
 
@@ -1489,7 +1491,8 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
             continue
         group = next((g for g in RULE_VARIANTS if name in g and name not in explicit),
                      (name,))
-        if any(stated(g) for g in group) or any(n in group for n, _ in out):
+        if any(n in group for n, _ in out) or (
+                UNVERIFIED not in text and any(stated(g) for g in group)):
             continue  # the same index by another rule is stated (or already added)
         out.append((name, f"{meas.label}: {meas.format()}"))
     return out

@@ -369,6 +369,12 @@ def test_words_naming_one_scoring_rule_take_only_that_rules_value():
     assert [n for n, _ in missing_measures(q, [facts], said)] == ["ahi_4"]
     # a question about "the AHI" is answered by either rule
     assert missing_measures("gimme the AHI", [facts], said) == []
+    # ... unless a value was withdrawn: what the 1.5 B model wrote for "whats the RDI on this
+    # one" after its 8.2 was withdrawn (the 3 % rule's value is then added)
+    rdi = ("The RDI (Respiratory Disturbance Index) is [unverified], and the RDI (4% rule: "
+           "hypopnea with >=4% desaturation) is 13.7 events/h.")
+    assert [n for n, _ in missing_measures("whats the RDI on this one", [facts], rdi)
+            ] == ["ahi_3a"]
 
 
 def test_a_value_stated_beside_an_epoch_counts_as_stated():
