@@ -307,6 +307,9 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
                                                                 "arousal_index")),
     (r"\bplmi?\b|periodic limb|plms index|limb movement index|leg movement", "limb_movements",
      ("plm_count", "plmi", "lm_index")),
+    (r"(?:heart|pulse)\b.*\b(?:apn|hypopn|respiratory events?|breathing events?)|"
+     r"(?:apn|hypopn)\w*\b.*\b(?:heart|pulse)", "heart_rate",
+     ("hr_resp_event_mean", "hr_resp_post_peak", "hr_resp_rise")),
     (r"heart rate|\bpulse\b|\bbpm\b|bradycardia|tachycardia", "heart_rate",
      ("hr_mean", "hr_min", "hr_max")),
 )

@@ -100,6 +100,8 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
      r"raw|eeg|airflow|ecg|spo2 trace)\b|^(?:please\s+)?(?:plot|draw|chart)\b.*\b(?:oxygen|spo2|"
      r"saturation|sats?|breathing|flow|effort|pulse|heart rate|eog|emg)\b", "plot_signals"),
     (r"^(?:can you |could you )?(?:please\s+)?(?:list|enumerate)\b", "events"),
+    (r"\b(?:heart|pulse)\b.*\b(?:apn|hypopn)\w*|\b(?:apn|hypopn)\w*\b.*\b(?:heart|pulse)\b",
+     "measure"),  # the heart rate around the events: a measurement, not an event list
     (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b.*"
      r"\b(?:at|around|between|during|from|in epoch)\s+\d", "caption"),
     (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b",

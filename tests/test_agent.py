@@ -138,6 +138,15 @@ def test_extraction():
     assert secs == ["respiratory"] and "ahi_supine" in names
 
 
+def test_heart_rate_around_events_is_a_measure_of_its_own():
+    for q in ("what does the heart rate do during the apneas",
+              "does her pulse go up after the hypopneas?"):
+        secs, names = X.sections_for(q)
+        assert secs == ["heart_rate"]
+        assert names[:3] == ["hr_resp_event_mean", "hr_resp_post_peak", "hr_resp_rise"]
+    assert X.sections_for("Average heart rate overnight?")[1] == ["hr_mean", "hr_min", "hr_max"]
+
+
 @pytest.mark.parametrize("question", [
     "How bad is the sleep apnea?", "how serious is her apnoea?",
     "Does she have sleep apnea, and how severe?", "what's the apnea severity",
@@ -160,6 +169,9 @@ def test_severity_questions_ask_for_the_ahi(question):
     ("shorten the impression", "revise_report"),
     ("is the apnea positional?", "insight_positional"),
     ("hello", "help"),
+    ("does his pulse go up after the apneas?", "measure"),
+    ("what does the heart rate do during the apneas", "measure"),
+    ("list the apneas with their heart rate", "events"),
 ])
 def test_router(question, intent):
     from assistant.routing import SemanticRouter

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from sleeplm.clinical.heart_rate import heart_rate_measures, heart_rate_series
+from sleeplm.clinical.heart_rate import (POST_EVENT_SEC, heart_rate_measures, heart_rate_series,
+                                        respiratory_event_heart_rate)
 from sleeplm.errors import MissingChannelError, SignalQualityError
-from sleeplm.recording import Recording, Signal
+from sleeplm.recording import Recording, Signal, make_events
 
 FS = 256.0
 # 30 min: W 0-9, N1 10-14, N2 15-34, N3 35-44, R 45-54, W 55-59
@@ -167,3 +168,42 @@ def test_flat_ecg_is_quality_error():
     rec = Recording(signals={"ECG": Signal("ECG", np.zeros(int(60 * FS)), FS, "µV")})
     with pytest.raises(SignalQualityError):
         heart_rate_measures(rec)
+
+
+def test_heart_rate_around_apneas_and_hypopneas(ecg_data):
+    """Bradycardia during each event, a rise after it: the known rates come back, from the HR
+    channel and from the ECG's R-peaks alike."""
+    hr = np.full(int(DUR), 64.0)
+    events = []
+    for k, onset in enumerate(range(900, 1500, 60)):  # 10 events of 20 s in N2/N3
+        hr[onset:onset + 20] = 56.0
+        hr[onset + 20:onset + 28] = 80.0  # 8 s at 80 bpm after each: the 5-s peak is 80
+        events.append({"onset": float(onset), "duration": 20.0,
+                       "type": "hypopnea" if k % 2 else "obstructive_apnea"})
+    events.append({"onset": 1600.0, "duration": 12.0, "type": "arousal"})  # not respiratory
+    events.append({"onset": DUR - 10.0, "duration": 8.0, "type": "central_apnea"})  # no after
+    rec = Recording(signals={"HR": hr_channel(hr)}, stages=STAGES, events=make_events(events))
+    m = by_name(respiratory_event_heart_rate(rec))
+    assert list(m) == ["hr_resp_event_mean", "hr_resp_post_peak", "hr_resp_rise"]
+    assert m["hr_resp_event_mean"].value == pytest.approx(56.0)
+    assert m["hr_resp_post_peak"].value == pytest.approx(80.0)
+    assert m["hr_resp_rise"].value == pytest.approx(24.0)
+    assert len(m["hr_resp_rise"].evidence.event_ids) == 10
+    assert "10 of 11 apneas and hypopneas" in m["hr_resp_rise"].evidence.note
+    assert f"{POST_EVENT_SEC:g} s after" in m["hr_resp_post_peak"].label
+
+    # no apnea or hypopnea scored: missing, with the reason
+    quiet = Recording(signals={"HR": hr_channel(hr)}, stages=STAGES,
+                      events=make_events([{"onset": 100.0, "duration": 5.0, "type": "arousal"}]))
+    for meas in respiratory_event_heart_rate(quiet):
+        assert meas.value is None and "no apneas or hypopneas scored" in meas.reason
+
+    # the same from the ECG's beats (a real R-peak detector, not the HR channel)
+    ecg, _ = ecg_data
+    rec_ecg = Recording(signals={"ECG": Signal("ECG", ecg, FS, "µV")}, stages=STAGES,
+                        events=make_events(events[:10]))
+    e = by_name(respiratory_event_heart_rate(rec_ecg))
+    # the synthetic ECG beats at the stage rates (N2 62, N3 56 bpm): no rise after the events
+    assert 55.0 <= e["hr_resp_event_mean"].value <= 63.0
+    assert abs(e["hr_resp_rise"].value) < 5.0
+    assert "ECG R-peaks" in e["hr_resp_rise"].reason

@@ -20,15 +20,17 @@ from sleeplm.clinical.measure import Evidence, Measure
 from sleeplm.clinical.sleep_time import sleep_time
 from sleeplm.errors import SignalQualityError
 from sleeplm.recording import (EPOCH_SEC, PLAUSIBLE_HR_BPM, PLAUSIBLE_RR_SEC, SLEEP_STAGES,
-                               Recording, Signal)
+                               EventType, Recording, Signal)
 
 __all__ = [
     "HR_MIN_BPM",
     "HR_MAX_BPM",
     "RR_MIN_SEC",
     "RR_MAX_SEC",
+    "POST_EVENT_SEC",
     "heart_rate_series",
     "heart_rate_measures",
+    "respiratory_event_heart_rate",
 ]
 
 #: Plausible heart rate, bpm; HR-channel values outside are artifacts.
@@ -45,6 +47,12 @@ _MIN_COVER_SEC = 15.0
 #: A HR channel needs this many seconds of values in range to be used instead of the ECG.
 _MIN_HR_CHANNEL_SEC = 60.0
 _STAGE_ORDER = ("W", "N1", "N2", "N3", "R")
+#: Seconds after an apnea or hypopnea ends in which the heart-rate peak that follows it is
+#: looked for (the rise at the event's termination and arousal).
+POST_EVENT_SEC = 15.0
+#: The peak after an event is the highest mean of this many consecutive seconds (no single
+#: beat decides it).
+_PEAK_WINDOW_SEC = 5
 _WORD = {"mean": "Mean", "min": "Lowest", "max": "Highest"}
 
 
@@ -297,3 +305,89 @@ def heart_rate_measures(rec: Recording) -> list[Measure]:
         out += [Measure.missing(f"hr_{k}_{stage}", f"{_WORD[k]} heart rate in stage {stage}",
                                 "bpm", "no sleep staging") for k in ("mean", "min", "max")]
     return out
+
+
+def _per_second(t: np.ndarray, v: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    """Heart rate per second of the recording (bpm, weighted mean of the values whose time
+    falls in that second; NaN for a second without one)."""
+    sec = np.floor(t).astype(int)
+    keep = (sec >= 0) & (sec < n)
+    num = np.bincount(sec[keep], weights=v[keep] * w[keep], minlength=n)
+    den = np.bincount(sec[keep], weights=w[keep], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def respiratory_event_heart_rate(rec: Recording) -> list[Measure]:
+    """Heart rate during the scored apneas and hypopneas, and its rise after them, bpm.
+
+    Obstructive events typically slow the heart while breathing stops and speed it up when
+    the event ends with an arousal (the cyclic variation of heart rate). For each apnea or
+    hypopnea with heart rate over at least half of its seconds, and over at least 3 of the
+    :data:`POST_EVENT_SEC` seconds after it ends: the mean heart rate during the event, and
+    the peak after it (the highest mean over 5 consecutive seconds). Reported: the mean over
+    those events of each, and of the rise (peak after minus mean during).
+
+    Parameters
+    ----------
+    rec : Recording
+        Needs a ``HR`` or ``ECG`` channel and scored apneas or hypopneas.
+
+    Returns
+    -------
+    list of Measure
+        ``hr_resp_event_mean``, ``hr_resp_post_peak``, ``hr_resp_rise`` (bpm); evidence: the
+        events used. Missing, with the reason, when no apnea or hypopnea is scored or none has
+        heart rate around it.
+
+    Raises
+    ------
+    MissingChannelError
+        Neither HR nor ECG is present.
+    SignalQualityError
+        No usable heart rate could be derived from them.
+    """
+    labels = {
+        "hr_resp_event_mean": "Mean heart rate during apneas and hypopneas",
+        "hr_resp_post_peak": f"Mean peak heart rate in the {POST_EVENT_SEC:g} s after apneas "
+                             "and hypopneas",
+        "hr_resp_rise": "Mean heart-rate rise after apneas and hypopneas (peak after minus "
+                        "mean during)",
+    }
+    events = rec.events_of(*EventType.apneas(), EventType.HYPOPNEA)
+    if events.empty:
+        return [Measure.missing(k, lab, "bpm", "no apneas or hypopneas scored")
+                for k, lab in labels.items()]
+    t, v, w, src = _series(rec)
+    n = int(math.ceil(max(rec.duration, float(t.max()) + 1.0 if t.size else 0.0)))
+    hr = _per_second(t, v, w, n)
+    post_n = int(POST_EVENT_SEC)
+    ids, during, peaks = [], [], []
+    for eid, onset, dur in zip(events.index, events["onset"], events["duration"]):
+        a, b = int(math.floor(onset)), int(math.ceil(onset + dur))
+        if b <= a or a < 0 or b + post_n > n:
+            continue
+        inside = hr[a:b]
+        if np.isfinite(inside).sum() < 0.5 * (b - a):
+            continue
+        after = pd.Series(hr[b:b + post_n])
+        if after.notna().sum() < 3:
+            continue
+        peak = after.rolling(_PEAK_WINDOW_SEC, min_periods=3).mean().max()
+        if not np.isfinite(peak):
+            continue
+        ids.append(int(eid))
+        during.append(float(np.nanmean(inside)))
+        peaks.append(float(peak))
+    if not ids:
+        return [Measure.missing(k, lab, "bpm", f"no apnea or hypopnea with heart rate ({src}) "
+                                "during it and after it") for k, lab in labels.items()]
+    note = (f"{len(ids)} of {len(events)} apneas and hypopneas with heart rate during and "
+            f"after them")
+    reason = f"from {src}; per-event means, then averaged over events"
+    values = {"hr_resp_event_mean": float(np.mean(during)),
+              "hr_resp_post_peak": float(np.mean(peaks)),
+              "hr_resp_rise": float(np.mean(np.asarray(peaks) - np.asarray(during)))}
+    return [Measure(name=k, label=labels[k], value=values[k], unit="bpm",
+                    evidence=Evidence(event_ids=ids, note=note), reason=reason)
+            for k in labels]

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from sleeplm.clinical.architecture import sleep_architecture
 from sleeplm.clinical.arousals import arousal_measures
 from sleeplm.clinical.cvhr import cvhr_measures, screening_applies
-from sleeplm.clinical.heart_rate import heart_rate_measures
+from sleeplm.clinical.heart_rate import heart_rate_measures, respiratory_event_heart_rate
 from sleeplm.clinical.limb_movements import plm_measures
 from sleeplm.clinical.measure import Measure
 from sleeplm.clinical.oximetry import oximetry_measures
@@ -32,8 +32,10 @@ DISCLAIMER = (
 )
 
 def _heart_rate_section(rec: Recording) -> list[Measure]:
-    """Heart rate, plus the heart-rate apnea screening (CVHR) on heart-rate-only studies."""
+    """Heart rate, its course around the scored apneas and hypopneas, plus the heart-rate
+    apnea screening (CVHR) on heart-rate-only studies."""
     out = heart_rate_measures(rec)
+    out += respiratory_event_heart_rate(rec)
     if screening_applies(rec):
         try:
             out += cvhr_measures(rec)

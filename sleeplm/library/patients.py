@@ -84,7 +84,8 @@ __all__ = [
 ]
 
 #: Version of the cache layout; bump it when what is cached, or how, changes.
-CACHE_FORMAT = 2  # 2: unscored studies are staged automatically (auto_staging.json)
+CACHE_FORMAT = 3  # 2: unscored studies are staged automatically (auto_staging.json);
+#                   3: the facts hold the heart rate around apneas and hypopneas
 #: Longest accepted patient id, in characters.
 MAX_PATIENT_ID_LEN = 64
 MANIFEST_NAME = "manifest.csv"
