@@ -58,6 +58,7 @@ __all__ = [
     "SECTION_ORDER",
     "SECTION_TITLES",
     "SUPPORTED_EDITS",
+    "WriterBudgetSpent",
     "DroppedSentence",
     "EditRecord",
     "GroundingReport",
@@ -770,6 +771,10 @@ def _fill(template: str, **values: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
+class WriterBudgetSpent(RuntimeError):
+    """An LLM writer's time budget for the draft is spent: no further model call starts."""
+
+
 class LLMWriter:
     """Narrative from a LangChain chat model, given each section's facts as JSON data.
 
@@ -786,8 +791,11 @@ class LLMWriter:
         Longest narrative accepted per section, characters (longer text is cut at a sentence).
     budget_s : float or None
         Seconds one draft may spend in the LLM: once spent, :func:`draft_report` writes the
-        remaining sections from the templates (recorded in the report's grounding log). A
-        1.5 B model on two CPU cores takes about 7 minutes for a whole report. None: no limit.
+        remaining sections from the templates (recorded in the report's grounding log), and
+        no further LLM call starts, not even to regenerate a sentence that failed the fact
+        check (the sentence is dropped), so a draft overruns its budget by one model call at
+        most. A 1.5 B model on two CPU cores takes about 7 minutes for a whole report. None:
+        no limit.
     """
 
     can_regenerate = True
@@ -796,6 +804,9 @@ class LLMWriter:
                  max_chars: int = 2500, budget_s: float | None = None) -> None:
         self.chat_model = chat_model
         self.budget_s = budget_s
+        #: When the current draft's budget is spent (``time.monotonic()``; set by
+        #: :func:`draft_report`); None: no limit.
+        self.deadline: float | None = None
         model_name = (getattr(chat_model, "model_name", None) or getattr(chat_model, "model", None)
                       or type(chat_model).__name__)
         self.name = name or f"llm:{model_name}"
@@ -804,6 +815,8 @@ class LLMWriter:
     def _invoke(self, human: str) -> str:
         from langchain_core.messages import HumanMessage, SystemMessage
 
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise WriterBudgetSpent(f"the writer's time budget ({self.budget_s:g} s) is spent")
         reply = self.chat_model.invoke([SystemMessage(content=load_prompt("report_system")),
                                         HumanMessage(content=human)])
         text = _message_text(reply)
@@ -1370,6 +1383,8 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     templates = TemplateWriter()
     budget = getattr(writer, "budget_s", None)
     deadline = time.monotonic() + budget if budget is not None else None
+    if isinstance(writer, LLMWriter):
+        writer.deadline = deadline
     indication = " ".join(indication.split()) if indication and indication.strip() else None
     col = _collect(ctx, indication)
     unavailable = {k: v for k, v in ((s.key, s.unavailable) for s in col.inputs.values()) if v}
@@ -1400,6 +1415,12 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
             writer = templates
         try:
             text = writer.write(inp)
+        except WriterBudgetSpent:
+            log.fallbacks.append(f"{key} and later sections: {getattr(writer, 'name', 'writer')}"
+                                 f"'s time budget ({budget:g} s) was spent; the template text "
+                                 "was used")
+            writer = templates
+            text = templates.write(inp)
         except Exception as exc:  # noqa: BLE001 - any backend failure falls back to templates
             logger.warning("report section %s: writer %s failed (%s); templates used",
                            key, getattr(writer, "name", writer), exc)

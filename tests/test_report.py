@@ -276,22 +276,53 @@ def test_llm_failure_falls_back_to_templates(env, reports):
         assert rep.section(key).narrative == reports[HEALTHY].section(key).narrative
 
 
+class _SlowChat(ScriptedChat):
+    """Each model call takes 100 s of a fake clock."""
+
+    clock: list = Field(default_factory=lambda: [0.0])
+
+    def _call(self, messages, stop=None, run_manager=None, **kwargs) -> str:
+        self.clock[0] += 100.0
+        return super()._call(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
 def test_llm_writer_time_budget_hands_the_rest_to_templates(env, reports, monkeypatch):
     ctx = _ctx(env, HEALTHY)
-    chat = ScriptedChat()
-    clock = iter(range(0, 10_000, 100))  # each look at the clock: 100 s later
-    monkeypatch.setattr("assistant.report.time.monotonic", lambda: float(next(clock)))
+    chat = _SlowChat()
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: chat.clock[0])
     rep = draft_report(ctx, writer=LLMWriter(chat, budget_s=150))
-    # the budget starts at 0 s: sections at 100 s (LLM) and 200 s (spent: templates onward)
-    assert len(chat.seen) == 1
+    # the budget starts at 0 s: sections at 0 s and 100 s (LLM), at 200 s spent: templates
+    assert len(chat.seen) == 2
     assert len(rep.grounding.fallbacks) == 1
     assert "time budget (150 s) was spent" in rep.grounding.fallbacks[0]
-    for key in SECTION_ORDER[1:]:
+    for key in SECTION_ORDER[2:]:
         assert rep.section(key).narrative == reports[HEALTHY].section(key).narrative
     # without a budget every section is the LLM's
     chat2 = ScriptedChat()
     draft_report(ctx, writer=LLMWriter(chat2))
     assert len(chat2.seen) >= len(SECTION_ORDER)
+
+
+def test_no_model_call_starts_once_the_budget_is_spent(env, reports, monkeypatch):
+    """A sentence that fails the fact check is not sent back to the model after the budget:
+    it is dropped (a 1.5 B model's draft took 407 s against a budget of 120 s, rewriting
+    sentence after sentence)."""
+    ctx = _ctx(env, HEALTHY)
+    chat = _SlowChat(script={"study": "The study lasted 99.9 hours. It was a diagnostic PSG."},
+                     rewrites={"99.9": "The study lasted 1234 hours."})
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: chat.clock[0])
+    rep = draft_report(ctx, writer=LLMWriter(chat, budget_s=50))
+    # the section's call started at 0 s (in budget) and ended at 100 s: no rewrite after it
+    assert len(chat.seen) == 1
+    assert [d.sentence for d in rep.grounding.dropped] == ["The study lasted 99.9 hours."]
+    assert rep.section("study").narrative == "It was a diagnostic PSG."
+    assert "time budget (50 s) was spent" in rep.grounding.fallbacks[0]
+    # with time left, the same sentence is sent back once (and its rewrite fails too)
+    chat2 = _SlowChat(script=dict(chat.script), rewrites=dict(chat.rewrites))
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: chat2.clock[0])
+    rep2 = draft_report(ctx, writer=LLMWriter(chat2, budget_s=150))
+    assert len(chat2.seen) == 2 and "failed the fact check" in chat2.seen[1][-1].content
+    assert [d.attempts for d in rep2.grounding.dropped] == [2]
 
 
 # --------------------------------------------------------------------------------- edits
