@@ -169,8 +169,9 @@ class Answer(BaseModel):
         out = []
         if self.fallback is not None:
             out.append(self.fallback.describe())
-        numbers = [w for w in self.withdrawn if w.kind != "absence"]
+        numbers = [w for w in self.withdrawn if w.kind not in ("absence", "other_patient")]
         denials = [w for w in self.withdrawn if w.kind == "absence"]
+        foreign = [w for w in self.withdrawn if w.kind == "other_patient"]
         if numbers:
             tokens = ", ".join(dict.fromkeys(w.token for w in numbers))
             out.append(f"{len(numbers)} number(s) or time(s) of the model's answer were "
@@ -180,6 +181,11 @@ class Answer(BaseModel):
             out.append(f"The model's answer denied events that the tool result lists "
                        f"({'; '.join(w.reason for w in denials)}); the denial is marked "
                        "[unverified] and the scored count added below it.")
+        if foreign:
+            tokens = ", ".join(dict.fromkeys(w.token for w in foreign))
+            out.append(f"{len(foreign)} number(s) the model gave about other patients were "
+                       f"withdrawn because no tool result gives them for those patients "
+                       f"({tokens}); they are marked [unverified].")
         measures = [c for c in self.completed if c != "scored_events"]
         if measures:
             out.append(f"The model's answer left out {len(measures)} measure(s) the "

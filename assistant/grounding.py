@@ -711,14 +711,16 @@ class WithdrawnClaim(BaseModel):
         As the answer wrote it (``"0 events/h"``, ``"04:44"``).
     kind : str
         ``number``, ``clock``, ``date``, ``measure`` (a named measure given a value that is
-        not its own) or ``absence`` ("no hypopneas" where the tool result lists some).
+        not its own), ``absence`` ("no hypopneas" where the tool result lists some) or
+        ``other_patient`` (a number given about another patient that no tool result gives
+        for that patient).
     reason : str
     sentence : str
         The sentence as the model wrote it.
     """
 
     token: str
-    kind: Literal["number", "clock", "date", "measure", "absence"]
+    kind: Literal["number", "clock", "date", "measure", "absence", "other_patient"]
     reason: str
     sentence: str
 
@@ -1328,7 +1330,18 @@ def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIE
         The text (unchanged when everything is supported) and what was withdrawn.
     """
     text = text or ""
-    edits: list[tuple[int, int, Problem, str]] = []
+    edits, checked = _edits(text, allowed)
+    if not edits:
+        return GroundedAnswer(text=text, checked=checked)
+    out = text
+    for a, b, _claim in sorted(edits, key=lambda e: -e[0]):
+        out = out[:a] + marker + out[b:]
+    return GroundedAnswer(text=out, withdrawn=[c for _a, _b, c in edits], checked=checked)
+
+
+def _edits(text: str, allowed: GroundingFacts
+           ) -> tuple[list[tuple[int, int, WithdrawnClaim]], int]:
+    edits: list[tuple[int, int, WithdrawnClaim]] = []
     checked = 0
     for at, sentence in located_sentences(text):
         toks, _, n_times = _tokens(sentence, allowed)
@@ -1336,12 +1349,23 @@ def ground_answer(text: str, allowed: GroundingFacts, *, marker: str = UNVERIFIE
         original = text[at:at + len(sentence)]
         for a, b, p in _problem_spans(sentence, allowed) + _word_number_problems(
                 sentence, allowed):
-            edits.append((at + a, at + b, p, original))
-    if not edits:
-        return GroundedAnswer(text=text, checked=checked)
-    out = text
-    for a, b, _p, _s in sorted(edits, key=lambda e: -e[0]):
-        out = out[:a] + marker + out[b:]
-    withdrawn = [WithdrawnClaim(token=text[a:b], kind=p.kind, reason=p.reason, sentence=s)
-                 for a, b, p, s in sorted(edits, key=lambda e: e[0])]
-    return GroundedAnswer(text=out, withdrawn=withdrawn, checked=checked)
+            edits.append((at + a, at + b, WithdrawnClaim(
+                token=text[at + a:at + b], kind=p.kind, reason=p.reason, sentence=original)))
+    return sorted(edits, key=lambda e: e[0]), checked
+
+
+def problem_spans(text: str, allowed: GroundingFacts
+                  ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Where :func:`ground_answer` would withdraw something from ``text``, and what.
+
+    Parameters
+    ----------
+    text : str
+    allowed : GroundingFacts
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Character spans in ``text``, in order.
+    """
+    return _edits(text or "", allowed)[0]

@@ -73,6 +73,7 @@ from assistant.grounding import (
     clock_times,
     ground_answer,
     located_sentences,
+    problem_spans,
     misbound_spans,
     specific_rules,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "other_patient_spans",
     "stale_citations",
     "missing_measures",
     "FallbackNote",
@@ -1227,6 +1229,10 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
+        foreign = other_patient_spans(text, messages, extra=self.extra)
+        for a, b, claim in sorted(foreign, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim in foreign]
         absent = absence_spans(text, messages[h + 1:]) if h is not None else []
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -1426,6 +1432,99 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
                 token=sentence[deny.start():deny.start() + len(word)], kind="absence",
                 sentence=sentence, reason=f"the list_events result counts {n} {name}"
                 + (f" in {clock}" if clock else "")), line))
+    return out
+
+
+def _patients_named(messages: Iterable[BaseMessage]) -> tuple[str | None, set[str]]:
+    """The current patient and the other patients that ``retrieve`` results name."""
+    current: str | None = None
+    others: set[str] = set()
+    for m in messages:
+        if not (isinstance(m, ToolMessage) and m.name == "retrieve" and m.status != "error"):
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        if res is None:
+            continue
+        get = res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
+        current = get("patient") or current
+        for hit in get("hits") or []:
+            pid = hit.get("patient") if isinstance(hit, dict) else getattr(hit, "patient", None)
+            if pid:
+                others.add(str(pid))
+    return current, others - {current}
+
+
+_LIST_LINE = re.compile(r"[ \t]*(?:[-*\u2022]|\d{1,3}[.)])\s")
+
+
+def _attributed_end(text: str, start: int, limit: int) -> int:
+    """Where what ``text`` says about a patient named just before ``start`` ends: the end
+    of that sentence, and the list lines right under it (a heading "P (...):" then "- TST:
+    ..."), but never past ``limit`` (the next patient named)."""
+    nl = text.find("\n", start)
+    line_end = len(text) if nl < 0 else nl
+    stop = re.search(r"[.!?](?=\s|$)", text[start:line_end])
+    end = start + stop.end() if stop else line_end
+    if stop is None:  # the line goes on into a list under it
+        pos = line_end
+        while pos < len(text):
+            nxt = text.find("\n", pos + 1)
+            line = text[pos + 1:len(text) if nxt < 0 else nxt]
+            if not _LIST_LINE.match(line):
+                break
+            end = pos = len(text) if nxt < 0 else nxt
+    return min(end, limit)
+
+
+def other_patient_spans(text: str, messages: Sequence[BaseMessage],
+                        extra: Iterable[FactItem] = ()) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Numbers an answer gives about another patient that no tool result gives for them.
+
+    Asked to find nights similar to this one, the 1.5 B model listed the five nights that
+    ``retrieve`` found and under each one this patient's own time in bed, total sleep time,
+    WASO and sleep efficiency: every number was in a tool result of the conversation, so the
+    number check passed, but about the wrong patient. What follows the name of another
+    patient (that sentence, or the list under it) may only hold numbers of the tool-result
+    lines that name that patient (and :data:`REFERENCE_FACTS`).
+
+    Parameters
+    ----------
+    text : str
+        The answer (after the number check).
+    messages : sequence of BaseMessage
+        The conversation (the ``retrieve`` results name the patients).
+    extra : iterable of FactItem
+        Further allowed facts.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans in ``text`` (kind ``other_patient``), in order.
+    """
+    current, others = _patients_named(messages)
+    if not others:
+        return []
+    names = sorted(others | ({current} if current else set()), key=len, reverse=True)
+    mention = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
+    found = list(mention.finditer(text))
+    lines = [line for m in messages if isinstance(m, ToolMessage) and m.status != "error"
+             for line in _text(m).splitlines()]
+    extra = tuple(extra)
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for i, m in enumerate(found):
+        pid = m.group(1)
+        if pid not in others:
+            continue
+        limit = found[i + 1].start() if i + 1 < len(found) else len(text)
+        end = _attributed_end(text, m.end(), limit)
+        own = [line for line in lines if re.search(
+            r"(?<![\w-])" + re.escape(pid) + r"(?![\w-])", line)]
+        allowed = chat_allowed([ToolOutput(name="retrieve", content="\n".join(own))],
+                               extra=extra)
+        for a, b, claim in problem_spans(text[m.end():end], allowed):
+            out.append((m.end() + a, m.end() + b, claim.model_copy(update={
+                "kind": "other_patient",
+                "reason": f"no tool result gives {claim.token} for {pid}"})))
     return out
 
 

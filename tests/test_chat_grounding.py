@@ -436,3 +436,53 @@ def test_hours_of_a_time_range_after_a_measures_words_are_no_values():
     assert misbound_numbers(said, ms, q) == []
     assert misbound_numbers("Periodic limb movements at 3 pm.", ms, q) == []
     assert [w.token for w in misbound_numbers("Periodic limb movements: 12.", ms, q)] == ["12"]
+
+
+def test_numbers_about_another_patient_must_be_that_patients():
+    """What the 1.5 B model wrote for "find nights similar to this one": the five nights
+    retrieve found, each with THIS patient's sleep times under it (every number was in a tool
+    result of the conversation, so the number check alone passed it)."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import other_patient_spans
+
+    facts = ToolMessage(content="- Time in bed: 625.5 min\n- Total sleep time: 512.5 min\n"
+                        "- Sleep efficiency: 81.9 %", tool_call_id="f1", name="report_facts")
+    hits = [("sim-01009-rbd", "rbd", 1199, 0.737), ("sim-01000-healthy_young",
+                                                    "healthy_young", 831, 0.530)]
+    summary = ("2 night(s) most similar to the night of sim-01001-healthy_older:\n"
+               + "\n".join(f"- {p} ({prof}, {n} epochs): centred cos {c:.3f}"
+                           for p, prof, n, c in hits))
+    found = ToolMessage(content=summary, tool_call_id="r1", name="retrieve", artifact={
+        "result": {"patient": "sim-01001-healthy_older",
+                   "hits": [{"patient": p} for p, *_ in hits]}})
+    messages = [HumanMessage(content="sleep times?"), facts,
+                HumanMessage(content="find nights similar to this one"), found]
+    answer = ("The nights most similar to the night of sim-01001-healthy_older are:\n\n"
+              "sim-01009-rbd (rbd, 1199 epochs): centred cos 0.737\n"
+              "- Time in bed: 625.5 min\n- Total sleep time: 512.5 min\n\n"
+              "sim-01000-healthy_young (healthy_young, 831 epochs): centred cos 0.530\n"
+              "- Sleep efficiency: 81.9 %\n\n"
+              "sim-01001-healthy_older itself slept 512.5 min, with a sleep efficiency of "
+              "81.9 %. Like sim-01009-rbd, it is a long night.")
+    spans = other_patient_spans(answer, messages)
+    assert [c.token for _a, _b, c in spans] == ["625.5 min", "512.5 min", "81.9 %"]
+    assert all(c.kind == "other_patient" for _a, _b, c in spans)
+    assert "for sim-01009-rbd" in spans[0][2].reason
+    assert [answer[a:b] for a, b, _c in spans] == ["625.5 min", "512.5 min", "81.9 %"]
+    assert spans[-1][0] < answer.index("itself slept")  # this patient's own numbers stay
+    # without a retrieve result there are no other patients to check
+    assert other_patient_spans(answer, messages[:2]) == []
+    # the answer's check at the end of a question withdraws them, and says so
+    from assistant.agent import Answer
+    from assistant.toolcalls import WITHDRAWN_KEY, WRITER_KEY, ChatGroundingMiddleware
+
+    last = AIMessage(content=answer, additional_kwargs={WRITER_KEY: "llm"})
+    update = ChatGroundingMiddleware().after_agent({"messages": [*messages, last]}, None)
+    [msg] = update["messages"]
+    assert msg.content.count(UNVERIFIED) == 3 and "centred cos 0.737" in msg.content
+    assert "itself slept 512.5 min" in msg.content
+    withdrawn = msg.additional_kwargs[WITHDRAWN_KEY]
+    assert [w["kind"] for w in withdrawn] == ["other_patient"] * 3
+    note = Answer(patient="p", question="q", text=msg.content, withdrawn=withdrawn).notices()
+    assert any("about other patients were withdrawn" in n for n in note)
