@@ -1173,6 +1173,8 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 #: What may stand between a measure's words and its value ("SE was", "deep sleep: ").
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
+#: Between a value and a measure's words after it: "200.0 minutes of slow-wave sleep".
+_OF_AFTER = re.compile(r"\s+(?:of|in)\s+(?:(?:the|her|his|their)\s+)?", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
 #: After an hour: "am"/"pm", or "and 2 am" / "to 3 pm" ("between 1 and 2 am").
 _HOUR_AFTER = re.compile(r"\s*(?:(?:and|to|-|\u2013)\s*\d{1,2}(?::\d{2})?\s*)?(?:[ap]\.?m\b|"
@@ -1259,6 +1261,14 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 continue
             fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
             others = _other_rules(names)
+            # a value written right before the words: "200.0 minutes of slow-wave sleep"
+            for tok in toks:
+                if (tok.end <= mt.start() and tok.family in fams and tok.family != "count"
+                        and _OF_AFTER.fullmatch(sentence[tok.end:mt.start()])
+                        and sentence[max(0, tok.start - 1):tok.start] != "("
+                        and not any(_measure_matches(tok, m.value, m.unit) for m in union)):
+                    withdraw(at, sentence, tok,
+                             f"{tok.text} is not the measured value ({of(own)})")
             for tok in toks:
                 if tok.start < mt.end():
                     continue

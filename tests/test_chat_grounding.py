@@ -377,6 +377,27 @@ def test_words_naming_one_scoring_rule_take_only_that_rules_value():
             ] == ["ahi_3a"]
 
 
+def test_a_value_written_before_a_measures_words_is_bound_to_it():
+    """What the 1.5 B model wrote (two runs, two numbers): N2 minutes, and the TST, as
+    minutes of slow-wave sleep; both numbers were in the tool result, so only the binding
+    tells them wrong."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="n3_min", label="N3 time", value=65.5, unit="min"),
+          Measure(name="n3_pct_tst", label="N3 (% of TST)", value=16.9, unit="%"),
+          Measure(name="n2_min", label="N2 time", value=200.0, unit="min")]
+    q = "How many minutes of slow-wave sleep did she get?"
+    for wrong in ("200.0 minutes", "395.5 minutes"):
+        said = f"The patient got {wrong} of slow-wave sleep."
+        assert [w.token for w in misbound_numbers(said, ms, q)] == [wrong]
+    assert misbound_numbers("She got 65.5 minutes of slow-wave sleep (16.9 % of her sleep).",
+                            ms, q) == []
+    # a count before the words, a value in parentheses, other connecting words: not bound
+    assert misbound_numbers("There were 3 periods of slow-wave sleep.", ms, q) == []
+    assert misbound_numbers("N2 took 200.0 minutes, more than slow-wave sleep (65.5 min).",
+                            ms, q) == []
+
+
 def test_a_value_stated_beside_an_epoch_counts_as_stated():
     from assistant.grounding import misbound_numbers
 
