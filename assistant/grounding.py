@@ -1174,7 +1174,7 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
 #: Between a value and a measure's words after it: "200.0 minutes of slow-wave sleep".
-_OF_AFTER = re.compile(r"\s+(?:of|in)\s+(?:(?:the|her|his|their)\s+)?", re.IGNORECASE)
+_OF_AFTER = re.compile(r"\s+(?:(?:of|in)\s+(?:(?:the|her|his|their)\s+)?)?", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
 #: After an hour: "am"/"pm", or "and 2 am" / "to 3 pm" ("between 1 and 2 am").
 _HOUR_AFTER = re.compile(r"\s*(?:(?:and|to|-|\u2013)\s*\d{1,2}(?::\d{2})?\s*)?(?:[ap]\.?m\b|"
@@ -1217,7 +1217,12 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             by_name[getattr(m, "name")] = m
     asked = [(pattern, names) for pattern, _section, names in MEASURE_WORDS
              if re.search(pattern, (question or "").lower())]
-    if not by_name or not asked:
+    # what the answer names too: "the headline numbers" name no measure, and the answer
+    # then binds values to measures itself ("1.2 events/h AHI" for an AHI of 52.6)
+    low_text = _mask(text, [m.span() for m in _EVIDENCE.finditer(text)]).lower()
+    named = [(pattern, names) for pattern, _section, names in MEASURE_WORDS
+             if (pattern, names) not in asked and re.search(pattern, low_text)]
+    if not by_name or not (asked or named):
         return []
     empty = GroundingFacts()
     # the answer's sentences: where, the text (evidence in brackets and runs of epochs
@@ -1254,21 +1259,33 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         return ", ".join(dict.fromkeys(f"{m.label} {m.format()}" for m in own))
 
     for at, sentence, low, toks, union in parts:
-        for pattern, names in asked:
+        for pattern, names in asked + named:
             mt = re.search(pattern, low)
             own = [by_name[n] for n in names if n in by_name]
             if mt is None or not own:
                 continue
+            before_only = (pattern, names) not in asked  # named by the answer alone
             fams = {_MEASURE_FAMILY.get(getattr(m, "unit", ""), "none") for m in own}
             others = _other_rules(names)
-            # a value written right before the words: "200.0 minutes of slow-wave sleep"
+            # a value written right before the words: "200.0 minutes of slow-wave sleep",
+            # "1.2 events/h AHI (AASM ...), 45.5 events/h AHI (4% rule ...)"; it is the value
+            # of what the words up to the next comma name ("61.4 events/h AHI supine")
             for tok in toks:
-                if (tok.end <= mt.start() and tok.family in fams and tok.family != "count"
+                if not (tok.end <= mt.start() and tok.family in fams and tok.family != "count"
                         and _OF_AFTER.fullmatch(sentence[tok.end:mt.start()])
-                        and sentence[max(0, tok.start - 1):tok.start] != "("
-                        and not any(_measure_matches(tok, m.value, m.unit) for m in union)):
+                        and sentence[max(0, tok.start - 1):tok.start] != "("):
+                    continue
+                phrase = re.split(r"[,;\n]", low[mt.start():], maxsplit=1)[0]
+                words = _stem_words(phrase)
+                named_here = [by_name[n] for p2, _s2, names2 in MEASURE_WORDS
+                              if re.search(p2, phrase) for n in names2 if n in by_name]
+                named_here += [m for m in by_name.values()
+                               if (lw := _label_words(m.label)) and lw <= words]
+                if not any(_measure_matches(tok, m.value, m.unit) for m in named_here):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")
+            if before_only:
+                continue  # "value, label, value, label" lists: what follows is no value
             for tok in toks:
                 if tok.start < mt.end():
                     continue

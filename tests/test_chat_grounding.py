@@ -398,6 +398,36 @@ def test_a_value_written_before_a_measures_words_is_bound_to_it():
                             ms, q) == []
 
 
+def test_values_listed_before_labels_are_checked_whatever_the_question_named():
+    """"Give me the headline numbers" names no measure; the 1.5 B model listed "value label"
+    pairs and shifted the indices by one: the AHI it gave was the central apnea index."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="ahi_3a", label="AHI (AASM recommended rule)", value=52.6,
+                  unit="events/h"),
+          Measure(name="ahi_4", label="AHI (4% rule)", value=45.5, unit="events/h"),
+          Measure(name="apnea_index", label="Apnea index", value=22.8, unit="events/h"),
+          Measure(name="central_apnea_index", label="Central apnea index", value=1.2,
+                  unit="events/h"),
+          Measure(name="ahi_supine", label="AHI supine (3%/arousal rule)", value=61.4,
+                  unit="events/h"),
+          Measure(name="sleep_efficiency_pct", label="Sleep efficiency", value=92.4, unit="%"),
+          Measure(name="waso_min", label="Wake after sleep onset", value=11.0, unit="min")]
+    q = "Give me the headline numbers for this study."
+    said = ("- Respiratory events: 22.8 events/h Apnea index, 17.3 events/h Central apnea "
+            "index, 1.2 events/h AHI (AASM recommended rule), 45.5 events/h AHI (4% rule), "
+            "61.4 events/h AHI supine (3%/arousal rule)")
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["17.3 events/h",
+                                                               "1.2 events/h"]
+    # a list of "value label" pairs: what follows a label is the next pair, not its value
+    assert misbound_numbers("11.0 min wake after sleep onset, 92.4% sleep efficiency.",
+                            ms, q) == []
+    # in the words of a positional question: the AHI supine is 61.4, not the apnea index
+    assert [w.token for w in misbound_numbers(
+        "The apnea index (AHI) is 22.8 events/h in the supine position.", ms,
+        "Is his apnea worse when he sleeps on his back?")] == ["22.8 events/h"]
+
+
 def test_a_value_stated_beside_an_epoch_counts_as_stated():
     from assistant.grounding import misbound_numbers
 
