@@ -95,6 +95,7 @@ __all__ = [
     "facts_measures",
     "absence_spans",
     "other_patient_spans",
+    "denied_result",
     "stale_citations",
     "missing_measures",
     "FallbackNote",
@@ -162,7 +163,7 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
-                         "not_understood", "stale_answer"]
+                         "not_understood", "stale_answer", "denied_result"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -178,7 +179,22 @@ _REASON_TEXT: dict[str, str] = {
                      "none of this question's"),
     "not_understood": ("the planner could not place the question, and a small model is not "
                        "asked what the planner cannot route"),
+    "denied_result": ("the model's answer said its tool gave nothing, but the tool's result "
+                      "holds data"),
 }
+
+#: An answer saying the tools gave nothing ("The tool did not provide any information about
+#: other nights", "I apologize, but I cannot provide a timeline ... no data available in the
+#: tool results"); "did not provide any additional information" after a full answer is none.
+_DENIED_RESULT = re.compile(
+    r"\b(?:tools?|tool results?)\s+(?:did not|didn't|does not|doesn't|do not|don't)\s+"
+    r"(?:provide|return|give|contain|include|show)\b"
+    r"(?!\s+(?:any\s+)?(?:additional|further|more)\b)"
+    r"|\bno (?:tool )?(?:results?|data|information)\b[^.\n]{0,60}\b(?:tools?|provided "
+    r"(?:text|results?))\b"
+    r"|\bno tool results?\b"
+    r"|\bI (?:apologi[sz]e|am sorry|'m sorry),? but I (?:cannot|can't|am unable to)\b",
+    re.IGNORECASE)
 
 
 class ToolCallParseError(ValueError):
@@ -1112,6 +1128,9 @@ class ToolCallGuard(AgentMiddleware):
             return FallbackNote(reason="empty_answer")
         if stale:
             return FallbackNote(reason="stale_answer", detail=", ".join(stale))
+        denied = denied_result(text, turn)
+        if denied:
+            return FallbackNote(reason="denied_result", detail=denied)
         if self.fallback is None or any(isinstance(m, ToolMessage) for m in turn):
             return None
         router = getattr(self.fallback, "router", None)
@@ -1433,6 +1452,36 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
                 sentence=sentence, reason=f"the list_events result counts {n} {name}"
                 + (f" in {clock}" if clock else "")), line))
     return out
+
+
+def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
+    """The tool whose result an answer says was empty although it was not, or None.
+
+    The 1.5 B model answered "The tool did not provide any information about other nights"
+    after ``retrieve`` had listed five, and "I apologize, but I cannot provide a timeline ...
+    as there is no data available in the tool results" after ``plot_events`` had drawn one.
+
+    Parameters
+    ----------
+    text : str
+        The answer.
+    turn : sequence of BaseMessage
+        The messages of this question after it.
+
+    Returns
+    -------
+    str or None
+        The name of the first tool of the question that returned data, when the answer
+        says there was none.
+    """
+    if not _DENIED_RESULT.search(text or ""):
+        return None
+    for m in turn:
+        if (isinstance(m, ToolMessage) and m.status != "error" and _text(m).strip()
+                and not (m.additional_kwargs.get(REPEAT_KEY)
+                         or m.additional_kwargs.get(SKIPPED_KEY))):
+            return m.name or "a tool"
+    return None
 
 
 def _patients_named(messages: Iterable[BaseMessage]) -> tuple[str | None, set[str]]:

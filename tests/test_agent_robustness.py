@@ -703,3 +703,31 @@ def test_a_compact_llm_reads_facts_without_evidence_over_runs_of_epochs(tmp_path
     assert not re.search(r"\[\d+ events?\]", read)
     # the user's tool result and the grounding keep the evidence
     assert answer.tool_calls[0].content == full
+
+
+def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, library):
+    from assistant.toolcalls import denied_result
+
+    # what the 1.5 B model wrote after list_events had listed the hypopneas
+    model = _scripted(_call("list_events", {"types": ["hypopnea"]}, "e1"),
+                      AIMessage("I apologize, but I cannot provide a list of the hypopneas as "
+                                "there is no data available in the tool results."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    answer = bot.ask(OSA, "list the hypopneas")
+    assert answer.fallback is not None and answer.fallback.reason == "denied_result"
+    assert answer.fallback.detail == "list_events"
+    hyp = answer.tool_calls[-1].artifact.result.events
+    assert hyp and hyp[0].clock in answer.text and "apologize" not in answer.text
+    assert any("said its tool gave nothing" in n for n in answer.notices())
+    # an answer that gives the data, or a denial without a result, stands
+    data = [ToolMessage(content="5 night(s) most similar ...", tool_call_id="r",
+                        name="retrieve")]
+    assert denied_result("The tool did not provide any information about other nights.",
+                         data) == "retrieve"
+    assert denied_result("The tool provided the following information: 3 events. The tool "
+                         "did not provide any additional information outside the range.",
+                         data) is None
+    assert denied_result("No stretch of chin EMG activity during REM was found.", data) is None
+    assert denied_result("The tool did not provide any information.",
+                         [ToolMessage(content="boom", tool_call_id="r", name="retrieve",
+                                      status="error")]) is None
