@@ -90,6 +90,7 @@ __all__ = [
     "WRITER_KEY",
     "INTENT_KEY",
     "HEADLINE_MEASURES",
+    "INSIGHT_MEASURES",
     "ChatGroundingMiddleware",
     "COMPLETED_KEY",
     "facts_measures",
@@ -1581,6 +1582,14 @@ def other_patient_spans(text: str, messages: Sequence[BaseMessage],
 #: must state (the offline planner's summary lists these first).
 HEADLINE_MEASURES: tuple[str, ...] = ("tst_min", "sleep_efficiency_pct", "ahi_3a",
                                       "spo2_nadir")
+#: What an insight question needs beyond the measures it names: the numbers the offline
+#: planner explains it with ("Why is her sleep efficiency so poor?" was answered with the
+#: sleep efficiency alone).
+INSIGHT_MEASURES: dict[str, tuple[str, ...]] = {
+    "insight_efficiency": ("sleep_efficiency_pct", "tst_min", "tib_min",
+                           "sleep_onset_latency_min", "waso_min", "awakenings"),
+    "insight_positional": ("ahi_supine", "ahi_nonsupine", "supine_sleep_min"),
+}
 
 
 def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
@@ -1602,7 +1611,8 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
     intent : str, optional
         The router's intent for the question. A ``summary`` question that names no measure
         asks for the :data:`HEADLINE_MEASURES` ("Give me the headline numbers" was answered
-        without the AHI and the SpO2 nadir).
+        without the AHI and the SpO2 nadir); an insight asks for its
+        :data:`INSIGHT_MEASURES` too.
 
     Returns
     -------
@@ -1619,6 +1629,7 @@ def missing_measures(question: str, turn: Sequence[BaseMessage], text: str,
 
     names = X.extract(question).measures or (
         list(HEADLINE_MEASURES) if intent == "summary" else [])
+    names = list(dict.fromkeys([*names, *INSIGHT_MEASURES.get(intent or "", ())]))
     if not names:
         return []
     explicit = specific_rules(question)

@@ -602,6 +602,26 @@ def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, li
     assert answer.completed == []
 
 
+def test_an_insight_gets_the_numbers_that_explain_it_added(tmp_path, library):
+    """"Why is her sleep efficiency so poor?" was answered by the 1.5 B model with the
+    sleep efficiency alone: the numbers the planner explains it with are added."""
+    from assistant.toolcalls import INSIGHT_MEASURES
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    se = ms["sleep_efficiency_pct"]
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(f"The sleep efficiency of the patient is {se.format()}."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "Why is her sleep efficiency so poor?")
+    want = [n for n in INSIGHT_MEASURES["insight_efficiency"]
+            if n != "sleep_efficiency_pct" and ms[n].value is not None]
+    assert "waso_min" in want and "sleep_onset_latency_min" in want
+    assert answer.completed == want
+    for n in want:
+        assert f"- {ms[n].label}: {ms[n].format()}" in answer.text
+
+
 def test_unverified_markers_the_llm_copies_are_removed_and_kept_from_its_history(
         tmp_path, library):
     facts = report_facts(ToolContext(library=library, patient=OSA))
