@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
 from assistant.routing import Route, SemanticRouter
+from sleeplm.clinical.respiratory import is_positional
 from tools.common import requirements_for
 
 __all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult", "ToolShortlist"]
@@ -704,7 +705,7 @@ class OfflinePlanner(BaseChatModel):
             why = "; ".join(m.reason for m in (sup, non) if m is not None and m.reason) or \
                 "the night has no usable body-position signal or no sleep in one of the positions"
             return _Step(text=f"I cannot tell whether the apnea is positional: {why}.")
-        positional = sup.value >= 2 * non.value and sup.value > 0
+        positional = is_positional(sup.value, non.value)
         verdict = ("The events are positional by the usual criterion (supine AHI at least twice "
                    "the non-supine AHI)" if positional else
                    "The events are not positional by the usual criterion (supine AHI at least "

@@ -97,6 +97,7 @@ __all__ = [
     "absence_spans",
     "other_patient_spans",
     "denied_result",
+    "contradicted_verdict",
     "stale_citations",
     "missing_measures",
     "FallbackNote",
@@ -164,7 +165,8 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
-                         "not_understood", "stale_answer", "denied_result"]
+                         "not_understood", "stale_answer", "denied_result",
+                         "contradicted_verdict"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -182,7 +184,15 @@ _REASON_TEXT: dict[str, str] = {
                        "asked what the planner cannot route"),
     "denied_result": ("the model's answer said its tool gave nothing, but the tool's result "
                       "holds data"),
+    "contradicted_verdict": ("the model's conclusion contradicts the measured values it was "
+                             "given"),
 }
+
+#: "positional" with a negation up to three words before it ("is not positional", "isn't
+#: really positional", "non-positional").
+_POSITIONAL = re.compile(r"\bpositional\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:not|no|non|never|isn't|aren't|wasn't|weren't)\b|n't\b",
+                       re.IGNORECASE)
 
 #: An answer saying the tools gave nothing ("The tool did not provide any information about
 #: other nights", "I apologize, but I cannot provide a timeline ... no data available in the
@@ -1132,6 +1142,9 @@ class ToolCallGuard(AgentMiddleware):
         denied = denied_result(text, turn)
         if denied:
             return FallbackNote(reason="denied_result", detail=denied)
+        wrong = contradicted_verdict(text, turn)
+        if wrong:
+            return FallbackNote(reason="contradicted_verdict", detail=wrong)
         if self.fallback is None or any(isinstance(m, ToolMessage) for m in turn):
             return None
         router = getattr(self.fallback, "router", None)
@@ -1483,6 +1496,48 @@ def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
                          or m.additional_kwargs.get(SKIPPED_KEY))):
             return m.name or "a tool"
     return None
+
+
+def contradicted_verdict(text: str, turn: Sequence[BaseMessage]) -> str | None:
+    """Why an answer's conclusion contradicts the measured values of this question, or None.
+
+    Asked "Is the apnea positional?", the 1.5 B model answered "The apnea is positional."
+    with a supine AHI of 21.8 and a non-supine AHI of 17.0 events/h in its ``report_facts``
+    result: not positional by the usual criterion
+    (:func:`sleeplm.clinical.respiratory.is_positional`). A sentence calling the apnea
+    positional, or not (a negation up to three words before "positional"), is checked
+    against the supine and non-supine AHI of the question's results.
+
+    Parameters
+    ----------
+    text : str
+        The answer.
+    turn : sequence of BaseMessage
+        The messages of this question after it.
+
+    Returns
+    -------
+    str or None
+        What the answer says and what the measures say, when they disagree.
+    """
+    from sleeplm.clinical.respiratory import is_positional
+
+    m = _POSITIONAL.search(text or "")
+    if m is None:
+        return None
+    found = facts_measures(turn)
+    sup, non = found.get("ahi_supine"), found.get("ahi_nonsupine")
+    if sup is None or non is None or sup.value is None or non.value is None:
+        return None
+    before = " ".join(re.split(r"\s+", text[:m.start()].strip())[-3:])
+    said = not (_NEGATION.search(before) or text[max(0, m.start() - 4):m.start()].lower()
+                == "non-")
+    truth = is_positional(sup.value, non.value)
+    if said == truth:
+        return None
+    return (f"the answer calls the apnea {'positional' if said else 'not positional'}; "
+            f"AHI supine {sup.format()} is {'' if truth else 'not '}at least twice the "
+            f"non-supine {non.format()}")
 
 
 def _patients_named(messages: Iterable[BaseMessage]) -> tuple[str | None, set[str]]:

@@ -751,3 +751,42 @@ def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, li
     assert denied_result("The tool did not provide any information.",
                          [ToolMessage(content="boom", tool_call_id="r", name="retrieve",
                                       status="error")]) is None
+
+
+def test_a_positional_verdict_the_measures_contradict_falls_back(tmp_path, library,
+                                                                  monkeypatch):
+    import assistant.toolcalls as T
+    from assistant.toolcalls import contradicted_verdict
+    from sleeplm.clinical.measure import Measure
+    from sleeplm.clinical.respiratory import is_positional
+
+    # what the 1.5 B model wrote, against the values it was given
+    given = [ToolMessage(content="facts", tool_call_id="f", name="report_facts", artifact={
+        "result": {"sections": {"respiratory": [
+            {"name": "ahi_supine", "label": "AHI supine", "value": 21.8, "unit": "events/h"},
+            {"name": "ahi_nonsupine", "label": "AHI non-supine", "value": 17.0,
+             "unit": "events/h"}]}}})]
+    assert "not at least twice" in contradicted_verdict("The apnea is positional.", given)
+    assert contradicted_verdict("It is non-positional.", given) is None
+    assert contradicted_verdict("The apnea isn't really positional.", given) is None
+    assert contradicted_verdict("The AHI is 17.6 events/h.", given) is None
+    assert contradicted_verdict("The apnea is positional.", []) is None
+    assert is_positional(10.0, 5.0) and not is_positional(9.9, 5.0) and not is_positional(0, 0)
+
+    # in the agent: the planner answers instead (the tiny test night has no non-supine
+    # sleep, so the facts the check reads are those above)
+    found = {m["name"]: Measure.model_validate(m)
+             for m in given[0].artifact["result"]["sections"]["respiratory"]}
+    monkeypatch.setattr(T, "facts_measures", lambda messages: found)
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage("The apnea is positional."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "Is the apnea positional?")
+    assert answer.fallback is not None and answer.fallback.reason == "contradicted_verdict"
+    assert "AHI supine 21.8 events/h" in answer.fallback.detail
+    assert "The apnea is positional." not in answer.text and "positional" in answer.text
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage("The apnea is not positional."))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
+        OSA, "Is the apnea positional?")
+    assert answer.fallback is None and answer.text.startswith("The apnea is not positional.")

@@ -37,6 +37,7 @@ __all__ = [
     "respiratory_events",
     "respiratory_measures",
     "ahi_severity",
+    "is_positional",
 ]
 
 #: Channels from which respiratory events are scored; without any, none could have been.
@@ -57,6 +58,12 @@ def ahi_severity(ahi: float | None) -> str:
     if ahi < 30:
         return "moderate"
     return "severe"
+
+
+def is_positional(ahi_supine: float, ahi_nonsupine: float) -> bool:
+    """Whether sleep apnea is positional by the usual criterion: a supine AHI at least twice
+    the non-supine AHI (and above 0), both in events/h by the same scoring rule."""
+    return bool(ahi_supine > 0 and ahi_supine >= 2.0 * ahi_nonsupine)
 
 
 def _desaturations(rec: Recording) -> tuple[pd.DataFrame, str]:
