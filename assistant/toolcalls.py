@@ -96,6 +96,7 @@ __all__ = [
     "facts_measures",
     "absence_spans",
     "other_patient_spans",
+    "epoch_clock_spans",
     "denied_result",
     "contradicted_verdict",
     "stale_citations",
@@ -1262,6 +1263,10 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
+        placed = epoch_clock_spans(text, messages)
+        for a, b, claim in sorted(placed, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim in placed]
         foreign = other_patient_spans(text, messages, extra=self.extra)
         for a, b, claim in sorted(foreign, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -1538,6 +1543,92 @@ def contradicted_verdict(text: str, turn: Sequence[BaseMessage]) -> str | None:
     return (f"the answer calls the apnea {'positional' if said else 'not positional'}; "
             f"AHI supine {sup.format()} is {'' if truth else 'not '}at least twice the "
             f"non-supine {non.format()}")
+
+
+#: An epoch's exact start in a tool's text: "epoch 95 (23:03:30-23:04:00, N2)".
+_EPOCH_START = re.compile(r"\bepoch (\d+) \((\d{1,2}):(\d{2}):(\d{2})[-\u2013]")
+#: An event's onset inside its epoch in a tool's text: "22:44:03 (epoch 56, N2)".
+_ONSET_IN_EPOCH = re.compile(r"\b(\d{1,2}):(\d{2}):(\d{2}) \(epoch (\d+)\b")
+#: An epoch and a clock time written as one place in an answer: "epoch 144 (02:58:00)",
+#: "epoch 144 at 02:58", "02:58:00 (epoch 144", "at 02:58 in epoch 144".
+_EPOCH_THEN_CLOCK = re.compile(
+    r"\bepoch (?P<e>\d+)\s*(?:\(|,\s*|\s+at\s+|\s+)(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\b",
+    re.IGNORECASE)
+_CLOCK_THEN_EPOCH = re.compile(
+    r"\b(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\s*(?:\(|,\s*|\s+in\s+|\s+)epoch (?P<e>\d+)\b",
+    re.IGNORECASE)
+_DAY_S = 86400.0
+
+
+def _epoch_clock(messages: Iterable[BaseMessage]) -> tuple[float, float] | None:
+    """The clock time (seconds of the day) at which epoch 0 starts, as an interval
+    ``(earliest, latest)``, from the epoch times the conversation's tool results write; None
+    when they write none."""
+    lo, hi = -math.inf, math.inf
+    found = False
+    for m in messages:
+        if not isinstance(m, ToolMessage) or m.status == "error":
+            continue
+        text = _text(m)
+        for mt in _EPOCH_START.finditer(text):
+            h, mi, sec, e = int(mt.group(2)), int(mt.group(3)), int(mt.group(4)), int(mt.group(1))
+            t0 = (h * 3600 + mi * 60 + sec - 30.0 * e) % _DAY_S
+            return t0, t0
+        for mt in _ONSET_IN_EPOCH.finditer(text):
+            h, mi, sec, e = (int(mt.group(i)) for i in range(1, 5))
+            t0 = (h * 3600 + mi * 60 + sec - 30.0 * e) % _DAY_S  # onset in [start, start+30)
+            if not found:
+                lo, hi, found = t0 - 30.0, t0, True
+            else:  # intersect, unwrapping around the day
+                t0 += round((hi - t0) / _DAY_S) * _DAY_S
+                lo, hi = max(lo, t0 - 30.0), min(hi, t0)
+    return (lo, hi) if found and lo <= hi + 1.0 else None
+
+
+def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Clock times an answer gives for an epoch that the epoch cannot have.
+
+    The 1.5 B model wrote "The nadir SpO2 was 79.3% ..., at epoch 144 (02:58:00)": the
+    epoch started at 22:58:00, and 02:58:00 passed the number check because another result
+    of the conversation cited a time within 30 s of it. The tool results that write an
+    epoch's time ("epoch 95 (23:03:30-...)", "22:44:03 (epoch 56") fix when every epoch
+    starts; a time written as the place of an epoch must lie in it (30 s of tolerance
+    either side).
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the clock times in ``text`` (kind ``clock``), in order.
+    """
+    span = _epoch_clock(messages)
+    if span is None:
+        return []
+    lo, hi = span
+    _current, others = _patients_named(messages)
+    out: dict[int, tuple[int, int, WithdrawnClaim]] = {}
+    for rx in (_EPOCH_THEN_CLOCK, _CLOCK_THEN_EPOCH):
+        for mt in rx.finditer(text):
+            line = text[text.rfind("\n", 0, mt.start()) + 1:mt.start()]
+            if any(p in line for p in others):
+                continue  # an epoch of another patient's night ("sim-01005 epoch 903 (...")
+            times = clock_times(mt.group("c"))
+            if not times:
+                continue
+            h, mi, sec = (int(x) for x in times[0].split(":"))
+            t = h * 3600 + mi * 60 + sec
+            e = int(mt.group("e"))
+            start_lo, start_hi = lo + 30.0 * e, hi + 30.0 * e
+            low, width = start_lo - 30.0, (start_hi + 60.0) - (start_lo - 30.0)
+            cands = (t, t + 12 * 3600.0) if h < 12 and len(mt.group("c")) <= 5 else (t,)
+            if any((c - low) % _DAY_S <= width for c in cands):
+                continue
+            a, b = mt.span("c")
+            h0, m0 = divmod(int(lo + 30.0 * e) % int(_DAY_S) // 60, 60)
+            out[a] = (a, b, WithdrawnClaim(
+                token=mt.group("c"), kind="clock", sentence=text[max(0, a - 80):b + 20],
+                reason=f"epoch {e} starts at about {h0:02d}:{m0:02d} by the tool results"))
+    return [out[a] for a in sorted(out)]
 
 
 def _patients_named(messages: Iterable[BaseMessage]) -> tuple[str | None, set[str]]:

@@ -537,3 +537,47 @@ def test_numbers_about_another_patient_must_be_that_patients():
     assert [w["kind"] for w in withdrawn] == ["other_patient"] * 3
     note = Answer(patient="p", question="q", text=msg.content, withdrawn=withdrawn).notices()
     assert any("about other patients were withdrawn" in n for n in note)
+
+
+def test_a_clock_time_given_for_an_epoch_must_lie_in_it():
+    """"The nadir SpO2 was 79.3% ..., at epoch 144 (02:58:00)": the epoch started at
+    23:28, and 02:58:00 passed the number check because another result of the conversation
+    cited a time within 30 s of it. The epoch times the tool results write fix every
+    epoch's start."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import WITHDRAWN_KEY, WRITER_KEY, ChatGroundingMiddleware
+    from assistant.toolcalls import epoch_clock_spans
+
+    events = ToolMessage(content="- obstructive apnea at 22:44:03 (epoch 56, N2), 18.4 s\n"
+                         "- hypopnea at 02:58:10 (epoch 564, N2), 12.0 s",
+                         tool_call_id="e", name="list_events")
+    said = "The nadir SpO2 was 79.3 % at epoch 144 (02:58:00)."
+    [(a, b, claim)] = epoch_clock_spans(said, [events])
+    assert said[a:b] == "02:58:00" and claim.kind == "clock"
+    assert "epoch 144 starts at about 23:2" in claim.reason
+    for fine in ("at epoch 144 (23:28:00)", "at 23:27:40 (epoch 144)", "epoch 144 at 11:28",
+                 "epoch 564 (02:58:00)"):
+        assert epoch_clock_spans(fine, [events]) == [], fine
+    # an exact epoch start ("epoch 95 (23:03:30-...") fixes the clock on its own
+    caption = ToolMessage(content="epoch 95 (23:03:30-23:04:00, N2)", tool_call_id="c",
+                          name="caption")
+    assert epoch_clock_spans("epoch 2000 (14:56:00)", [caption]) == []
+    assert [c.token for *_s, c in epoch_clock_spans("epoch 2000 (15:56:00)", [caption])
+            ] == ["15:56:00"]
+    # another patient's epochs have their own clock
+    found = ToolMessage(content="- sim-9 epoch 903 (06:26:30, N2): cos 0.99", tool_call_id="r",
+                        name="retrieve", artifact={"result": {"patient": "sim-1",
+                                                               "hits": [{"patient": "sim-9"}]}})
+    assert epoch_clock_spans("- sim-9 epoch 903 (06:26:30, N2)", [events, found]) == []
+    assert epoch_clock_spans(said, []) == []
+    # at the end of a question: withdrawn and listed
+    last = AIMessage(content=said, additional_kwargs={WRITER_KEY: "llm"})
+    facts = ToolMessage(content="- SpO2 nadir during sleep: 79.3 % [epoch 144]",
+                        tool_call_id="f", name="report_facts")
+    update = ChatGroundingMiddleware().after_agent(
+        {"messages": [HumanMessage(content="What was his nadir SpO2?"), events, facts, last]},
+        None)
+    [msg] = update["messages"]
+    assert msg.content == f"The nadir SpO2 was 79.3 % at epoch 144 ({UNVERIFIED})."
+    assert any(w["token"] == "02:58:00" for w in msg.additional_kwargs[WITHDRAWN_KEY])
