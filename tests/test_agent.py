@@ -145,6 +145,9 @@ def test_heart_rate_around_events_is_a_measure_of_its_own():
         assert secs == ["heart_rate"]
         assert names[:3] == ["hr_resp_event_mean", "hr_resp_post_peak", "hr_resp_rise"]
     assert X.sections_for("Average heart rate overnight?")[1] == ["hr_mean", "hr_min", "hr_max"]
+    # "desaturations per hour" is the ODI (the 1.5 B model gave hypopnea counts for it)
+    assert X.sections_for("How many desaturations per hour?") == (["oximetry"],
+                                                                  ["odi3", "odi4"])
 
 
 @pytest.mark.parametrize("question", [
