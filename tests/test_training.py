@@ -129,35 +129,51 @@ def test_exact_resume(corpus, tokenizer_file, tmp_path):
 
 
 # ------------------------------------------------------------------------------ DDP
-def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file: str,
-                out_file: str) -> None:
+def _ddp_rank_step(rank: int, world: int, cfg_json: str, batch_file: str) -> dict:
+    """One DDP training step of ``rank``; returns its state and the global-batch metrics. Every
+    object holding the process group (DDP's reducer, the autograd graph of the gathers) is
+    gone when this returns."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from sleeplm.model.network import SleepLMConfig
 
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    data = torch.load(batch_file, weights_only=False)
+    torch.manual_seed(0)
+    model = build_model(SleepLMConfig.model_validate(data["model_cfg"]), cfg)
+    opt = build_optimizer(model, cfg)
+    net = DDP(model, find_unused_parameters=True)
+    B = cfg.batch_size
+    # each rank its half of the samples; the bank negatives are the same on every rank
+    part = {k: v if k.startswith("negative_") else v[rank * B:(rank + 1) * B]
+            for k, v in data["batch"].items()}
+    m = train_step(net, opt, [part], cfg, torch.device("cpu"))
+    terms = torch.tensor([m["contrastive"], m["caption"]], dtype=torch.float64)
+    dist.all_reduce(terms)  # mean over the ranks = the global-batch mean
+    m["contrastive"], m["caption"] = (terms / world).tolist()
+    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "metrics": m}
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, cfg_json: str, batch_file: str,
+                out_file: str) -> None:
+    import gc
+
+    import torch.distributed as dist
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        cfg = TrainConfig.model_validate_json(cfg_json)
-        data = torch.load(batch_file, weights_only=False)
-        torch.manual_seed(0)
-        model = build_model(SleepLMConfig.model_validate(data["model_cfg"]), cfg)
-        opt = build_optimizer(model, cfg)
-        net = DDP(model, find_unused_parameters=True)
-        B = cfg.batch_size
-        # each rank its half of the samples; the bank negatives are the same on every rank
-        part = {k: v if k.startswith("negative_") else v[rank * B:(rank + 1) * B]
-                for k, v in data["batch"].items()}
-        m = train_step(net, opt, [part], cfg, torch.device("cpu"))
-        terms = torch.tensor([m["contrastive"], m["caption"]], dtype=torch.float64)
-        dist.all_reduce(terms)  # mean over the ranks = the global-batch mean
-        m["contrastive"], m["caption"] = (terms / world).tolist()
+        result = _ddp_rank_step(rank, world, cfg_json, batch_file)
         if rank == 0:
-            torch.save({"state": model.state_dict(), "metrics": m}, out_file)
-        # Both ranks reach here before either tears gloo down: a rank that destroys the group
-        # while the other still talks to it aborts (seen under load).
+            torch.save(result, out_file)
+        # The process group is torn down only once nothing holds it (a DDP reducer still alive
+        # at teardown is destroyed at interpreter exit, where gloo's threads abort: seen in CI
+        # under load) and both ranks are done with it (a rank leaving early aborts the other).
+        del result
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()

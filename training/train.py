@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import json
 import math
 import os
@@ -613,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(cfg, resume=args.resume)
     finally:
         if dist.is_available() and dist.is_initialized():
+            # nothing may still hold the group when it goes (a DDP reducer left to interpreter
+            # exit is destroyed there, where gloo's threads abort the process)
+            gc.collect()
             dist.destroy_process_group()
     return 0
 
