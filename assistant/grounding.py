@@ -1065,6 +1065,20 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     return out
 
 
+def duration_spans(text: str) -> list[tuple[int, int, float, float]]:
+    """The durations ``text`` writes ("28 seconds", "1.5 min", "1 h 20 min").
+
+    Returns
+    -------
+    list of (start, end, seconds, half_width)
+        Where the number is, its value in seconds, and half the last written digit in
+        seconds ("28 s" stands for 27.5-28.5 s: 0.5).
+    """
+    toks, _problems, _n = _tokens(text, GroundingFacts())
+    return [(t.start, t.end, t.value * t.seconds, 0.5 * 10.0 ** -t.decimals * t.seconds)
+            for t in toks if t.family == "duration" and t.seconds]
+
+
 def located_sentences(text: str) -> Iterator[tuple[int, str]]:
     """The sentences of ``text`` (a markdown list marker "1." blanked, so it is no number)
     with where each starts in ``text``.

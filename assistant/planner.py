@@ -58,6 +58,13 @@ _NOTICE = ("Draft information for a qualified clinician to review; sleeplm is no
 #: Sleep efficiency below this (%) is commonly called low (a reference, not a patient number).
 _SE_REFERENCE = 85.0
 _STAGE_WORD = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM"}
+#: Sort keys of listed events for "the longest / shortest / deepest" (``list_events``'s
+#: ``order``, applied here to a result listed in time order).
+_EVENT_ORDER_KEYS = {
+    "longest": lambda e: -e.duration_s,
+    "shortest": lambda e: e.duration_s,
+    "deepest": lambda e: (e.attributes or {}).get("spo2_nadir", 101.0),
+}
 
 
 class ToolResult:
@@ -450,17 +457,16 @@ class OfflinePlanner(BaseChatModel):
             args: dict[str, Any] = {"types": types, "limit": 200}
             if (sel := _sel(a)) is not None:
                 args["within"] = sel
+            if a.superlative in ("longest", "shortest", "deepest"):
+                args["order"] = a.superlative  # the tool ranks them, for the LLM's call too
             return _Step(tool="list_events", args=args)
         res = done[-1].result
         events = list(res.events)
         if not events:
             return _Step(text=res.summary(), refs=[])
-        if a.superlative == "longest":
-            events.sort(key=lambda e: -e.duration_s)
-        elif a.superlative == "shortest":
-            events.sort(key=lambda e: e.duration_s)
-        elif a.superlative == "deepest":
-            events.sort(key=lambda e: (e.attributes or {}).get("spo2_nadir", 101.0))
+        if a.superlative in _EVENT_ORDER_KEYS and getattr(res, "order", "time") != a.superlative:
+            # a call made without the order (an LLM's, answered from here): rank what it listed
+            events.sort(key=_EVENT_ORDER_KEYS[a.superlative])
         n = 1 if a.superlative and re.search(r"\bthe (?:longest|shortest|deepest|worst)\b",
                                               q.lower()) else X.limit(q, 10)
         shown = events[:n]

@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "extreme_event_spans",
     "other_patient_spans",
     "epoch_clock_spans",
     "denied_result",
@@ -1272,6 +1273,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in foreign]
         absent = absence_spans(text, messages[h + 1:]) if h is not None else []
+        absent += extreme_event_spans(text, messages[h + 1:]) if h is not None else []
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
@@ -1471,6 +1473,117 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
                 sentence=sentence, reason=f"the list_events result counts {n} {name}"
                 + (f" in {clock}" if clock else "")), line))
     return out
+
+
+#: "the longest apnea", "the shortest hypopnea": which end of the durations a sentence names.
+_EXTREME = re.compile(r"\b(longest|most prolonged|shortest|briefest)\b")
+_EPOCH_NUMBER = re.compile(r"\bepoch\s+(\d+)\b", re.IGNORECASE)
+_CLOCK_WORDS = re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s*[ap]\.?m\.?)?", re.IGNORECASE)
+
+
+def _listed_events(turn: Sequence[BaseMessage]) -> list[tuple[list[str], list[Any], str, int]]:
+    """``(types asked, events listed, order, events counted)`` of each ``list_events`` result
+    among ``turn`` (results restored as dicts are read too; events as dicts then)."""
+    out = []
+    for m in turn:
+        if not (isinstance(m, ToolMessage) and m.name == "list_events" and m.status != "error"
+                and not m.additional_kwargs.get(REPEAT_KEY)):
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        if res is None:
+            continue
+        get = res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
+        out.append((list(get("types") or []), list(get("events") or []),
+                    str(get("order") or "time"), int(get("n_total") or 0)))
+    return out
+
+
+def extreme_event_spans(text: str, turn: Sequence[BaseMessage]
+                        ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """Durations, epochs and clock times given for "the longest / shortest <event>" that are
+    not those of that event in the question's ``list_events`` results.
+
+    Asked "longest apnea?", the 1.5 B model answered "The longest apnea was 28 seconds, which
+    occurred at epoch 50.": its result listed the first 20 of 56 apneas in time order, among
+    them one of 28 s (epoch 196); the longest lasted 29.9 s (epoch 269). Every number there
+    is in some source, so the number check passed it. The extreme event is known from a
+    result that covers the event named and ranks its events that way (``order``) or lists
+    all it counts. In the clause that names it (up to the next ";" or superlative), a
+    duration must be its duration (to the digits written), an epoch its epoch, a clock time
+    within 30 s of its onset.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where each wrong value is in ``text``, and a line giving the extreme event from the
+        result, to add under the answer.
+    """
+    results = _listed_events(turn)
+    if not results:
+        return []
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for at, whole in located_sentences(text):
+        cuts = sorted({0, len(whole), *(m.start() for m in _EXTREME.finditer(whole.lower())),
+                       *(m.end() for m in re.finditer(r";", whole))})
+        for c0, c1 in zip(cuts, cuts[1:]):
+            out += _extreme_claims(at + c0, whole[c0:c1], whole, results)
+    return out
+
+
+def _field(e: Any, k: str) -> Any:
+    return e.get(k) if isinstance(e, dict) else getattr(e, k, None)
+
+
+def _extreme_claims(at: int, clause: str, sentence: str,
+                    results: list[tuple[list[str], list[Any], str, int]]
+                    ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """:func:`extreme_event_spans` of one clause (at ``at`` in the answer) of ``sentence``."""
+    from assistant.extract import event_mentions
+    from assistant.grounding import duration_spans
+
+    mx = _EXTREME.search(clause.lower())
+    if mx is None:
+        return []
+    which = "shortest" if mx.group(1) in ("shortest", "briefest") else "longest"
+    named = event_mentions(clause) or event_mentions(sentence)
+    if not named:
+        return []
+    start, end, types = next((n for n in named if n[0] >= mx.end()), named[0])
+    words = (clause if event_mentions(clause) else sentence)[start:end].lower()
+    best = None
+    for asked, events, order, n_total in results:
+        evs = [e for e in events if _field(e, "type") in types]
+        if (asked and not set(asked) & set(types)) or not evs \
+                or not (order == which or n_total == len(events)):
+            continue
+        pick = max if which == "longest" else min
+        best = pick(evs, key=lambda e: float(_field(e, "duration_s")))
+    if best is None:
+        return []
+    dur, epoch = float(_field(best, "duration_s")), int(_field(best, "epoch"))
+    clock = str(_field(best, "clock") or "")
+    line = (f"The {which} {words} listed: {str(_field(best, 'type')).replace('_', ' ')}"
+            + (f" at {clock}" if clock else "") + f" (epoch {epoch}), {dur:.1f} s")
+    wrong: list[tuple[int, int, str]] = []
+    for a, b, secs, half in duration_spans(clause):
+        if abs(secs - dur) > half + 1e-6:
+            wrong.append((a, b, f"the {which} lasted {dur:.1f} s"))
+    for me in _EPOCH_NUMBER.finditer(clause):
+        if int(me.group(1)) != epoch:
+            wrong.append((*me.span(1), f"the {which} is in epoch {epoch}"))
+    if clock:
+        h0, m0, s0 = (int(x) for x in clock.split(":"))
+        for mc in _CLOCK_WORDS.finditer(clause):
+            times = clock_times(mc.group(0))
+            if not times:
+                continue
+            h, mi, se = (int(x) for x in times[0].split(":"))
+            d = abs((h * 3600 + mi * 60 + se) - (h0 * 3600 + m0 * 60 + s0)) % 86400
+            if min(d, 86400 - d) > 30:
+                wrong.append((*mc.span(), f"the {which} starts at {clock}"))
+    return [(at + a, at + b, WithdrawnClaim(
+        token=clause[a:b], kind="measure", sentence=sentence,
+        reason=reason + " by the list_events result"), line) for a, b, reason in sorted(wrong)]
 
 
 def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:

@@ -197,6 +197,19 @@ def test_offline_planner_numbers_are_the_facts(tmp_path, library):
     assert not answer.tool_calls and "prescribe" in answer.text
 
 
+def test_offline_planner_asks_the_tool_for_the_longest_event(tmp_path, library):
+    """The ranking is the tool's (``order``), so an LLM offered the planner's call as a hint
+    reads the longest event first; a result in time order is ranked by the planner."""
+    answer = _bot(tmp_path, library).ask(OSA, "What was the longest apnea?")
+    [step] = answer.tool_calls
+    assert step.name == "list_events" and step.args["order"] == "longest"
+    events = step.artifact.result.events
+    top = max(events, key=lambda e: e.duration_s)
+    assert events[0] is top or events[0].duration_s == top.duration_s
+    assert f"{top.clock} (epoch {top.epoch}" in answer.text
+    assert f"{top.duration_s:.1f} s" in answer.text.split("\n")[1]
+
+
 def test_followups_survive_a_restart(tmp_path, library):
     bot = _bot(tmp_path, library)
     listed = bot.ask(OSA, "list the apneas and hypopneas")

@@ -679,6 +679,72 @@ def test_absence_spans_reads_results_as_dicts_and_spares_other_phrasings():
     assert absence_spans(said, []) == []
 
 
+def test_a_wrong_longest_event_is_withdrawn_and_the_longest_added(tmp_path, library):
+    """"longest apnea?": the 1.5 B model answered "The longest apnea was 28 seconds, which
+    occurred at epoch 50." from a list in time order; both numbers were in its sources."""
+    from tools.facts import EventsInput, events_in_range
+
+    every = events_in_range(ToolContext(library=library, patient=OSA),
+                            EventsInput(types=["apnea"])).events
+    ranked = sorted(every, key=lambda e: -e.duration_s)
+    top = ranked[0]
+    other = next(e for e in ranked if abs(e.duration_s - top.duration_s) >= 1)
+    assert top.epoch != other.epoch
+    said = (f"The longest apnea was {other.duration_s:.0f} seconds, which occurred at epoch "
+            f"{other.epoch}.")
+    model = _scripted(_call("list_events", {"types": ["apnea"]}, "e1"), AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "longest apnea?")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [
+        (f"{other.duration_s:.0f} seconds", "measure"), (str(other.epoch), "measure")]
+    assert answer.text.startswith("The longest apnea was [unverified], which occurred at "
+                                  "epoch [unverified].")
+    assert f"(epoch {top.epoch}), {top.duration_s:.1f} s" in answer.text
+    assert answer.completed == ["scored_events"]
+    # the right event, however written, is left alone
+    right = (f"The longest apnea lasted {top.duration_s:.1f} s; it began at {top.clock} "
+             f"(epoch {top.epoch}).")
+    model = _scripted(_call("list_events", {"types": ["apnea"], "order": "longest",
+                                            "limit": 3}, "e1"), AIMessage(right))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(OSA, "longest apnea?")
+    assert answer.withdrawn == [] and answer.text == right
+
+
+def test_extreme_event_spans_needs_a_ranked_or_complete_list():
+    from assistant.toolcalls import extreme_event_spans
+
+    def msg(events, order="time", n_total=None):
+        res = {"patient": "p", "types": ["hypopnea"], "counts": {"hypopnea": 9},
+               "n_total": len(events) if n_total is None else n_total, "order": order,
+               "span": {}, "events": [{"type": "hypopnea", "duration_s": d, "epoch": ep,
+                                       "clock": c} for d, ep, c in events]}
+        return ToolMessage(content="...", tool_call_id="e1", name="list_events",
+                           artifact={"result": res})
+
+    evs = [(12.0, 10, "22:05:00"), (41.5, 30, "22:15:10"), (18.0, 50, "22:25:00")]
+    said = "The longest hypopnea lasted 18 s (epoch 50); the shortest hypopnea lasted 12 s."
+    spans = extreme_event_spans(said, [msg(evs)])
+    assert [(said[a:b], c.kind) for a, b, c, _l in spans] == [("18 s", "measure"),
+                                                               ("50", "measure")]
+    assert spans[0][3] == "The longest hypopnea listed: hypopnea at 22:15:10 (epoch 30), 41.5 s"
+    # the shortest, in its own clause, is right; so is a right longest at its clock time
+    ok = "The longest hypopnea began at 10:15 pm and lasted 41.5 seconds, in epoch 30."
+    assert extreme_event_spans(ok, [msg(evs)]) == []
+    wrong_clock = "The longest hypopnea began at 22:25:00."
+    assert [wrong_clock[a:b] for a, b, _c, _l in extreme_event_spans(
+        wrong_clock, [msg(evs)])] == ["22:25:00"]
+    # a list in time order that leaves events out cannot tell the longest; a ranked one can
+    assert extreme_event_spans(said, [msg(evs, n_total=9)]) == []
+    ranked = [evs[1], evs[2]]
+    assert extreme_event_spans("The longest hypopnea lasted 41.5 s.",
+                               [msg(ranked, "longest", 9)]) == []
+    said2 = "The longest hypopnea lasted 18 s."
+    assert [said2[a:b] for a, b, _c, _l in extreme_event_spans(
+        said2, [msg(ranked, "longest", 9)])] == ["18 s"]
+    # other events, other questions: nothing to check
+    assert extreme_event_spans("The longest apnea lasted 18 s.", [msg(evs)]) == []
+    assert extreme_event_spans("The hypopnea lasted 18 s.", [msg(evs)]) == []
+
+
 def test_an_answer_citing_only_an_earlier_results_times_falls_back(tmp_path, library):
     from assistant.toolcalls import stale_citations
 

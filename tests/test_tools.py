@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 from conftest import TINY_HYPNOGRAM, tiny_checkpoint, write_tiny_library
 
 from sleeplm.model import prompts as P
@@ -471,6 +472,28 @@ def test_events_in_range(ctx):
         assert any("listed" in w for w in part.warnings)
     with pytest.raises(UnknownEventTypeError):
         events_in_range(ctx, EventsInput(types=["sneezes"]))
+
+
+def test_events_in_range_lists_the_longest_shortest_or_deepest_first(ctx):
+    every = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=5000)).events
+    durations = sorted(e.duration_s for e in every)
+    assert len(every) > 3 and durations[0] < durations[-1]
+    top = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=3,
+                                           order="longest"))
+    # ranked over all the events matched, not only those listed
+    assert [e.duration_s for e in top.events] == durations[::-1][:3]
+    assert top.order == "longest" and top.n_total == len(every)
+    assert "Listed longest first." in top.summary()
+    assert f"{len(every)} events match; the longest 3 are listed" in top.warnings
+    low = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=2,
+                                           order="shortest"))
+    assert [e.duration_s for e in low.events] == durations[:2]
+    desats = events_in_range(ctx, EventsInput(types=["desaturation"], limit=5000)).events
+    nadirs = sorted(e.attributes["spo2_nadir"] for e in desats)
+    deep = events_in_range(ctx, EventsInput(types=["desaturation"], limit=2, order="deepest"))
+    assert [e.attributes["spo2_nadir"] for e in deep.events] == nadirs[:2]
+    with pytest.raises(ValidationError):
+        EventsInput(order="loudest")
 
 
 # -------------------------------------------------------------------------------- caption

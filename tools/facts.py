@@ -231,6 +231,10 @@ def parse_event_types(types: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+#: How a list of events is ordered: by onset, or the most extreme first.
+EventOrder = Literal["time", "longest", "shortest", "deepest"]
+
+
 class EventsInput(BaseModel):
     """Arguments of :func:`events_in_range`.
 
@@ -243,6 +247,10 @@ class EventsInput(BaseModel):
         Part of the night (default: all).
     limit : int
         At most this many events listed (all are counted).
+    order : {"time", "longest", "shortest", "deepest"}
+        Listed in time order, or the longest, shortest or deepest (lowest SpO2 nadir, as
+        scored) first: "the longest apnea" is then the first event listed, whatever the
+        limit.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -250,6 +258,8 @@ class EventsInput(BaseModel):
     types: list[str] = Field(default_factory=list, description="event types; empty = all")
     within: TimeSelection | None = Field(default=None, description="part of the night")
     limit: int = Field(default=100, ge=1, le=5000, description="events listed at most")
+    order: EventOrder = Field(default="time", description="time, or longest/shortest/deepest "
+                                                          "(lowest SpO2) first")
 
 
 class EventItem(BaseModel):
@@ -299,7 +309,9 @@ class EventsOutput(BaseModel):
         Events per type in the span (all of them, not only those listed).
     n_total : int
     events : list of EventItem
-        In time order, at most ``limit``.
+        In the order asked (``order``), at most ``limit``.
+    order : str
+        ``EventsInput.order``: ``"time"``, or which extreme comes first.
     warnings : list of str
     """
 
@@ -309,6 +321,7 @@ class EventsOutput(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     n_total: int = 0
     events: list[EventItem] = Field(default_factory=list)
+    order: EventOrder = "time"
     warnings: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
@@ -317,6 +330,8 @@ class EventsOutput(BaseModel):
         lines = [f"{self.n_total} scored event(s) of {kinds} in {self.span.describe()}"
                  + (": " + ", ".join(f"{k} {v}" for k, v in self.counts.items())
                     if self.counts else ".")]
+        if self.order != "time" and self.events:
+            lines.append(f"Listed {self.order} first.")
         for e in self.events[:20]:
             lines.append(f"- #{e.id} {e.type} at {e.clock or f'{e.onset_s:.0f} s'} "
                          f"(epoch {e.epoch}, {e.stage}), {e.duration_s:.0f} s")
@@ -376,8 +391,8 @@ def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
                 next_id += len(found)
                 ev = pd.concat([ev, found]).sort_values("onset", kind="stable")
     s0, s1 = sel.span.start_s, sel.span.end_s
-    ev = ev[(ev["onset"] + ev["duration"] > s0) & (ev["onset"] < s1)]
-    out = EventsOutput(patient=p.patient, types=types, span=sel.span,
+    ev = _ordered(ev[(ev["onset"] + ev["duration"] > s0) & (ev["onset"] < s1)], request.order)
+    out = EventsOutput(patient=p.patient, types=types, span=sel.span, order=request.order,
                        counts=dict(Counter(str(t) for t in ev["type"])), n_total=len(ev))
     if len(ev):
         epochs = rec.epoch_index(ev["onset"].to_numpy())
@@ -402,5 +417,22 @@ def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
                                 f"channel to score them from: absence is not evidence here")
     out.warnings += detected_notes
     if out.n_total > len(out.events):
-        out.warnings.append(f"{out.n_total} events match; the first {len(out.events)} are listed")
+        which = "first" if request.order == "time" else request.order
+        out.warnings.append(f"{out.n_total} events match; the {which} {len(out.events)} are "
+                            "listed")
     return out
+
+
+def _ordered(ev: pd.DataFrame, order: str) -> pd.DataFrame:
+    """Events in ``order`` (:data:`EventOrder`); ties keep their time order. ``"deepest"``
+    ranks by the scored SpO2 nadir (``attributes['spo2_nadir']``, %); events without one
+    come last."""
+    if order == "time" or ev.empty:
+        return ev
+    if order in ("longest", "shortest"):
+        key = ev["duration"].to_numpy(dtype=float)
+        key = -key if order == "longest" else key
+    else:
+        key = np.array([float((a or {}).get("spo2_nadir", np.inf)) if isinstance(a, dict)
+                        else np.inf for a in ev["attributes"]])
+    return ev.iloc[np.argsort(key, kind="stable")]
