@@ -98,6 +98,8 @@ __all__ = [
     "extreme_event_spans",
     "other_patient_spans",
     "epoch_clock_spans",
+    "onset_epoch_spans",
+    "local_value_spans",
     "denied_result",
     "contradicted_verdict",
     "stale_citations",
@@ -1264,7 +1266,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
-        placed = epoch_clock_spans(text, messages)
+        placed = (epoch_clock_spans(text, messages) + onset_epoch_spans(text, messages)
+                  + local_value_spans(text, messages))
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in placed]
@@ -1401,8 +1404,9 @@ def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[Ba
 #: Evidence of a measure over runs of epochs or many events, as report_facts writes it
 #: ("[epochs 30, 44-74, 78-221 and 10 more runs]", "[121 events]"): left out of what a compact
 #: LLM reads (a 1.5 B model turned epoch indices into "78.0 hours" and wrote "which occurred
-#: at epoch 30-947" after a severity); one epoch ("[epochs 95]", the nadir's) stays.
-_RUN_EVIDENCE = re.compile(r"[ \t]*\[(?:epochs? [^\]\n]*[-,\u2013][^\]\n]*|\d+ events?)\]")
+#: at epoch 30-947" after a severity); one or two single epochs with what they are stay
+#: ("[epochs 30, 192: sleep onset and first R epoch]", the REM latency's).
+_RUN_EVIDENCE = re.compile(r"[ \t]*\[(?:epochs? [^\]\n:]*[-,\u2013][^\]\n:]*|\d+ events?)\]")
 
 
 #: Words that deny events right before their name ("there were no hypopneas", "not any
@@ -1742,6 +1746,137 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
                 token=mt.group("c"), kind="clock", sentence=text[max(0, a - 80):b + 20],
                 reason=f"epoch {e} starts at about {h0:02d}:{m0:02d} by the tool results"))
     return [out[a] for a in sorted(out)]
+
+
+#: Words naming the first REM epoch or the sleep onset, and the measure whose evidence
+#: cites that epoch (its last single epoch: REM latency cites sleep onset and first R epoch).
+_ONSET_WORDS = (
+    (re.compile(r"\b(?:first|onset of|entered|entering|reached|hit|began|start(?:ed|s)?)\b"
+                r"[^.;\n]{0,25}?\brem\b|\brem (?:onset|began|started|start)\b|\bfirst rem\b"),
+     "rem_latency_min", "the first REM epoch"),
+    (re.compile(r"\bsleep onset\b|\bfell asleep\b|\bfalling asleep\b|\bfirst (?:epoch of )?"
+                r"sleep\b|\bbegan sleeping\b"), "sleep_onset_latency_min", "the sleep onset"),
+)
+
+
+def onset_epoch_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Epochs an answer gives for the first REM or the sleep onset that are not those the
+    ``report_facts`` results cite for them.
+
+    Asked "when did they first hit REM?", the 1.5 B model answered "The patient first hit
+    REM at epoch 30": epoch 30 was the sleep onset's (REM began 81 min later). The REM
+    latency cites the sleep-onset and first R epochs, the sleep-onset latency the first
+    sleep epoch; "epoch N" written after words naming either (the nearest before it, in its
+    sentence) must be that epoch.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the epoch numbers (kind ``measure``), in order.
+    """
+    measures = facts_measures(messages)
+    want: dict[str, int] = {}
+    for _rx, name, _what in _ONSET_WORDS:
+        m = measures.get(name)
+        ep = getattr(getattr(m, "evidence", None), "epochs", None) or []
+        if m is not None and getattr(m, "value", None) is not None and ep and \
+                ep[-1][0] == ep[-1][1]:
+            want[name] = int(ep[-1][0])
+    if not want:
+        return []
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for at, sentence in located_sentences(text):
+        low = sentence.lower()
+        keys = sorted((mk.end(), name, what) for rx, name, what in _ONSET_WORDS
+                      for mk in rx.finditer(low))
+        for me in _EPOCH_NUMBER.finditer(sentence):
+            before = [k for k in keys if k[0] <= me.start()]
+            if not before:
+                continue
+            _end, name, what = before[-1]
+            if name in want and int(me.group(1)) != want[name]:
+                out.append((at + me.start(1), at + me.end(1), WithdrawnClaim(
+                    token=me.group(1), kind="measure", sentence=sentence,
+                    reason=f"{what} is epoch {want[name]} by the report_facts result")))
+    return out
+
+
+#: An SpO2 or heart-rate value as an answer writes it ("the SpO2 value was 91.0", "heart rate
+#: of 73.9 bpm"): the measure's words, then the first number within a few words.
+_LOCAL_VALUE = re.compile(
+    r"\b(?P<what>spo2|sp02|o2 sat\w*|oxygen(?: saturation)?|saturation|heart rate|pulse(?: rate)?)"
+    r"\b[^.;,\d\n]{0,30}?(?P<num>\d+(?:\.\d+)?)(?![\d:])", re.IGNORECASE)
+#: Numbers of a tool result with their unit: percentages and beats per minute.
+_UNIT_VALUE = re.compile(r"(?<![\d.:#])(\d+(?:\.\d+)?)\s*(%|bpm|beats/min)")
+#: "[epoch respiration 2850-2880 s]": an epoch of caption facts, in seconds of the night.
+_SECONDS_SPAN = re.compile(r"\b(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?) s\]")
+
+
+def _mentions_epoch(text: str, epoch: int, epoch_s: float = 30.0) -> bool:
+    """Whether a tool result is about ``epoch``: it writes "epoch N" (or "epochs N", "epochs
+    a, N: ...") or a span of seconds of the night inside it."""
+    if re.search(rf"\bepochs?\s+(?:\d+,\s*)*{epoch}(?![\d.])", text, re.IGNORECASE):
+        return True
+    return any(float(a) >= epoch * epoch_s - 1e-6 and float(b) <= (epoch + 1) * epoch_s + 1e-6
+               for a, b in _SECONDS_SPAN.findall(text))
+
+
+def local_value_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """SpO2 and heart-rate values an answer places at an epoch that no tool result about that
+    epoch gives.
+
+    The 1.5 B model listed the obstructive apneas as "The first obstructive apnea occurred at
+    epoch 65, when the SpO2 value was 91.0 and the heart rate was 73.9 bpm.": 73.9 bpm was
+    the mean heart rate in stage W, and the list it read gives no SpO2 or heart rate. Both
+    numbers were in the conversation's results, so the number check passed them. A value
+    written after "epoch N" in its clause must be a percentage (SpO2) or a rate (bpm) of a
+    tool result that is about epoch N (it writes "epoch N" or a span of seconds inside it),
+    to the digits written.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the numbers (kind ``measure``), in order.
+    """
+    results = [_text(m) for m in messages
+               if isinstance(m, ToolMessage) and m.status != "error"]
+    if not results:
+        return []
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for at, sentence in located_sentences(text):
+        for clause_at, clause in _clauses(sentence):
+            epochs = list(_EPOCH_NUMBER.finditer(clause))
+            for mv in _LOCAL_VALUE.finditer(clause):
+                before = [me for me in epochs if me.end() <= mv.start()]
+                if not before:
+                    continue
+                epoch = int(before[-1].group(1))
+                pct = not re.match(r"heart|pulse", mv.group("what"), re.IGNORECASE)
+                num = mv.group("num")
+                digits = len(num.split(".")[1]) if "." in num else 0
+                value = float(num)
+                ok = any(abs(float(v) - value) <= 0.5 * 10.0 ** -digits + 1e-9
+                         and (u == "%") == pct
+                         for r in results if _mentions_epoch(r, epoch)
+                         for v, u in _UNIT_VALUE.findall(r))
+                if not ok:
+                    a, b = clause_at + mv.start("num"), clause_at + mv.end("num")
+                    out.append((at + a, at + b, WithdrawnClaim(
+                        token=num, kind="measure", sentence=sentence,
+                        reason=f"no tool result about epoch {epoch} gives this "
+                               f"{'SpO2' if pct else 'heart rate'}")))
+    return out
+
+
+def _clauses(sentence: str) -> list[tuple[int, str]]:
+    """``sentence`` cut at semicolons: (start, clause)."""
+    out, pos = [], 0
+    for part in sentence.split(";"):
+        out.append((pos, part))
+        pos += len(part) + 1
+    return out
 
 
 def _patients_named(messages: Iterable[BaseMessage]) -> tuple[str | None, set[str]]:

@@ -709,6 +709,35 @@ def test_a_wrong_longest_event_is_withdrawn_and_the_longest_added(tmp_path, libr
     assert answer.withdrawn == [] and answer.text == right
 
 
+def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
+        tmp_path, library):
+    """"when did they first hit REM?": the 1.5 B model answered "The patient first hit REM at
+    epoch 30", the sleep onset's epoch."""
+    from assistant.toolcalls import onset_epoch_spans
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    onset = ms["sleep_onset_latency_min"].evidence.epochs[0][0]
+    rem = ms["rem_latency_min"].evidence.epochs[-1][0]
+    assert onset != rem
+    said = (f"The patient first hit REM at epoch {onset}, when the sleep onset latency was "
+            f"{ms['sleep_onset_latency_min'].format()}.")
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "when did they first hit REM?")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [(str(onset), "measure")]
+    assert answer.text.startswith("The patient first hit REM at epoch [unverified], when")
+    msgs = [m for s in answer.tool_calls for m in [ToolMessage(
+        content=s.content, tool_call_id="f1", name=s.name, artifact=s.artifact)]]
+    for fine in (f"REM began at epoch {rem}; sleep onset was at epoch {onset}.",
+                 f"After falling asleep at epoch {onset}, the first REM came at epoch {rem}.",
+                 f"Epoch {onset} was N2."):
+        assert onset_epoch_spans(fine, msgs) == [], fine
+    wrong = f"Sleep onset was at epoch {rem}."
+    assert [c.token for *_s, c in onset_epoch_spans(wrong, msgs)] == [str(rem)]
+
+
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     from assistant.toolcalls import extreme_event_spans
 
@@ -785,10 +814,20 @@ def test_a_compact_llm_reads_facts_without_evidence_over_runs_of_epochs(tmp_path
     bot = _bot(tmp_path, library, model, shortlist_tools=4, compact_tools=True)
     answer = bot.ask(OSA, "what is the total sleep time?")
     read = model.seen[1][-1].content
-    assert "Total sleep time" in read and not re.search(r"\[epochs [^\]]*[-,]", read)
+    assert "Total sleep time" in read and not re.search(r"\[epochs [^\]:]*[-,][^\]:]*\]", read)
     assert not re.search(r"\[\d+ events?\]", read)
     # the user's tool result and the grounding keep the evidence
     assert answer.tool_calls[0].content == full
+    # single epochs stay, with what they are: the REM latency's are not the first REM epoch
+    # and the sleep onset's alone (the 1.5 B model answered "when did they first hit REM?"
+    # with the sleep-onset epoch)
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage("Read."))
+    _bot(tmp_path / "b", library, model, shortlist_tools=4, compact_tools=True).ask(
+        OSA, "when is the first REM epoch, and the REM latency?")
+    read = model.seen[1][-1].content
+    assert re.search(r"REM latency \(from sleep onset\): [\d.]+ min \[epochs \d+, \d+: sleep "
+                     r"onset and first R epoch\]", read), read
 
 
 def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, library):

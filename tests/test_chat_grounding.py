@@ -581,3 +581,55 @@ def test_a_clock_time_given_for_an_epoch_must_lie_in_it():
     [msg] = update["messages"]
     assert msg.content == f"The nadir SpO2 was 79.3 % at epoch 144 ({UNVERIFIED})."
     assert any(w["token"] == "02:58:00" for w in msg.additional_kwargs[WITHDRAWN_KEY])
+
+
+def test_an_spo2_or_heart_rate_placed_at_an_epoch_must_come_from_a_result_about_it():
+    """"The first obstructive apnea occurred at epoch 65, when the SpO2 value was 91.0 and the
+    heart rate was 73.9 bpm.": 73.9 bpm was the mean heart rate in stage W, and the list the
+    1.5 B model read gives no SpO2 or heart rate."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import WITHDRAWN_KEY, WRITER_KEY, ChatGroundingMiddleware
+    from assistant.toolcalls import local_value_spans
+
+    events = ToolMessage(content="- #12 obstructive_apnea at 22:48:55 (epoch 65, N2), 19 s\n"
+                         "- #13 obstructive_apnea at 22:50:40 (epoch 69, N2), 24 s",
+                         tool_call_id="e", name="list_events")
+    facts = ToolMessage(content="- Mean heart rate in stage W: 73.9 bpm [epochs 0-29, 31-43]\n"
+                        "- Mean SpO2 during sleep: 91.0 %\n"
+                        "- SpO2 nadir during sleep: 84.0 % [epochs 95: lowest SpO2 sample]",
+                        tool_call_id="f", name="report_facts")
+    caption = ToolMessage(
+        content="SleepLM caption(s) of epoch 96 (23:04:00-23:04:30, N2):\n"
+                "- [epoch respiration 2880-2910 s] Mean SpO2 92%, minimum 87%.\n"
+                "- [epoch holistic 2880-2910 s] Stage N2 sleep. Heart at 72 bpm.",
+        tool_call_id="c", name="caption")
+    results = [facts, events, caption]
+    said = ("The first obstructive apnea occurred at epoch 65, when the SpO2 value was 91.0 and "
+            "the heart rate was 73.9 bpm.")
+    spans = local_value_spans(said, results)
+    assert [(said[a:b], c.kind) for a, b, c in spans] == [("91.0", "measure"),
+                                                           ("73.9", "measure")]
+    assert "epoch 65" in spans[0][2].reason and "SpO2" in spans[0][2].reason
+    for fine in ("The lowest SpO2 was 84.0 % at epoch 95.",       # the value first: not placed
+                 "At epoch 95 the SpO2 fell to 84 %.",             # the nadir's own epoch
+                 "In epoch 96 the mean SpO2 was 92% and the heart rate 72 bpm.",
+                 "The apnea at epoch 65 lasted 19 s; the mean SpO2 during sleep was 91.0 %.",
+                 "The mean SpO2 was 91.0 %."):
+        assert local_value_spans(fine, results) == [], fine
+    # the caption's seconds are another epoch's; a percentage is no heart rate
+    assert [c.token for *_s, c in local_value_spans(
+        "At epoch 97, the SpO2 was 92%.", results)] == ["92"]
+    assert [c.token for *_s, c in local_value_spans(
+        "At epoch 96, the heart rate was 92.", results)] == ["92"]
+    assert local_value_spans(said, []) == []
+    # at the end of a question: withdrawn and listed
+    last = AIMessage(content=said, additional_kwargs={WRITER_KEY: "llm"})
+    update = ChatGroundingMiddleware().after_agent(
+        {"messages": [HumanMessage(content="list the obstructive apneas"), *results, last]},
+        None)
+    [msg] = update["messages"]
+    assert msg.content.startswith(f"The first obstructive apnea occurred at epoch 65, when the "
+                                  f"SpO2 value was {UNVERIFIED} and the heart rate was "
+                                  f"{UNVERIFIED} bpm.")
+    assert [w["token"] for w in msg.additional_kwargs[WITHDRAWN_KEY]] == ["91.0", "73.9"]

@@ -138,12 +138,21 @@ class FactsOutput(BaseModel):
         for key, measures in self.sections.items():
             lines.append(f"{SECTIONS[key][0]}:")
             for m in measures:
-                ev = f" [epochs {_runs(m)}]" if m.evidence.epochs else (
+                ev = f" [epochs {_runs(m)}{_point_note(m)}]" if m.evidence.epochs else (
                     f" [{len(m.evidence.event_ids)} events]" if m.evidence.event_ids else "")
                 lines.append(f"- {m.label}: {m.format()}{ev}")
         lines += [f"{SECTIONS[k][0]} not available: {v}" for k, v in self.unavailable.items()]
         lines += [f"{k}: {v}" for k, v in self.findings.items()]
         return "\n".join(lines)
+
+
+def _point_note(m: Measure) -> str:
+    """": sleep onset and first R epoch" after the one or two single epochs a measure cites, so
+    that the epochs of the sleep onset and of the REM latency say which is which (the 1.5 B
+    model answered "when did they first hit REM?" with the sleep-onset epoch)."""
+    ep = m.evidence.epochs
+    return f": {m.evidence.note}" if m.evidence.note and len(ep) <= 2 \
+        and all(a == b for a, b in ep) else ""
 
 
 def _runs(m: Measure, limit: int = 3) -> str:
