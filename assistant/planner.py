@@ -187,6 +187,11 @@ def _simulated(res: Any) -> str:
             if getattr(res, "simulated", None) else "")
 
 
+#: What a study may show but neither scores nor measures (snoring): a question about it is a
+#: search of the signals by SleepLM, said to be so.
+_UNSCORED = re.compile(r"\bsnor(?:e|es|ed|ing|er|ers)\b", re.IGNORECASE)
+
+
 def _strip_lead(q: str) -> str:
     """The thing to find in a localisation question, without the question words."""
     t = q.strip().rstrip("?.! ")
@@ -488,6 +493,9 @@ class OfflinePlanner(BaseChatModel):
 
     def _do_localize(self, route, q, a, done, history) -> _Step:
         query = (a.quoted[0] if a.quoted else _strip_lead(q))
+        unscored = _UNSCORED.search(q) if not a.quoted else None
+        if unscored:  # "did they snore": searched for in the words SleepLM was trained on
+            query = "snoring"
         if a.event_types and not a.quoted and not _ASKS_MODEL.search(q):
             return self._scored_first(route, q, a, done, history, query)
         if not done:
@@ -497,8 +505,11 @@ class OfflinePlanner(BaseChatModel):
             return _Step(tool="localize", args=args)
         res = done[-1].result
         refs = _interval_refs(res.intervals, query)
-        return _Step(text=res.summary() + "\n(SleepLM's localisation is model output: check it "
-                                          "against the signals.)", refs=refs)
+        head = ("Snoring is not scored in this study's annotations and no "
+                "measurement of it is computed here; this is SleepLM's search of the signals "
+                "for it.\n" if unscored else "")
+        return _Step(text=head + res.summary() + "\n(SleepLM's localisation is model output: "
+                                                 "check it against the signals.)", refs=refs)
 
     def _scored_first(self, route, q, a, done, history, query: str) -> _Step:
         """A where-question about a kind of event the study scores ("where does the breathing

@@ -112,6 +112,8 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"\bwalk me through\b|\boverview\b|\bsummar(?:y|ise|ize)\b", "summary"),
     (r"^(?:please\s+)?(?:find|locate|search (?:the night )?for|look for|where (?:in the night "
      r"|does|do|is|are))\b", "localize"),
+    # snoring is neither scored nor measured: "did they snore" is a search of the signals
+    (r"\bsnor(?:e|es|ed|ing|er|ers)\b", "localize"),
 )
 
 

@@ -210,6 +210,16 @@ def test_offline_planner_asks_the_tool_for_the_longest_event(tmp_path, library):
     assert f"{top.duration_s:.1f} s" in answer.text.split("\n")[1]
 
 
+def test_snoring_is_searched_for_by_sleeplm_and_said_to_be_unscored(tmp_path, library):
+    """"did they snore" was answered with the sleep efficiency (the router's nearest
+    examples); snoring is neither scored nor measured, so SleepLM searches the signals."""
+    answer = _bot(tmp_path, library).ask(OSA, "did they snore")
+    [step] = answer.tool_calls
+    assert step.name == "localize" and step.args["query"] == "snoring"
+    assert answer.text.startswith("Snoring is not scored in this study's annotations")
+    assert "model output" in answer.text
+
+
 def test_followups_survive_a_restart(tmp_path, library):
     bot = _bot(tmp_path, library)
     listed = bot.ask(OSA, "list the apneas and hypopneas")
