@@ -30,9 +30,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
@@ -497,6 +497,21 @@ class Assistant:
                 fill_index=self.ensure_index)
         return self._contexts[patient]
 
+    @contextmanager
+    def _question_clock(self, ctx: AssistantContext) -> Iterator[None]:
+        """While a question runs, an LLM report writer stops once the question's time budget
+        (``time_budget_s``) is spent, not only its own (a 1.5 B model's draft took 287 s of a
+        120-s question, as the writer's 120 s came after the model's first call)."""
+        writer = getattr(ctx, "writer", None)
+        if writer is None or not hasattr(writer, "question_deadline"):
+            yield
+            return
+        writer.question_deadline = time.monotonic() + self.config.time_budget_s
+        try:
+            yield
+        finally:
+            writer.question_deadline = None
+
     @staticmethod
     def thread_id(patient: str) -> str:
         """The conversation thread of a patient."""
@@ -548,7 +563,7 @@ class Assistant:
         fallback: FallbackNote | None = None
         notes: list[str] = []
         watch = self.llm_server.watch() if self.llm_server is not None else nullcontext()
-        with self._lock, watch:
+        with self._lock, watch, self._question_clock(ctx):
             if self.llm_server is not None:
                 self.llm_server.check()  # dead before the question: say so, do not ask it
             stream = self.agent.stream({"messages": [HumanMessage(question)]},

@@ -807,6 +807,10 @@ class LLMWriter:
         #: When the current draft's budget is spent (``time.monotonic()``; set by
         #: :func:`draft_report`); None: no limit.
         self.deadline: float | None = None
+        #: When the chat question that asks for the draft runs out of time
+        #: (``time.monotonic()``; set by :meth:`assistant.agent.Assistant.stream` for the
+        #: question): a draft's budget ends then at the latest. None: no question's limit.
+        self.question_deadline: float | None = None
         model_name = (getattr(chat_model, "model_name", None) or getattr(chat_model, "model", None)
                       or type(chat_model).__name__)
         self.name = name or f"llm:{model_name}"
@@ -816,7 +820,7 @@ class LLMWriter:
         from langchain_core.messages import HumanMessage, SystemMessage
 
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise WriterBudgetSpent(f"the writer's time budget ({self.budget_s:g} s) is spent")
+            raise WriterBudgetSpent("the draft's time budget is spent")
         reply = self.chat_model.invoke([SystemMessage(content=load_prompt("report_system")),
                                         HumanMessage(content=human)])
         text = _message_text(reply)
@@ -1382,7 +1386,13 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     writer = writer or TemplateWriter()
     templates = TemplateWriter()
     budget = getattr(writer, "budget_s", None)
-    deadline = time.monotonic() + budget if budget is not None else None
+    own = time.monotonic() + budget if budget is not None else None
+    asked = getattr(writer, "question_deadline", None)  # the chat question's time runs out
+    deadline = (min(d for d in (own, asked) if d is not None)
+                if own is not None or asked is not None else None)
+    spent = (f"{getattr(writer, 'name', 'writer')}'s time budget ({budget:g} s)"
+             if own is not None and (asked is None or own <= asked)
+             else "the chat question's time budget")
     if isinstance(writer, LLMWriter):
         writer.deadline = deadline
     indication = " ".join(indication.split()) if indication and indication.strip() else None
@@ -1407,18 +1417,15 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     for key in SECTION_ORDER:
         inp = col.inputs[key].model_copy(update={"short": key in plan.short})
         if deadline is not None and writer is not templates and time.monotonic() > deadline:
-            logger.warning("report: the writer's time budget (%g s) is spent; templates write "
-                           "the remaining sections", budget)
-            log.fallbacks.append(f"{key} and later sections: {getattr(writer, 'name', 'writer')}"
-                                 f"'s time budget ({budget:g} s) was spent; the template text "
-                                 "was used")
+            logger.warning("report: %s is spent; templates write the remaining sections", spent)
+            log.fallbacks.append(f"{key} and later sections: {spent} was spent; the template "
+                                 "text was used")
             writer = templates
         try:
             text = writer.write(inp)
         except WriterBudgetSpent:
-            log.fallbacks.append(f"{key} and later sections: {getattr(writer, 'name', 'writer')}"
-                                 f"'s time budget ({budget:g} s) was spent; the template text "
-                                 "was used")
+            log.fallbacks.append(f"{key} and later sections: {spent} was spent; the template "
+                                 "text was used")
             writer = templates
             text = templates.write(inp)
         except Exception as exc:  # noqa: BLE001 - any backend failure falls back to templates

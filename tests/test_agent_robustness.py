@@ -738,6 +738,32 @@ def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
     assert [c.token for *_s, c in onset_epoch_spans(wrong, msgs)] == [str(rem)]
 
 
+def test_a_report_writer_has_the_questions_deadline_while_the_question_runs(tmp_path, library):
+    """An LLM's draft stops when the chat question's time is out, not only its own."""
+    import time
+
+    from assistant.report import LLMWriter
+
+    model = _scripted(AIMessage("Nothing to look up."))
+    config = AssistantConfig.load(env={}, state_dir=tmp_path / "state", time_budget_s=90)
+    bot = Assistant(config, library=library, index=None, chat_model=model)
+    ctx = bot.context(OSA)
+    ctx.writer = LLMWriter(model, budget_s=120)  # as an LLM backend builds it
+    during = []
+    real = model._generate
+
+    def generate(*args, **kwargs):
+        during.append(ctx.writer.question_deadline)
+        return real(*args, **kwargs)
+
+    object.__setattr__(model, "_generate", generate)
+    t0 = time.monotonic()
+    bot.ask(OSA, "hello there, anything to say?")
+    assert during and all(d is not None and t0 + 89 <= d <= time.monotonic() + 90
+                          for d in during)
+    assert ctx.writer.question_deadline is None  # no question: no limit but its own
+
+
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     from assistant.toolcalls import extreme_event_spans
 

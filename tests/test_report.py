@@ -303,6 +303,27 @@ def test_llm_writer_time_budget_hands_the_rest_to_templates(env, reports, monkey
     assert len(chat2.seen) >= len(SECTION_ORDER)
 
 
+def test_a_draft_for_a_chat_question_stops_when_the_questions_time_is_spent(
+        env, reports, monkeypatch):
+    """A 1.5 B model's draft took 287 s of a 120-s question: the writer's own 120 s began
+    after the model's first call. The question's deadline ends the draft's budget too."""
+    ctx = _ctx(env, HEALTHY)
+    chat = _SlowChat()
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: chat.clock[0])
+    writer = LLMWriter(chat, budget_s=500)
+    writer.question_deadline = 150.0
+    rep = draft_report(ctx, writer=writer)
+    assert len(chat.seen) == 2  # calls at 0 s and 100 s; at 200 s the question's time is out
+    assert "the chat question's time budget was spent" in rep.grounding.fallbacks[0]
+    # the writer's own budget, when it ends first, is the one named
+    chat2 = _SlowChat()
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: chat2.clock[0])
+    writer2 = LLMWriter(chat2, budget_s=50)
+    writer2.question_deadline = 1000.0
+    rep2 = draft_report(ctx, writer=writer2)
+    assert len(chat2.seen) == 1 and "time budget (50 s) was spent" in rep2.grounding.fallbacks[0]
+
+
 def test_no_model_call_starts_once_the_budget_is_spent(env, reports, monkeypatch):
     """A sentence that fails the fact check is not sent back to the model after the budget:
     it is dropped (a 1.5 B model's draft took 407 s against a budget of 120 s, rewriting
