@@ -1065,6 +1065,22 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
     return out
 
 
+#: Where a sentence's clauses meet: ", and", ", but", ", while", ", whereas", ";".
+_CLAUSE_CUT = re.compile(r",\s+(?:and|but|while|whereas)\b|;")
+
+
+def _clause_bounds(text: str, pos: int) -> tuple[int, int]:
+    """Where the clause of ``text`` (a sentence) around character ``pos`` starts and ends."""
+    start, end = 0, len(text)
+    for m in _CLAUSE_CUT.finditer(text):
+        if m.end() <= pos:
+            start = m.end()
+        elif m.start() >= pos:
+            end = m.start()
+            break
+    return start, end
+
+
 def duration_spans(text: str) -> list[tuple[int, int, float, float]]:
     """The durations ``text`` writes ("28 seconds", "1.5 min", "1 h 20 min").
 
@@ -1244,19 +1260,25 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
     # and the measures the sentence names (a value of any of them is its own: "AHI supine
     # ...: 61.4"; so is that of a measure whose label's words all are in it: "mean heart
     # rate in stage N1")
-    parts: list[tuple[int, str, str, list[_Token], list[object]]] = []
+    def named_in(low: str, clause: str | None = None) -> list[object]:
+        """Measures named in sentence ``low``: by their words, or by all their label's words
+        within ``clause`` (default: the sentence)."""
+        words = _stem_words(low if clause is None else clause)
+        union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
+                 if re.search(pattern, low) for n in names if n in by_name]
+        return union + [m for m in by_name.values()
+                        if (lw := _label_words(m.label)) and lw <= words]
+
+    # a sentence about one epoch or event ("at epoch 95 the mean SpO2 was 92 %") gives that
+    # epoch's values, not the night's: only a value written before any epoch or time of its
+    # clause is bound to the night's measure ("WASO was 14.0 min at epoch 28")
+    parts: list[tuple[int, str, str, list[_Token], list[object], bool]] = []
     for at, sentence in located_sentences(text):
         sentence = _mask(sentence, [m.span() for m in _EVIDENCE.finditer(sentence)]
                          + [m.span() for m in _EPOCH_RUN.finditer(sentence)])
         low = sentence.lower()
-        if _EVENT_CONTEXT.search(low):
-            continue
-        words = _stem_words(low)
-        union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
-                 if re.search(pattern, low) for n in names if n in by_name]
-        union += [m for m in by_name.values()
-                  if (lw := _label_words(m.label)) and lw <= words]
-        parts.append((at, sentence, low, _tokens(sentence, empty)[0], union))
+        parts.append((at, sentence, low, _tokens(sentence, empty)[0], named_in(low),
+                      _EVENT_CONTEXT.search(low) is not None))
     every = _tokens(_mask(text, [m.span() for m in _EVIDENCE.finditer(text)]
                           + [m.span() for m in _EPOCH_RUN.finditer(text)]), empty)[0]
     out: list[tuple[int, int, WithdrawnClaim]] = []
@@ -1272,7 +1294,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
     def of(own: list[object]) -> str:
         return ", ".join(dict.fromkeys(f"{m.label} {m.format()}" for m in own))
 
-    for at, sentence, low, toks, union in parts:
+    for at, sentence, low, toks, union, local in parts:
         for pattern, names in asked + named:
             mt = re.search(pattern, low)
             own = [by_name[n] for n in names if n in by_name]
@@ -1284,7 +1306,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             # a value written right before the words: "200.0 minutes of slow-wave sleep",
             # "1.2 events/h AHI (AASM ...), 45.5 events/h AHI (4% rule ...)"; it is the value
             # of what the words up to the next comma name ("61.4 events/h AHI supine")
-            for tok in toks:
+            for tok in toks if not local else ():
                 if not (tok.end <= mt.start() and tok.family in fams and tok.family != "count"
                         and _OF_AFTER.fullmatch(sentence[tok.end:mt.start()])
                         and sentence[max(0, tok.start - 1):tok.start] != "("):
@@ -1305,6 +1327,9 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     continue
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break
+                if local and _EVENT_CONTEXT.search(low[_clause_bounds(low, tok.start)[0]:
+                                                       tok.start]):
+                    break  # the epoch's own value
                 if _HOUR_AFTER.match(sentence, tok.end):
                     break  # "between 1 and 2 am": a time of the question, no value
                 if tok.family not in ("none", "count") and tok.family not in fams:
@@ -1318,9 +1343,12 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     continue
                 if fams == {"count"} and tok.decimals:
                     continue  # "0.05" after "periodic limb movement": not a count
-                allowed = union
+                # a label's words name a measure in the value's clause or before it ("central
+                # apneas ..., and that comes to per hour 26.0"), not after it ("WASO was 14.0
+                # min, and the REM latency (from sleep onset)" names no sleep-onset latency)
+                allowed = named_in(low, low[:_clause_bounds(low, tok.start)[1]])
                 if others and _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
-                    allowed = [m for m in union if getattr(m, "name", "") not in others]
+                    allowed = [m for m in allowed if getattr(m, "name", "") not in others]
                 if not any(_measure_matches(tok, m.value, m.unit) for m in allowed):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")
@@ -1336,8 +1364,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         # stated anywhere, also in a sentence about one epoch ("nadir 87.1 % at epoch 95")
         if any(_measure_matches(tok, m.value, m.unit) for tok in every for m in own):
             continue
-        for at, sentence, _low, toks, union in parts:
-            for tok in toks:
+        for at, sentence, _low, toks, union, local in parts:
+            for tok in toks if not local else ():
                 if sentence[max(0, tok.start - 1):tok.start] == "(":
                     continue  # "ODI (3 %)": the rule in a measure's name
                 if tok.family in fams and not any(

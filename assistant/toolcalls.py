@@ -96,6 +96,7 @@ __all__ = [
     "facts_measures",
     "absence_spans",
     "extreme_event_spans",
+    "count_spans",
     "other_patient_spans",
     "epoch_clock_spans",
     "onset_epoch_spans",
@@ -1277,6 +1278,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
         withdrawn += [claim for _a, _b, claim in foreign]
         absent = absence_spans(text, messages[h + 1:]) if h is not None else []
         absent += extreme_event_spans(text, messages[h + 1:]) if h is not None else []
+        absent += count_spans(text, messages[h + 1:], messages) if h is not None else []
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
@@ -1479,8 +1481,73 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
     return out
 
 
+#: A count written right before an event's name: "23 leg kicks", "65 scored hypopneas".
+_COUNT_BEFORE = re.compile(r"(?<![\d.,:#])(\d{1,5})\s+(?:[a-z]+[- ]){0,2}$")
+#: Words before a number that make it a rank or a selection, not a count ("the first 10").
+_NOT_A_COUNT = re.compile(r"\b(?:first|last|top|next|previous|earliest|latest|longest|"
+                          r"shortest|deepest|epoch|epochs|#)\s*$")
+#: After an event's name: a rate, not a count ("5 hypopneas per hour").
+_PER_HOUR = re.compile(r"\s*(?:per hour|an hour|/\s*h\b|each hour|every hour)")
+
+
+def count_spans(text: str, turn: Sequence[BaseMessage], messages: Sequence[BaseMessage] = ()
+                ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """Counts of events in ``text`` that the question's ``list_events`` results contradict.
+
+    Asked "any leg kicks?", the 1.5 B model answered "There were 23 leg kicks." (23 was the
+    number of awakenings, in an earlier result) while its result counted 61 limb movements.
+    A number written right before an event's name (:data:`assistant.extract.EVENT_WORDS`)
+    must be what a ``list_events`` result of the question that covers those types counts
+    for them, or a count measure of those events in the conversation's ``report_facts``
+    results (the night's hypopneas beside an hour's).
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where each wrong count is in ``text``, and the line giving the result's count.
+    """
+    from assistant.extract import event_mentions
+
+    results = _events_results(turn)
+    if not results:
+        return []
+    measures = [m for m in facts_measures(messages).values()
+                if getattr(m, "unit", "") == "count" and getattr(m, "value", None) is not None]
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for at, sentence in located_sentences(text):
+        low = sentence.lower()
+        for start, end, types in event_mentions(sentence):
+            mc = _COUNT_BEFORE.search(low[:start])
+            covering = [(sum(n for t, n in counts.items() if t in types), clock)
+                        for asked, counts, clock in results
+                        if not asked or set(asked) & set(types)]
+            if mc is None or not covering or _NOT_A_COUNT.search(low[:mc.start()]) \
+                    or _PER_HOUR.match(low, end):
+                continue  # "the first 10 apneas", "5 hypopneas per hour"
+            said = int(mc.group(1))
+            stems = {t.split("_")[0] for t in types} | ({"plm"} if "limb_movement" in types
+                                                        else set())
+            known = {n for n, _c in covering} | {
+                int(round(m.value)) for m in measures
+                if any(st in m.name for st in stems)}
+            if said in known:
+                continue
+            n, clock = covering[-1]
+            name = low[start:end]
+            kinds = ", ".join(t.replace("_", " ") for t in types
+                              if any(t in counts for _a, counts, _c in results))
+            line = (f"Scored {kinds or name} events" + (f" ({clock})" if clock else "")
+                    + f": {n}")
+            out.append((at + mc.start(1), at + mc.end(1), WithdrawnClaim(
+                token=mc.group(1), kind="measure", sentence=sentence,
+                reason=f"the list_events result counts {n} {name}"
+                + (f" in {clock}" if clock else "")), line))
+    return out
+
+
 #: "the longest apnea", "the shortest hypopnea": which end of the durations a sentence names.
-_EXTREME = re.compile(r"\b(longest|most prolonged|shortest|briefest)\b")
+_EXTREME = re.compile(r"\b(longest|most prolonged|shortest|briefest|first|earliest|last|"
+                      r"latest|final)\b")
 _EPOCH_NUMBER = re.compile(r"\bepoch\s+(\d+)\b", re.IGNORECASE)
 _CLOCK_WORDS = re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s*[ap]\.?m\.?)?", re.IGNORECASE)
 
@@ -1504,17 +1571,20 @@ def _listed_events(turn: Sequence[BaseMessage]) -> list[tuple[list[str], list[An
 
 def extreme_event_spans(text: str, turn: Sequence[BaseMessage]
                         ) -> list[tuple[int, int, WithdrawnClaim, str]]:
-    """Durations, epochs and clock times given for "the longest / shortest <event>" that are
-    not those of that event in the question's ``list_events`` results.
+    """Durations, epochs and clock times given for "the longest / shortest / first / last
+    <event>" that are not those of that event in the question's ``list_events`` results.
 
     Asked "longest apnea?", the 1.5 B model answered "The longest apnea was 28 seconds, which
     occurred at epoch 50.": its result listed the first 20 of 56 apneas in time order, among
     them one of 28 s (epoch 196); the longest lasted 29.9 s (epoch 269). Every number there
-    is in some source, so the number check passed it. The extreme event is known from a
-    result that covers the event named and ranks its events that way (``order``) or lists
-    all it counts. In the clause that names it (up to the next ";" or superlative), a
-    duration must be its duration (to the digits written), an epoch its epoch, a clock time
-    within 30 s of its onset.
+    is in some source, so the number check passed it; so was "The first one occurred at epoch
+    9, and the last one occurred at epoch 102." for 61 limb movements, the last in epoch 880.
+    The extreme event is known from a result that covers the event named ("the last one":
+    the question's only list) and ranks its events that way (``order``; time order gives
+    the first), or lists all it counts. In the clause that names it (up to the next ";" or
+    superlative), the duration, epoch and clock time nearest after the word (else before
+    it) must be that event's: its duration to the digits written, its epoch, its onset
+    within 30 s.
 
     Returns
     -------
@@ -1548,43 +1618,63 @@ def _extreme_claims(at: int, clause: str, sentence: str,
     mx = _EXTREME.search(clause.lower())
     if mx is None:
         return []
-    which = "shortest" if mx.group(1) in ("shortest", "briefest") else "longest"
+    word = mx.group(1)
+    which = ("shortest" if word in ("shortest", "briefest") else "first"
+             if word in ("first", "earliest") else "last" if word in ("last", "latest", "final")
+             else "longest")
     named = event_mentions(clause) or event_mentions(sentence)
-    if not named:
+    if named:
+        start, end, types = next((n for n in named if n[0] >= mx.end()), named[0])
+        words = (clause if event_mentions(clause) else sentence)[start:end].lower()
+    elif len(results) == 1 and re.search(r"\b(?:one|event)\b", clause[mx.end():].lower()):
+        types = tuple(results[0][0]) or tuple({_field(e, "type") for e in results[0][1]})
+        words = "event"  # "the last one": one of the question's single list
+    else:
         return []
-    start, end, types = next((n for n in named if n[0] >= mx.end()), named[0])
-    words = (clause if event_mentions(clause) else sentence)[start:end].lower()
     best = None
     for asked, events, order, n_total in results:
         evs = [e for e in events if _field(e, "type") in types]
-        if (asked and not set(asked) & set(types)) or not evs \
-                or not (order == which or n_total == len(events)):
+        complete = n_total == len(events)
+        known = (order == which or complete or (which == "first" and order == "time"))
+        if (asked and not set(asked) & set(types)) or not evs or not known:
             continue
-        pick = max if which == "longest" else min
-        best = pick(evs, key=lambda e: float(_field(e, "duration_s")))
+        if which in ("first", "last"):
+            pick = min if which == "first" else max
+            best = pick(evs, key=lambda e: float(_field(e, "onset_s") or 0.0))
+        else:
+            pick = max if which == "longest" else min
+            best = pick(evs, key=lambda e: float(_field(e, "duration_s")))
     if best is None:
         return []
     dur, epoch = float(_field(best, "duration_s")), int(_field(best, "epoch"))
     clock = str(_field(best, "clock") or "")
     line = (f"The {which} {words} listed: {str(_field(best, 'type')).replace('_', ' ')}"
             + (f" at {clock}" if clock else "") + f" (epoch {epoch}), {dur:.1f} s")
+
+    def nearest(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The value the superlative gives: the first after it, else the last before it."""
+        after = [sp for sp in spans if sp[0] >= mx.end()]
+        return after[:1] or [sp for sp in spans if sp[1] <= mx.start()][-1:]
+
     wrong: list[tuple[int, int, str]] = []
-    for a, b, secs, half in duration_spans(clause):
+    durations = {(a, b): (secs, half) for a, b, secs, half in duration_spans(clause)}
+    for a, b in nearest(sorted(durations)):
+        secs, half = durations[(a, b)]
         if abs(secs - dur) > half + 1e-6:
             wrong.append((a, b, f"the {which} lasted {dur:.1f} s"))
-    for me in _EPOCH_NUMBER.finditer(clause):
-        if int(me.group(1)) != epoch:
-            wrong.append((*me.span(1), f"the {which} is in epoch {epoch}"))
+    for a, b in nearest([me.span(1) for me in _EPOCH_NUMBER.finditer(clause)]):
+        if int(clause[a:b]) != epoch:
+            wrong.append((a, b, f"the {which} is in epoch {epoch}"))
     if clock:
         h0, m0, s0 = (int(x) for x in clock.split(":"))
-        for mc in _CLOCK_WORDS.finditer(clause):
-            times = clock_times(mc.group(0))
+        for a, b in nearest([mc.span() for mc in _CLOCK_WORDS.finditer(clause)]):
+            times = clock_times(clause[a:b])
             if not times:
                 continue
             h, mi, se = (int(x) for x in times[0].split(":"))
             d = abs((h * 3600 + mi * 60 + se) - (h0 * 3600 + m0 * 60 + s0)) % 86400
             if min(d, 86400 - d) > 30:
-                wrong.append((*mc.span(), f"the {which} starts at {clock}"))
+                wrong.append((a, b, f"the {which} starts at {clock}"))
     return [(at + a, at + b, WithdrawnClaim(
         token=clause[a:b], kind="measure", sentence=sentence,
         reason=reason + " by the list_events result"), line) for a, b, reason in sorted(wrong)]

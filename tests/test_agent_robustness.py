@@ -800,6 +800,49 @@ def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     assert extreme_event_spans("The hypopnea lasted 18 s.", [msg(evs)]) == []
 
 
+def test_the_first_and_last_events_and_event_counts_must_be_the_results():
+    """"any leg kicks?": "There were 23 leg kicks. The first one occurred at epoch 9, and the
+    last one occurred at epoch 102." (61 were listed; 23 was the number of awakenings)."""
+    from assistant.toolcalls import count_spans, extreme_event_spans
+
+    evs = [{"type": "limb_movement", "duration_s": 3.2, "epoch": 9, "clock": "22:12:44",
+            "onset_s": 284.0},
+           {"type": "limb_movement", "duration_s": 2.3, "epoch": 102, "clock": "22:59:06",
+            "onset_s": 3066.0},
+           {"type": "limb_movement", "duration_s": 1.1, "epoch": 880, "clock": "05:28:10",
+            "onset_s": 26410.0}]
+
+    def msg(events, n_total, order="time"):
+        res = {"patient": "p", "types": ["limb_movement"], "order": order, "span": {},
+               "counts": {"limb_movement": n_total}, "n_total": n_total, "events": events}
+        return ToolMessage(content="...", tool_call_id="e1", name="list_events",
+                           artifact={"result": res})
+
+    said = "The first one occurred at epoch 9, and the last one occurred at epoch 102."
+    spans = extreme_event_spans(said, [msg(evs, 3)])
+    assert [said[a:b] for a, b, _c, _l in spans] == ["102"]
+    assert spans[0][3] == "The last event listed: limb movement at 05:28:10 (epoch 880), 1.1 s"
+    # a list in time order that leaves the end out knows the first, not the last
+    assert extreme_event_spans(said, [msg(evs[:2], 61)]) == []
+    other = said.replace("epoch 9,", "epoch 14,")
+    assert [other[a:b] for a, b, _c, _l in extreme_event_spans(
+        other, [msg(evs[:2], 61)])] == ["14"]
+    # the count before an event's name
+    count = "There were 23 leg kicks."
+    [(a, b, claim, line)] = count_spans(count, [msg(evs, 61)])
+    assert count[a:b] == "23" and claim.kind == "measure"
+    assert line == "Scored limb movement events: 61"
+    facts = ToolMessage(content="...", tool_call_id="f1", name="report_facts", artifact={
+        "result": {"sections": {"limb_movements": [
+            {"name": "plm_count", "label": "Periodic limb movements in sleep", "value": 23.0,
+             "unit": "count"}]}}})
+    for fine in ("There were 61 leg kicks.", "The first 10 leg kicks are listed.",
+                 "That is 5 limb movements per hour."):
+        assert count_spans(fine, [msg(evs, 61)]) == [], fine
+    # a count measure of those events in the conversation's facts is a count too
+    assert count_spans(count, [msg(evs, 61)], [facts]) == []
+
+
 def test_an_answer_citing_only_an_earlier_results_times_falls_back(tmp_path, library):
     from assistant.toolcalls import stale_citations
 

@@ -455,9 +455,21 @@ def test_a_run_of_epochs_as_evidence_does_not_hide_a_misbound_value():
     said = ("The AHI if hypopneas are scored with the 4% rule is 17.6 events/h, which "
             "occurred at epoch 30-947.")
     assert [w.token for w in misbound_numbers(said, ms, q)] == ["17.6 events/h"]
-    # one epoch still marks a sentence about one event, whose numbers are not checked
+    # a night's measure placed at one epoch is still the night's ("The Wake-onset latency
+    # (WASO) was 14.0 min at epoch 28": the 1.5 B model gave the sleep-onset latency)...
     one = "The AHI with the 4% rule is 17.6 events/h at epoch 95."
-    assert misbound_numbers(one, ms, q) == []
+    assert [w.token for w in misbound_numbers(one, ms, q)] == ["17.6 events/h"]
+    # ... while a value written after the epoch in its clause is that epoch's own
+    assert misbound_numbers("At epoch 95, the AHI with the 4% rule is 17.6 events/h.", ms,
+                            q) == []
+    waso = [Measure(name="waso_min", label="Wake after sleep onset", value=86.5, unit="min"),
+            Measure(name="sleep_onset_latency_min", label="Sleep-onset latency", value=14.0,
+                    unit="min"),
+            Measure(name="rem_latency_min", label="REM latency (from sleep onset)",
+                    value=111.0, unit="min")]
+    said = ("The Wake-onset latency (WASO) was 14.0 min at epoch 28, and the REM latency "
+            "(from sleep onset) was 111.0 min at epoch 135.")
+    assert [w.token for w in misbound_numbers(said, waso, "whats the WASO")] == ["14.0 min"]
 
 
 def test_a_number_with_a_unit_of_no_family_needs_the_same_unit():
