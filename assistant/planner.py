@@ -192,6 +192,40 @@ def _simulated(res: Any) -> str:
 _UNSCORED = re.compile(r"\bsnor(?:e|es|ed|ing|er|ers)\b", re.IGNORECASE)
 
 
+#: "similar", "like this": a question about resemblance, answered by SleepLM's embeddings.
+_LIKE = re.compile(r"\b(?:similar|like (?:this|that|hers|his|theirs|patient|sim-)|resembl\w*|"
+                   r"comparable)\b", re.IGNORECASE)
+#: Per-hour indices a question about "lots of" some events ranks nights by.
+_EVENT_INDEX = {"limb_movement": "plmi", "plm": "plmi", "arousal": "arousal_index",
+                "desaturation": "odi3", "obstructive_apnea": "obstructive_apnea_index",
+                "central_apnea": "central_apnea_index", "mixed_apnea": "apnea_index",
+                "apnea": "apnea_index", "hypopnea": "ahi_3a"}
+#: Measures where more is worse ("the worst AHI" is the highest).
+_MORE_IS_WORSE = re.compile(r"index|ahi|odi|plmi|waso|latency|t90|awakenings|count")
+
+
+def _ranking_measure(a: X.Args, low: str) -> tuple[str, bool] | None:
+    """``(measure, lowest first)`` to rank the library's nights by, for a library question
+    that names a measure or a kind of event ("which patients have the highest AHI", "nights
+    with lots of leg kicks"); None when it names neither."""
+    if re.search(r"\bepochs?\b", low):
+        return None  # epochs across the library: SleepLM's search
+    names = [n for n in a.measures if not n.endswith("_count")] or list(a.measures)
+    types = set(a.event_types)
+    if {"obstructive_apnea", "central_apnea", "mixed_apnea", "apnea"} <= types:
+        # "lots of apneas": all apneas; "apneas and hypopneas", "breathing events": the AHI
+        names = names or ["ahi_3a" if "hypopnea" in types else "apnea_index"]
+    names = names or [_EVENT_INDEX[t] for t in a.event_types if t in _EVENT_INDEX]
+    if not names:
+        return None
+    name = names[0]
+    low_words = re.search(r"\b(?:lowest|least|fewest|smallest|shortest|minimum|poorest|"
+                          r"worst)\b", low)
+    lowest = bool(low_words) and not (low_words.group(0) == "worst"
+                                      and _MORE_IS_WORSE.search(name))
+    return name, lowest
+
+
 def _strip_lead(q: str) -> str:
     """The thing to find in a localisation question, without the question words."""
     t = q.strip().rstrip("?.! ")
@@ -579,7 +613,12 @@ class OfflinePlanner(BaseChatModel):
                              low.replace((a.patient or "\0").lower(), " "))
             if prof:
                 args["profile"] = prof.group(1)
-            if sel is not None:
+            ranked = None if sel is not None or a.patient or _LIKE.search(low) \
+                else _ranking_measure(a, low)
+            if ranked is not None:  # "nights in the library with lots of leg kicks"
+                args.update(source="measure", level="night", measure=ranked[0],
+                            lowest_first=ranked[1], exclude_current_patient=False)
+            elif sel is not None:
                 args.update(source="epoch" if "epoch" in sel else "interval", selection=sel,
                             level="epoch")
             elif (a.patient or re.search(r"\bnights?\b|\bpatients?\b|\bstud(?:y|ies)\b|"

@@ -220,6 +220,26 @@ def test_snoring_is_searched_for_by_sleeplm_and_said_to_be_unscored(tmp_path, li
     assert "model output" in answer.text
 
 
+def test_library_questions_about_a_measure_rank_nights_by_it(tmp_path, library):
+    """"nights in the library with lots of leg kicks" was answered with the nights most like
+    this one (SleepLM's embeddings); it asks for the nights with the highest PLMS index."""
+    bot = _bot(tmp_path, library)
+    answer = bot.ask(OSA, "which nights in the library have the most apneas and hypopneas?")
+    [step] = answer.tool_calls
+    assert step.name == "retrieve" and step.args["source"] == "measure"
+    assert step.args["measure"] == "ahi_3a" and not step.args["lowest_first"]
+    hits = step.artifact.result.hits
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert f"{hits[0].patient} (" in answer.text and "ranked by AHI" in answer.text
+    answer = bot.ask(OSA, "nights in the library with lots of leg kicks")
+    assert answer.tool_calls[0].args["measure"] == "plmi"
+    answer = bot.ask(OSA, "which patients have the worst sleep efficiency")
+    assert answer.tool_calls[0].args["lowest_first"] is True
+    # resemblance stays SleepLM's
+    answer = bot.ask(OSA, "find nights similar to this one")
+    assert answer.tool_calls[0].args["source"] == "night"
+
+
 def test_followups_survive_a_restart(tmp_path, library):
     bot = _bot(tmp_path, library)
     listed = bot.ask(OSA, "list the apneas and hypopneas")

@@ -688,6 +688,42 @@ def test_retrieve_nights_like_another_patient(ctx):
         retrieve(ctx, RetrieveInput(source="night", level="night", like_patient="sim-99999-x"))
 
 
+def test_retrieve_ranks_the_librarys_nights_by_a_measure(ctx, bare):
+    """"nights in the library with lots of leg kicks" was answered with the nights most like
+    the current one: ranking by a measure reads each study's facts, with no embedding."""
+    from tools import RetrieveInput, UnknownMeasureError, retrieve
+
+    lib = ctx.library
+    values = {}
+    for pid in lib.patients():
+        try:
+            m = ctx.processed(pid).facts.measure("ahi_3a")
+        except KeyError:
+            continue
+        if m.value is not None:
+            values[pid] = m.value
+    assert len(values) >= 2
+    out = retrieve(ctx, RetrieveInput(source="measure", level="night", measure="ahi_3a",
+                                      exclude_current_patient=False, k=100))
+    assert [h.patient for h in out.hits] == sorted(values, key=lambda p: -values[p])
+    assert [h.score for h in out.hits] == sorted(values.values(), reverse=True)
+    assert out.hits[0].unit == "events/h" and out.source == "measure"
+    text = out.summary()
+    assert text.startswith(f"{len(values)} night(s) of the library ranked by AHI")
+    assert f"{OSA} (" in text and "; the current patient)" in text
+    low = retrieve(ctx, RetrieveInput(source="measure", measure="ahi_3a", lowest_first=True,
+                                      k=1))
+    assert [h.patient for h in low.hits] == [min((p for p in values if p != OSA),
+                                                 key=lambda p: values[p])]
+    with pytest.raises(UnknownMeasureError, match="no measure named 'bogus'.*ahi_3a"):
+        retrieve(ctx, RetrieveInput(source="measure", measure="bogus"))
+    with pytest.raises(EmptyQueryError):
+        retrieve(ctx, RetrieveInput(source="measure"))
+    # no index needed: the facts are the studies' own
+    noindex = ToolContext(library=lib, patient=OSA)
+    assert retrieve(noindex, RetrieveInput(source="measure", measure="ahi_3a")).hits
+
+
 # ---------------------------------------------------------------------- parts of the night
 def test_parts_of_the_night_in_words(ctx):
     from tools.common import find_night_part, night_part_bounds

@@ -23,6 +23,7 @@ from tools.errors import (
     TimeRangeError,
     ToolError,
     UnknownEventTypeError,
+    UnknownMeasureError,
 )
 from tools.facts import (
     EventsInput,
@@ -51,7 +52,8 @@ __all__ = [
     "EventsInput", "EventsOutput", "FactsInput", "FactsOutput", "FigureOutput", "HypnogramInput",
     "LocalizeInput", "LocalizeOutput", "NoIndexError", "NoPatientError", "RetrieveInput",
     "RetrieveOutput", "SignalsInput", "Span", "TimeRangeError", "TimeSelection",
-    "TimelineInput", "ToolContext", "ToolError", "UnknownEventTypeError", "caption",
+    "TimelineInput", "ToolContext", "ToolError", "UnknownEventTypeError", "UnknownMeasureError",
+    "caption",
     "classify", "epoch_margins", "event_timeline_figure", "events_in_range",
     "hypnogram_figure", "index_library", "localize", "make_tools", "report_facts",
     "respiratory_summary", "retrieve", "signals_figure", "sleep_architecture",

@@ -47,3 +47,10 @@ class NoIndexError(ToolError, LookupError):
 
 class UnknownEventTypeError(ToolError, ValueError):
     """An event type that :class:`sleeplm.recording.EventType` does not define."""
+
+
+class UnknownMeasureError(ToolError, KeyError):
+    """A measure name that no study's clinical facts define."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -13,6 +13,11 @@ cosine of the two nights' deviations from the mean of every night in the index
 so its raw direction is mostly what every night shares (a typical stage mix, heart rate and
 SpO2 level); the deviation is what sets it apart (frequent apneas, periodic leg movements),
 and it decides which nights come first. Text queries keep the plain cosine.
+
+**By a measurement** (``source="measure"``): the library's nights ranked by one measure of
+their clinical facts ("nights with lots of leg kicks": the PLMS index, highest first), from
+each study's cached summary, with no embedding involved; ``score`` is then the measure's
+value in its unit.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from sleeplm.library.patients import validate_patient_id
 from sleeplm.recording import STAGES
 from tools.common import Span, TimeSelection, resolve_selection
 from tools.context import ToolContext
-from tools.errors import EmptyQueryError, TimeRangeError
+from tools.errors import EmptyQueryError, TimeRangeError, UnknownMeasureError
 
-__all__ = ["WEAK_TEXT_SIMILARITY", "RetrieveInput", "RetrieveOutput", "RetrievedItem", "retrieve"]
+__all__ = ["WEAK_TEXT_SIMILARITY", "RetrieveInput", "RetrieveOutput", "RetrievedItem", "rank_by_measure",
+           "retrieve"]
 
 #: A best text-to-signal cosine under this is reported as weak.
 WEAK_TEXT_SIMILARITY = 0.1
@@ -49,6 +55,10 @@ class RetrieveInput(BaseModel):
         Return similar epochs or similar nights.
     k : int
         Number of hits.
+    measure : str or None
+        ``source="measure"``: the name of a report measure (``plmi``, ``ahi_3a``, ...).
+    lowest_first : bool
+        ``source="measure"``: rank the lowest values first (default: the highest).
     stage : str or None
         Only epochs of this stage (W, N1, N2, N3, R; epoch level).
     profile : str or None
@@ -59,8 +69,9 @@ class RetrieveInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["text", "epoch", "interval", "night"] = Field(
-        description="text, an epoch or interval of this patient, or this whole night")
+    source: Literal["text", "epoch", "interval", "night", "measure"] = Field(
+        description="text, an epoch or interval of this patient, this whole night, or a "
+                    "measure to rank the library's nights by")
     text: str | None = Field(default=None, description="the words, for source='text'")
     selection: TimeSelection | None = Field(default=None,
                                             description="the epoch or interval of this patient")
@@ -74,6 +85,10 @@ class RetrieveInput(BaseModel):
     like_patient: str | None = Field(
         default=None, description="source='night': use this library patient's night as the "
                                   "query instead of the current one ('nights like patient X')")
+    measure: str | None = Field(
+        default=None, description="source='measure': the report measure to rank nights by, "
+                                  "highest first (e.g. 'plmi', 'ahi_3a', 'arousal_index')")
+    lowest_first: bool = Field(default=False, description="source='measure': lowest first")
 
 
 class RetrievedItem(BaseModel):
@@ -88,7 +103,8 @@ class RetrievedItem(BaseModel):
     score : float
         Similarity with the query, -1..1: the cosine (``unit="cosine"``), or for night-to-night
         queries the cosine of both nights' deviations from the library's mean night
-        (``unit="centred cosine"``).
+        (``unit="centred cosine"``); for ``source="measure"`` the measure's value, in its unit
+        (``unit``, e.g. ``events/h``).
     unit : str
     epoch : int or None
     start_s : float or None
@@ -145,6 +161,14 @@ class RetrieveOutput(BaseModel):
 
     def summary(self) -> str:
         """A short text for the LLM."""
+        if self.source == "measure":
+            lines = [f"{len(self.hits)} night(s) of the library ranked by {self.query}"
+                     + (f" (filters {self.filters})" if self.filters else "") + ":"]
+            lines += [f"- {h.patient} ({h.profile or 'profile unknown'}"
+                      + ("; the current patient" if h.patient == self.patient else "")
+                      + f"): {h.extra.get('label', '')} {_format_value(h.score, h.unit)}"
+                      for h in self.hits]
+            return "\n".join(lines + [f"Warning: {w}" for w in self.warnings])
         lines = [f"{len(self.hits)} {self.level}(s) most similar to {self.query}"
                  + (f" (filters {self.filters})" if self.filters else "") + ":"]
         for h in self.hits:
@@ -157,6 +181,66 @@ class RetrieveOutput(BaseModel):
                              f"{h.score:.3f}")
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _format_value(value: float, unit: str) -> str:
+    """A measure's value as the reports write it ("45.2 events/h", "23")."""
+    from sleeplm.clinical.measure import Measure
+
+    return Measure(name="v", label="v", value=value, unit=unit).format()
+
+
+def rank_by_measure(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
+    """The library's nights ranked by one measure of their clinical facts (``source="measure"``
+    of :func:`retrieve`): each study's cached summary, no embedding.
+
+    Raises
+    ------
+    EmptyQueryError
+        No measure named.
+    UnknownMeasureError
+        No study of the library has a measure of that name (the message lists some).
+    """
+    name = (request.measure or "").strip()
+    if not name:
+        raise EmptyQueryError("ranking nights needs a measure, e.g. measure='plmi' (PLMS index) "
+                              "or 'ahi_3a' (AHI)")
+    p = ctx.processed()
+    hits: list[RetrievedItem] = []
+    left_out: list[str] = []
+    known: set[str] = set()
+    for pid in ctx.library.patients():
+        if request.exclude_current_patient and pid == p.patient:
+            continue
+        study = ctx.library.study(pid)
+        if request.profile and study.profile != request.profile.strip():
+            continue
+        facts = ctx.processed(pid).facts
+        known |= {m.name for ms in facts.sections.values() for m in ms}
+        try:
+            m = facts.measure(name)
+        except KeyError:
+            left_out.append(f"{pid} (no {name})")
+            continue
+        if m.value is None or not np.isfinite(m.value):
+            left_out.append(f"{pid} ({m.reason or 'not computable'})")
+            continue
+        hits.append(RetrievedItem(id=f"{pid}/night1", kind="night", patient=pid, night="night1",
+                                  profile=study.profile, score=float(m.value), unit=m.unit,
+                                  n_epochs=ctx.processed(pid).n_epochs,
+                                  extra={"measure": m.name, "label": m.label}))
+    if not hits and name not in known:
+        raise UnknownMeasureError(f"no measure named {name!r} in the library's facts; some "
+                                  "that are: " + ", ".join(sorted(known)[:25]))
+    hits.sort(key=lambda h: h.score, reverse=not request.lowest_first)
+    label = next((h.extra["label"] for h in hits), name)
+    out = RetrieveOutput(patient=p.patient, source="measure", level="night",
+                         query=f"{label} ({'lowest' if request.lowest_first else 'highest'} "
+                               "first)", hits=hits[:request.k],
+                         filters={k: v for k, v in (("profile", request.profile),) if v})
+    if left_out:
+        out.warnings.append("left out: " + ", ".join(left_out))
+    return out
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -188,6 +272,8 @@ def retrieve(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
     NoIndexError
         The context has no index.
     """
+    if request.source == "measure":
+        return rank_by_measure(ctx, request)
     index = ctx.require_index()
     p = ctx.processed()
     span: Span | None = None
