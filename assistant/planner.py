@@ -515,11 +515,12 @@ class OfflinePlanner(BaseChatModel):
                     if (e.attributes or {}).get("spo2_nadir") is not None else "")
                  for i, e in enumerate(shown, 1)]
         auto = [e for e in events if "automatic" in (e.label or "")]
-        head = (f"{len(events)} {'detected' if auto else 'scored'} event(s) of type "
+        total = max(int(getattr(res, "n_total", 0) or 0), len(events))  # not only those listed
+        head = (f"{total} {'detected' if auto else 'scored'} event(s) of type "
                 f"{', '.join(types)}"
                 + (" in the selected time range" if "within" in done[-1].args else "")
                 + (f"; the {a.superlative}:" if a.superlative else
-                   f"; {'the first ' + str(len(shown)) if len(shown) < len(events) else 'all'}:"))
+                   f"; {'the first ' + str(len(shown)) if len(shown) < total else 'all'}:"))
         notes = [w for w in getattr(res, "warnings", []) if "automatic" in w]
         return _Step(text=head + "\n" + "\n".join(lines)
                      + ("\n(" + " ".join(notes) + ")" if notes else ""),
@@ -555,7 +556,10 @@ class OfflinePlanner(BaseChatModel):
             if done[0].error or done[0].result is None or list(done[0].result.events):
                 step = self._do_events(route, q, a, done, history)
                 if step.text and not done[0].error:
-                    step.text += ("\n\nThese are the scored events. SleepLM can also search the "
+                    auto = any("automatic" in (e.label or "")
+                               for e in getattr(done[0].result, "events", None) or [])
+                    step.text += (f"\n\nThese are the {'detected' if auto else 'scored'} "
+                                  "events. SleepLM can also search the "
                                   "signals for what you described: ask \"where does the model "
                                   f"see {query.rstrip('?.! ')}?\"")
                 return step

@@ -1631,12 +1631,23 @@ def _extreme_claims(at: int, clause: str, sentence: str,
         words = "event"  # "the last one": one of the question's single list
     else:
         return []
+    def nearest(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The value the superlative gives: the first after it, else the last before it."""
+        after = [sp for sp in spans if sp[0] >= mx.end()]
+        return after[:1] or [sp for sp in spans if sp[1] <= mx.start()][-1:]
+
     best = None
+    beyond: int | None = None  # the last lies after every listed event: its epoch is later
     for asked, events, order, n_total in results:
         evs = [e for e in events if _field(e, "type") in types]
         complete = n_total == len(events)
         known = (order == which or complete or (which == "first" and order == "time"))
-        if (asked and not set(asked) & set(types)) or not evs or not known:
+        if (asked and not set(asked) & set(types)) or not evs:
+            continue
+        if not known and which == "last" and order == "time":
+            beyond = max(int(_field(e, "epoch")) for e in events)
+            continue
+        if not known:
             continue
         if which in ("first", "last"):
             pick = min if which == "first" else max
@@ -1644,17 +1655,21 @@ def _extreme_claims(at: int, clause: str, sentence: str,
         else:
             pick = max if which == "longest" else min
             best = pick(evs, key=lambda e: float(_field(e, "duration_s")))
+    if best is None and beyond is not None:
+        # "the last one occurred at epoch 137" of 799 spindles, 100 listed up to epoch 137
+        return [(at + a, at + b, WithdrawnClaim(
+            token=clause[a:b], kind="measure", sentence=sentence,
+            reason=f"the last is after epoch {beyond}, the last of those listed by the "
+                   "list_events result"), f"The last {words}: after epoch {beyond} (the list "
+                                          "given stops there)")
+            for a, b in nearest([me.span(1) for me in _EPOCH_NUMBER.finditer(clause)])
+            if int(clause[a:b]) <= beyond]
     if best is None:
         return []
     dur, epoch = float(_field(best, "duration_s")), int(_field(best, "epoch"))
     clock = str(_field(best, "clock") or "")
     line = (f"The {which} {words} listed: {str(_field(best, 'type')).replace('_', ' ')}"
             + (f" at {clock}" if clock else "") + f" (epoch {epoch}), {dur:.1f} s")
-
-    def nearest(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The value the superlative gives: the first after it, else the last before it."""
-        after = [sp for sp in spans if sp[0] >= mx.end()]
-        return after[:1] or [sp for sp in spans if sp[1] <= mx.start()][-1:]
 
     wrong: list[tuple[int, int, str]] = []
     durations = {(a, b): (secs, half) for a, b, secs, half in duration_spans(clause)}

@@ -336,6 +336,11 @@ def test_where_questions_list_the_scored_events_first(tmp_path, library):
     assert [s.name for s in answer.tool_calls] == ["list_events"]
     assert "detected event(s) of type spindle" in answer.text
     assert "YASA spindles_detect" in answer.text
+    assert "These are the detected events." in answer.text
+    # the count is of all detected, not of the 200 listed (it said "200 detected event(s)"
+    # beside "799 in the whole night")
+    found = answer.tool_calls[0].artifact.result
+    assert answer.text.startswith(f"{found.n_total} detected event(s)")
     answer = bot.ask(OSA, "plot the oxygen for the second half of the night")
     call = answer.tool_calls[0]
     assert call.name == "plot_signals" and call.args["window"] == {"part": "second half"}

@@ -822,9 +822,13 @@ def test_the_first_and_last_events_and_event_counts_must_be_the_results():
     spans = extreme_event_spans(said, [msg(evs, 3)])
     assert [said[a:b] for a, b, _c, _l in spans] == ["102"]
     assert spans[0][3] == "The last event listed: limb movement at 05:28:10 (epoch 880), 1.1 s"
-    # a list in time order that leaves the end out knows the first, not the last
-    assert extreme_event_spans(said, [msg(evs[:2], 61)]) == []
-    other = said.replace("epoch 9,", "epoch 14,")
+    # a list in time order that leaves the end out knows the first, and that the last comes
+    # after every event it lists ("the last one occurred at epoch 137" of 799 spindles)
+    [(a, b, _c, line)] = extreme_event_spans(said, [msg(evs[:2], 61)])
+    assert said[a:b] == "102" and line == "The last event: after epoch 102 (the list given " \
+                                          "stops there)"
+    assert extreme_event_spans(said.replace("102", "900"), [msg(evs[:2], 61)]) == []
+    other = said.replace("epoch 9,", "epoch 14,").replace("102", "900")
     assert [other[a:b] for a, b, _c, _l in extreme_event_spans(
         other, [msg(evs[:2], 61)])] == ["14"]
     # the count before an event's name
