@@ -278,8 +278,9 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"baseline (?:spo2|saturation)", "oximetry", ("spo2_baseline",)),
     (r"(?:mean|average) (?:spo2|saturation|oxygen)", "oximetry", ("spo2_mean",)),
     (r"sleep efficiency|\befficiency\b|\bse\b", "architecture", ("sleep_efficiency_pct",)),
-    (r"total sleep time|\btst\b|how (?:long|much) did .* sleep|how much sleep", "architecture",
-     ("tst_min",)),
+    (r"total sleep time|\btst\b|how (?:long|much) did .* sleep|how much sleep|(?<!supine )"
+     r"(?<!rem )(?<!n1 )(?<!n2 )(?<!n3 )(?<!deep )(?<!light )(?<!wave )\bsleep time\b",
+     "architecture", ("tst_min",)),
     (r"\bwaso\b|wake after sleep onset", "architecture", ("waso_min",)),
     (r"sleep[- ]onset latency|sleep latency|how long .* fall asleep|to fall asleep",
      "architecture", ("sleep_onset_latency_min",)),

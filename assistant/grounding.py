@@ -1165,8 +1165,8 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 
     The words are those the question parser knows (:data:`assistant.extract.MEASURE_WORDS`:
     "WASO", "awakenings", "REM AHI", "deep sleep", ...), for the measures the question names.
-    In a sentence of the answer that names one of them (and cites no clock time or epoch: a
-    sentence about one event or epoch, whose numbers are not the night's), a number within
+    In a sentence of the answer that names one of them (a number after a clock time or epoch
+    of its clause is that event's or epoch's, not the night's), a number within
     four words after the words, of a unit kind the measure can have (a count: an integer),
     must be the value of a measure the sentence's words name (any measure, asked for or
     not); else it is withdrawn even when the
@@ -1306,17 +1306,22 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             # a value written right before the words: "200.0 minutes of slow-wave sleep",
             # "1.2 events/h AHI (AASM ...), 45.5 events/h AHI (4% rule ...)"; it is the value
             # of what the words up to the next comma name ("61.4 events/h AHI supine")
-            for tok in toks if not local else ():
-                if not (tok.end <= mt.start() and tok.family in fams and tok.family != "count"
-                        and _OF_AFTER.fullmatch(sentence[tok.end:mt.start()])
+            for tok, mb in ((t, m2) for m2 in re.finditer(pattern, low)
+                            for t in (toks if not local else ())):
+                if not (tok.end <= mb.start() and tok.family in fams and tok.family != "count"
+                        and _OF_AFTER.fullmatch(sentence[tok.end:mb.start()])
                         and sentence[max(0, tok.start - 1):tok.start] != "("):
                     continue
-                phrase = re.split(r"[,;\n]", low[mt.start():], maxsplit=1)[0]
+                phrase = re.split(r"[,;\n]", low[mb.start():], maxsplit=1)[0]
                 words = _stem_words(phrase)
                 named_here = [by_name[n] for p2, _s2, names2 in MEASURE_WORDS
                               if re.search(p2, phrase) for n in names2 if n in by_name]
                 named_here += [m for m in by_name.values()
                                if (lw := _label_words(m.label)) and lw <= words]
+                # "52.6 events/h AHI (4% rule: ...)": words naming one rule take only its value
+                if rules := specific_rules(phrase):
+                    named_here = [m for m in named_here
+                                  if getattr(m, "name", "") not in _other_rules(rules)]
                 if not any(_measure_matches(tok, m.value, m.unit) for m in named_here):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")

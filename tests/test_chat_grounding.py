@@ -645,3 +645,34 @@ def test_an_spo2_or_heart_rate_placed_at_an_epoch_must_come_from_a_result_about_
                                   f"SpO2 value was {UNVERIFIED} and the heart rate was "
                                   f"{UNVERIFIED} bpm.")
     assert [w["token"] for w in msg.additional_kwargs[WITHDRAWN_KEY]] == ["91.0", "73.9"]
+
+
+def test_every_value_before_a_measures_words_is_bound_and_a_rule_takes_its_own():
+    """The 1.5 B model's headline list: "1.2 events/h AHI (AASM ...), 52.6 events/h AHI (4%
+    rule ...)" (the AHIs were 52.6 by the 3 % rule and 45.5 by the 4 % rule), and "with 415.5
+    minutes of sleep time" (the time in bed; the total sleep time was 387.5 min)."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="ahi_3a", label="AHI (AASM recommended rule: hypopnea with >=3% "
+                  "desaturation or arousal)", value=52.6, unit="events/h"),
+          Measure(name="ahi_4", label="AHI (4% rule: hypopnea with >=4% desaturation)",
+                  value=45.5, unit="events/h"),
+          Measure(name="ahi_supine", label="AHI supine (3%/arousal rule)", value=61.4,
+                  unit="events/h"),
+          Measure(name="tst_min", label="Total sleep time", value=387.5, unit="min"),
+          Measure(name="tib_min", label="Time in bed", value=415.5, unit="min"),
+          Measure(name="supine_sleep_min", label="Sleep time supine", value=43.0, unit="min")]
+    q = "Give me the headline numbers for this study."
+    said = ("- Respiratory events: 1.2 events/h AHI (AASM recommended rule: hypopnea with >=3% "
+            "desaturation or arousal), 52.6 events/h AHI (4% rule: hypopnea with >=4% "
+            "desaturation), sleep time supine: 43.0 min, AHI supine (3%/arousal rule): 61.4 "
+            "events/h")
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["1.2 events/h",
+                                                                "52.6 events/h"]
+    right = ("52.6 events/h AHI (AASM recommended rule), 45.5 events/h AHI (4% rule), 61.4 "
+             "events/h AHI supine, 43.0 min of sleep time supine, 387.5 minutes of sleep time.")
+    assert misbound_numbers(right, ms, q) == []
+    said = ("The patient slept for 387.5 minutes in total, with 415.5 minutes of sleep time "
+            "and 93.3% sleep efficiency.")
+    assert [w.token for w in misbound_numbers(said, ms, "Quick overview of the night pls")
+            ] == ["415.5 minutes"]
