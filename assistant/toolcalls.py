@@ -104,6 +104,7 @@ __all__ = [
     "denied_result",
     "contradicted_verdict",
     "stale_citations",
+    "stale_number_spans",
     "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
@@ -835,6 +836,42 @@ def ground_conversation(messages: Sequence[BaseMessage], text: str | None = None
     return ground_answer(text, allowed)
 
 
+def stale_number_spans(text: str, messages: Sequence[BaseMessage], *,
+                       extra: Iterable[FactItem] = REFERENCE_FACTS
+                       ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Numbers and times of an answer that only an earlier question's results about events or
+    epochs give, when this question has results of its own.
+
+    Asked "Show me the raw traces around the last one you listed", the 1.5 B model drew them
+    and wrote "The respiratory rate during the last obstructive apnea was 6 breaths per
+    minute, and the saturation averaging was 96%": both numbers were the caption of the
+    apnea before, from the question before. The night's measures (``report_facts``) stay
+    quotable in any later answer; other results only in the question that asked for them.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Character spans in ``text``, in order, of what the check over the whole
+        conversation lets pass.
+    """
+    h = _last_human(messages)
+    if h is None or not any(isinstance(m, ToolMessage) and m.status != "error"
+                            and not m.additional_kwargs.get(REPEAT_KEY)
+                            for m in messages[h + 1:]):
+        return []
+    if not any(isinstance(m, ToolMessage) and m.name != "report_facts" for m in messages[:h]):
+        return []
+    keep = [m for i, m in enumerate(messages)
+            if i > h or not isinstance(m, ToolMessage) or m.name == "report_facts"]
+    question = _text(messages[h])
+    full = chat_allowed(conversation_outputs(messages), question, extra=extra)
+    strict = chat_allowed(conversation_outputs(keep), question, extra=extra)
+    passed = {(a, b) for a, b, _c in problem_spans(text, full)}
+    return [(a, b, claim.model_copy(update={
+        "reason": "only an earlier question's results give it, not this question's"}))
+        for a, b, claim in problem_spans(text, strict) if (a, b) not in passed]
+
+
 # ------------------------------------------------------------------------ middlewares
 class GuardState(AgentState):
     """Agent state with the question's start time (not persisted)."""
@@ -1276,6 +1313,10 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(foreign, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in foreign]
+        stale = stale_number_spans(text, messages, extra=self.extra)
+        for a, b, claim in sorted(stale, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim in stale]
         absent = absence_spans(text, messages[h + 1:]) if h is not None else []
         absent += extreme_event_spans(text, messages[h + 1:]) if h is not None else []
         absent += count_spans(text, messages[h + 1:], messages) if h is not None else []

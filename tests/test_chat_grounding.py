@@ -676,3 +676,41 @@ def test_every_value_before_a_measures_words_is_bound_and_a_rule_takes_its_own()
             "and 93.3% sleep efficiency.")
     assert [w.token for w in misbound_numbers(said, ms, "Quick overview of the night pls")
             ] == ["415.5 minutes"]
+
+
+def test_numbers_only_an_earlier_questions_event_results_give_are_withdrawn():
+    """"Show me the raw traces around the last one you listed": the 1.5 B model drew them and
+    wrote the respiratory rate and SpO2 of the caption of the apnea before."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import WITHDRAWN_KEY, WRITER_KEY, ChatGroundingMiddleware
+    from assistant.toolcalls import stale_number_spans
+
+    facts = ToolMessage(content="- AHI (3%/arousal rule): 17.6 events/h", tool_call_id="f",
+                        name="report_facts")
+    caption = ToolMessage(content="- [epoch respiration 11130-11160 s] Respiratory rate 6 "
+                          "breaths/min. Saturation averaging 96%, lowest 96%.",
+                          tool_call_id="c", name="caption")
+    plot = ToolMessage(content="sim-01003, epochs 444-445 (01:58:00-01:59:00, R): written to "
+                       "/tmp/x.png (channels AIRFLOW, SPO2)", tool_call_id="p",
+                       name="plot_signals")
+    said = ("The respiratory rate during the last obstructive apnea was 6 breaths per minute, "
+            "and the saturation averaging was 96%. The AHI is 17.6 events/h.")
+    messages = [HumanMessage(content="What is the AHI?"), facts, AIMessage(content="17.6"),
+                HumanMessage(content="describe the second one"), caption,
+                AIMessage(content="6 breaths/min"),
+                HumanMessage(content="Show me the raw traces around the last one"), plot]
+    spans = stale_number_spans(said, messages)
+    assert [said[a:b] for a, b, _c in spans] == ["6", "96%"]
+    assert all(c.kind == "number" and "earlier question" in c.reason for *_s, c in spans)
+    # in the question that asked for the caption, its numbers are the answer's own
+    assert stale_number_spans(said, messages[:5]) == []
+    # a question answered from the conversation alone (no tool result of its own): no check
+    assert stale_number_spans(said, messages[:7]) == []
+    last = AIMessage(content=said, additional_kwargs={WRITER_KEY: "llm"})
+    [msg] = ChatGroundingMiddleware().after_agent({"messages": [*messages, last]},
+                                                  None)["messages"]
+    assert msg.content.startswith(f"The respiratory rate during the last obstructive apnea was "
+                                  f"{UNVERIFIED} breaths per minute, and the saturation "
+                                  f"averaging was {UNVERIFIED}. The AHI is 17.6 events/h.")
+    assert [w["token"] for w in msg.additional_kwargs[WITHDRAWN_KEY]] == ["6", "96%"]
