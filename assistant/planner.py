@@ -192,6 +192,10 @@ def _simulated(res: Any) -> str:
 _UNSCORED = re.compile(r"\bsnor(?:e|es|ed|ing|er|ers)\b", re.IGNORECASE)
 
 
+#: A question about where events bunch up ("the densest cluster of desaturations").
+_CLUSTER = re.compile(r"\bclusters?\b|\bclustered\b|\bdensest\b|\bback[- ]to[- ]back\b|"
+                      r"\bbunched\b|\bbusiest\b|\bmost (?:concentrated|frequent)\b",
+                      re.IGNORECASE)
 #: "similar", "like this": a question about resemblance, answered by SleepLM's embeddings.
 _LIKE = re.compile(r"\b(?:similar|like (?:this|that|hers|his|theirs|patient|sim-)|resembl\w*|"
                    r"comparable)\b", re.IGNORECASE)
@@ -496,8 +500,10 @@ class OfflinePlanner(BaseChatModel):
             args: dict[str, Any] = {"types": types, "limit": 200}
             if (sel := _sel(a)) is not None:
                 args["within"] = sel
-            if a.superlative in ("longest", "shortest", "deepest"):
+            if a.superlative in ("longest", "shortest", "deepest") and not _CLUSTER.search(q):
                 args["order"] = a.superlative  # the tool ranks them, for the LLM's call too
+            if _CLUSTER.search(q):  # "the densest cluster of desaturations": a 10-min window
+                args.update(densest_window_min=10.0, limit=5000)  # its events, wherever it is
             return _Step(tool="list_events", args=args)
         res = done[-1].result
         events = list(res.events)
@@ -508,6 +514,11 @@ class OfflinePlanner(BaseChatModel):
             events.sort(key=_EVENT_ORDER_KEYS[a.superlative])
         n = 1 if a.superlative and re.search(r"\bthe (?:longest|shortest|deepest|worst)\b",
                                               q.lower()) else X.limit(q, 10)
+        dense = getattr(res, "densest", None)
+        if dense is not None:
+            ids = set(dense.event_ids)
+            events = sorted((e for e in events if e.id in ids), key=lambda e: e.onset_s)
+            n = X.limit(q, 10)
         shown = events[:n]
         lines = [f"{i}. {e.type.replace('_', ' ')} at {e.clock} (epoch {e.epoch}, "
                  f"{_STAGE_WORD.get(e.stage, e.stage)}), {e.duration_s:.1f} s"
@@ -519,7 +530,9 @@ class OfflinePlanner(BaseChatModel):
         head = (f"{total} {'detected' if auto else 'scored'} event(s) of type "
                 f"{', '.join(types)}"
                 + (" in the selected time range" if "within" in done[-1].args else "")
-                + (f"; the {a.superlative}:" if a.superlative else
+                + (f"; the densest cluster:\n{dense.describe()}"
+                   + (f"; its first {len(shown)}:" if len(shown) < len(events) else ":")
+                   if dense is not None else f"; the {a.superlative}:" if a.superlative else
                    f"; {'the first ' + str(len(shown)) if len(shown) < total else 'all'}:"))
         notes = [w for w in getattr(res, "warnings", []) if "automatic" in w]
         return _Step(text=head + "\n" + "\n".join(lines)

@@ -220,6 +220,18 @@ def test_snoring_is_searched_for_by_sleeplm_and_said_to_be_unscored(tmp_path, li
     assert "model output" in answer.text
 
 
+def test_a_cluster_question_gets_the_densest_window_of_the_scored_events(tmp_path, library):
+    answer = _bot(tmp_path, library).ask(
+        OSA, "When in the night is the densest cluster of back-to-back apneas and hypopneas?")
+    [step] = answer.tool_calls
+    assert step.name == "list_events" and step.args["densest_window_min"] == 10.0
+    d = step.artifact.result.densest
+    assert d is not None and d.describe() in answer.text and "the densest cluster" in answer.text
+    # the events listed are those of the window
+    listed = [e for e in step.artifact.result.events if e.id in set(d.event_ids)]
+    assert listed and f"{listed[0].clock} (epoch {listed[0].epoch}" in answer.text
+
+
 def test_library_questions_about_a_measure_rank_nights_by_it(tmp_path, library):
     """"nights in the library with lots of leg kicks" was answered with the nights most like
     this one (SleepLM's embeddings); it asks for the nights with the highest PLMS index."""

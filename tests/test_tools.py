@@ -474,6 +474,29 @@ def test_events_in_range(ctx):
         events_in_range(ctx, EventsInput(types=["sneezes"]))
 
 
+def test_events_in_range_finds_the_densest_window(ctx):
+    """"the densest cluster of back-to-back desaturations" was answered with the first
+    desaturation of the night: the window with the most onsets is found over every event."""
+    from tools.facts import densest_window
+
+    assert densest_window(np.array([0.0, 100, 700, 710, 720, 1500]), 600.0) == (2, 5)
+    assert densest_window(np.array([0.0, 10, 700, 710]), 600.0) == (0, 2)  # the earliest tie
+    assert densest_window(np.array([]), 600.0) == (0, 0)
+    every = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=5000)).events
+    onsets = np.array(sorted(e.onset_s for e in every))
+    brute = max(int(((onsets >= t) & (onsets < t + 600.0)).sum()) for t in onsets)
+    out = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=3,
+                                           densest_window_min=10))
+    d = out.densest
+    assert d is not None and d.n_events == brute == len(d.event_ids)
+    assert d.end_s - d.start_s == 600.0 and d.first_epoch <= d.last_epoch
+    inside = [e for e in every if e.id in set(d.event_ids)]
+    assert all(d.start_s <= e.onset_s < d.end_s for e in inside)
+    assert d.describe() in out.summary() and d.describe().startswith(
+        f"Densest 10-min window: {brute} events from ")
+    assert events_in_range(ctx, EventsInput(types=["apnea"])).densest is None
+
+
 def test_events_in_range_lists_the_longest_shortest_or_deepest_first(ctx):
     every = events_in_range(ctx, EventsInput(types=["apnea", "hypopnea"], limit=5000)).events
     durations = sorted(e.duration_s for e in every)

@@ -33,12 +33,14 @@ from tools.context import ToolContext
 from tools.errors import UnknownEventTypeError
 
 __all__ = [
+    "DenseWindow",
     "EventItem",
     "EventsInput",
     "EventsOutput",
     "FactsInput",
     "FactsOutput",
     "SectionName",
+    "densest_window",
     "events_in_range",
     "parse_event_types",
     "report_facts",
@@ -260,6 +262,9 @@ class EventsInput(BaseModel):
         Listed in time order, or the longest, shortest or deepest (lowest SpO2 nadir, as
         scored) first: "the longest apnea" is then the first event listed, whatever the
         limit.
+    densest_window_min : float or None
+        Also find the window of this many minutes holding the most event onsets ("the
+        densest cluster of desaturations"), over all the events matched.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -269,6 +274,9 @@ class EventsInput(BaseModel):
     limit: int = Field(default=100, ge=1, le=5000, description="events listed at most")
     order: EventOrder = Field(default="time", description="time, or longest/shortest/deepest "
                                                           "(lowest SpO2) first")
+    densest_window_min: float | None = Field(
+        default=None, ge=1.0, le=180.0, description="also find the window of this many minutes "
+                                                    "with the most events (a cluster)")
 
 
 class EventItem(BaseModel):
@@ -304,6 +312,66 @@ class EventItem(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+class DenseWindow(BaseModel):
+    """The window of a given length holding the most event onsets.
+
+    Attributes
+    ----------
+    minutes : float
+        The window's length.
+    n_events : int
+        Onsets in it.
+    start_s, end_s : float
+        From the first onset in it to the window's end, seconds of the recording.
+    start_clock, end_clock : str
+    first_epoch, last_epoch : int
+        Epochs of its first and last onsets.
+    event_ids : list of int
+        The events in it.
+    """
+
+    minutes: float
+    n_events: int
+    start_s: float
+    end_s: float
+    start_clock: str = ""
+    end_clock: str = ""
+    first_epoch: int
+    last_epoch: int
+    event_ids: list[int] = Field(default_factory=list)
+
+    def describe(self) -> str:
+        """"Densest 10-min window: 14 events from 22:29:18 to 22:39:18 (epochs 16-35)"."""
+        when = (f"from {self.start_clock} to {self.end_clock}" if self.start_clock
+                else f"from {self.start_s:.0f} s to {self.end_s:.0f} s")
+        return (f"Densest {self.minutes:g}-min window: {self.n_events} events {when} (epochs "
+                f"{self.first_epoch}-{self.last_epoch})")
+
+
+def densest_window(onsets_s: np.ndarray, window_s: float) -> tuple[int, int]:
+    """The run ``[i, j)`` of sorted onsets with the most within ``window_s`` of its first
+    (the earliest such run on ties).
+
+    Parameters
+    ----------
+    onsets_s : numpy.ndarray
+        Sorted onsets, seconds.
+    window_s : float
+
+    Returns
+    -------
+    (int, int)
+    """
+    best, bi, j = 0, (0, 0), 0
+    for i in range(len(onsets_s)):
+        j = max(j, i)
+        while j < len(onsets_s) and onsets_s[j] < onsets_s[i] + window_s:
+            j += 1
+        if j - i > best:
+            best, bi = j - i, (i, j)
+    return bi
+
+
 class EventsOutput(BaseModel):
     """Result of :func:`events_in_range`.
 
@@ -321,6 +389,8 @@ class EventsOutput(BaseModel):
         In the order asked (``order``), at most ``limit``.
     order : str
         ``EventsInput.order``: ``"time"``, or which extreme comes first.
+    densest : DenseWindow or None
+        The window of ``densest_window_min`` minutes with the most onsets, when asked.
     warnings : list of str
     """
 
@@ -331,6 +401,7 @@ class EventsOutput(BaseModel):
     n_total: int = 0
     events: list[EventItem] = Field(default_factory=list)
     order: EventOrder = "time"
+    densest: DenseWindow | None = None
     warnings: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
@@ -339,6 +410,8 @@ class EventsOutput(BaseModel):
         lines = [f"{self.n_total} scored event(s) of {kinds} in {self.span.describe()}"
                  + (": " + ", ".join(f"{k} {v}" for k, v in self.counts.items())
                     if self.counts else ".")]
+        if self.densest is not None:
+            lines.append(self.densest.describe())
         if self.order != "time" and self.events:
             lines.append(f"Listed {self.order} first.")
         for e in self.events[:20]:
@@ -425,6 +498,17 @@ def events_in_range(ctx: ToolContext, request: EventsInput) -> EventsOutput:
             out.warnings.append(f"no {t} events, and the night has no {' or '.join(chans)} "
                                 f"channel to score them from: absence is not evidence here")
     out.warnings += detected_notes
+    if request.densest_window_min is not None and len(ev):
+        by_time = ev.sort_values("onset", kind="stable")
+        onsets = by_time["onset"].to_numpy(dtype=float)
+        i, j = densest_window(onsets, request.densest_window_min * 60.0)
+        start_s, end_s = float(onsets[i]), float(onsets[i]) + request.densest_window_min * 60.0
+        ep = rec.epoch_index(onsets[[i, j - 1]])
+        out.densest = DenseWindow(minutes=request.densest_window_min, n_events=j - i,
+                                  start_s=start_s, end_s=end_s, start_clock=clock_of(t0, start_s),
+                                  end_clock=clock_of(t0, end_s), first_epoch=int(ep[0]),
+                                  last_epoch=int(ep[1]),
+                                  event_ids=[int(x) for x in by_time.index[i:j]])
     if out.n_total > len(out.events):
         which = "first" if request.order == "time" else request.order
         out.warnings.append(f"{out.n_total} events match; the {which} {len(out.events)} are "
