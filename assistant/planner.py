@@ -660,6 +660,16 @@ class OfflinePlanner(BaseChatModel):
         if not done:
             labels = list(a.quoted)
             low = q.lower()
+            if len(labels) < 2 and re.search(r"\s(?:versus|vs\.?)\s", low):
+                # "how likely is this Cheyne-Stokes breathing versus obstructive sleep apnea
+                # versus normal breathing?": the classes are the terms around "versus"
+                seg = re.split(r"[,;:]\s*|\b(?:how likely|probability|likelihood|chance|"
+                               r"classify)\b(?:\s+(?:is|of|that))*", low)[-1]
+                seg = re.sub(r"^\s*(?:is|are|was|does|do)?\s*(?:it|this|that|the night|this "
+                             r"night|this epoch|epochs?\s+\d+(?:\s*(?:-|to)\s*\d+)?)?\s*"
+                             r"(?:look|looks)?\s*(?:more\s+)?(?:like\s+)?", "", seg).strip(" ?.!")
+                labels = [x.strip() for x in re.split(r"\s+(?:versus|vs\.?)\s+", seg)
+                          if x.strip()]
             if len(labels) < 2:
                 m = re.search(r"\b(?:is|was)\s+(?:it|this|that|epochs?\s+[\d\s\-to]+|the night)?\s*"
                               r"(?:more\s+)?(.+?)\s+or\s+(.+?)\??$", low)

@@ -232,6 +232,20 @@ def test_a_cluster_question_gets_the_densest_window_of_the_scored_events(tmp_pat
     assert listed and f"{listed[0].clock} (epoch {listed[0].epoch}" in answer.text
 
 
+def test_classes_written_with_versus_are_each_a_label(tmp_path, library):
+    """"how likely is this Cheyne-Stokes breathing versus obstructive sleep apnea versus
+    normal breathing?" was classified as one long label against "normal healthy sleep"."""
+    bot = _bot(tmp_path, library)
+    answer = bot.ask(OSA, "Across the whole night, how likely is this Cheyne-Stokes breathing "
+                          "versus obstructive sleep apnea versus normal breathing?")
+    [step] = answer.tool_calls
+    assert step.name == "classify"
+    assert step.args["labels"] == ["cheyne-stokes breathing", "obstructive sleep apnea",
+                                   "normal breathing"]
+    answer = bot.ask(OSA, "is epoch 40 REM vs N2?")
+    assert answer.tool_calls[0].args["labels"] == ["REM sleep", "N2 sleep"]
+
+
 def test_library_questions_about_a_measure_rank_nights_by_it(tmp_path, library):
     """"nights in the library with lots of leg kicks" was answered with the nights most like
     this one (SleepLM's embeddings); it asks for the nights with the highest PLMS index."""
