@@ -1184,6 +1184,13 @@ class ToolCallGuard(AgentMiddleware):
         denied = denied_result(text, turn)
         if denied:
             return FallbackNote(reason="denied_result", detail=denied)
+        ran = [m for m in turn if isinstance(m, ToolMessage)
+               and not (m.additional_kwargs.get(REPEAT_KEY) or m.additional_kwargs.get(SKIPPED_KEY))]
+        if ran and all(m.status == "error" for m in ran) and _DENIED_RESULT.search(text):
+            # "I apologize, but I cannot provide a timeline ..." after its own call failed:
+            # the planner's call may not
+            return FallbackNote(reason="tool_errors",
+                                detail=f"{ran[-1].name}: {_text(ran[-1])}"[:160])
         wrong = contradicted_verdict(text, turn)
         if wrong:
             return FallbackNote(reason="contradicted_verdict", detail=wrong)

@@ -931,6 +931,23 @@ def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, li
                                       status="error")]) is None
 
 
+def test_giving_up_after_a_failed_call_falls_back_to_the_planner(tmp_path, library):
+    """The 1.5 B model's call failed once and it answered "I apologize, but I cannot provide a
+    timeline ..."; the planner's own call answers instead."""
+    model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
+                      AIMessage("I apologize, but I cannot provide a list of the hypopneas as "
+                                "there is no tool result available."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "list the hypopneas")
+    assert answer.fallback is not None and answer.fallback.reason == "tool_errors"
+    assert "unknown event type" in answer.fallback.detail
+    assert "apologize" not in answer.text and "hypopnea" in answer.text
+    # an answer that says what failed, without giving up, stands
+    model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
+                      AIMessage("Unicorns are not an event type this study scores."))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(OSA, "list unicorns")
+    assert answer.fallback is None
+
+
 def test_a_positional_verdict_the_measures_contradict_falls_back(tmp_path, library,
                                                                   monkeypatch):
     import assistant.toolcalls as T
