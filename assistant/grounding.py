@@ -1206,6 +1206,9 @@ _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximatel
 #: Between a value and a measure's words after it: "200.0 minutes of slow-wave sleep".
 _OF_AFTER = re.compile(r"\s+(?:(?:of|in)\s+(?:(?:the|her|his|their)\s+)?)?", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
+#: Right before a number: a probability or similarity, not a measure's value ("p=0.05").
+_SCORE_BEFORE = re.compile(r"\b(?:p|prob(?:ability)?|cos(?:ine)?|score|margin)\s*[=:]?\s*-?$",
+                           re.IGNORECASE)
 #: After an hour: "am"/"pm", or "and 2 am" / "to 3 pm" ("between 1 and 2 am").
 _HOUR_AFTER = re.compile(r"\s*(?:(?:and|to|-|\u2013)\s*\d{1,2}(?::\d{2})?\s*)?(?:[ap]\.?m\b|"
                          r"o'clock)", re.IGNORECASE)
@@ -1337,6 +1340,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     break  # the epoch's own value
                 if _HOUR_AFTER.match(sentence, tok.end):
                     break  # "between 1 and 2 am": a time of the question, no value
+                if _SCORE_BEFORE.search(sentence[:tok.start]):
+                    break  # "periodic limb movement disorder: p=0.05": a class's probability
                 if tok.family not in ("none", "count") and tok.family not in fams:
                     if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
                         continue  # "(3% rule)" after "AHI": part of its name

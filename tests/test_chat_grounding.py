@@ -714,3 +714,19 @@ def test_numbers_only_an_earlier_questions_event_results_give_are_withdrawn():
                                   f"{UNVERIFIED} breaths per minute, and the saturation "
                                   f"averaging was {UNVERIFIED}. The AHI is 17.6 events/h.")
     assert [w["token"] for w in msg.additional_kwargs[WITHDRAWN_KEY]] == ["6", "96%"]
+
+
+def test_a_class_probability_after_a_measures_words_is_no_value():
+    """SleepLM's zero-shot line "periodic limb movement disorder: p=0.05 (cos -0.073, best in
+    0 epochs)" names the PLM measures; its numbers are a probability and a cosine."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="plm_count", label="Periodic limb movements in sleep", value=308.0,
+                  unit="count"),
+          Measure(name="plmi", label="PLMS index", value=41.0, unit="events/h")]
+    q = "What's the probability this night shows periodic limb movement disorder?"
+    said = ("- periodic limb movement disorder: p=0.05 (cos -0.073, best in 0 epochs)\n"
+            "- normal healthy sleep: p=0.95 (cos 0.064, best in 1005 epochs)")
+    assert misbound_numbers(said, ms, q) == []
+    assert [w.token for w in misbound_numbers("The PLMS index was 12.0 events/h.", ms, q)] == \
+        ["12.0 events/h"]
