@@ -1069,6 +1069,14 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
 _CLAUSE_CUT = re.compile(r",\s+(?:and|but|while|whereas)\b|;")
 
 
+def _epoch_sized(tok: _Token) -> bool:
+    """Whether a number can be one epoch's or event's own value (a percentage, a rate in bpm,
+    a count, a duration up to a minute); "15.0 min" after "epoch 30" is the night's."""
+    if tok.family == "duration":
+        return tok.value * (tok.seconds or 0.0) <= 60.0
+    return tok.family in ("pct", "bpm", "none", "count", "ordinal", "other")
+
+
 def _clause_bounds(text: str, pos: int) -> tuple[int, int]:
     """Where the clause of ``text`` (a sentence) around character ``pos`` starts and ends."""
     start, end = 0, len(text)
@@ -1336,7 +1344,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break
                 if local and _EVENT_CONTEXT.search(low[_clause_bounds(low, tok.start)[0]:
-                                                       tok.start]):
+                                                       tok.start]) and _epoch_sized(tok):
                     break  # the epoch's own value
                 if _HOUR_AFTER.match(sentence, tok.end):
                     break  # "between 1 and 2 am": a time of the question, no value

@@ -1822,7 +1822,7 @@ _ONSET_IN_EPOCH = re.compile(r"\b(\d{1,2}):(\d{2}):(\d{2}) \(epoch (\d+)\b")
 #: An epoch and a clock time written as one place in an answer: "epoch 144 (02:58:00)",
 #: "epoch 144 at 02:58", "02:58:00 (epoch 144", "at 02:58 in epoch 144".
 _EPOCH_THEN_CLOCK = re.compile(
-    r"\bepoch (?P<e>\d+)\s*(?:\(|,\s*|\s+at\s+|\s+)(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\b",
+    r"\bepoch (?P<e>\d+)\s*(?:\(|,\s*|:\s*|\s+at\s+|\s+)(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\b",
     re.IGNORECASE)
 _CLOCK_THEN_EPOCH = re.compile(
     r"\b(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\s*(?:\(|,\s*|\s+in\s+|\s+)epoch (?P<e>\d+)\b",

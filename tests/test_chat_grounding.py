@@ -459,9 +459,12 @@ def test_a_run_of_epochs_as_evidence_does_not_hide_a_misbound_value():
     # (WASO) was 14.0 min at epoch 28": the 1.5 B model gave the sleep-onset latency)...
     one = "The AHI with the 4% rule is 17.6 events/h at epoch 95."
     assert [w.token for w in misbound_numbers(one, ms, q)] == ["17.6 events/h"]
-    # ... while a value written after the epoch in its clause is that epoch's own
-    assert misbound_numbers("At epoch 95, the AHI with the 4% rule is 17.6 events/h.", ms,
-                            q) == []
+    # ... while a value an epoch can have, written after the epoch in its clause, is that
+    # epoch's own; a rate per hour is not
+    spo2 = [Measure(name="spo2_mean", label="Mean SpO2 during sleep", value=94.1, unit="%")]
+    assert misbound_numbers("At epoch 95, the mean SpO2 was 92 %.", spo2, "mean SpO2?") == []
+    assert [w.token for w in misbound_numbers(
+        "At epoch 95, the AHI with the 4% rule is 17.6 events/h.", ms, q)] == ["17.6 events/h"]
     waso = [Measure(name="waso_min", label="Wake after sleep onset", value=86.5, unit="min"),
             Measure(name="sleep_onset_latency_min", label="Sleep-onset latency", value=14.0,
                     unit="min"),
@@ -470,6 +473,10 @@ def test_a_run_of_epochs_as_evidence_does_not_hide_a_misbound_value():
     said = ("The Wake-onset latency (WASO) was 14.0 min at epoch 28, and the REM latency "
             "(from sleep onset) was 111.0 min at epoch 135.")
     assert [w.token for w in misbound_numbers(said, waso, "whats the WASO")] == ["14.0 min"]
+    # a duration longer than an epoch after the epoch is no value of that epoch
+    said = "The patient first hit REM at epoch [unverified]: 14.0 min."
+    assert [w.token for w in misbound_numbers(said, waso, "when did they first hit REM?")] == \
+        ["14.0 min"]
 
 
 def test_a_number_with_a_unit_of_no_family_needs_the_same_unit():
@@ -569,8 +576,11 @@ def test_a_clock_time_given_for_an_epoch_must_lie_in_it():
     assert said[a:b] == "02:58:00" and claim.kind == "clock"
     assert "epoch 144 starts at about 23:2" in claim.reason
     for fine in ("at epoch 144 (23:28:00)", "at 23:27:40 (epoch 144)", "epoch 144 at 11:28",
-                 "epoch 564 (02:58:00)"):
+                 "epoch 564 (02:58:00)", "epoch 56: 22:44:03"):
         assert epoch_clock_spans(fine, [events]) == [], fine
+    # "epoch N: time" too (the next apnea's time given to the first: a later run of the model)
+    assert [c.token for *_s, c in epoch_clock_spans(
+        "The breathing stopped at epoch 56: 22:48:55 (19 s).", [events])] == ["22:48:55"]
     # an exact epoch start ("epoch 95 (23:03:30-...") fixes the clock on its own
     caption = ToolMessage(content="epoch 95 (23:03:30-23:04:00, N2)", tool_call_id="c",
                           name="caption")
