@@ -105,6 +105,8 @@ __all__ = [
     "contradicted_verdict",
     "stale_citations",
     "stale_number_spans",
+    "model_output_note",
+    "MODEL_OUTPUT_NOTES",
     "missing_measures",
     "FallbackNote",
     "ToolCallGuard",
@@ -1335,7 +1337,10 @@ class ChatGroundingMiddleware(AgentMiddleware):
                    if h is not None else [])
         missing += [("scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
-        if not withdrawn and not missing and not copied:
+        caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
+        if caveat:
+            text = text.rstrip() + "\n\n" + caveat
+        if not withdrawn and not missing and not copied and not caveat:
             return None
         kw: dict[str, Any] = {UNGROUNDED_KEY: _text(last)}
         if copied:
@@ -1351,6 +1356,35 @@ class ChatGroundingMiddleware(AgentMiddleware):
             kw[COMPLETED_KEY] = [name for name, _ in missing]
         return {"messages": [last.model_copy(update={
             "content": text, "additional_kwargs": {**last.additional_kwargs, **kw}})]}
+
+
+#: What an answer from a tool of SleepLM's reading must say it is (the planner's wording).
+MODEL_OUTPUT_NOTES: dict[str, str] = {
+    "localize": "(SleepLM's localisation is model output: check it against the signals.)",
+    "classify": "(Zero-shot probabilities from SleepLM: model output, not a diagnosis.)",
+    "caption": "(Generated captions are SleepLM's words; the facts listed with them are the "
+               "measured values.)",
+}
+
+
+def model_output_note(text: str, turn: Sequence[BaseMessage]) -> str | None:
+    """The note an LLM answer needs when it reports what SleepLM read rather than measured.
+
+    The 1.5 B model answered "did they snore" with "The patient snored at epochs 748-754 ...
+    and 924-925": SleepLM's search for snoring, written as a finding. An answer drawn from
+    ``localize``, ``classify`` or ``caption`` that does not call it model output gets the
+    planner's note for that tool.
+
+    Returns
+    -------
+    str or None
+    """
+    if re.search(r"\bmodel output\b|\bmodel's (?:words|reading)\b|\bzero-shot\b", text or "",
+                 re.IGNORECASE):
+        return None
+    used = [m.name for m in turn if isinstance(m, ToolMessage) and m.status != "error"
+            and m.name in MODEL_OUTPUT_NOTES and not m.additional_kwargs.get(REPEAT_KEY)]
+    return " ".join(dict.fromkeys(MODEL_OUTPUT_NOTES[n] for n in used)) or None
 
 
 #: ``additional_kwargs`` key of the measures appended to an LLM's answer (their names).

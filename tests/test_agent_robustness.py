@@ -931,6 +931,24 @@ def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, li
                                       status="error")]) is None
 
 
+def test_an_answer_from_sleeplms_reading_says_it_is_model_output(tmp_path, library):
+    """"did they snore": the 1.5 B model wrote SleepLM's search as a finding ("The patient
+    snored at epochs 748-754 ...")."""
+    from assistant.toolcalls import MODEL_OUTPUT_NOTES, model_output_note
+
+    model = _scripted(_call("localize", {"query": "snoring", "limit": 2}, "l1"),
+                      AIMessage("The patient snored in the intervals found."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "did they snore")
+    assert answer.text == ("The patient snored in the intervals found.\n\n"
+                           + MODEL_OUTPUT_NOTES["localize"])
+    said = "SleepLM's zero-shot reading gives N2 sleep p=0.9."
+    cls = [ToolMessage(content="N2 sleep: p=0.90", tool_call_id="c", name="classify")]
+    assert model_output_note(said, cls) is None  # it says so itself
+    assert model_output_note("N2 sleep, p=0.9.", cls) == MODEL_OUTPUT_NOTES["classify"]
+    facts = [ToolMessage(content="AHI 17.6", tool_call_id="f", name="report_facts")]
+    assert model_output_note("The AHI is 17.6 events/h.", facts) is None
+
+
 def test_giving_up_after_a_failed_call_falls_back_to_the_planner(tmp_path, library):
     """The 1.5 B model's call failed once and it answered "I apologize, but I cannot provide a
     timeline ..."; the planner's own call answers instead."""
