@@ -141,7 +141,7 @@ def event_mentions(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
     list of (start, end, types)
         Character span of each name in ``text``, in the order of :data:`EVENT_WORDS`.
     """
-    low = text.lower()
+    low = text.lower().replace("_", " ")  # "limb_movement", as tool results write the type
     out: list[tuple[int, int, tuple[str, ...]]] = []
     taken = [False] * len(low)
     for pattern, types in EVENT_WORDS:

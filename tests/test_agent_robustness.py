@@ -845,6 +845,9 @@ def test_the_first_and_last_events_and_event_counts_must_be_the_results():
         assert count_spans(fine, [msg(evs, 61)]) == [], fine
     # a count measure of those events in the conversation's facts is a count too
     assert count_spans(count, [msg(evs, 61)], [facts]) == []
+    # the type as the tool writes it (a later run: "There were 23 scored limb_movement events")
+    typed = "There were 23 scored limb_movement events."
+    assert [typed[a:b] for a, b, _c, _l in count_spans(typed, [msg(evs, 61)])] == ["23"]
 
 
 def test_an_answer_citing_only_an_earlier_results_times_falls_back(tmp_path, library):

@@ -740,3 +740,29 @@ def test_a_class_probability_after_a_measures_words_is_no_value():
     assert misbound_numbers(said, ms, q) == []
     assert [w.token for w in misbound_numbers("The PLMS index was 12.0 events/h.", ms, q)] == \
         ["12.0 events/h"]
+
+
+def test_a_value_of_a_ranked_library_night_is_that_measures_value():
+    """Nights ranked by a measure (``retrieve(source="measure")``): "The PLMS index for
+    sim-01006 is 41.0 events/h" quotes the ranking, and was withdrawn as no PLMS index."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import WRITER_KEY, ChatGroundingMiddleware
+
+    hit = {"id": "sim-01006/night1", "kind": "night", "patient": "sim-01006", "night": "night1",
+           "score": 41.0, "unit": "events/h", "extra": {"measure": {
+               "name": "plmi", "label": "PLMS index", "value": 41.0, "unit": "events/h"}}}
+    res = {"patient": "sim-01001", "source": "measure", "level": "night",
+           "query": "PLMS index (highest first)", "hits": [hit]}
+    tm = ToolMessage(content="1 night(s) of the library ranked by PLMS index (highest first):\n"
+                     "- sim-01006 (plm_disorder): PLMS index 41.0 events/h", tool_call_id="r",
+                     name="retrieve", artifact={"result": res})
+    said = "The PLMS index for sim-01006 is 41.0 events/h."
+    last = AIMessage(content=said, additional_kwargs={WRITER_KEY: "llm"})
+    q = HumanMessage(content="nights in the library with lots of leg kicks")
+    assert ChatGroundingMiddleware().after_agent({"messages": [q, tm, last]}, None) is None
+    wrong = AIMessage(content="The PLMS index for sim-01006 is 4.1 events/h.",
+                      additional_kwargs={WRITER_KEY: "llm"})
+    [msg] = ChatGroundingMiddleware().after_agent({"messages": [q, tm, wrong]},
+                                                  None)["messages"]
+    assert UNVERIFIED in msg.content

@@ -112,7 +112,9 @@ class RetrievedItem(BaseModel):
     clock, stage : str
     n_epochs : int or None
     extra : dict
-        Night summary fields (``ahi_3a`` in events/h, ``tst_min`` in min, ...).
+        Night summary fields (``ahi_3a`` in events/h, ``tst_min`` in min, ...); for
+        ``source="measure"``, ``measure``: the measure ranked by (name, label, value, unit),
+        so a value quoted after its label is checked as that measure's.
     """
 
     id: str
@@ -166,7 +168,8 @@ class RetrieveOutput(BaseModel):
                      + (f" (filters {self.filters})" if self.filters else "") + ":"]
             lines += [f"- {h.patient} ({h.profile or 'profile unknown'}"
                       + ("; the current patient" if h.patient == self.patient else "")
-                      + f"): {h.extra.get('label', '')} {_format_value(h.score, h.unit)}"
+                      + f"): {h.extra.get('measure', {}).get('label', '')} "
+                        f"{_format_value(h.score, h.unit)}"
                       for h in self.hits]
             return "\n".join(lines + [f"Warning: {w}" for w in self.warnings])
         lines = [f"{len(self.hits)} {self.level}(s) most similar to {self.query}"
@@ -228,12 +231,13 @@ def rank_by_measure(ctx: ToolContext, request: RetrieveInput) -> RetrieveOutput:
         hits.append(RetrievedItem(id=f"{pid}/night1", kind="night", patient=pid, night="night1",
                                   profile=study.profile, score=float(m.value), unit=m.unit,
                                   n_epochs=ctx.processed(pid).n_epochs,
-                                  extra={"measure": m.name, "label": m.label}))
+                                  extra={"measure": {"name": m.name, "label": m.label,
+                                                     "value": float(m.value), "unit": m.unit}}))
     if not hits and name not in known:
         raise UnknownMeasureError(f"no measure named {name!r} in the library's facts; some "
                                   "that are: " + ", ".join(sorted(known)[:25]))
     hits.sort(key=lambda h: h.score, reverse=not request.lowest_first)
-    label = next((h.extra["label"] for h in hits), name)
+    label = next((h.extra["measure"]["label"] for h in hits), name)
     out = RetrieveOutput(patient=p.patient, source="measure", level="night",
                          query=f"{label} ({'lowest' if request.lowest_first else 'highest'} "
                                "first)", hits=hits[:request.k],
