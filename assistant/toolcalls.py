@@ -50,7 +50,7 @@ import types
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, \
@@ -1498,18 +1498,23 @@ _RUN_EVIDENCE = re.compile(r"[ \t]*\[(?:epochs? [^\]\n:]*[-,\u2013][^\]\n:]*|\d+
 _DENIAL = re.compile(r"\b(?:no|zero|not any|n't any|never any)\b(?:\s+[\w-]+){0,2}\s*$")
 
 
-def _events_results(turn: Sequence[BaseMessage]) -> list[tuple[list[str], dict[str, int], str]]:
-    """``(types asked, counts per type, "start-end" clock)`` of each ``list_events`` result
-    among ``turn`` (results restored as dicts are read too)."""
-    out = []
+def _events_fields(turn: Sequence[BaseMessage]) -> Iterator[Callable[[str], Any]]:
+    """A field getter of each ``list_events`` result among ``turn`` (results restored as
+    dicts are read too)."""
     for m in turn:
         if not (isinstance(m, ToolMessage) and m.name == "list_events" and m.status != "error"
                 and not m.additional_kwargs.get(REPEAT_KEY)):
             continue
         res = _result_of(getattr(m, "artifact", None))
-        if res is None:
-            continue
-        get = res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
+        if res is not None:
+            yield res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
+
+
+def _events_results(turn: Sequence[BaseMessage]) -> list[tuple[list[str], dict[str, int], str]]:
+    """``(types asked, counts per type, "start-end" clock)`` of each ``list_events`` result
+    among ``turn``."""
+    out = []
+    for get in _events_fields(turn):
         span = get("span") or {}
         sget = span.get if isinstance(span, dict) else (lambda k, sp=span: getattr(sp, k, ""))
         clock = (f"{sget('start_clock')}-{sget('end_clock')}"
@@ -1636,19 +1641,9 @@ _CLOCK_WORDS = re.compile(r"\b\d{1,2}:\d{2}(?::\d{2})?(?:\s*[ap]\.?m\.?)?", re.I
 
 def _listed_events(turn: Sequence[BaseMessage]) -> list[tuple[list[str], list[Any], str, int]]:
     """``(types asked, events listed, order, events counted)`` of each ``list_events`` result
-    among ``turn`` (results restored as dicts are read too; events as dicts then)."""
-    out = []
-    for m in turn:
-        if not (isinstance(m, ToolMessage) and m.name == "list_events" and m.status != "error"
-                and not m.additional_kwargs.get(REPEAT_KEY)):
-            continue
-        res = _result_of(getattr(m, "artifact", None))
-        if res is None:
-            continue
-        get = res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None))
-        out.append((list(get("types") or []), list(get("events") or []),
-                    str(get("order") or "time"), int(get("n_total") or 0)))
-    return out
+    among ``turn`` (events as dicts for results restored as dicts)."""
+    return [(list(get("types") or []), list(get("events") or []), str(get("order") or "time"),
+             int(get("n_total") or 0)) for get in _events_fields(turn)]
 
 
 def extreme_event_spans(text: str, turn: Sequence[BaseMessage]
