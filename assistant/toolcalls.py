@@ -802,15 +802,16 @@ def _result_of(artifact: Any) -> Any:
     return getattr(artifact, "result", None)
 
 
+def _ran(messages: Iterable[BaseMessage]) -> list[ToolMessage]:
+    """The tool messages of calls that ran (blocked repeats and skipped calls left out)."""
+    return [m for m in messages if isinstance(m, ToolMessage)
+            and not (m.additional_kwargs.get(REPEAT_KEY) or m.additional_kwargs.get(SKIPPED_KEY))]
+
+
 def conversation_outputs(messages: Iterable[BaseMessage]) -> list[ToolOutput]:
     """Every tool result of a conversation (blocked repeats and skipped calls left out)."""
-    out = []
-    for m in messages:
-        if isinstance(m, ToolMessage) and not (m.additional_kwargs.get(REPEAT_KEY)
-                                               or m.additional_kwargs.get(SKIPPED_KEY)):
-            out.append(ToolOutput(name=m.name or "", content=_text(m),
-                                  result=_result_of(getattr(m, "artifact", None))))
-    return out
+    return [ToolOutput(name=m.name or "", content=_text(m),
+                       result=_result_of(getattr(m, "artifact", None))) for m in _ran(messages)]
 
 
 def ground_conversation(messages: Sequence[BaseMessage], text: str | None = None, *,
@@ -1186,8 +1187,7 @@ class ToolCallGuard(AgentMiddleware):
         denied = denied_result(text, turn)
         if denied:
             return FallbackNote(reason="denied_result", detail=denied)
-        ran = [m for m in turn if isinstance(m, ToolMessage)
-               and not (m.additional_kwargs.get(REPEAT_KEY) or m.additional_kwargs.get(SKIPPED_KEY))]
+        ran = _ran(turn)
         if ran and all(m.status == "error" for m in ran) and _DENIED_RESULT.search(text):
             # "I apologize, but I cannot provide a timeline ..." after its own call failed:
             # the planner's call may not
@@ -1794,10 +1794,8 @@ def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
     """
     if not _DENIED_RESULT.search(text or ""):
         return None
-    for m in turn:
-        if (isinstance(m, ToolMessage) and m.status != "error" and _text(m).strip()
-                and not (m.additional_kwargs.get(REPEAT_KEY)
-                         or m.additional_kwargs.get(SKIPPED_KEY))):
+    for m in _ran(turn):
+        if m.status != "error" and _text(m).strip():
             return m.name or "a tool"
     return None
 
