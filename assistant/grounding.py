@@ -1211,6 +1211,13 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 #: What may stand between a measure's words and its value ("SE was", "deep sleep: ").
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
+#: What stands between words the answer alone uses for a measure and its value: "was", ":".
+_STRICT = re.compile(r"\s*(?:(?:is|was|of|=|:|approximately|about)\s*)*", re.IGNORECASE)
+#: Words that make a value one of a part of the night, not the night's own.
+_PART_OF_NIGHT = re.compile(r"\b(?:half|hours?|first|second|third|last|between|window|"
+                            r"during (?:rem|nrem|n[123]|stage|wake|the)|in (?:rem|nrem|n[123]|"
+                            r"stage|the)|supine|non-supine|lateral|prone|after|before|"
+                            r"per stage|by stage)\b", re.IGNORECASE)
 #: Between a value and a measure's words after it: "200.0 minutes of slow-wave sleep".
 _OF_AFTER = re.compile(r"\s+(?:(?:of|in)\s+(?:(?:the|her|his|their)\s+)?)?", re.IGNORECASE)
 _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
@@ -1336,11 +1343,17 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 if not any(_measure_matches(tok, m.value, m.unit) for m in named_here):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")
-            if before_only:
-                continue  # "value, label, value, label" lists: what follows is no value
+            # named by the answer alone, a value follows its words only right after them
+            # ("The lowest SpO2 was 59.0" gave the lowest heart rate); in "value, label, value,
+            # label" lists what follows the words is no value, and a part of the night
+            # ("the lowest SpO2 in the second half was 85.2") has values of its own
             for tok in toks:
                 if tok.start < mt.end():
                     continue
+                if before_only and (not _STRICT.fullmatch(sentence[mt.end():tok.start])
+                                    or _PART_OF_NIGHT.search(
+                                        low[_clause_bounds(low, tok.start)[0]:tok.start])):
+                    break
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break
                 if local and _EVENT_CONTEXT.search(low[_clause_bounds(low, tok.start)[0]:
@@ -1382,12 +1395,16 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         # stated anywhere, also in a sentence about one epoch ("nadir 87.1 % at epoch 95")
         if any(_measure_matches(tok, m.value, m.unit) for tok in every for m in own):
             continue
-        for at, sentence, _low, toks, union, local in parts:
+        for at, sentence, low, toks, _union, local in parts:
             for tok in toks if not local else ():
                 if sentence[max(0, tok.start - 1):tok.start] == "(":
                     continue  # "ODI (3 %)": the rule in a measure's name
+                # what the sentence names up to the value's clause: "The Wake-onset latency
+                # was 14.0 min, and the REM latency from sleep onset was 111.0 min" names no
+                # sleep-onset latency for the 14.0
+                pre = low[:_clause_bounds(low, tok.start)[1]]
                 if tok.family in fams and not any(
-                        _measure_matches(tok, m.value, m.unit) for m in union):
+                        _measure_matches(tok, m.value, m.unit) for m in named_in(pre, pre)):
                     withdraw(at, sentence, tok,
                              f"{tok.text} is none of the measures its sentence names, and the "
                              f"answer never gives what the question asks for ({of(own)})")

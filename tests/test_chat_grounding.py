@@ -286,8 +286,14 @@ def test_a_number_after_a_named_measure_must_be_its_value():
         == []
     # a sentence about one epoch or event is not about the night's measure
     assert misbound_numbers("She woke up at 02:13:00, epoch 300, for 4 min.", ms, q) == []
-    # measures the question did not name are not checked ...
-    assert misbound_numbers("Awakenings: 20.", ms, "what is the AHI?") == []
+    # measures only the answer names are checked right after their words ("The lowest SpO2
+    # was 59.0" gave the lowest heart rate), not further on, nor for a part of the night ...
+    assert [w.token for w in misbound_numbers("Awakenings: 20.", ms, "what is the AHI?")] \
+        == ["20"]
+    assert misbound_numbers("Awakenings: 23.", ms, "what is the AHI?") == []
+    assert misbound_numbers("Awakenings in the first half: 20.", ms, "what is the AHI?") == []
+    assert misbound_numbers("Awakenings came in runs, up to 20 in a row.", ms,
+                            "what is the AHI?") == []
     # ... and a measure whose label the sentence spells out is accepted as its own
     hr = "what does the heart rate do?"
     assert misbound_numbers("The mean heart rate in stage N1 was 69.8 bpm.", ms, hr) == []
@@ -766,3 +772,33 @@ def test_a_value_of_a_ranked_library_night_is_that_measures_value():
     [msg] = ChatGroundingMiddleware().after_agent({"messages": [q, tm, wrong]},
                                                   None)["messages"]
     assert UNVERIFIED in msg.content
+
+
+def test_values_of_other_measures_given_to_a_measure_are_withdrawn():
+    """Two answers of the 1.5 B model that passed: "The lowest SpO2 was 59.0 at epoch 474"
+    (59.0 was the lowest heart rate; the question named no oxygen measure) and "The
+    Wake-onset latency was 14.0 min" asked for the WASO (14.0 min was the sleep-onset
+    latency, named later in the sentence by "REM latency from sleep onset")."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="waso_min", label="Wake after sleep onset", value=86.5, unit="min"),
+          Measure(name="sleep_onset_latency_min", label="Sleep-onset latency", value=14.0,
+                  unit="min"),
+          Measure(name="rem_latency_min", label="REM latency (from sleep onset)", value=111.0,
+                  unit="min"),
+          Measure(name="spo2_nadir", label="SpO2 nadir during sleep", value=87.1, unit="%"),
+          Measure(name="hr_min", label="Lowest heart rate during sleep", value=59.0,
+                  unit="bpm")]
+    plot = "plot the oxygen for the second half of the night"
+    wrote = "The lowest SpO2 was 59.0 at epoch 474. The lowest heart rate was 59.0 bpm."
+    [bad] = misbound_numbers(wrote, ms, plot)
+    assert bad.token == "59.0" and "87.1 %" in bad.reason and bad.sentence.startswith(
+        "The lowest SpO2")
+    assert misbound_numbers("The lowest SpO2 was 87.1 % at epoch 474.", ms, plot) == []
+    assert misbound_numbers("The lowest SpO2 in the second half was 91.0 %.", ms, plot) == []
+    waso = "how many times did she wake up and whats the WASO"
+    wrote = ("The patient woke up 23 times. The Wake-onset latency was 14.0 min, and the REM "
+             "latency from sleep onset was 111.0 min.")
+    assert [w.token for w in misbound_numbers(wrote, ms, waso)] == ["14.0 min"]
+    assert misbound_numbers("The sleep-onset latency was 14.0 min, and the REM latency from "
+                            "sleep onset was 111.0 min.", ms, waso) == []
