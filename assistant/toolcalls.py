@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "localized_denial_spans",
     "extreme_event_spans",
     "count_spans",
     "other_patient_spans",
@@ -1329,13 +1330,14 @@ class ChatGroundingMiddleware(AgentMiddleware):
         absent = absence_spans(text, messages[h + 1:]) if h is not None else []
         absent += extreme_event_spans(text, messages[h + 1:]) if h is not None else []
         absent += count_spans(text, messages[h + 1:], messages) if h is not None else []
+        absent += localized_denial_spans(text, messages[h + 1:]) if h is not None else []
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
         missing = (missing_measures(_text(messages[h]), messages[h + 1:], text,
                                     intent=last.additional_kwargs.get(INTENT_KEY))
                    if h is not None else [])
-        missing += [("scored_events", line)
+        missing += [("localize" if line.startswith("SleepLM's") else "scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
         if caveat:
@@ -1568,6 +1570,78 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
     return out
 
 
+#: A verb denied right before the word: "they did not snore", "never snored".
+_VERB_DENIAL = re.compile(r"\b(?:did not|didn't|does not|doesn't|do not|don't|never)\s+$")
+#: Query words too common to name what was searched for.
+_QUERY_STOP = frozenset({"with", "during", "epochs", "epoch", "sleep", "night", "where", "the",
+                         "and", "any", "some", "periods", "period", "episodes", "episode",
+                         "signs", "evidence", "events", "event"})
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Two words of one stem ("snore", "snoring", "snored"; "apneas", "apnea")."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n >= 4 and n >= min(len(a), len(b)) - 3
+
+
+def localized_denial_spans(text: str, turn: Sequence[BaseMessage]
+                           ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """Denials in ``text`` of what the question's ``localize`` results found.
+
+    Asked "did they snore", the 1.5 B model answered "No snoring was detected." while
+    SleepLM's search for snoring had returned 38 intervals above its threshold. Snoring is not
+    scored in that file, so the honest answer is the model's reading, labelled as such; "no
+    snoring" denies it. A denial ("no", "zero", "not any" right before a word of the query,
+    or "did not", "never" right before a verb of it) is withdrawn when a ``localize`` result
+    of the question for that query found intervals.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where the denying word is in ``text``; ``line`` says what the search found.
+    """
+    found: list[tuple[set[str], int, str]] = []
+    for m in _ran(turn):
+        if m.name != "localize" or m.status == "error":
+            continue
+        res = _result_of(getattr(m, "artifact", None))
+        get = (res.get if isinstance(res, dict) else (lambda k, r=res: getattr(r, k, None)))
+        if res is None or get("refusal"):
+            continue
+        n = int(get("n_intervals_total") or len(get("intervals") or []))
+        query = str(get("query") or "")
+        words = {w for w in re.findall(r"[a-z]+", query.lower())
+                 if len(w) >= 4 and w not in _QUERY_STOP}
+        if n and words:
+            found.append((words, n, query))
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for at, sentence in located_sentences(text):
+        low = sentence.lower()
+        for mw in re.finditer(r"[a-z]+", low):
+            hit = next(((n, q) for words, n, q in found
+                        if any(_same_word(mw.group(0), w) for w in words)), None)
+            if hit is None:
+                continue
+            before = low[:mw.start()]
+            deny = _DENIAL.search(before) or _VERB_DENIAL.search(before)
+            if deny is None:
+                continue
+            n, query = hit
+            word = re.match(r"[\w']+(?: (?:any|not))?", low[deny.start():]).group(0)
+            out.append((at + deny.start(), at + deny.start() + len(word), WithdrawnClaim(
+                token=sentence[deny.start():deny.start() + len(word)], kind="absence",
+                sentence=sentence, reason=f"SleepLM's localisation of '{query}' found {n} "
+                                          "interval(s)"),
+                f"SleepLM's localisation of '{query}': {n} interval(s) above its threshold "
+                "(model output, not scored events)"))
+            break
+    return out
+
+
 #: A count written right before an event's name: "23 leg kicks", "65 scored hypopneas".
 _COUNT_BEFORE = re.compile(r"(?<![\d.,:#])(\d{1,5})\s+(?:[a-z]+[- ]){0,2}$")
 #: Words before a number that make it a rank or a selection, not a count ("the first 10").
@@ -1659,9 +1733,10 @@ def extreme_event_spans(text: str, turn: Sequence[BaseMessage]
     The extreme event is known from a result that covers the event named ("the last one":
     the question's only list) and ranks its events that way (``order``; time order gives
     the first), or lists all it counts. In the clause that names it (up to the next ";" or
-    superlative), the duration, epoch and clock time nearest after the word (else before
-    it) must be that event's: its duration to the digits written, its epoch, its onset
-    within 30 s.
+    superlative), the epoch and clock time nearest after the word (else before it) and every
+    duration after it (else the nearest before) must be that event's: its duration to the
+    digits written, its epoch, its onset within 30 s ("The longest apnea was 30 s at epoch
+    269: (18 s)" gave the 29.9-s apnea a second, wrong length).
 
     Returns
     -------
@@ -1750,7 +1825,9 @@ def _extreme_claims(at: int, clause: str, sentence: str,
 
     wrong: list[tuple[int, int, str]] = []
     durations = {(a, b): (secs, half) for a, b, secs, half in duration_spans(clause)}
-    for a, b in nearest(sorted(durations)):
+    # every duration after the word is the event's ("was 30 s at epoch 269: (18 s)")
+    for a, b in ([sp for sp in sorted(durations) if sp[0] >= mx.end()]
+                 or nearest(sorted(durations))):
         secs, half = durations[(a, b)]
         if abs(secs - dur) > half + 1e-6:
             wrong.append((a, b, f"the {which} lasted {dur:.1f} s"))

@@ -1006,3 +1006,49 @@ def test_a_positional_verdict_the_measures_contradict_falls_back(tmp_path, libra
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "Is the apnea positional?")
     assert answer.fallback is None and answer.text.startswith("The apnea is not positional.")
+
+
+def test_every_duration_given_for_the_longest_event_must_be_its_own():
+    """The 1.5 B model wrote "The longest apnea was 30 s at epoch 269: (18 s)." for an apnea
+    of 29.9 s: the second length passed."""
+    from assistant.toolcalls import extreme_event_spans
+
+    res = {"patient": "p", "types": ["apnea"], "counts": {"obstructive_apnea": 3}, "n_total": 3,
+           "order": "longest", "span": {},
+           "events": [{"type": "obstructive_apnea", "duration_s": d, "epoch": ep, "clock": c}
+                      for d, ep, c in ((29.9, 269, "01:10:00"), (18.0, 50, "22:25:00"),
+                                       (12.0, 10, "22:05:00"))]}
+    msg = ToolMessage(content="...", tool_call_id="e1", name="list_events",
+                      artifact={"result": res})
+    said = "The longest apnea was 30 s at epoch 269: (18 s)."
+    assert [said[a:b] for a, b, _c, _l in extreme_event_spans(said, [msg])] == ["18 s"]
+    fine = "The longest apnea was 30 s at epoch 269 (29.9 s exactly); the shortest lasted 12 s."
+    assert extreme_event_spans(fine, [msg]) == []
+
+
+def test_an_answer_denying_what_sleeplm_localised_is_withdrawn(tmp_path, library):
+    """"did they snore": the 1.5 B model answered "No snoring was detected." while SleepLM's
+    search for snoring had found intervals."""
+    from assistant.toolcalls import localized_denial_spans
+
+    model = _scripted(_call("localize", {"query": "snoring", "threshold": -1.0}, "l1"),
+                      AIMessage("No snoring was detected."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "did they snore")
+    [step] = answer.tool_calls
+    n = step.artifact.result.n_intervals_total
+    assert step.name == "localize" and n > 0
+    assert answer.text.startswith("[unverified] snoring was detected.")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [("No", "absence")]
+    assert (f"- SleepLM's localisation of 'snoring': {n} interval(s) above its threshold "
+            "(model output, not scored events)") in answer.text
+    assert answer.completed == ["localize"] and "model output" in answer.text
+    msg = ToolMessage(content=step.content, tool_call_id="l1", name="localize",
+                      artifact=step.artifact)
+    for said in ("They did not snore.", "The patient never snored.", "There was no snoring."):
+        assert [c.kind for *_s, c, _l in localized_denial_spans(said, [msg])] == ["absence"]
+    for fine in ("Snoring is not scored; SleepLM found intervals.", "No apnea was scored.",
+                 "They snored in epochs 10-12 (model output)."):
+        assert localized_denial_spans(fine, [msg]) == [], fine
+    empty = step.artifact.result.model_copy(update={"intervals": [], "n_intervals_total": 0})
+    none = msg.model_copy(update={"artifact": {"result": empty.model_dump()}})
+    assert localized_denial_spans("They did not snore.", [none]) == []
