@@ -97,6 +97,15 @@ class ScriptedChat(FakeListChatModel):
         key = re.search(r'"section": "(\w+)"', human).group(1)
         return self.script.get(key, "This section is summarised in the table of facts.")
 
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        """A model that does not stream: its whole reply as one last chunk."""
+        from langchain_core.messages import AIMessageChunk
+        from langchain_core.outputs import ChatGenerationChunk
+
+        text = self._call(messages, stop=stop, run_manager=run_manager, **kwargs)
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content=text, response_metadata={"finish_reason": "stop"}))
+
 
 # ----------------------------------------------------------------------------- grounding
 
@@ -458,3 +467,45 @@ def test_prompt_injection_changes_no_number_and_no_instruction(env, reports, tmp
             assert INJECTION not in outside
     page = write_report_files(rep, tmp_path, formats=("html",))["html"].read_text()
     assert f"<blockquote>{INJECTION}</blockquote>" in page
+
+
+def test_a_section_call_under_way_stops_when_the_budget_runs_out(env, reports, monkeypatch):
+    """A 1.5 B model's draft took 257 s of a 120-s question: one section's call ran on after
+    the time was out. A call under way is streamed and its stream closed at the deadline (a
+    llama.cpp server then stops generating); the section is the template's."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    clock = [0.0]
+    closed: list[int] = []
+
+    class _SlowStream(GenericFakeChatModel):
+        def _stream(self, *args, **kwargs):
+            n = 0
+            try:
+                for chunk in super()._stream(*args, **kwargs):
+                    clock[0] += 10.0  # each token takes 10 s of a fake clock
+                    n += 1
+                    yield chunk
+            finally:
+                closed.append(n)
+
+    words = "The study was a diagnostic polysomnogram recorded overnight in the sleep lab."
+    chat = _SlowStream(messages=iter([AIMessage(words)] * 20))
+    monkeypatch.setattr("assistant.report.time.monotonic", lambda: clock[0])
+    ctx = _ctx(env, HEALTHY)
+    rep = draft_report(ctx, writer=LLMWriter(chat, budget_s=35))
+    # the first section's reply streamed past 35 s: it was stopped at its 4th token (40 s)
+    assert closed == [4]
+    assert len(rep.grounding.fallbacks) == 1
+    assert "time budget (35 s) was spent" in rep.grounding.fallbacks[0]
+    templates = draft_report(ctx)
+    for key in SECTION_ORDER:
+        assert rep.section(key).narrative == templates.section(key).narrative
+    # with time enough the streamed reply is the section's text
+    clock[0] = 0.0
+    closed.clear()
+    chat2 = _SlowStream(messages=iter([AIMessage(words)] * 20))
+    rep2 = draft_report(ctx, writer=LLMWriter(chat2, budget_s=10_000))
+    assert rep2.section("study").narrative == words
+    assert closed and all(n > 4 for n in closed)
