@@ -208,6 +208,9 @@ class QuestionResult(BaseModel):
         :class:`~assistant.agent.Answer` records one).
     fallback : str or None
         Why it fell back, when recorded.
+    tool_results : list of str
+        Each tool call as ``name(arguments): what the model read`` (cut at
+        :data:`TOOL_TEXT_CHARS`), so an answer can be read against its sources.
     """
 
     id: str
@@ -228,6 +231,7 @@ class QuestionResult(BaseModel):
     error: str | None = None
     fell_back: bool = False
     fallback: str | None = None
+    tool_results: list[str] = Field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -570,6 +574,10 @@ def wrong_numbers(answer: str, sources: NumberSources) -> list[str]:
     return list(dict.fromkeys(bad))
 
 
+#: How much of each tool result a row keeps (characters).
+TOOL_TEXT_CHARS = 4000
+
+
 def step_texts(step: Any) -> list[str]:
     """The text of one tool result: what the model read plus the full output (JSON)."""
     texts = [str(getattr(step, "content", "") or "")]
@@ -620,7 +628,10 @@ def score(question: Question, answer: Any, formatted: dict[str, str],
     row = QuestionResult(id=question.id, patient=question.patient,
                          conversation=question.conversation, category=question.category,
                          question=question.question, tools=tools, seconds=answer.seconds,
-                         answer=answer.text)
+                         answer=answer.text, tool_results=[
+                             f"{s.name}({json.dumps(getattr(s, 'args', {}), default=str)}): "
+                             + str(getattr(s, "content", "") or "")[:TOOL_TEXT_CHARS]
+                             for s in answer.tool_calls])
     if question.expect_tools:
         row.routing_ok = bool(tools) and tools[0] in question.expect_tools
         if not row.routing_ok:

@@ -142,6 +142,7 @@ def test_score_checks_routing_facts_and_numbers():
                   tool_calls=[step])
     row = B.score(q, good, {"ahi_3a": "17.6 events/h"}, [])
     assert row.passed and row.reasons == []
+    assert row.tool_results == ["report_facts({}): - AHI: 17.6 events/h"]  # kept to read
     bad = Answer(patient="p", question=q.question, text="AHI: 0.0 events/h")
     row = B.score(q, bad, {"ahi_3a": "17.6 events/h"}, [])
     assert not row.routing_ok and not row.facts_ok and row.wrong_numbers == ["0.0"]
