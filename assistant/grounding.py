@@ -1241,6 +1241,20 @@ _LABEL_STOP = frozenset({"in", "of", "the", "a", "an", "during", "per", "and", "
 _LABEL_GENERIC = frozenset({"index", "count", "number"})
 
 
+def _own_line(text: str, words_at: int, value_at: int) -> bool:
+    """Whether the line of ``text`` holding a measure's words (at ``words_at``) and a value
+    after them (at ``value_at``) is about something of its own: an epoch or time before the
+    value ("- epoch 629: ... lowest SpO2 96%"), evidence in brackets ("[epoch holistic
+    11130-11160 s] Stage N2. Lowest SpO2 96%."), or a head before the words ("- sim-01006
+    (plm_disorder): PLMS index 41.0 events/h", another night)."""
+    start = text.rfind("\n", 0, words_at) + 1
+    end = text.find("\n", value_at)
+    line = text[start:end if end >= 0 else len(text)]
+    return bool(_EVENT_CONTEXT.search(text[start:value_at])
+                or ":" in text[start:words_at]
+                or any(m.group(0) != UNVERIFIED for m in _EVIDENCE.finditer(line)))
+
+
 def _stem_words(text: str) -> set[str]:
     """Lower-case words, a plural "s" dropped ("apneas" -> "apnea")."""
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
@@ -1346,13 +1360,16 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             # named by the answer alone, a value follows its words only right after them
             # ("The lowest SpO2 was 59.0" gave the lowest heart rate); in "value, label, value,
             # label" lists what follows the words is no value, and a part of the night
-            # ("the lowest SpO2 in the second half was 85.2") has values of its own
+            # ("the lowest SpO2 in the second half was 85.2"), an epoch or an event named
+            # before the value or evidence in brackets ("[epoch holistic 11130-11160 s]
+            # ... lowest SpO2 96%") make it a value of their own
             for tok in toks:
                 if tok.start < mt.end():
                     continue
                 if before_only and (not _STRICT.fullmatch(sentence[mt.end():tok.start])
                                     or _PART_OF_NIGHT.search(
-                                        low[_clause_bounds(low, tok.start)[0]:tok.start])):
+                                        low[_clause_bounds(low, tok.start)[0]:tok.start])
+                                    or _own_line(text, at + mt.start(), at + tok.start)):
                     break
                 if len(sentence[mt.end():tok.start].split()) > _BIND_WORDS:
                     break

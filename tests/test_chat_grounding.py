@@ -802,3 +802,25 @@ def test_values_of_other_measures_given_to_a_measure_are_withdrawn():
     assert [w.token for w in misbound_numbers(wrote, ms, waso)] == ["14.0 min"]
     assert misbound_numbers("The sleep-onset latency was 14.0 min, and the REM latency from "
                             "sleep onset was 111.0 min.", ms, waso) == []
+
+
+def test_epoch_and_event_lines_keep_their_own_values_for_measures_only_the_answer_names():
+    """The planner's caption answers write "[epoch holistic 11130-11160 s] Stage N2 sleep,
+    lowest SpO2 96%" and "- epoch 629: ... lowest SpO2 96%": an epoch's values, not the
+    night's nadir."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="spo2_nadir", label="SpO2 nadir during sleep", value=87.1, unit="%")]
+    q = "What were the signals doing during the second one on that list?"
+    for line in ("- [epoch holistic 11130-11160 s] Stage N2 sleep, lowest SpO2 96%, no arousal.",
+                 "- epoch 629: Stage N2 sleep; a central apnea; HR 58 bpm; lowest SpO2 96%.",
+                 "At 01:21:48 the lowest SpO2 was 96 %."):
+        assert misbound_numbers(line, ms, q) == [], line
+    for wrong in ("The lowest SpO2 was 96 % at epoch 371.",
+                  "The lowest SpO2 was 96 % at epoch 371: ([unverified])."):
+        assert [w.token for w in misbound_numbers(wrong, ms, q)] == ["96 %"]
+    # the whole line of a bracketed epoch or of another night is its own
+    assert misbound_numbers("- [epoch holistic 11340-11370 s] Stage N3. No arousal. Lowest SpO2 "
+                            "83%. HR 69 bpm.", ms, q) == []
+    assert misbound_numbers("- sim-01006-plm_disorder (plm_disorder): lowest SpO2 83 %", ms,
+                            "nights in the library with low oxygen") == []
