@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "epoch_aside_spans",
     "localized_denial_spans",
     "extreme_event_spans",
     "count_spans",
@@ -1319,6 +1320,11 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in placed]
+        # after them: a value beside an epoch just withdrawn goes with it
+        asides = epoch_aside_spans(text, messages)
+        for a, b, claim in sorted(asides, key=lambda x: -x[0]):
+            text = text[:a] + UNVERIFIED + text[b:]
+        withdrawn += [claim for _a, _b, claim in asides]
         foreign = other_patient_spans(text, messages, extra=self.extra)
         for a, b, claim in sorted(foreign, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -2003,6 +2009,67 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
                 token=mt.group("c"), kind="clock", sentence=text[max(0, a - 80):b + 20],
                 reason=f"epoch {e} starts at about {h0:02d}:{m0:02d} by the tool results"))
     return [out[a] for a in sorted(out)]
+
+
+#: A value in brackets after "epoch N:" (and an event's clock time), as a 1.5 B model copies
+#: the tools' evidence: "epoch 56: 22:48:55 (19 s)", "at epoch 30: (15.0 min)", "epoch: (22.0
+#: min)".
+_EPOCH_ASIDE = re.compile(
+    r"\bepochs?\s*(?:(?P<e>\d+)|" + re.escape(UNVERIFIED) + r")?\s*:\s*"
+    r"(?:(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\s*)?\(\s*(?P<v>\d+(?:\.\d+)?)\s*"
+    r"(?P<u>s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\s*\)", re.IGNORECASE)
+_UNIT_S = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0,
+           "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0,
+           "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Durations written in brackets after "epoch N:" that are neither an event's in that
+    epoch nor a time of night inside it.
+
+    The 1.5 B model copies the tools' evidence format and fills it from other lines: "The
+    first REM occurred at epoch 30: (15.0 min)" (the sleep-onset latency), "The breathing
+    stopped at epoch 56: 22:48:55 (19 s)" (the next apnea's length; the one in epoch 56
+    lasted 18.4 s), "The longest apnea was 30 s at epoch 269: (18 s)". The value stands when
+    an event of the conversation's ``list_events`` results lies in epoch N (or starts at the
+    clock time written) with that duration, to the digits written, or when it is a time in
+    seconds inside epoch N ("epoch 95: (2855 s)"); with no epoch number ("at epoch: (22.0
+    min)", or one withdrawn: "at epoch [unverified]: (15.0 min)", the first REM given the
+    sleep onset's epoch 30 and its time) it belongs to nothing and is withdrawn.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the values (kind ``measure``), in order.
+    """
+    events = [e for get in _events_fields(messages) for e in (get("events") or [])]
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for mt in _EPOCH_ASIDE.finditer(text or ""):
+        v, unit = mt.group("v"), mt.group("u").lower()
+        secs = float(v) * _UNIT_S[unit]
+        half = 0.5 * 10.0 ** -(len(v.split(".")[1]) if "." in v else 0) * _UNIT_S[unit]
+        e = int(mt.group("e")) if mt.group("e") else None
+        clock = mt.group("c")
+        ok = False
+        if e is not None:
+            ok = 30.0 * e <= secs < 30.0 * (e + 1)  # a time of night in the epoch
+            for ev in events:
+                same = _field(ev, "epoch") == e or (
+                    clock and str(_field(ev, "clock") or "").startswith(clock[:5]))
+                dur = _field(ev, "duration_s")
+                if same and dur is not None and abs(float(dur) - secs) <= half + 1e-6:
+                    ok = True
+                    break
+        if ok:
+            continue
+        a, b = mt.span("v")
+        b = mt.end("u")
+        out.append((a, b, WithdrawnClaim(
+            token=text[a:b], kind="measure", sentence=text[max(0, mt.start() - 80):mt.end()],
+            reason=(f"no listed event in epoch {e} lasts {text[a:b]}, nor is it a time in it"
+                    if e is not None else f"{text[a:b]} is given to no epoch"))))
+    return out
 
 
 #: Words naming the first REM epoch or the sleep onset, and the measure whose evidence

@@ -736,6 +736,14 @@ def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
         assert onset_epoch_spans(fine, msgs) == [], fine
     wrong = f"Sleep onset was at epoch {rem}."
     assert [c.token for *_s, c in onset_epoch_spans(wrong, msgs)] == [str(rem)]
+    # the time written beside the withdrawn epoch goes with it ("at epoch 30: (15.0 min)")
+    said = f"The first REM occurred at epoch {onset}: ({onset * 0.5:.1f} min)."
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
+        OSA, "when did they first hit REM?")
+    assert [w.token for w in answer.withdrawn] == [str(onset), f"{onset * 0.5:.1f} min"]
+    assert answer.text.startswith("The first REM occurred at epoch [unverified]: ([unverified]).")
 
 
 def test_a_report_writer_has_the_questions_deadline_while_the_question_runs(tmp_path, library):
@@ -1052,3 +1060,29 @@ def test_an_answer_denying_what_sleeplm_localised_is_withdrawn(tmp_path, library
     empty = step.artifact.result.model_copy(update={"intervals": [], "n_intervals_total": 0})
     none = msg.model_copy(update={"artifact": {"result": empty.model_dump()}})
     assert localized_denial_spans("They did not snore.", [none]) == []
+
+
+def test_a_duration_in_brackets_after_an_epoch_must_be_an_event_or_a_time_in_it():
+    """The 1.5 B model copies the tools' evidence format with values from other lines."""
+    from assistant.toolcalls import epoch_aside_spans
+
+    res = {"patient": "p", "types": ["apnea"], "counts": {"obstructive_apnea": 2}, "n_total": 2,
+           "order": "time", "span": {},
+           "events": [{"type": "mixed_apnea", "duration_s": 18.4, "epoch": 56,
+                       "clock": "22:44:03"},
+                      {"type": "obstructive_apnea", "duration_s": 18.7, "epoch": 65,
+                       "clock": "22:48:55"}]}
+    msgs = [ToolMessage(content="...", tool_call_id="e1", name="list_events",
+                        artifact={"result": res})]
+    for wrong, token in (("The breathing stopped at epoch 56: 22:44:03 (25 s).", "25 s"),
+                         ("The first REM occurred at epoch [unverified]: (15.0 min).",
+                          "15.0 min"),
+                         ("The first obstructive apnea occurred at epoch: (22.0 min).",
+                          "22.0 min")):
+        assert [c.token for *_s, c in epoch_aside_spans(wrong, msgs)] == [token], wrong
+    for fine in ("The breathing stopped at epoch 56: 22:44:03 (18 s).",
+                 "It stopped at epoch 65: 22:48:55 (18.7 s).",
+                 "The lowest SpO2 was 87.1% at epoch 95: (2855 s).",
+                 "REM began at epoch 192 (81.0 min after sleep onset).",
+                 "Sleep began at epoch 30: (15.0 min)."):  # epoch 30 starts at 15.0 min
+        assert epoch_aside_spans(fine, msgs) == [], fine
