@@ -176,7 +176,7 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
                          "not_understood", "stale_answer", "denied_result",
-                         "contradicted_verdict"]
+                         "contradicted_verdict", "hollow_answer"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -196,6 +196,8 @@ _REASON_TEXT: dict[str, str] = {
                       "holds data"),
     "contradicted_verdict": ("the model's conclusion contradicts the measured values it was "
                              "given"),
+    "hollow_answer": ("the model's answer left out what it gave a place for (\"occurred at "
+                      "epoch:\")"),
 }
 
 #: "positional" with a negation up to three words before it ("is not positional", "isn't
@@ -232,7 +234,9 @@ class FallbackNote(BaseModel):
         ``tool_loop``, ``time_budget``, ``model_error``, ``out_of_scope`` (shortlist mode:
         the planner declines what is outside the study itself) or ``not_understood``
         (shortlist mode: the planner cannot place the question) or ``stale_answer`` (the
-        answer cites only times or epochs of an earlier question's results).
+        answer cites only times or epochs of an earlier question's results), or
+        ``denied_result``, ``contradicted_verdict``, ``hollow_answer`` (the answer gives a
+        place, "at epoch:", and leaves it empty).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -1195,6 +1199,10 @@ class ToolCallGuard(AgentMiddleware):
             # the planner's call may not
             return FallbackNote(reason="tool_errors",
                                 detail=f"{ran[-1].name}: {_text(ran[-1])}"[:160])
+        hollow = _HOLLOW.search(text)
+        if hollow:
+            return FallbackNote(reason="hollow_answer",
+                                detail=text[max(0, hollow.start() - 60):hollow.end()].strip())
         wrong = contradicted_verdict(text, turn)
         if wrong:
             return FallbackNote(reason="contradicted_verdict", detail=wrong)
@@ -1495,6 +1503,12 @@ def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[Ba
 
 #: Evidence of a measure over runs of epochs or many events, as report_facts writes it
 #: ("[epochs 30, 44-74, 78-221 and 10 more runs]", "[121 events]"): left out of what a compact
+#: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at
+#: epoch:.", "The lowest SpO2 value was 91.0 at epoch: (475.0 min)" (a 1.5 B model filling the
+#: tools' evidence format with nothing, or with a value from another line).
+_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$)", re.IGNORECASE | re.MULTILINE)
+
+
 #: LLM reads (a 1.5 B model turned epoch indices into "78.0 hours" and wrote "which occurred
 #: at epoch 30-947" after a severity); one or two single epochs with what they are stay
 #: ("[epochs 30, 192: sleep onset and first R epoch]", the REM latency's).

@@ -1086,3 +1086,23 @@ def test_a_duration_in_brackets_after_an_epoch_must_be_an_event_or_a_time_in_it(
                  "REM began at epoch 192 (81.0 min after sleep onset).",
                  "Sleep began at epoch 30: (15.0 min)."):  # epoch 30 starts at 15.0 min
         assert epoch_aside_spans(fine, msgs) == [], fine
+
+
+def test_an_answer_that_leaves_its_epoch_empty_falls_back(tmp_path, library):
+    """"and the second one?": the 1.5 B model answered "The second obstructive apnea
+    occurred at epoch:." after its caption call; "list the obstructive apneas" got "The first
+    obstructive apnea occurred at epoch: (22.0 min)."."""
+    from assistant.toolcalls import _HOLLOW
+
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage("The first obstructive apnea occurred at epoch:."))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "list the obstructive apneas")
+    assert answer.fallback is not None and answer.fallback.reason == "hollow_answer"
+    assert "occurred at epoch:" in answer.fallback.detail
+    first = answer.tool_calls[-1].artifact.result.events[0]
+    assert f"{first.clock} (epoch {first.epoch}" in answer.text  # the planner's list
+    for hollow in ("It occurred at epoch: (22.0 min).", "It was at epoch:", "at epochs: ()"):
+        assert _HOLLOW.search(hollow), hollow
+    for fine in ("It occurred at epoch 65: 22:48:55.", "Epochs: 30, 192.", "Epoch 95 (N2)."):
+        assert _HOLLOW.search(fine) is None, fine
