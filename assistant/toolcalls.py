@@ -2030,7 +2030,8 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
 #: min)".
 _EPOCH_ASIDE = re.compile(
     r"\bepochs?\s*(?:(?P<e>\d+)|" + re.escape(UNVERIFIED) + r")?\s*:\s*"
-    r"(?:(?P<c>\d{1,2}:\d{2}(?::\d{2})?)\s*)?\(\s*(?P<v>\d+(?:\.\d+)?)\s*"
+    r"(?:(?:(?P<c>\d{1,2}:\d{2}(?::\d{2})?)|" + re.escape(UNVERIFIED) + r")\s*)?"
+    r"\(\s*(?P<v>\d+(?:\.\d+)?)\s*"
     r"(?P<u>s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\s*\)", re.IGNORECASE)
 _UNIT_S = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0,
            "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0,

@@ -1075,6 +1075,7 @@ def test_a_duration_in_brackets_after_an_epoch_must_be_an_event_or_a_time_in_it(
     msgs = [ToolMessage(content="...", tool_call_id="e1", name="list_events",
                         artifact={"result": res})]
     for wrong, token in (("The breathing stopped at epoch 56: 22:44:03 (25 s).", "25 s"),
+                         ("The breathing stopped at epoch 56: [unverified] (19 s).", "19 s"),
                          ("The first REM occurred at epoch [unverified]: (15.0 min).",
                           "15.0 min"),
                          ("The first obstructive apnea occurred at epoch: (22.0 min).",
