@@ -64,6 +64,10 @@ __all__ = [
 
 #: A clock time in the text may differ from a cited time by at most this many seconds.
 CLOCK_TOLERANCE_S = 30.0
+#: ... and one written to the second ("01:00:43") by at most this many: a 1.5 B model put
+#: two spindles at 01:00:43 and 01:00:57, times no tool gave, inside a caption's window
+#: 01:00:00-01:01:00.
+SECONDS_TOLERANCE_S = 1.0
 _DAY = 86400.0
 
 Family = Literal["none", "pct", "rate", "bpm", "duration", "count", "ordinal", "margin",
@@ -502,7 +506,8 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
             for a in allowed.times_s:
                 d = abs(t - a) % _DAY
                 d = min(d, _DAY - d)
-                if d <= CLOCK_TOLERANCE_S or (m.group("s") is None and t == a - a % 60):
+                tol = CLOCK_TOLERANCE_S if m.group("s") is None else SECONDS_TOLERANCE_S
+                if d <= tol or (m.group("s") is None and t == a - a % 60):
                     ok = True
                     break
             if ok:
@@ -510,7 +515,9 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
         if not ok:
             problems.append(Problem(
                 token=m.group(0).strip(), kind="clock",
-                reason=f"no fact cites a time within {CLOCK_TOLERANCE_S:.0f} s of it"))
+                reason=f"no fact cites a time within "
+                       f"{CLOCK_TOLERANCE_S if m.group('s') is None else SECONDS_TOLERANCE_S:.0f}"
+                       " s of it"))
     masked = _mask(masked, spans)
     spans = []
     for m in _BAD_CLOCK.finditer(masked):  # "145:00", "24:30", "7:75": no time of day
@@ -1383,7 +1390,12 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 if tok.family not in ("none", "count") and tok.family not in fams:
                     if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
                         continue  # "(3% rule)" after "AHI": part of its name
-                    # "Percentage of deep sleep: 2.8 /h", "The SE was 12.5 events/h"
+                    # "Percentage of deep sleep: 2.8 /h", "The SE was 12.5 events/h"; not
+                    # "The REM % of total sleep time was 26.3%": the value of what the words
+                    # before name
+                    if any(_measure_matches(tok, m.value, m.unit) for m in named_in(
+                            low, low[:_clause_bounds(low, tok.start)[1]])):
+                        break
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not of the unit of {of(own)}")
                     break

@@ -24,7 +24,10 @@ from assistant.agent import Assistant
 from assistant.config import AssistantConfig
 from assistant.grounding import (
     UNVERIFIED,
+    FactItem,
     ToolOutput,
+    build_allowed,
+    check_text,
     chat_allowed,
     clock_times,
     facts_from_result,
@@ -824,3 +827,28 @@ def test_epoch_and_event_lines_keep_their_own_values_for_measures_only_the_answe
                             "83%. HR 69 bpm.", ms, q) == []
     assert misbound_numbers("- sim-01006-plm_disorder (plm_disorder): lowest SpO2 83 %", ms,
                             "nights in the library with low oxygen") == []
+
+
+def test_a_value_of_a_measure_named_around_anothers_words_stands():
+    """"REM % of total sleep?": the 1.5 B model's right "The REM % of total sleep time was
+    26.3%." was withdrawn as no total sleep time."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="tst_min", label="Total sleep time", value=512.5, unit="min"),
+          Measure(name="rem_min", label="REM time", value=135.0, unit="min"),
+          Measure(name="rem_pct", label="REM (% of TST)", value=26.3, unit="%")]
+    q = "REM % of total sleep?"
+    assert misbound_numbers("The REM % of total sleep time was 26.3%.", ms, q) == []
+    assert [w.token for w in misbound_numbers("The total sleep time was 26.3%.", ms, q)] == [
+        "26.3%"]
+
+
+def test_a_clock_time_written_to_the_second_must_be_a_cited_one():
+    """Two spindles put at 01:00:43 and 01:00:57 (no tool gave either) passed inside a
+    caption's window 01:00:00-01:01:00; a time to the minute keeps its rounding."""
+    facts = [FactItem(name="window", label="caption window", value=None, unit="clock",
+                      display="01:01:00", times=["01:00:00", "01:01:00"])]
+    allowed = build_allowed(facts)
+    res = check_text("A spindle at 01:00:43 and one at 01:00:57.", allowed)
+    assert [p.token for s in res.failed for p in s.problems] == ["01:00:43", "01:00:57"]
+    assert check_text("Spindles at 01:00:00 and around 01:01.", allowed).ok
