@@ -134,9 +134,11 @@ class FactsOutput(BaseModel):
     disclaimer: str = ""
 
     def summary(self) -> str:
-        """A short text for the LLM (every number with its unit)."""
+        """A short text for the LLM (every number with its unit). The index basis is said as
+        the whole night's: "indices per hour of total sleep time" was read by a 1.5 B model
+        as "107 arousals in the first hour of total sleep time"."""
         lines = [f"Patient {self.patient}" + (" (SIMULATED night)" if self.simulated else "")
-                 + f"; indices per hour of {self.index_basis}."]
+                 + f"; each index is events/h over the whole night's {self.index_basis}."]
         for key, measures in self.sections.items():
             lines.append(f"{SECTIONS[key][0]}:")
             for m in measures:
