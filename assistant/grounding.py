@@ -1391,8 +1391,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
                         continue  # "(3% rule)" after "AHI": part of its name
                     # "Percentage of deep sleep: 2.8 /h", "The SE was 12.5 events/h"; not
-                    # "The REM % of total sleep time was 26.3%": the value of what the words
-                    # before name
+                    # "The REM % of total sleep time was 26.3%" nor "Sleep architecture: 379.5
+                    # min in bed": the value of what the words around name
                     if any(_measure_matches(tok, m.value, m.unit) for m in named_in(
                             low, low[:_clause_bounds(low, tok.start)[1]])):
                         break

@@ -207,10 +207,11 @@ _NEGATION = re.compile(r"\b(?:not|no|non|never|isn't|aren't|wasn't|weren't)\b|n'
                        re.IGNORECASE)
 
 #: An answer saying the tools gave nothing ("The tool did not provide any information about
-#: other nights", "I apologize, but I cannot provide a timeline ... no data available in the
+#: other nights", "The tool response does not provide any information about other nights", "I apologize, but I cannot provide a timeline ... no data available in the
 #: tool results"); "did not provide any additional information" after a full answer is none.
 _DENIED_RESULT = re.compile(
-    r"\b(?:tools?|tool results?)\s+(?:did not|didn't|does not|doesn't|do not|don't)\s+"
+    r"\b(?:tools?|tool (?:results?|responses?|outputs?|calls?))\s+"
+    r"(?:did not|didn't|does not|doesn't|do not|don't)\s+"
     r"(?:provide|return|give|contain|include|show)\b"
     r"(?!\s+(?:any\s+)?(?:additional|further|more)\b)"
     r"|\bno (?:tool )?(?:results?|data|information)\b[^.\n]{0,60}\b(?:tools?|provided "

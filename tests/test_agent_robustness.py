@@ -933,6 +933,9 @@ def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, li
                         name="retrieve")]
     assert denied_result("The tool did not provide any information about other nights.",
                          data) == "retrieve"
+    assert denied_result("The tool response does not provide any information about other "
+                         "nights in the library that look like the current night.",
+                         data) == "retrieve"
     assert denied_result("The tool provided the following information: 3 events. The tool "
                          "did not provide any additional information outside the range.",
                          data) is None

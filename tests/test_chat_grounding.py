@@ -839,6 +839,11 @@ def test_a_value_of_a_measure_named_around_anothers_words_stands():
           Measure(name="rem_pct", label="REM (% of TST)", value=26.3, unit="%")]
     q = "REM % of total sleep?"
     assert misbound_numbers("The REM % of total sleep time was 26.3%.", ms, q) == []
+    # a heading only the answer writes takes no value of another unit: "Sleep architecture:
+    # 379.5 min in bed" (the time in bed, right) was withdrawn as no stage percentage
+    stages = ms + [Measure(name="tib_min", label="Time in bed", value=379.5, unit="min")]
+    assert misbound_numbers("- Sleep architecture: 379.5 min in bed, 26.3% REM.", stages,
+                            "Give me the headline numbers for this study.") == []
     assert [w.token for w in misbound_numbers("The total sleep time was 26.3%.", ms, q)] == [
         "26.3%"]
 
