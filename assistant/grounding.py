@@ -557,6 +557,10 @@ def _binding_problems(sentence: str, toks: list[_Token], allowed: GroundingFacts
                    for m in rx.finditer(sentence)), key=lambda k: k[0])
     for i, (start, end, names, fam) in enumerate(keys):
         stop = keys[i + 1][0] if i + 1 < len(keys) else len(sentence)
+        if any(t.end <= start and not sentence[t.end:start].strip() for t in toks):
+            # "92.4% sleep efficiency, 97.0% sleep maintenance efficiency": in a list of
+            # values written before their names the next number is the next item's
+            continue
         for k, tok in enumerate(toks):
             if tok.start < end or tok.start >= stop:
                 continue

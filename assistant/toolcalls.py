@@ -2192,6 +2192,9 @@ def local_value_spans(text: str, messages: Sequence[BaseMessage]
                 before = [me for me in epochs if me.end() <= mv.start()]
                 if not before:
                     continue
+                if re.search(r"(?:[<>\u2264\u2265]=?|\b(?:below|under|above|over|less than|"
+                             r"more than))\s*$", clause[:mv.start("num")], re.IGNORECASE):
+                    continue  # "time with SpO2 < 90%": a threshold, no value at the epoch
                 epoch = int(before[-1].group(1))
                 pct = not re.match(r"heart|pulse", mv.group("what"), re.IGNORECASE)
                 num = mv.group("num")

@@ -646,7 +646,9 @@ def test_an_spo2_or_heart_rate_placed_at_an_epoch_must_come_from_a_result_about_
                  "At epoch 95 the SpO2 fell to 84 %.",             # the nadir's own epoch
                  "In epoch 96 the mean SpO2 was 92% and the heart rate 72 bpm.",
                  "The apnea at epoch 65 lasted 19 s; the mean SpO2 during sleep was 91.0 %.",
-                 "The mean SpO2 was 91.0 %."):
+                 "The mean SpO2 was 91.0 %.",
+                 # a threshold, not a value ("at epoch 4337 s, and the time with SpO2 < 90%")
+                 "The nadir was at epoch 95, and the time with SpO2 < 90% was 82.0 minutes."):
         assert local_value_spans(fine, results) == [], fine
     # the caption's seconds are another epoch's; a percentage is no heart rate
     assert [c.token for *_s, c in local_value_spans(
@@ -857,3 +859,17 @@ def test_a_clock_time_written_to_the_second_must_be_a_cited_one():
     res = check_text("A spindle at 01:00:43 and one at 01:00:57.", allowed)
     assert [p.token for s in res.failed for p in s.problems] == ["01:00:43", "01:00:57"]
     assert check_text("Spindles at 01:00:00 and around 01:01.", allowed).ok
+
+
+def test_a_list_of_values_before_their_names_binds_no_value_forward():
+    """"92.4% sleep efficiency, 97.0% sleep maintenance efficiency": the 97.0 % (right) was
+    withdrawn as no sleep efficiency."""
+    facts = [FactItem(name="sleep_efficiency_pct", label="Sleep efficiency", value=92.4,
+                      unit="%", display="92.4 %"),
+             FactItem(name="sleep_maintenance_efficiency_pct",
+                      label="Sleep maintenance efficiency", value=97.0, unit="%",
+                      display="97.0 %")]
+    allowed = build_allowed(facts)
+    assert check_text("92.4% sleep efficiency, 97.0% sleep maintenance efficiency.",
+                      allowed).ok
+    assert not check_text("The sleep efficiency was 97.0%.", allowed).ok
