@@ -176,7 +176,7 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
                          "not_understood", "stale_answer", "denied_result",
-                         "contradicted_verdict", "hollow_answer"]
+                         "contradicted_verdict", "hollow_answer", "ungrounded_answer"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -198,6 +198,7 @@ _REASON_TEXT: dict[str, str] = {
                              "given"),
     "hollow_answer": ("the model's answer left out what it gave a place for (\"occurred at "
                       "epoch:\")"),
+    "ungrounded_answer": "none of the numbers in the model's answer matched a tool result",
 }
 
 #: "positional" with a negation up to three words before it ("is not positional", "isn't
@@ -217,7 +218,8 @@ _DENIED_RESULT = re.compile(
     r"|\bno (?:tool )?(?:results?|data|information)\b[^.\n]{0,60}\b(?:tools?|provided "
     r"(?:text|results?))\b"
     r"|\bno tool results?\b"
-    r"|\bI (?:apologi[sz]e|am sorry|'m sorry),? but I (?:cannot|can't|am unable to)\b",
+    r"|\bI (?:apologi[sz]e|am sorry|'m sorry),? but I (?:cannot|can't|am unable to)\b"
+    r"|\bI (?:do not|don't) have (?:the |any )?(?:tool )?(?:results?|data|information)\b",
     re.IGNORECASE)
 
 
@@ -237,7 +239,8 @@ class FallbackNote(BaseModel):
         (shortlist mode: the planner cannot place the question) or ``stale_answer`` (the
         answer cites only times or epochs of an earlier question's results), or
         ``denied_result``, ``contradicted_verdict``, ``hollow_answer`` (the answer gives a
-        place, "at epoch:", and leaves it empty).
+        place, "at epoch:", and leaves it empty) or ``ungrounded_answer`` (two or more
+        numbers, none supported by a tool result).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -1016,7 +1019,8 @@ class ToolCallGuard(AgentMiddleware):
                     started))
             return put(_tag(msg, **tags))
         note = self._answer_problem(msg, turn, question, unreadable,
-                                    earlier=messages[:h] if h is not None else ())
+                                    earlier=messages[:h] if h is not None else (),
+                                    conversation=messages)
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
         return put(_tag(msg, **tags))
@@ -1175,8 +1179,8 @@ class ToolCallGuard(AgentMiddleware):
         return new, unreadable
 
     def _answer_problem(self, msg: AIMessage, turn: Sequence[BaseMessage], question: str,
-                        unreadable: list[str], earlier: Sequence[BaseMessage] = ()
-                        ) -> FallbackNote | None:
+                        unreadable: list[str], earlier: Sequence[BaseMessage] = (),
+                        conversation: Sequence[BaseMessage] = ()) -> FallbackNote | None:
         """Why a final answer of the LLM cannot stand, or None."""
         text = _text(msg).strip()
         stale = stale_citations(text, turn, earlier)
@@ -1194,6 +1198,13 @@ class ToolCallGuard(AgentMiddleware):
         denied = denied_result(text, turn)
         if denied:
             return FallbackNote(reason="denied_result", detail=denied)
+        if conversation:
+            g = ground_conversation(list(conversation) + [msg])
+            if len(g.withdrawn) >= 2 and not _NUMBER_LEFT.search(g.text):
+                # "The total duration of sleep is 10 hours, with 6 hours of light sleep ..."
+                # about a hypnogram plot: every number the model's own
+                return FallbackNote(reason="ungrounded_answer",
+                                    detail=", ".join(w.token for w in g.withdrawn)[:160])
         ran = _ran(turn)
         if ran and all(m.status == "error" for m in ran) and _DENIED_RESULT.search(text):
             # "I apologize, but I cannot provide a timeline ..." after its own call failed:
@@ -1504,6 +1515,8 @@ def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[Ba
 
 #: Evidence of a measure over runs of epochs or many events, as report_facts writes it
 #: ("[epochs 30, 44-74, 78-221 and 10 more runs]", "[121 events]"): left out of what a compact
+#: A number left in an answer (not inside an identifier such as "sim-01008-narcolepsy").
+_NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at
 #: epoch:.", "The lowest SpO2 value was 91.0 at epoch: (475.0 min)" (a 1.5 B model filling the
 #: tools' evidence format with nothing, or with a value from another line).

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ScriptedChat as SharedScriptedChat
 from conftest import tiny_checkpoint, write_tiny_library
+from conftest import measures_of as _measures
 from conftest import tool_call as _call
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -973,6 +974,11 @@ def test_giving_up_after_a_failed_call_falls_back_to_the_planner(tmp_path, libra
     assert answer.fallback is not None and answer.fallback.reason == "tool_errors"
     assert "unknown event type" in answer.fallback.detail
     assert "apologize" not in answer.text and "hypopnea" in answer.text
+    model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
+                      AIMessage("I do not have the tool results to answer this question."))
+    answer = _bot(tmp_path / "c", library, model, shortlist_tools=4).ask(
+        OSA, "list the hypopneas")
+    assert answer.fallback is not None and answer.fallback.reason == "tool_errors"
     # an answer that says what failed, without giving up, stands
     model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
                       AIMessage("Unicorns are not an event type this study scores."))
@@ -1110,3 +1116,22 @@ def test_an_answer_that_leaves_its_epoch_empty_falls_back(tmp_path, library):
         assert _HOLLOW.search(hollow), hollow
     for fine in ("It occurred at epoch 65: 22:48:55.", "Epochs: 30, 192.", "Epoch 95 (N2)."):
         assert _HOLLOW.search(fine) is None, fine
+
+
+def test_an_answer_whose_every_number_is_unsupported_falls_back(tmp_path, library):
+    """"Let me see the hypnogram.": the 1.5 B model described a plot it cannot see ("The
+    total duration of sleep is 10 hours, with 6 hours of light sleep and 4 hours of deep
+    sleep ..."): every number was withdrawn, leaving a shell of markers."""
+    said = ("The hypnogram shows light and deep sleep. The total duration of sleep is 10 hours, "
+            "with 6 hours of light sleep and 4 hours of deep sleep.")
+    model = _scripted(_call("plot_hypnogram", {}, "p1"), AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "Let me see the "
+                                                                         "hypnogram.")
+    assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
+    assert "hypnogram" in answer.text.lower() and "10 hours" not in answer.text
+    # one number wrong among right ones is withdrawn, not a fallback
+    ahi = _measures(library, OSA)["ahi_3a"].format()
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(f"The AHI is {ahi}; the ODI is 99.9 events/h."))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(OSA, "what's the AHI")
+    assert answer.fallback is None and ahi in answer.text
