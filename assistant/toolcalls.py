@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "densest_claim_spans",
     "epoch_aside_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -1357,6 +1358,12 @@ class ChatGroundingMiddleware(AgentMiddleware):
         absent += extreme_event_spans(text, messages[h + 1:]) if h is not None else []
         absent += count_spans(text, messages[h + 1:], messages) if h is not None else []
         absent += localized_denial_spans(text, messages[h + 1:]) if h is not None else []
+        absent += densest_claim_spans(text, messages[h + 1:]) if h is not None else []
+        kept: list[tuple[int, int, WithdrawnClaim, str]] = []
+        for item in sorted(absent, key=lambda x: x[0]):  # two checks, one span: once
+            if not kept or item[0] >= kept[-1][1]:
+                kept.append(item)
+        absent = kept
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
@@ -1787,6 +1794,71 @@ def extreme_event_spans(text: str, turn: Sequence[BaseMessage]
                        *(m.end() for m in re.finditer(r";", whole))})
         for c0, c1 in zip(cuts, cuts[1:]):
             out += _extreme_claims(at + c0, whole[c0:c1], whole, results)
+    return out
+
+
+#: Words of a sentence about the densest run of events.
+_DENSEST_WORDS = re.compile(r"\b(?:densest|cluster(?:ed|s)?|busiest|back-to-back)\b",
+                            re.IGNORECASE)
+
+
+def _clock_s(clock: str) -> float | None:
+    parts = [int(x) for x in clock.split(":")] if clock else []
+    return (parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) > 2 else 0)
+            if len(parts) >= 2 else None)
+
+
+def densest_claim_spans(text: str, turn: Sequence[BaseMessage]
+                        ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """Clock times and epochs given for the densest cluster of events that lie outside the
+    densest window of the question's ``list_events`` result (``densest_window_min``).
+
+    Asked "When in the night is the densest cluster of back-to-back desaturations?", the
+    1.5 B model answered "The densest cluster ... occurs between 22:30:19 and 22:31:20 (epoch
+    18, N1)": the night's first desaturations; its result gave the densest 10 minutes as
+    02:55:59-03:05:59 (epochs 549-569). In a sentence that speaks of the densest events or a
+    cluster, a time must lie in the window (30 s either side) and an epoch in its epochs.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where each wrong time or epoch is in ``text``; ``line`` describes the window.
+    """
+    windows = []
+    for get in _events_fields(turn):
+        d = get("densest")
+        if d is None:
+            continue
+        dget = d.get if isinstance(d, dict) else (lambda k, w=d: getattr(w, k, None))
+        t0, t1 = _clock_s(str(dget("start_clock") or "")), _clock_s(str(dget("end_clock") or ""))
+        line = (d.describe() if hasattr(d, "describe") else
+                f"Densest {dget('minutes'):g}-min window: {dget('n_events')} events from "
+                f"{dget('start_clock')} to {dget('end_clock')} (epochs {dget('first_epoch')}-"
+                f"{dget('last_epoch')})")
+        windows.append((t0, t1, int(dget("first_epoch")), int(dget("last_epoch")), line))
+    if not windows:
+        return []
+    t0, t1, e0, e1, line = windows[-1]
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for at, sentence in located_sentences(text):
+        if not _DENSEST_WORDS.search(sentence):
+            continue
+        for mc in _CLOCK_WORDS.finditer(sentence):
+            times = clock_times(mc.group(0))
+            t = _clock_s(times[0]) if times else None
+            if t is None or t0 is None or t1 is None:
+                continue
+            span = (t1 - t0) % _DAY_S
+            if (t - (t0 - 30.0)) % _DAY_S <= span + 60.0:
+                continue
+            out.append((at + mc.start(), at + mc.end(), WithdrawnClaim(
+                token=mc.group(0), kind="clock", sentence=sentence,
+                reason="outside the densest window of the list_events result"), line))
+        for me in _EPOCH_NUMBER.finditer(sentence):
+            if not e0 <= int(me.group(1)) <= e1:
+                out.append((at + me.start(1), at + me.end(1), WithdrawnClaim(
+                    token=me.group(1), kind="measure", sentence=sentence,
+                    reason=f"the densest window spans epochs {e0}-{e1}"), line))
     return out
 
 

@@ -29,6 +29,7 @@ from assistant.agent import Answer, Assistant, report_tools
 from assistant.config import AssistantConfig
 from assistant.toolcalls import (
     ANSWER_HINT,
+    COMPLETION_HEAD,
     FallbackNote,
     ToolCallParseError,
     call_signature,
@@ -1135,3 +1136,27 @@ def test_an_answer_whose_every_number_is_unsupported_falls_back(tmp_path, librar
                       AIMessage(f"The AHI is {ahi}; the ODI is 99.9 events/h."))
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(OSA, "what's the AHI")
     assert answer.fallback is None and ahi in answer.text
+
+
+def test_times_given_for_the_densest_cluster_must_lie_in_its_window(tmp_path, library):
+    """"densest cluster of back-to-back desaturations": the 1.5 B model gave the night's
+    first desaturations ("between 22:30:19 and 22:31:20 (epoch 18, N1)")."""
+    model = _scripted(_call("list_events", {"types": ["desaturation"],
+                                            "densest_window_min": 10.0}, "e1"),
+                      AIMessage("PLACEHOLDER"))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    from tools.facts import EventsInput, events_in_range
+
+    res = events_in_range(ToolContext(library=library, patient=OSA),
+                          EventsInput(types=["desaturation"], densest_window_min=10.0))
+    d = res.densest
+    inside = next(e for e in res.events if e.id in set(d.event_ids))
+    outside = next(e for e in res.events if e.id not in set(d.event_ids)
+                   and not d.first_epoch <= e.epoch <= d.last_epoch)
+    said = (f"The densest cluster of desaturations is at {outside.clock} (epoch "
+            f"{outside.epoch}); one of them began at {inside.clock} (epoch {inside.epoch}).")
+    model.responses[-1] = AIMessage(said)
+    answer = bot.ask(OSA, "When in the night is the densest cluster of desaturations?")
+    assert [w.token for w in answer.withdrawn] == [outside.clock, str(outside.epoch)]
+    assert f"{inside.clock} (epoch {inside.epoch})" in answer.text
+    assert d.describe() in answer.text.split(COMPLETION_HEAD)[1]
