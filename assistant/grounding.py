@@ -997,6 +997,22 @@ def question_facts(question: str) -> list[FactItem]:
                      times=clock_times(question or ""), source="question"), *typed]
 
 
+#: SleepLM's generated captions in a caption tool's text, up to its deterministic facts: the
+#: model's words, whose numbers an answer may not quote (a 1.5 B model gave "SpO2 down to
+#: 96%; HR 66 bpm" from the caption where the measured facts beside it said 97 % and 67 bpm).
+_MODEL_WORDS = re.compile(r"(\(model words, not measurements\):)[^\n]*(?:\n(?!Deterministic "
+                          r"facts)[^\n]*)*", re.IGNORECASE)
+
+
+def _measured_part(result: object) -> object:
+    """A tool's structured result without SleepLM's generated captions (``generated``)."""
+    if isinstance(result, BaseModel) and "generated" in type(result).model_fields:
+        return result.model_copy(update={"generated": []})
+    if isinstance(result, dict) and "generated" in result:
+        return {k: v for k, v in result.items() if k != "generated"}
+    return result
+
+
 def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,
                  extra: Iterable[FactItem] = (), quoted: Iterable[str] = ()
                  ) -> GroundingFacts:
@@ -1007,7 +1023,9 @@ def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,
     outputs : iterable of ToolOutput
         The conversation's tool results; a structured result is read with
         :func:`facts_from_result`, the text always with :func:`facts_from_text` (its numbers
-        never bind to a named measure unless the tool is ``report_facts``).
+        never bind to a named measure unless the tool is ``report_facts``). SleepLM's
+        generated captions are left out: their numbers are the model's reading, and an answer
+        may state only the measured ones.
     question : str
         The user's question (:func:`question_facts`).
     extra : iterable of FactItem
@@ -1022,13 +1040,14 @@ def chat_allowed(outputs: Iterable[ToolOutput], question: str = "", *,
     facts: list[FactItem] = list(extra)
     data: list[str] = list(quoted)
     for out in outputs:
-        if out.result is not None:
-            f, q = facts_from_result(out.name or "tool", out.result)
+        result, content = _measured_part(out.result), _MODEL_WORDS.sub(r"\1", out.content or "")
+        if result is not None:
+            f, q = facts_from_result(out.name or "tool", result)
             facts += f
             data += q
-            text_facts = facts_from_text("", out.content)  # unbound: the result names them
+            text_facts = facts_from_text("", content)  # unbound: the result names them
         else:
-            text_facts = facts_from_text(out.name or "tool", out.content)
+            text_facts = facts_from_text(out.name or "tool", content)
         facts += text_facts
     facts += question_facts(question)
     allowed = build_allowed(facts, quoted=[d for d in dict.fromkeys(data) if d.strip()])

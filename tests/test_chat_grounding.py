@@ -873,3 +873,26 @@ def test_a_list_of_values_before_their_names_binds_no_value_forward():
     assert check_text("92.4% sleep efficiency, 97.0% sleep maintenance efficiency.",
                       allowed).ok
     assert not check_text("The sleep efficiency was 97.0%.", allowed).ok
+
+
+def test_numbers_of_sleeplms_generated_captions_are_not_quotable():
+    """"Describe epoch 120": the 1.5 B model answered "SpO2 down to 96%; HR 66 bpm" from
+    SleepLM's caption; the measured facts beside it said 97 % and 67 bpm."""
+    text = ("SleepLM holistic caption(s) of epoch 120 (00:51:00-00:51:30, W) (model words, not "
+            "measurements):\n- epoch 120: Awake, stage W; SpO2 down to 96%; HR 66 bpm.\n"
+            "Deterministic facts (quotable):\n- [epoch holistic 3600-3630 s] Awake, stage W; "
+            "heart at 67 bpm; SpO2 down to 97%.")
+    allowed = chat_allowed([ToolOutput(name="caption", content=text)], "Describe epoch 120")
+    said = "Epoch 120 (00:51:00) is wake; SpO2 down to 96%; HR 66 bpm."
+    g = ground_answer(said, allowed)
+    assert [w.token for w in g.withdrawn] == ["96%", "66 bpm"]
+    assert ground_answer("Epoch 120 is wake, SpO2 down to 97%, heart at 67 bpm.",
+                         allowed).withdrawn == []
+    # the structured result's generated captions are left out too
+    result = {"patient": "p", "scope": "epoch", "system": "holistic",
+              "generated": [{"epoch": 120, "text": "HR 66 bpm", "spo2": 96.0}],
+              "facts": [{"level": "epoch", "system": "holistic", "start": 3600.0,
+                         "end": 3630.0, "text": "heart at 67 bpm"}]}
+    allowed = chat_allowed([ToolOutput(name="caption", content="", result=result)], "")
+    assert [w.token for w in ground_answer("HR 66 bpm.", allowed).withdrawn] == ["66 bpm"]
+    assert ground_answer("HR 67 bpm.", allowed).withdrawn == []
