@@ -109,6 +109,7 @@ __all__ = [
     "stale_citations",
     "stale_number_spans",
     "model_output_note",
+    "detection_note",
     "MODEL_OUTPUT_NOTES",
     "missing_measures",
     "FallbackNote",
@@ -1373,6 +1374,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         missing += [("localize" if line.startswith("SleepLM's") else "scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
+        detected = detection_note(text, messages[h + 1:]) if h is not None else None
+        caveat = " ".join(c for c in (caveat, detected) if c) or None
         if caveat:
             text = text.rstrip() + "\n\n" + caveat
         if not withdrawn and not missing and not copied and not caveat:
@@ -1420,6 +1423,26 @@ def model_output_note(text: str, turn: Sequence[BaseMessage]) -> str | None:
     used = [m.name for m in turn if isinstance(m, ToolMessage) and m.status != "error"
             and m.name in MODEL_OUTPUT_NOTES and not m.additional_kwargs.get(REPEAT_KEY)]
     return " ".join(dict.fromkeys(MODEL_OUTPUT_NOTES[n] for n in used)) or None
+
+
+def detection_note(text: str, turn: Sequence[BaseMessage]) -> str | None:
+    """The note an LLM answer needs when it lists automatic detections as if scored.
+
+    Asked "where are the spindles", the 1.5 B model answered "The spindles were scored ...
+    There were 799 spindle events": the study scores none, and its ``list_events`` result
+    said the 799 were YASA's automatic detections. An answer drawn from such a result that
+    says nothing of it (no "automatic", "detected", "detector", "YASA" or "not scored") gets
+    the result's own warning.
+
+    Returns
+    -------
+    str or None
+    """
+    if re.search(r"\bautomatic|\bdetect|\byasa\b|\bnot scored\b", text or "", re.IGNORECASE):
+        return None
+    notes = [str(w) for get in _events_fields(turn) for w in (get("warnings") or [])
+             if "are scored in this study" in str(w)]
+    return " ".join(f"({n})" for n in dict.fromkeys(notes)) or None
 
 
 #: ``additional_kwargs`` key of the measures appended to an LLM's answer (their names).

@@ -1160,3 +1160,21 @@ def test_times_given_for_the_densest_cluster_must_lie_in_its_window(tmp_path, li
     assert [w.token for w in answer.withdrawn] == [outside.clock, str(outside.epoch)]
     assert f"{inside.clock} (epoch {inside.epoch})" in answer.text
     assert d.describe() in answer.text.split(COMPLETION_HEAD)[1]
+
+
+def test_automatic_detections_listed_as_scored_get_the_results_warning():
+    """"where are the spindles": the 1.5 B model wrote "The spindles were scored ..." of 799
+    YASA detections in a study that scores none."""
+    from assistant.toolcalls import detection_note
+
+    warning = ("no spindles are scored in this study: the spindles listed are automatic: YASA "
+               "spindles_detect, 799 in the whole night, for review")
+    res = {"patient": "p", "types": ["spindle"], "counts": {"spindle": 799}, "n_total": 799,
+           "span": {}, "events": [], "warnings": [warning]}
+    msg = ToolMessage(content="...", tool_call_id="e1", name="list_events",
+                      artifact={"result": res})
+    said = "The spindles were scored from 22:08:00 to 08:33:30. There were 799 spindle events."
+    assert detection_note(said, [msg]) == f"({warning})"
+    assert detection_note("YASA detected 799 spindles.", [msg]) is None
+    assert detection_note(said, [msg.model_copy(update={"artifact": {"result": {
+        **res, "warnings": []}}})]) is None
