@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "impossible_epoch_spans",
     "densest_claim_spans",
     "epoch_aside_spans",
     "localized_denial_spans",
@@ -221,7 +222,8 @@ _DENIED_RESULT = re.compile(
     r"(?:text|results?))\b"
     r"|\bno tool results?\b"
     r"|\bI (?:apologi[sz]e|am sorry|'m sorry),? but I (?:cannot|can't|am unable to)\b"
-    r"|\bI (?:do not|don't) have (?:the |any )?(?:tool )?(?:results?|data|information)\b",
+    r"|\bI (?:do not|don't) have (?:the |any )?(?:tool )?(?:results?|data|information)\b"
+    r"|^\s*I (?:do not|don't) have\b",
     re.IGNORECASE)
 
 
@@ -1325,6 +1327,16 @@ class ChatGroundingMiddleware(AgentMiddleware):
         # markers and a heading copied from earlier answers would claim a check or an
         # addition the code did not make
         own, marks = _MARKER.subn("", _text(last))
+        h0 = _last_human(messages)
+        if h0 is not None and not any(m.name in MODEL_OUTPUT_NOTES
+                                      for m in _ran(messages[h0 + 1:])):
+            # "The sleep efficiency is 86.8 %, according to the SleepLM model output.": a
+            # measured value called the model's; no tool of SleepLM's reading ran
+            own, wrong_source = _FALSE_SOURCE.subn("", own)
+            if wrong_source:
+                logger.warning("removed %d attribution(s) of measured values to SleepLM",
+                               wrong_source)
+            marks += wrong_source
         if marks:
             messages[-1] = last.model_copy(update={"content": own})
         grounded = ground_conversation(messages, extra=self.extra)
@@ -1338,7 +1350,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
         placed = (epoch_clock_spans(text, messages) + onset_epoch_spans(text, messages)
-                  + local_value_spans(text, messages))
+                  + local_value_spans(text, messages) + impossible_epoch_spans(text, messages))
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in placed]
@@ -1394,6 +1406,12 @@ class ChatGroundingMiddleware(AgentMiddleware):
             kw[COMPLETED_KEY] = [name for name, _ in missing]
         return {"messages": [last.model_copy(update={
             "content": text, "additional_kwargs": {**last.additional_kwargs, **kw}})]}
+
+
+#: An answer crediting SleepLM's model with what it says ("..., according to the SleepLM model
+#: output.").
+_FALSE_SOURCE = re.compile(r",?\s*(?:according to|as (?:given|reported|computed) by|from) (?:the )?"
+                           r"SleepLM(?:'s)?(?: model)?(?: output)?(?=[\s.,;]|$)", re.IGNORECASE)
 
 
 #: What an answer from a tool of SleepLM's reading must say it is (the planner's wording).
@@ -1550,7 +1568,8 @@ _NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at
 #: epoch:.", "The lowest SpO2 value was 91.0 at epoch: (475.0 min)" (a 1.5 B model filling the
 #: tools' evidence format with nothing, or with a value from another line).
-_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$)", re.IGNORECASE | re.MULTILINE)
+_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$)|\b(?:at|in) epochs?\s*[.,;]",
+                     re.IGNORECASE | re.MULTILINE)
 
 
 #: LLM reads (a 1.5 B model turned epoch indices into "78.0 hours" and wrote "which occurred
@@ -2194,6 +2213,39 @@ def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
             reason=(f"no listed event in epoch {e} lasts {text[a:b]}, nor is it a time in it"
                     if e is not None else f"{text[a:b]} is given to no epoch"))))
     return out
+
+
+_EPOCH_CITED = re.compile(r"\bepochs?\s+(\d+)(?:\s*[-\u2013]\s*(\d+))?", re.IGNORECASE)
+_EPOCH_SAID = re.compile(r"\bepoch\s+(\d+)(?:\s*s\b)?", re.IGNORECASE)
+
+
+def impossible_epoch_spans(text: str, messages: Sequence[BaseMessage]
+                           ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Epoch numbers beyond every epoch the conversation's tool results name.
+
+    The 1.5 B model wrote the SpO2 nadir's time in seconds as an epoch: "at epoch 4337 s",
+    "from epoch 144 to epoch 4337" in a night of 759 epochs. Any number supports an unitless
+    "epoch N" for the number check, so an epoch after the last one any result names (its
+    ranges included: "Time in bed [epochs 0-758]") is withdrawn here, with a unit written
+    after it.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+    """
+    last = -1
+    for m in _ran(messages):
+        if m.status == "error":
+            continue
+        for mc in _EPOCH_CITED.finditer(_text(m)):
+            last = max(last, int(mc.group(2) or mc.group(1)))
+    if last < 0:
+        return []
+    return [(me.start(1), me.end(), WithdrawnClaim(
+        token=text[me.start(1):me.end()], kind="measure",
+        sentence=text[max(0, me.start() - 80):me.end() + 20],
+        reason=f"no tool result names an epoch after {last}"))
+        for me in _EPOCH_SAID.finditer(text or "") if int(me.group(1)) > last]
 
 
 #: Words naming the first REM epoch or the sleep onset, and the measure whose evidence

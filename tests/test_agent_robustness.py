@@ -1178,3 +1178,24 @@ def test_automatic_detections_listed_as_scored_get_the_results_warning():
     assert detection_note("YASA detected 799 spindles.", [msg]) is None
     assert detection_note(said, [msg.model_copy(update={"artifact": {"result": {
         **res, "warnings": []}}})]) is None
+
+
+def test_epochs_past_the_night_are_withdrawn_and_measures_are_not_called_model_output(
+        tmp_path, library):
+    """The 1.5 B model wrote the SpO2 nadir's time in seconds as an epoch ("from epoch 144 to
+    epoch 4337 (4337 s)") and called measured values "the SleepLM model output"."""
+    from assistant.toolcalls import impossible_epoch_spans
+
+    nadir = _measures(library, OSA)["spo2_nadir"]
+    said = (f"The SpO2 nadir was {nadir.format()}, according to the SleepLM model output, at "
+            "epoch 99999 s.")
+    model = _scripted(_call("report_facts", {"sections": ["oximetry"]}, "f1"), AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "how low did it go")
+    assert answer.text.startswith(f"The SpO2 nadir was {nadir.format()}, at epoch [unverified].")
+    assert [w.token for w in answer.withdrawn] == ["99999 s"]
+    assert "SleepLM" not in answer.text.split("\n")[0]
+    msgs = [ToolMessage(content="Time in bed: 474.0 min [epochs 0-947]", tool_call_id="f",
+                        name="report_facts")]
+    assert impossible_epoch_spans("at epoch 947 and epoch 12", msgs) == []
+    assert [c.token for *_s, c in impossible_epoch_spans("at epoch 948", msgs)] == ["948"]
+    assert impossible_epoch_spans("at epoch 948", []) == []
