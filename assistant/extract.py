@@ -188,7 +188,8 @@ _ORD = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "four
 def ordinal(text: str) -> int | None:
     """1-based position of "the second one", "#3", "number 4", "the last one" (-1)."""
     low = text.lower()
-    if re.search(r"\b(?:the )?last (?:one|interval|event|hit|finding)\b", low):
+    if re.search(r"\b(?:the )?last (?:one|interval|event|hit|finding|of (?:those|them|these|"
+                 r"that list|the list))\b", low):
         return -1
     m = re.search(r"(?:#|\bnumber |\bno\. ?)(\d{1,3})\b", low)
     if m:

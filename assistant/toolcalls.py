@@ -1327,6 +1327,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         # markers and a heading copied from earlier answers would claim a check or an
         # addition the code did not make
         own, marks = _MARKER.subn("", _text(last))
+        own, hints = _COPIED_HINT.subn("\n\n", own)  # the hint after tool results, copied
+        marks += hints
         h0 = _last_human(messages)
         if h0 is not None and not any(m.name in MODEL_OUTPUT_NOTES
                                       for m in _ran(messages[h0 + 1:])):
@@ -1475,6 +1477,10 @@ _COPIED_HEAD = re.compile(
     r"\(?added from the tool results?\)?:?[ \t]*", re.IGNORECASE)
 
 
+#: :data:`ANSWER_HINT` as a small model copies it into its answer with the tool result.
+_COPIED_HINT = re.compile(r"\s*\(?" + re.escape(ANSWER_HINT) + r"\)?\s*")
+
+
 #: An ``[unverified]`` marker with its brackets or parentheses and the space before it.
 _MARKER = re.compile(r"[ \t]*\(?" + re.escape(UNVERIFIED) + r"\)?")
 
@@ -1568,7 +1574,8 @@ _NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at
 #: epoch:.", "The lowest SpO2 value was 91.0 at epoch: (475.0 min)" (a 1.5 B model filling the
 #: tools' evidence format with nothing, or with a value from another line).
-_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$)|\b(?:at|in) epochs?\s*[.,;]",
+_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$)|\b(?:at|in) epochs?\s*[.,;]"
+                     r"|\(\s*epochs?\s*[,)]|\b(?:of|at)\s*[.;](?=\s|$)",
                      re.IGNORECASE | re.MULTILINE)
 
 

@@ -279,7 +279,12 @@ def test_followups_survive_a_restart(tmp_path, library):
     answer = again.ask(OSA, "describe the second one")
     [step] = answer.tool_calls
     assert step.name == "caption" and step.args["target"]["epochs"][0] == max(events[1].epoch, 0)
-    assert len(again.history(OSA)) == 6
+    # "And the last of those?" was read as no position: the planner described the first
+    answer = again.ask(OSA, "And the last of those?")
+    [step] = answer.tool_calls
+    shown = [e for e in events if f"{e.clock} (epoch {e.epoch}" in listed.text]
+    assert step.name == "caption" and step.args["target"]["epochs"][0] == shown[-1].epoch
+    assert len(again.history(OSA)) == 8
     again.forget(OSA)
     assert again.history(OSA) == []
 

@@ -1199,3 +1199,21 @@ def test_epochs_past_the_night_are_withdrawn_and_measures_are_not_called_model_o
     assert impossible_epoch_spans("at epoch 947 and epoch 12", msgs) == []
     assert [c.token for *_s, c in impossible_epoch_spans("at epoch 948", msgs)] == ["948"]
     assert impossible_epoch_spans("at epoch 948", []) == []
+
+
+def test_copied_hints_and_empty_places_and_the_last_of_a_list():
+    """Three things the 1.5 B model's answers showed: the answer hint copied with the tool
+    result, "The desaturation occurred at (epoch, R), with a duration of.", and "And the last
+    of those?" read by the planner as no position (it described the first)."""
+    from assistant.extract import ordinal
+    from assistant.toolcalls import _COPIED_HINT, _HOLLOW
+
+    said = f"Facts: HR 66 bpm.\n\n({ANSWER_HINT})\nThe HR was 66 bpm."
+    assert _COPIED_HINT.sub("\n\n", said) == "Facts: HR 66 bpm.\n\nThe HR was 66 bpm."
+    for hollow in ("The desaturation occurred at (epoch, R), with a duration of.",
+                   "It lasted for a duration of. It began at."):
+        assert _HOLLOW.search(hollow), hollow
+    for fine in ("A duration of 19 s.", "Most of it was at night.", "What was it?"):
+        assert _HOLLOW.search(fine) is None, fine
+    assert ordinal("And the last of those?") == -1 and ordinal("the last of them") == -1
+    assert ordinal("in the last hour") is None
