@@ -95,6 +95,7 @@ __all__ = [
     "COMPLETED_KEY",
     "facts_measures",
     "absence_spans",
+    "repeated_answer",
     "impossible_epoch_spans",
     "densest_claim_spans",
     "epoch_aside_spans",
@@ -179,7 +180,8 @@ REFERENCE_FACTS: tuple[FactItem, ...] = (
 FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer", "tool_errors",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
                          "not_understood", "stale_answer", "denied_result",
-                         "contradicted_verdict", "hollow_answer", "ungrounded_answer"]
+                         "contradicted_verdict", "hollow_answer", "ungrounded_answer",
+                         "repeated_answer"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -202,6 +204,7 @@ _REASON_TEXT: dict[str, str] = {
     "hollow_answer": ("the model's answer left out what it gave a place for (\"occurred at "
                       "epoch:\")"),
     "ungrounded_answer": "none of the numbers in the model's answer matched a tool result",
+    "repeated_answer": "the model repeated its answer to an earlier question",
 }
 
 #: "positional" with a negation up to three words before it ("is not positional", "isn't
@@ -243,8 +246,9 @@ class FallbackNote(BaseModel):
         (shortlist mode: the planner cannot place the question) or ``stale_answer`` (the
         answer cites only times or epochs of an earlier question's results), or
         ``denied_result``, ``contradicted_verdict``, ``hollow_answer`` (the answer gives a
-        place, "at epoch:", and leaves it empty) or ``ungrounded_answer`` (two or more
-        numbers, none supported by a tool result).
+        place, "at epoch:", and leaves it empty), ``ungrounded_answer`` (two or more
+        numbers, none supported by a tool result) or ``repeated_answer`` (the words of an
+        earlier LLM answer of the conversation).
     detail : str
         Specifics (the error, the call repeated, the seconds spent).
     by : {"offline_planner", "stopped"}
@@ -1215,6 +1219,9 @@ class ToolCallGuard(AgentMiddleware):
             # the planner's call may not
             return FallbackNote(reason="tool_errors",
                                 detail=f"{ran[-1].name}: {_text(ran[-1])}"[:160])
+        again = repeated_answer(text, earlier)
+        if again:
+            return FallbackNote(reason="repeated_answer", detail=again[:160])
         hollow = _HOLLOW.search(text)
         if hollow:
             return FallbackNote(reason="hollow_answer",
@@ -1569,6 +1576,38 @@ def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[Ba
 
 #: Evidence of a measure over runs of epochs or many events, as report_facts writes it
 #: ("[epochs 30, 44-74, 78-221 and 10 more runs]", "[121 events]"): left out of what a compact
+def _gist(text: str) -> str:
+    """An answer without numbers, markers and case, to compare answers by their words."""
+    bare = _MARKER.sub(" ", text or "").lower()
+    bare = bare.split(COMPLETION_HEAD.lower())[0]
+    return " ".join(re.sub(r"[\d.:%/-]+", " ", bare).split())
+
+
+def repeated_answer(text: str, earlier: Sequence[BaseMessage]) -> str | None:
+    """The earlier LLM answer that ``text`` repeats, or None.
+
+    After "Is his apnea worse when he sleeps on his back?" the 1.5 B model answered four
+    questions in a row ("What's happening at 1:30?", "Describe epoch 300", ...) with "The
+    apnea index is in the supine position (AASM recommended rule)", its earlier answer with
+    the withdrawn numbers gone: no number to check, and nothing of the question. An answer
+    whose words (numbers and markers set aside) are those of an earlier LLM answer of the
+    conversation, 85 % alike or more, repeats it.
+    """
+    import difflib
+
+    now = _gist(text)
+    if len(now) < 20:
+        return None
+    for m in reversed(list(earlier)):
+        if not (isinstance(m, AIMessage) and not m.tool_calls
+                and m.additional_kwargs.get(WRITER_KEY) == "llm"):
+            continue
+        before = _gist(_text(m))
+        if before and difflib.SequenceMatcher(None, now, before).ratio() >= 0.85:
+            return _text(m).strip().splitlines()[0]
+    return None
+
+
 #: A number left in an answer (not inside an identifier such as "sim-01008-narcolepsy").
 _NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at

@@ -1217,3 +1217,30 @@ def test_copied_hints_and_empty_places_and_the_last_of_a_list():
         assert _HOLLOW.search(fine) is None, fine
     assert ordinal("And the last of those?") == -1 and ordinal("the last of them") == -1
     assert ordinal("in the last hour") is None
+
+
+def test_an_answer_repeating_an_earlier_one_falls_back(tmp_path, library):
+    """After a positional question the 1.5 B model answered "Describe epoch 300" and three
+    more with its earlier answer, the withdrawn numbers gone: "The apnea index is in the
+    supine position (AASM recommended rule)."."""
+    from assistant.toolcalls import repeated_answer
+
+    first = "The apnea index is 99.9 events/h in the supine position (AASM recommended rule)."
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(first),
+                      _call("caption", {"target": {"epoch": 30}, "system": "holistic"}, "c1"),
+                      AIMessage("The apnea index is in the supine position (AASM recommended "
+                                "rule)."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    one = bot.ask(OSA, "Is his apnea worse on his back?")
+    assert one.fallback is None and "[unverified]" in one.text
+    two = bot.ask(OSA, "Describe epoch 30")
+    assert two.fallback is not None and two.fallback.reason == "repeated_answer"
+    assert "apnea index is in the supine" not in two.text and "epoch 30" in two.text
+    said = "The AHI by the recommended rule is 17.6 events/h, a moderate apnea."
+    earlier = [AIMessage(said, additional_kwargs={"sleeplm_writer": "llm"})]
+    assert repeated_answer("The AHI by the recommended rule is [unverified], a moderate apnea.",
+                           earlier) == said
+    assert repeated_answer("Epoch 30 is N2 sleep with one spindle and no apnea.",
+                           earlier) is None
+    assert repeated_answer(said, []) is None
