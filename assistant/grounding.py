@@ -1314,7 +1314,7 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
     low_text = _mask(text, [m.span() for m in _EVIDENCE.finditer(text)]).lower()
     named = [(pattern, names) for pattern, _section, names in MEASURE_WORDS
              if (pattern, names) not in asked and re.search(pattern, low_text)]
-    if not by_name or not (asked or named):
+    if not by_name:
         return []
     empty = GroundingFacts()
     # the answer's sentences: where, the text (evidence in brackets and runs of epochs
@@ -1436,6 +1436,26 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     withdraw(at, sentence, tok,
                              f"{tok.text} is not the measured value ({of(own)})")
                 break
+    # a count written right before a count measure's name is the value of the most specific
+    # measure that name spells out: "65 hypopneas with >=4% desaturation" names the
+    # hypopneas with >=4% desaturation (38), not all hypopneas (65)
+    counts = [m for m in by_name.values() if getattr(m, "unit", "") == "count"]
+    for at, sentence, low, toks, _union, local in parts if counts else ():
+        for tok in toks if not local else ():
+            if tok.family not in ("count", "none") or tok.decimals:
+                continue
+            phrase = re.split(r"[,;\n]|\band\b", low[tok.end:], maxsplit=1)[0]
+            words = _stem_words(phrase)
+            first = next(iter(_stem_words(phrase.split()[0])), "") if phrase.split() else ""
+            named_here = [m for m in counts if (lw := _label_words(m.label)) and lw <= words
+                          and first in lw]
+            best = [m for m in named_here
+                    if not any(_label_words(m.label) < _label_words(o.label) for o in named_here)]
+            if not best or _PART_OF_NIGHT.search(phrase) or _own_line(
+                    text, at + tok.end, at + tok.start):
+                continue
+            if not any(_measure_matches(tok, m.value, m.unit) for m in best):
+                withdraw(at, sentence, tok, f"{tok.text} is not the measured value ({of(best)})")
     # a measure the question asks for, with one unit kind, whose value the answer never
     # states: a number of that unit kind that is no value of what its sentence names is the
     # model's own ("took approximately 100 minutes to fall asleep" for a latency of 69.0 min)

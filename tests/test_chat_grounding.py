@@ -896,3 +896,24 @@ def test_numbers_of_sleeplms_generated_captions_are_not_quotable():
     allowed = chat_allowed([ToolOutput(name="caption", content="", result=result)], "")
     assert [w.token for w in ground_answer("HR 66 bpm.", allowed).withdrawn] == ["66 bpm"]
     assert ground_answer("HR 67 bpm.", allowed).withdrawn == []
+
+
+def test_a_count_before_a_measures_name_is_that_measures_value():
+    """"65 hypopneas with >=4% desaturation": 65 was the count of all hypopneas, 38 of those
+    with >=4 % desaturation."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="hypopnea_count", label="Hypopneas (all scored)", value=65, unit="count"),
+          Measure(name="hypopnea_4_count", label="Hypopneas with >=4% desaturation", value=38,
+                  unit="count"),
+          Measure(name="hypopnea_3a_count", label="Hypopneas with >=3% desaturation or arousal",
+                  value=65, unit="count")]
+    q = "Can you give me a quick overview of how this patient slept?"
+    wrote = ("The patient had 65 hypopneas (all scored), with 65 hypopneas with >=3% "
+             "desaturation or arousal, 65 hypopneas with >=4% desaturation, and 38 hypopneas "
+             "with >=4% desaturation.")
+    assert [w.token for w in misbound_numbers(wrote, ms, q)] == ["65"]
+    assert misbound_numbers("There were 65 hypopneas, 38 of them with >=4% desaturation.",
+                            ms, q) == []
+    assert misbound_numbers("2 hypopneas with >=4% desaturation fell in the first hour.", ms,
+                            q) == []
