@@ -69,8 +69,10 @@ from assistant.grounding import (
     GroundedAnswer,
     ToolOutput,
     WithdrawnClaim,
+    _parse_clock,
     chat_allowed,
     clock_times,
+    duration_spans,
     ground_answer,
     located_sentences,
     problem_spans,
@@ -1890,12 +1892,6 @@ _DENSEST_WORDS = re.compile(r"\b(?:densest|cluster(?:ed|s)?|busiest|back-to-back
                             re.IGNORECASE)
 
 
-def _clock_s(clock: str) -> float | None:
-    parts = [int(x) for x in clock.split(":")] if clock else []
-    return (parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) > 2 else 0)
-            if len(parts) >= 2 else None)
-
-
 def densest_claim_spans(text: str, turn: Sequence[BaseMessage]
                         ) -> list[tuple[int, int, WithdrawnClaim, str]]:
     """Clock times and epochs given for the densest cluster of events that lie outside the
@@ -1918,7 +1914,7 @@ def densest_claim_spans(text: str, turn: Sequence[BaseMessage]
         if d is None:
             continue
         dget = d.get if isinstance(d, dict) else (lambda k, w=d: getattr(w, k, None))
-        t0, t1 = _clock_s(str(dget("start_clock") or "")), _clock_s(str(dget("end_clock") or ""))
+        t0, t1 = _parse_clock(str(dget("start_clock") or "")), _parse_clock(str(dget("end_clock") or ""))
         line = (d.describe() if hasattr(d, "describe") else
                 f"Densest {dget('minutes'):g}-min window: {dget('n_events')} events from "
                 f"{dget('start_clock')} to {dget('end_clock')} (epochs {dget('first_epoch')}-"
@@ -1933,7 +1929,7 @@ def densest_claim_spans(text: str, turn: Sequence[BaseMessage]
             continue
         for mc in _CLOCK_WORDS.finditer(sentence):
             times = clock_times(mc.group(0))
-            t = _clock_s(times[0]) if times else None
+            t = _parse_clock(times[0]) if times else None
             if t is None or t0 is None or t1 is None:
                 continue
             span = (t1 - t0) % _DAY_S
@@ -2205,11 +2201,8 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
 _EPOCH_ASIDE = re.compile(
     r"\bepochs?\s*(?:(?P<e>\d+)|" + re.escape(UNVERIFIED) + r")?\s*:\s*"
     r"(?:(?:(?P<c>\d{1,2}:\d{2}(?::\d{2})?)|" + re.escape(UNVERIFIED) + r")\s*)?"
-    r"\(\s*(?P<v>\d+(?:\.\d+)?)\s*"
-    r"(?P<u>s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\s*\)", re.IGNORECASE)
-_UNIT_S = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "min": 60.0,
-           "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0,
-           "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0}
+    r"\(\s*(?P<d>\d+(?:\.\d+)?\s*(?:s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?))\s*\)",
+    re.IGNORECASE)
 
 
 def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
@@ -2235,9 +2228,10 @@ def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
     events = [e for get in _events_fields(messages) for e in (get("events") or [])]
     out: list[tuple[int, int, WithdrawnClaim]] = []
     for mt in _EPOCH_ASIDE.finditer(text or ""):
-        v, unit = mt.group("v"), mt.group("u").lower()
-        secs = float(v) * _UNIT_S[unit]
-        half = 0.5 * 10.0 ** -(len(v.split(".")[1]) if "." in v else 0) * _UNIT_S[unit]
+        durations = duration_spans(mt.group("d"))
+        if not durations:
+            continue
+        _a, _b, secs, half = durations[0]
         e = int(mt.group("e")) if mt.group("e") else None
         clock = mt.group("c")
         ok = False
@@ -2252,8 +2246,7 @@ def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
                     break
         if ok:
             continue
-        a, b = mt.span("v")
-        b = mt.end("u")
+        a, b = mt.span("d")
         out.append((a, b, WithdrawnClaim(
             token=text[a:b], kind="measure", sentence=text[max(0, mt.start() - 80):mt.end()],
             reason=(f"no listed event in epoch {e} lasts {text[a:b]}, nor is it a time in it"
