@@ -1271,6 +1271,35 @@ _LABEL_STOP = frozenset({"in", "of", "the", "a", "an", "during", "per", "and", "
 _LABEL_GENERIC = frozenset({"index", "count", "number"})
 
 
+#: A sleep stage right after a duration: "1.0 min on REM sleep", "65.5 min of slow-wave sleep".
+_STAGE_AFTER = re.compile(r"\s+(?:of|in|on)\s+(?:(?:the|her|his|their)\s+)?(?:stage\s+)?"
+                          r"(rem|n1|n2|n3|deep|slow[- ]wave|sws)\b(?:\s+sleep\b)?")
+_STAGE_TIME = {"rem": "r_min", "n1": "n1_min", "n2": "n2_min", "n3": "n3_min",
+               "deep": "n3_min", "slowwave": "n3_min", "sws": "n3_min"}
+#: After the stage, words that make the duration no stage time ("1.0 min of REM latency",
+#: "20 min in REM period 2", "the first 12 min of N2 epochs").
+_STAGE_NOT_TIME = re.compile(r"\s*(?:\(|latency|onset|periods?\b|episodes?\b|cycles?\b|"
+                             r"bouts?\b|runs?\b|epochs?\b|without|before|when|if)")
+#: Words that make a stage's time one of a part of the night ("30.0 min of REM in the second
+#: half", "while supine", "before 02:00"); unlike :data:`_PART_OF_NIGHT`, not "after sleep
+#: onset".
+_NIGHT_PART = re.compile(r"\b(?:half|hours?|first|second|third|last|between|window|supine|"
+                         r"non-supine|lateral|prone|position|cycle)\b|\b(?:after|before|from|"
+                         r"until|by) \d")
+#: Before the duration, words that make it a part of a stage ("after 1.0 min in N1",
+#: "within 10 min of REM", "the longest 25 min of N3").
+_STAGE_SPAN_BEFORE = re.compile(r"\b(?:after|within|first|last|longest|shortest|each|every|"
+                                r"per)\s+(?:the\s+)?$|\b(?:run|period|bout|episode|block|"
+                                r"stretch)\b")
+
+
+def _stage_named_after(low: str, end: int) -> re.Match[str] | None:
+    """The sleep stage named right after a value ending at ``end`` of ``low`` (a lower-cased
+    sentence) as the one whose time it is ("1.0 min on REM sleep"), or None."""
+    ms = _STAGE_AFTER.match(low, end)
+    return None if ms is None or _STAGE_NOT_TIME.match(low, ms.end()) else ms
+
+
 def _own_line(text: str, words_at: int, value_at: int) -> bool:
     """Whether the line of ``text`` holding a measure's words (at ``words_at``) and a value
     after them (at ``value_at``) is about something of its own: an epoch or time before the
@@ -1410,6 +1439,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     break  # "between 1 and 2 am": a time of the question, no value
                 if _SCORE_BEFORE.search(sentence[:tok.start]):
                     break  # "periodic limb movement disorder: p=0.05": a class's probability
+                if tok.family == "duration" and _stage_named_after(low, tok.end):
+                    break  # "..., and he had 93.0 min of REM sleep": the stage's time
                 if tok.family not in ("none", "count") and tok.family not in fams:
                     if not _CONNECTOR.fullmatch(sentence[mt.end():tok.start]):
                         continue  # "(3% rule)" after "AHI": part of its name
@@ -1456,6 +1487,23 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 continue
             if not any(_measure_matches(tok, m.value, m.unit) for m in best):
                 withdraw(at, sentence, tok, f"{tok.text} is not the measured value ({of(best)})")
+    # a duration written right before a sleep stage is that stage's time: "spent 1.0 min on
+    # REM sleep after sleep onset" gave a REM latency of 1.0 min as the REM time (93.0 min)
+    for at, sentence, low, toks, _union, local in parts:
+        for tok in toks if not local else ():
+            ms = _stage_named_after(low, tok.end)
+            if tok.family != "duration" or ms is None or sentence[
+                    max(0, tok.start - 1):tok.start] == "(":
+                continue
+            stage = by_name.get(_STAGE_TIME[re.sub(r"[- ]", "", ms.group(1))])
+            c0, c1 = _clause_bounds(low, tok.start)
+            if stage is None or _STAGE_SPAN_BEFORE.search(
+                    low[c0:tok.start]) or _NIGHT_PART.search(low[ms.end():c1]) \
+                    or _NIGHT_PART.search(low[c0:tok.start]):
+                continue
+            if not _measure_matches(tok, stage.value, stage.unit):
+                withdraw(at, sentence, tok, f"{tok.text} is not the measured value "
+                                            f"({of([stage])})")
     # a measure the question asks for, with one unit kind, whose value the answer never
     # states: a number of that unit kind that is no value of what its sentence names is the
     # model's own ("took approximately 100 minutes to fall asleep" for a latency of 69.0 min)

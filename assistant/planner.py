@@ -40,6 +40,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
+from assistant.insights import EFFICIENCY_NEEDS, efficiency_explanation
 from assistant.routing import Route, SemanticRouter
 from sleeplm.clinical.respiratory import is_positional
 from tools.common import requirements_for
@@ -55,8 +56,7 @@ FOCUS_KEY = "sleeplm_focus"
 
 _NOTICE = ("Draft information for a qualified clinician to review; sleeplm is not a medical "
            "device.")
-#: Sleep efficiency below this (%) is commonly called low (a reference, not a patient number).
-_SE_REFERENCE = 85.0
+
 _STAGE_WORD = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM"}
 #: Sort keys of listed events for "the longest / shortest / deepest" (``list_events``'s
 #: ``order``, applied here to a result listed in time order).
@@ -756,22 +756,13 @@ class OfflinePlanner(BaseChatModel):
             return _Step(tool="report_facts", args={"sections": ["architecture", "arousals"]})
         res = done[-1].result
         ms = _measures(res)
-        need = ["sleep_efficiency_pct", "tst_min", "tib_min", "sleep_onset_latency_min",
-                "waso_min", "awakenings", "arousal_index"]
-        if any(k not in ms or ms[k].value is None for k in need[:5]):
+        need = [*EFFICIENCY_NEEDS, "awakenings", "arousal_index"]
+        why = efficiency_explanation(ms)
+        if why is None:
             return _Step(text="The sleep architecture of this night is not available, so I "
                               "cannot explain the sleep efficiency: " + res.summary())
-        sol, waso = ms["sleep_onset_latency_min"], ms["waso_min"]
-        main = ("wake after sleep onset" if waso.value >= sol.value else
-                "a long time to fall asleep")
-        se = ms["sleep_efficiency_pct"].value
-        verdict = ("below" if se < _SE_REFERENCE else "not below")
         lines = [f"- {_fmt(ms[k])}" for k in need if k in ms and ms[k].value is not None]
-        text = (f"Sleep efficiency is {ms['sleep_efficiency_pct'].format()}, {verdict} the "
-                f"commonly used reference of {_SE_REFERENCE:g} %: "
-                f"{ms['tst_min'].format()} of sleep in {ms['tib_min'].format()} in bed. "
-                f"Most of the time lost is {main} ({_fmt(waso)}; {_fmt(sol)}).\n"
-                + "\n".join(lines)
+        text = (why + "\n" + "\n".join(lines)
                 + "\nArousals and awakenings show how fragmented the sleep was; respiratory "
                   "events and limb movements that end in arousals are in the respiratory and "
                   "limb-movement sections." + _simulated(res))

@@ -41,6 +41,7 @@ from assistant.grounding import (
 )
 from assistant.prompts import load_prompt
 from sleeplm._logging import logger
+from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
 from sleeplm.clinical.measure import Measure
 from sleeplm.clinical.respiratory import ahi_severity
 from tools.common import TimeSelection, clock_of, recording_start
@@ -1127,7 +1128,7 @@ def _flags(pool: dict[str, FactItem], unavailable: dict[str, str], severity: str
         flags.append(f"osa_{severity}")
     flags += [f"{k}_unavailable" for k in unavailable]
     se = _val(pool, "sleep_efficiency_pct")
-    if se is not None and se < 85.0:
+    if se is not None and se < SLEEP_EFFICIENCY_REFERENCE_PCT:
         flags.append("low_sleep_efficiency")
     nadir, t90 = _val(pool, "spo2_nadir"), _val(pool, "t90_pct")
     if (nadir is not None and nadir < 85.0) or (t90 is not None and t90 >= 10.0):
@@ -1189,7 +1190,7 @@ def _recommendations(pool: dict[str, FactItem], unavailable: dict[str, str],
                                        "restless legs symptoms and iron status.",
                                   about="limb_movements"))
     se = _val(pool, "sleep_efficiency_pct")
-    if se is not None and se < 85.0:
+    if se is not None and se < SLEEP_EFFICIENCY_REFERENCE_PCT:
         out.append(Recommendation(text="Sleep efficiency is low: consider a first-night effect "
                                        "or insomnia, and a sleep diary.",
                                   about="architecture"))

@@ -74,12 +74,16 @@ from assistant.grounding import (
     clock_times,
     duration_spans,
     ground_answer,
+    _clause_bounds,
     located_sentences,
     problem_spans,
     misbound_spans,
     specific_rules,
+    split_sentences,
 )
+from assistant.insights import efficiency_explanation, explains
 from sleeplm._logging import logger
+from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
 
 __all__ = [
     "ANSWER_HINT",
@@ -100,6 +104,7 @@ __all__ = [
     "repeated_answer",
     "impossible_epoch_spans",
     "densest_claim_spans",
+    "shared_duration_spans",
     "epoch_aside_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -173,9 +178,10 @@ ANSWER_HINT = ("Now answer the question from the tool results above: quote their
                "so when the results do not answer it.")
 
 #: Reference values the assistant itself states (the offline planner's sleep-efficiency
-#: reference, ``assistant.planner._SE_REFERENCE``): allowed in answers, bound to no measure.
+#: reference): allowed in answers, bound to no measure.
 REFERENCE_FACTS: tuple[FactItem, ...] = (
-    FactItem(name="reference_sleep_efficiency", label="commonly used reference", value=85.0,
+    FactItem(name="reference_sleep_efficiency", label="commonly used reference",
+             value=SLEEP_EFFICIENCY_REFERENCE_PCT,
              unit="%", source="reference"),
 )
 
@@ -1383,6 +1389,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
         absent += count_spans(text, messages[h + 1:], messages) if h is not None else []
         absent += localized_denial_spans(text, messages[h + 1:]) if h is not None else []
         absent += densest_claim_spans(text, messages[h + 1:]) if h is not None else []
+        absent += shared_duration_spans(text, messages[h + 1:]) if h is not None else []
         kept: list[tuple[int, int, WithdrawnClaim, str]] = []
         for item in sorted(absent, key=lambda x: x[0]):  # two checks, one span: once
             if not kept or item[0] >= kept[-1][1]:
@@ -1391,9 +1398,16 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
-        missing = (missing_measures(_text(messages[h]), messages[h + 1:], text,
-                                    intent=last.additional_kwargs.get(INTENT_KEY))
+        intent = last.additional_kwargs.get(INTENT_KEY)
+        # "Why is her sleep efficiency so poor?" answered with the value alone: the reason
+        # the measured values give, written by code, goes first under the answer
+        why = (efficiency_explanation(facts_measures(messages[h + 1:]))
+               if h is not None and intent == "insight_efficiency" and not explains(text)
+               else None)
+        missing = (missing_measures(_text(messages[h]), messages[h + 1:],
+                                    text + ("\n" + why if why else ""), intent=intent)
                    if h is not None else [])
+        missing[:0] = [("efficiency_explanation", why)] if why else []
         missing += [("localize" if line.startswith("SleepLM's") else "scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
@@ -2039,6 +2053,52 @@ def _extreme_claims(at: int, clause: str, sentence: str,
         reason=reason + " by the list_events result"), line) for a, b, reason in sorted(wrong)]
 
 
+#: One duration given for a list of events: a "Duration: 26 seconds" line, or "with a
+#: duration of 26 s".
+_SHARED_DURATION = re.compile(r"(?im)^[ \t]*(?:[-*\u2022][ \t]*)?\**[ \t]*(?:durations?|length)"
+                              r"[ \t]*\**[ \t]*:[ \t]*\**[^\n]*|\bwith (?:a )?(?:duration|"
+                              r"length) of\b[^.;\n]*")
+#: Words that make a duration one of a single event or of a statistic of the list.
+_ONE_OF_MANY = re.compile(r"\b(?:mean|average|median|total|longest|shortest|maximum|minimum|"
+                          r"max|min|range|from|between|each|first|last|epoch)\b|"
+                          r"\d{1,2}:\d{2}|#\d", re.IGNORECASE)
+
+
+def shared_duration_spans(text: str, turn: Sequence[BaseMessage]
+                          ) -> list[tuple[int, int, WithdrawnClaim, str]]:
+    """One duration given for several listed events of different durations.
+
+    Asked "Pull up the obstructive apneas scored between 1 and 2 am.", the 1.5 B model
+    answered with a block "- **Duration**: 26 seconds" above the seven apneas its
+    ``list_events`` result listed (14 to 26 s): the first one's, given for all. A duration on
+    a "Duration:" line or after "with a duration of" that names no single event (a clock
+    time, an epoch, an event number) and no statistic (mean, longest, ...) is withdrawn when
+    the question's results list several events whose durations differ.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim, line)
+        Where each such duration is in ``text``, and a line giving the listed events'
+        shortest and longest durations.
+    """
+    durs = [float(_field(e, "duration_s")) for _types, events, _o, _n in _listed_events(turn)
+            for e in events if _field(e, "duration_s") is not None]
+    if len(durs) < 2 or max(durs) - min(durs) < 1.0:
+        return []
+    line = (f"The {len(durs)} events listed last from {min(durs):.1f} s to {max(durs):.1f} s "
+            "each")
+    out: list[tuple[int, int, WithdrawnClaim, str]] = []
+    for m in _SHARED_DURATION.finditer(text):
+        if _ONE_OF_MANY.search(m.group(0)):
+            continue
+        for a, b, _secs, _half in duration_spans(m.group(0)):
+            out.append((m.start() + a, m.start() + b, WithdrawnClaim(
+                token=m.group(0)[a:b], kind="measure", sentence=m.group(0).strip(),
+                reason=f"one duration given for {len(durs)} listed events of different "
+                       "durations by the list_events result"), line))
+    return out
+
+
 def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
     """The tool whose result an answer says was empty although it was not, or None.
 
@@ -2067,6 +2127,51 @@ def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
     return None
 
 
+#: Sleep efficiency named in an answer.
+_SE_NAMED = re.compile(r"\bsleep efficiency\b|\bSE\b|\befficiency of (?:her|his|their|the) "
+                       r"sleep\b", re.IGNORECASE)
+#: Words judging a sleep efficiency low (group 1) or not (group 2).
+_SE_JUDGED = re.compile(r"\b(?:(low|lower|poor|poorer|reduced|decreased|impaired|suboptimal|"
+                        r"below)|(normal|good|high|adequate|preserved|healthy|above|fine))\b",
+                        re.IGNORECASE)
+_SE_NEGATED = re.compile(r"\b(?:not|isn't|wasn't|never|hardly)\s+(?:\w+\s+)?$|n't\s+$",
+                         re.IGNORECASE)
+
+
+def _efficiency_verdict(text: str, found: Mapping[str, Any]) -> str | None:
+    """Why an answer's judgement of the sleep efficiency contradicts the measured one, or
+    None: "Sleep efficiency is low because ..." for 86.8 %, above the commonly used
+    reference of 85 % (:data:`REFERENCE_FACTS`), as the 1.5 B model answered "Why is her
+    sleep efficiency on the low side?"."""
+    se = found.get("sleep_efficiency_pct")
+    if se is None or se.value is None or not math.isfinite(se.value):
+        return None
+    low_truth = se.value < SLEEP_EFFICIENCY_REFERENCE_PCT
+    for sentence in split_sentences(text):
+        for m in _SE_NAMED.finditer(sentence):
+            # the judgement nearest the words in their clause: "poor sleep efficiency",
+            # "sleep efficiency is low because ...", "SE (86.8 %) is not below 85 %"
+            c0, c1 = _clause_bounds(sentence, m.start())
+            before = [j for j in _SE_JUDGED.finditer(sentence, c0, m.start())
+                      if len(sentence[j.end():m.start()].split()) <= 1]
+            after = [j for j in _SE_JUDGED.finditer(sentence, m.end(), c1)
+                     if len(sentence[m.end():j.start()].split()) <= 8
+                     and not re.search(r"\b(?:because|due|since|as|by|from|with|than)\b",
+                                       sentence[m.end():j.start()], re.IGNORECASE)]
+            judged = (before[-1:] or after[:1])
+            if not judged:
+                continue
+            j = judged[0]
+            said_low = j.group(1) is not None
+            if _SE_NEGATED.search(sentence[max(c0, j.start() - 20):j.start()]):
+                said_low = not said_low
+            if said_low != low_truth:
+                return (f"the answer calls the sleep efficiency {'low' if said_low else 'not low'}"
+                        f"; it is {se.format()}, {'below' if low_truth else 'not below'} the "
+                        f"commonly used reference of {SLEEP_EFFICIENCY_REFERENCE_PCT:g} %")
+    return None
+
+
 def contradicted_verdict(text: str, turn: Sequence[BaseMessage]) -> str | None:
     """Why an answer's conclusion contradicts the measured values of this question, or None.
 
@@ -2091,10 +2196,13 @@ def contradicted_verdict(text: str, turn: Sequence[BaseMessage]) -> str | None:
     """
     from sleeplm.clinical.respiratory import is_positional
 
+    found = facts_measures(turn)
+    wrong = _efficiency_verdict(text or "", found)
+    if wrong:
+        return wrong
     m = _POSITIONAL.search(text or "")
     if m is None:
         return None
-    found = facts_measures(turn)
     sup, non = found.get("ahi_supine"), found.get("ahi_nonsupine")
     if sup is None or non is None or sup.value is None or non.value is None:
         return None

@@ -606,22 +606,34 @@ def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, li
 
 def test_an_insight_gets_the_numbers_that_explain_it_added(tmp_path, library):
     """"Why is her sleep efficiency so poor?" was answered by the 1.5 B model with the
-    sleep efficiency alone: the numbers the planner explains it with are added."""
+    sleep efficiency alone: the planner's explanation, written by code from the measured
+    values, goes first under it, then the numbers it does not state."""
+    from assistant.insights import EFFICIENCY_NEEDS, efficiency_explanation
     from assistant.toolcalls import INSIGHT_MEASURES
 
     facts = report_facts(ToolContext(library=library, patient=OSA))
     ms = {m.name: m for sec in facts.sections.values() for m in sec}
     se = ms["sleep_efficiency_pct"]
+    why = efficiency_explanation(ms)
+    assert why is not None and why.startswith(f"Sleep efficiency is {se.format()}")
     model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
                       AIMessage(f"The sleep efficiency of the patient is {se.format()}."))
     answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
         OSA, "Why is her sleep efficiency so poor?")
-    want = [n for n in INSIGHT_MEASURES["insight_efficiency"]
-            if n != "sleep_efficiency_pct" and ms[n].value is not None]
-    assert "waso_min" in want and "sleep_onset_latency_min" in want
-    assert answer.completed == want
-    for n in want:
-        assert f"- {ms[n].label}: {ms[n].format()}" in answer.text
+    # the five values the explanation states are not added again
+    assert set(INSIGHT_MEASURES["insight_efficiency"]) - {"awakenings"} == set(
+        EFFICIENCY_NEEDS)
+    assert answer.completed == ["efficiency_explanation", "awakenings"]
+    assert f"- {why}\n- {ms['awakenings'].label}: {ms['awakenings'].format()}" in answer.text
+    # an answer that gives a reason gets the numbers only
+    said = (f"The sleep efficiency is {se.format()}, mostly because of wake after sleep onset "
+            f"({ms['waso_min'].format()}).")
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
+        OSA, "Why is her sleep efficiency so poor?")
+    assert answer.text.startswith(said) and "efficiency_explanation" not in answer.completed
+    assert "tst_min" in answer.completed and why not in answer.text
 
 
 def test_unverified_markers_the_llm_copies_are_removed_and_kept_from_its_history(
@@ -709,6 +721,39 @@ def test_a_wrong_longest_event_is_withdrawn_and_the_longest_added(tmp_path, libr
                                             "limit": 3}, "e1"), AIMessage(right))
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(OSA, "longest apnea?")
     assert answer.withdrawn == [] and answer.text == right
+
+
+def test_one_duration_given_for_several_listed_events_is_withdrawn(tmp_path, library):
+    """"Pull up the obstructive apneas scored between 1 and 2 am.": the 1.5 B model wrote a
+    block "- **Duration**: 26 seconds" above the seven apneas listed (14 to 26 s), the first
+    one's length given for all."""
+    from assistant.toolcalls import shared_duration_spans
+    from tools.facts import EventsInput, events_in_range
+
+    every = events_in_range(ToolContext(library=library, patient=OSA),
+                            EventsInput(types=["apnea"])).events
+    durs = [e.duration_s for e in every]
+    assert len(every) >= 2 and max(durs) - min(durs) >= 1.0
+    first = every[0]
+    said = (f"The patient had {len(every)} apneas:\n\n- **Duration**: {first.duration_s:.0f} "
+            f"seconds\n- **SpO2**: Not available\n\n1. {first.clock} (epoch {first.epoch}), "
+            f"{first.duration_s:.0f} seconds")
+    model = _scripted(_call("list_events", {"types": ["apnea"], "limit": 200}, "e1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "Pull up the apneas.")
+    assert [w.token for w in answer.withdrawn] == [f"{first.duration_s:.0f} seconds"]
+    assert f"- **Duration**: [unverified]\n" in answer.text
+    assert f"), {first.duration_s:.0f} seconds" in answer.text  # the event's own stays
+    assert (f"The {len(every)} events listed last from {min(durs):.1f} s to {max(durs):.1f} s"
+            in answer.text)
+    # a statistic, or one event's line, is not one duration for all
+    ran = [m for m in model.seen[-1] if isinstance(m, ToolMessage)]
+    for fine in (f"- Duration: longest {max(durs):.0f} s",
+                 f"- Duration: {first.duration_s:.0f} s at {first.clock}",
+                 f"The first apnea, with a duration of {first.duration_s:.0f} s, began at "
+                 f"{first.clock}."):
+        assert shared_duration_spans(fine, ran) == [], fine
+    assert shared_duration_spans("They came with a duration of 26 s.", ran) != []
 
 
 def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
@@ -1024,6 +1069,38 @@ def test_a_positional_verdict_the_measures_contradict_falls_back(tmp_path, libra
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "Is the apnea positional?")
     assert answer.fallback is None and answer.text.startswith("The apnea is not positional.")
+
+
+def test_a_sleep_efficiency_judged_against_its_value_falls_back():
+    """Asked "Why is her sleep efficiency on the low side?", the 1.5 B model answered "Sleep
+    efficiency is low because the sleep duration (411.5 min) is shorter than the total time
+    in bed (474.0 min)." for 86.8 %, above the commonly used reference of 85 %."""
+    from assistant.toolcalls import contradicted_verdict
+
+    def facts(se: float) -> list[ToolMessage]:
+        return [ToolMessage(content="facts", tool_call_id="f", name="report_facts", artifact={
+            "result": {"sections": {"architecture": [
+                {"name": "sleep_efficiency_pct", "label": "Sleep efficiency", "value": se,
+                 "unit": "%"}]}}})]
+
+    said = ("Sleep efficiency is low because the sleep duration (411.5 min) is shorter than "
+            "the total time in bed (474.0 min).")
+    assert "not below the commonly used reference of 85 %" in contradicted_verdict(
+        said, facts(86.8))
+    assert contradicted_verdict(said, facts(68.4)) is None
+    for wrong in ("Her poor sleep efficiency comes from long awakenings.",
+                  "The sleep efficiency of 86.8 % is reduced."):
+        assert contradicted_verdict(wrong, facts(86.8)) is not None, wrong
+    for right in ("Sleep efficiency is 86.8 %, which is not low.",
+                  "Sleep efficiency (86.8 %) is normal, but she woke up 12 times.",
+                  "Her sleep efficiency is not below the reference of 85 %.",
+                  "Sleep efficiency is 86.8 %, and the arousal index is high.",
+                  "Sleep efficiency is lowered by a long time to fall asleep.",
+                  "The AHI is low."):
+        assert contradicted_verdict(right, facts(86.8)) is None, right
+    for right in ("Sleep efficiency is low at 68.4 %.", "Poor sleep efficiency (68.4 %)."):
+        assert contradicted_verdict(right, facts(68.4)) is None, right
+    assert contradicted_verdict("Sleep efficiency is normal.", facts(68.4)) is not None
 
 
 def test_every_duration_given_for_the_longest_event_must_be_its_own():

@@ -917,3 +917,30 @@ def test_a_count_before_a_measures_name_is_that_measures_value():
                             ms, q) == []
     assert misbound_numbers("2 hypopneas with >=4% desaturation fell in the first hour.", ms,
                             q) == []
+
+
+def test_a_duration_right_before_a_sleep_stage_is_that_stages_time():
+    """Asked "How quickly did he get into REM once he was asleep?", the 1.5 B model answered
+    "The patient spent 1.0 min on REM sleep after sleep onset": the REM latency given as the
+    time spent in REM (93.0 min)."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="rem_latency_min", label="REM latency (from sleep onset)", value=1.0,
+                  unit="min"),
+          Measure(name="r_min", label="REM time", value=93.0, unit="min"),
+          Measure(name="n1_min", label="N1 time", value=46.5, unit="min"),
+          Measure(name="n3_min", label="N3 time", value=111.0, unit="min")]
+    q = "How quickly did he get into REM once he was asleep?"
+    said = "The patient spent 1.0 min on REM sleep after sleep onset."
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["1.0 min"]
+    assert [w.token for w in misbound_numbers(
+        "REM began 1.0 min after sleep onset; he had 111.0 min of deep sleep and 46.5 min "
+        "in N1.", ms, q)] == []
+    assert [w.token for w in misbound_numbers("REM came 1.0 min after sleep onset, and he "
+                                              "had 93.0 min of REM sleep.", ms, q)] == []
+    # a part of a stage, a stage's latency or period, or a part of the night: no stage time
+    for fine in ("REM came after 1.0 min in N1.", "The REM latency was 1.0 min of REM latency.",
+                 "He spent 20.0 min in REM period 2.",
+                 "He had 30.0 min of REM in the second half of the night.",
+                 "The longest run was 12.0 min of N3."):
+        assert misbound_numbers("The REM latency was 1.0 min. " + fine, ms, q) == [], fine

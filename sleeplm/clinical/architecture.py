@@ -27,7 +27,11 @@ from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.errors import MissingChannelError
 from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES, STAGES, Recording
 
-__all__ = ["sleep_architecture", "architecture_from_stages", "STAGE_NAMES"]
+__all__ = ["sleep_architecture", "architecture_from_stages", "STAGE_NAMES",
+           "SLEEP_EFFICIENCY_REFERENCE_PCT"]
+
+#: Sleep efficiency below this (%) is commonly called low: a reference, not a patient number.
+SLEEP_EFFICIENCY_REFERENCE_PCT = 85.0
 
 STAGE_NAMES = {"W": "Wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "Unscored"}
 

@@ -1,0 +1,66 @@
+"""Deterministic explanations of a night's measures, written by code from measured values.
+
+The offline planner answers "why" questions with them, and the chat grounding adds one under
+an LLM's answer that gives no explanation (:class:`assistant.toolcalls.ChatGroundingMiddleware`):
+asked "Why is her sleep efficiency so poor?", the 1.5 B model answered only "The sleep
+efficiency of the patient is 68.4%.".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
+
+__all__ = ["efficiency_explanation", "EFFICIENCY_NEEDS", "explains"]
+
+#: The measures :func:`efficiency_explanation` reads (all from ``report_facts``'s architecture).
+EFFICIENCY_NEEDS = ("sleep_efficiency_pct", "tst_min", "tib_min", "sleep_onset_latency_min",
+                    "waso_min")
+
+#: Words of an answer that explains rather than only states ("low because ...", "mostly
+#: due to ...").
+_EXPLAINS = re.compile(r"\b(?:because|due to|caused|causes|cause|mostly|mainly|largely|"
+                       r"driven by|result(?:s|ed)? (?:of|from)|as a result|owing to|explain\w*|"
+                       r"since|reason|accounts? for|comes? from|lost to|spent awake)\b",
+                       re.IGNORECASE)
+
+
+def _valued(ms: Mapping[str, Any], name: str) -> Any:
+    m = ms.get(name)
+    return m if m is not None and getattr(m, "value", None) is not None else None
+
+
+def efficiency_explanation(ms: Mapping[str, Any]) -> str | None:
+    """Where the time in bed went, against the commonly used sleep-efficiency reference.
+
+    Parameters
+    ----------
+    ms : mapping of str to Measure
+        Measures by name (``report_facts``'s architecture section).
+
+    Returns
+    -------
+    str or None
+        E.g. "Sleep efficiency is 68.4 %, below the commonly used reference of 85 %: 392.0
+        min of sleep in 573.5 min in bed. Most of the time lost is wake after sleep onset
+        (Wake after sleep onset: 100.0 min; Sleep-onset latency: 69.0 min)."; None when a
+        measure of :data:`EFFICIENCY_NEEDS` has no value.
+    """
+    if any(_valued(ms, k) is None for k in EFFICIENCY_NEEDS):
+        return None
+    se, sol, waso = ms["sleep_efficiency_pct"], ms["sleep_onset_latency_min"], ms["waso_min"]
+    main = ("wake after sleep onset" if waso.value >= sol.value else
+            "a long time to fall asleep")
+    verdict = "below" if se.value < SLEEP_EFFICIENCY_REFERENCE_PCT else "not below"
+    return (f"Sleep efficiency is {se.format()}, {verdict} the commonly used reference of "
+            f"{SLEEP_EFFICIENCY_REFERENCE_PCT:g} %: {ms['tst_min'].format()} of sleep in "
+            f"{ms['tib_min'].format()} in bed. Most of the time lost is {main} "
+            f"({waso.label}: {waso.format()}; {sol.label}: {sol.format()}).")
+
+
+def explains(text: str) -> bool:
+    """Whether ``text`` gives a reason (a causal word), not only values."""
+    return _EXPLAINS.search(text or "") is not None
