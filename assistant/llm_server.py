@@ -108,6 +108,7 @@ class LlamaServer:
         self.port = int(port) if port else _free_port()
         self.n_ctx = int(n_ctx)
         self.n_threads = int(n_threads or min(4, os.cpu_count() or 1))
+        self._temporary_log = log_path is None
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             os.close(fd)
@@ -222,7 +223,8 @@ class LlamaServer:
             time.sleep(0.25)
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop the server (terminate, then kill)."""
+        """Stop the server (terminate, then kill); a temporary log is removed then, and kept
+        when the server had already ended on its own (a crash to read)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -231,6 +233,8 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=timeout_s)
+        if self._temporary_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> LlamaServer:
         return self.start() if self.proc is None else self

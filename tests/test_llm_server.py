@@ -538,6 +538,34 @@ def test_exit_descriptions():
     assert exit_description(-200) == "signal 200"
 
 
+def test_a_temporary_server_log_is_removed_on_stop_and_kept_after_a_crash(tmp_path):
+    """Servers the app and the benchmark start log to a temporary file: a clean stop removes
+    it (each run left one in the temporary folder), a crash keeps it to be read."""
+    import subprocess
+    import sys
+
+    from assistant.llm_server import LlamaServer
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    server = LlamaServer(model)
+    assert server.log_path.exists() and server.log_path.parent != tmp_path
+    server.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server.stop()
+    assert not server.log_path.exists()
+    crashed = LlamaServer(model)
+    crashed.proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    crashed.proc.wait(timeout=30)
+    crashed.stop()
+    assert crashed.log_path.exists() and crashed.exited() == "code 3"
+    crashed.log_path.unlink()
+    own = LlamaServer(model, log_path=tmp_path / "server.log")
+    own.log_path.write_text("kept")
+    own.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    own.stop()
+    assert own.log_path.read_text() == "kept"  # a log the caller named is never removed
+
+
 def test_server_that_cannot_load_its_model_is_named(tmp_path):
     pytest.importorskip("llama_cpp")
     from assistant.llm_server import LlamaServer, LLMServerCrashed
