@@ -520,11 +520,7 @@ class OfflinePlanner(BaseChatModel):
             events = sorted((e for e in events if e.id in ids), key=lambda e: e.onset_s)
             n = X.limit(q, 10)
         shown = events[:n]
-        lines = [f"{i}. {e.type.replace('_', ' ')} at {e.clock} (epoch {e.epoch}, "
-                 f"{_STAGE_WORD.get(e.stage, e.stage)}), {e.duration_s:.1f} s"
-                 + (f", SpO2 nadir {e.attributes['spo2_nadir']:g} %"
-                    if (e.attributes or {}).get("spo2_nadir") is not None else "")
-                 for i, e in enumerate(shown, 1)]
+        lines = [f"{i}. {e.describe()}" for i, e in enumerate(shown, 1)]
         auto = [e for e in events if "automatic" in (e.label or "")]
         total = max(int(getattr(res, "n_total", 0) or 0), len(events))  # not only those listed
         head = (f"{total} {'detected' if auto else 'scored'} event(s) of type "

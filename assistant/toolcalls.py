@@ -105,6 +105,7 @@ __all__ = [
     "impossible_epoch_spans",
     "densest_claim_spans",
     "shared_duration_spans",
+    "unlisted_event_lines",
     "epoch_aside_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -1408,6 +1409,10 @@ class ChatGroundingMiddleware(AgentMiddleware):
                                     text + ("\n" + why if why else ""), intent=intent)
                    if h is not None else [])
         missing[:0] = [("efficiency_explanation", why)] if why else []
+        if h is not None:
+            # "show me where the breathing stops" answered with one apnea of 56
+            missing += [("scored_events", line) for line in unlisted_event_lines(
+                _text(messages[h]), messages[h + 1:], text)]
         missing += [("localize" if line.startswith("SleepLM's") else "scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
@@ -2099,6 +2104,57 @@ def shared_duration_spans(text: str, turn: Sequence[BaseMessage]
     return out
 
 
+#: A question asking to see events, not to count them or judge them ("show me where the
+#: breathing stops", "list the obstructive apneas", "which mixed apneas were scored?").
+_LISTING = re.compile(r"\b(?:list|show|where|which|pull up|display|what are|give me|"
+                      r"when (?:were|did|do))\b", re.IGNORECASE)
+#: Up to this many events are added under an answer that names too few of them.
+LISTED_EVENTS_ADDED = 10
+
+
+def unlisted_event_lines(question: str, turn: Sequence[BaseMessage], text: str) -> list[str]:
+    """The events a listing question's ``list_events`` result holds when the answer names
+    fewer than three of them (or than it listed), written by code.
+
+    Asked "show me where the breathing stops", the 1.5 B model answered "The breathing
+    stopped at epoch 56: ..." of 56 apneas; "Where in the night does the airflow stop
+    completely?" got one epoch, "List the obstructive apneas between 1 and 2 am" none. An
+    event counts as named by its clock time (to the minute) or its epoch. A question about
+    one event ("the longest"), a count or a densest window has checks of its own.
+
+    Returns
+    -------
+    list of str
+        A head ("56 scored events of obstructive apnea, ...; the first 10 listed:") and one
+        line per event (:meth:`tools.facts.EventItem.describe`), in the result's order; empty
+        when nothing is to be added.
+    """
+    from tools.facts import EventItem
+
+    if not _LISTING.search(question or "") or _EXTREME.search((question or "").lower()):
+        return []
+    fields = list(_events_fields(turn))
+    if not fields or fields[-1]("densest") is not None:
+        return []
+    get = fields[-1]
+    events = [e if isinstance(e, EventItem) else EventItem.model_validate(e)
+              for e in (get("events") or [])]
+    if not events:
+        return []
+    said_epochs = {int(m.group(1)) for m in _EPOCH_NUMBER.finditer(text)}
+    said_clocks = {t[:5] for t in clock_times(text)}
+    named = [e for e in events if e.epoch in said_epochs or e.clock[:5] in said_clocks]
+    if len(named) >= min(3, len(events)):
+        return []
+    shown = events[:LISTED_EVENTS_ADDED]
+    total = max(int(get("n_total") or 0), len(events))
+    kinds = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in events))
+    auto = any("automatic" in (e.label or "") for e in events)
+    head = (f"{total} {'detected' if auto else 'scored'} event(s) of {kinds}"
+            + (f"; the first {len(shown)} listed:" if len(shown) < total else ":"))
+    return [head, *(e.describe() for e in shown)]
+
+
 def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:
     """The tool whose result an answer says was empty although it was not, or None.
 
@@ -2257,6 +2313,22 @@ def _epoch_clock(messages: Iterable[BaseMessage]) -> tuple[float, float] | None:
     return (lo, hi) if found and lo <= hi + 1.0 else None
 
 
+def _clock_in_epoch(clock: str, epoch: int, span: tuple[float, float]) -> bool | None:
+    """Whether a clock time ("22:48:55", "22:48") can lie in ``epoch`` (30 s of tolerance
+    either side), given when epoch 0 starts (``span``, seconds of the day, from
+    :func:`_epoch_clock`); None when ``clock`` is no time."""
+    times = clock_times(clock)
+    if not times:
+        return None
+    lo, hi = span
+    h, mi, sec = (int(x) for x in times[0].split(":"))
+    t = h * 3600 + mi * 60 + sec
+    low = lo + 30.0 * epoch - 30.0
+    width = (hi + 30.0 * epoch + 60.0) - low
+    cands = (t, t + 12 * 3600.0) if h < 12 and len(clock) <= 5 else (t,)
+    return any((c - low) % _DAY_S <= width for c in cands)
+
+
 def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
                       ) -> list[tuple[int, int, WithdrawnClaim]]:
     """Clock times an answer gives for an epoch that the epoch cannot have.
@@ -2284,16 +2356,8 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
             line = text[text.rfind("\n", 0, mt.start()) + 1:mt.start()]
             if any(p in line for p in others):
                 continue  # an epoch of another patient's night ("sim-01005 epoch 903 (...")
-            times = clock_times(mt.group("c"))
-            if not times:
-                continue
-            h, mi, sec = (int(x) for x in times[0].split(":"))
-            t = h * 3600 + mi * 60 + sec
             e = int(mt.group("e"))
-            start_lo, start_hi = lo + 30.0 * e, hi + 30.0 * e
-            low, width = start_lo - 30.0, (start_hi + 60.0) - (start_lo - 30.0)
-            cands = (t, t + 12 * 3600.0) if h < 12 and len(mt.group("c")) <= 5 else (t,)
-            if any((c - low) % _DAY_S <= width for c in cands):
+            if _clock_in_epoch(mt.group("c"), e, span) is not False:
                 continue
             a, b = mt.span("c")
             h0, m0 = divmod(int(lo + 30.0 * e) % int(_DAY_S) // 60, 60)
@@ -2309,7 +2373,8 @@ def epoch_clock_spans(text: str, messages: Sequence[BaseMessage]
 _EPOCH_ASIDE = re.compile(
     r"\bepochs?\s*(?:(?P<e>\d+)|" + re.escape(UNVERIFIED) + r")?\s*:\s*"
     r"(?:(?:(?P<c>\d{1,2}:\d{2}(?::\d{2})?)|" + re.escape(UNVERIFIED) + r")\s*)?"
-    r"\(\s*(?P<d>\d+(?:\.\d+)?\s*(?:s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?))\s*\)",
+    r"\(\s*(?:(?P<t>\d{1,2}:\d{2}(?::\d{2})?)(?:\s*s\b)?|"
+    r"(?P<d>\d+(?:\.\d+)?\s*(?:s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)))\s*\)",
     re.IGNORECASE)
 
 
@@ -2326,7 +2391,8 @@ def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
     clock time written) with that duration, to the digits written, or when it is a time in
     seconds inside epoch N ("epoch 95: (2855 s)"); with no epoch number ("at epoch: (22.0
     min)", or one withdrawn: "at epoch [unverified]: (15.0 min)", the first REM given the
-    sleep onset's epoch 30 and its time) it belongs to nothing and is withdrawn.
+    sleep onset's epoch 30 and its time) it belongs to nothing and is withdrawn. A time of
+    night in the brackets ("at epoch 56: 22:48:55 (23:02:58 s)") must lie in epoch N.
 
     Returns
     -------
@@ -2334,8 +2400,24 @@ def epoch_aside_spans(text: str, messages: Sequence[BaseMessage]
         Spans of the values (kind ``measure``), in order.
     """
     events = [e for get in _events_fields(messages) for e in (get("events") or [])]
+    span = _epoch_clock(messages)
     out: list[tuple[int, int, WithdrawnClaim]] = []
     for mt in _EPOCH_ASIDE.finditer(text or ""):
+        if mt.group("t"):
+            # a time of night in the brackets ("at epoch 56: [unverified] (23:02:58 s)", an
+            # apnea's time in epoch 93) must lie in the epoch
+            e = int(mt.group("e")) if mt.group("e") else None
+            inside = (_clock_in_epoch(mt.group("t"), e, span)
+                      if e is not None and span is not None else None if e is not None
+                      else False)
+            if inside is False:
+                a, b = mt.span("t")
+                out.append((a, b, WithdrawnClaim(
+                    token=text[a:b], kind="clock",
+                    sentence=text[max(0, mt.start() - 80):mt.end()],
+                    reason=(f"{text[a:b]} is not in epoch {e} by the tool results"
+                            if e is not None else f"{text[a:b]} is given to no epoch"))))
+            continue
         durations = duration_spans(mt.group("d"))
         if not durations:
             continue

@@ -596,12 +596,13 @@ def test_a_summary_that_leaves_out_headline_numbers_gets_them_added(tmp_path, li
     assert answer.completed == want and len(want) >= 2
     for n in want:
         assert f"- {ms[n].label}: {ms[n].format()}" in answer.text
-    # a question of another intent that names no measure gets nothing added
+    # a question of another intent that names no measure gets no measure added (only the
+    # events this answer leaves out: unlisted_event_lines)
     model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
                       AIMessage("The apneas are listed above."))
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "list the obstructive apneas")
-    assert answer.completed == []
+    assert set(answer.completed) == {"scored_events"}
 
 
 def test_an_insight_gets_the_numbers_that_explain_it_added(tmp_path, library):
@@ -754,6 +755,39 @@ def test_one_duration_given_for_several_listed_events_is_withdrawn(tmp_path, lib
                  f"{first.clock}."):
         assert shared_duration_spans(fine, ran) == [], fine
     assert shared_duration_spans("They came with a duration of 26 s.", ran) != []
+
+
+def test_a_listing_question_answered_with_too_few_events_gets_the_list_added(tmp_path,
+                                                                             library):
+    """"show me where the breathing stops": the 1.5 B model answered with one apnea of 56
+    ("The breathing stopped at epoch 56: ..."); the result's events are added below, written
+    by code, as the planner lists them."""
+    from assistant.toolcalls import LISTED_EVENTS_ADDED, unlisted_event_lines
+    from tools.facts import EventsInput, events_in_range
+
+    every = events_in_range(ToolContext(library=library, patient=OSA),
+                            EventsInput(types=["apnea"], limit=200)).events
+    assert len(every) >= 3
+    first = every[0]
+    said = f"The breathing stopped at epoch {first.epoch}."
+    model = _scripted(_call("list_events", {"types": ["apnea"], "limit": 200}, "e1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "show me where the breathing stops")
+    assert answer.text.startswith(said) and "scored_events" in answer.completed
+    shown = every[:LISTED_EVENTS_ADDED]
+    assert f"- {len(every)} scored event(s) of " in answer.text
+    for e in shown:
+        assert f"- {e.describe()}" in answer.text
+    assert answer.withdrawn == []
+    # enough events named, a count, or one event asked for: nothing added
+    ran = [m for m in model.seen[-1] if isinstance(m, ToolMessage)]
+    three = "; ".join(f"{e.clock} (epoch {e.epoch})" for e in every[:3])
+    assert unlisted_event_lines("list the apneas", ran, f"Apneas at {three}.") == []
+    assert unlisted_event_lines("how many apneas were there?", ran, "There were 4.") == []
+    assert unlisted_event_lines("where was the longest apnea?", ran, said) == []
+    assert unlisted_event_lines("which apneas were scored?", ran, said)[1:] == [
+        e.describe() for e in shown]
 
 
 def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
@@ -1174,6 +1208,17 @@ def test_a_duration_in_brackets_after_an_epoch_must_be_an_event_or_a_time_in_it(
                  "REM began at epoch 192 (81.0 min after sleep onset).",
                  "Sleep began at epoch 30: (15.0 min)."):  # epoch 30 starts at 15.0 min
         assert epoch_aside_spans(fine, msgs) == [], fine
+    # a time of night in the brackets must lie in the epoch: "The breathing stopped at epoch
+    # 56: 22:48:55 (23:02:58 s)." (the 1.5 B model; 23:02:58 is an apnea of epoch 93)
+    listed = [msgs[0].model_copy(update={"content": (
+        "- #9 mixed_apnea at 22:44:03 (epoch 56, N2), 18 s\n"
+        "- #12 obstructive_apnea at 22:48:55 (epoch 65, N2), 19 s")})]
+    for wrong in ("The breathing stopped at epoch 56: [unverified] (23:02:58 s).",
+                  "The breathing stopped at epoch: (22:44:03)."):
+        assert [(c.token, c.kind) for *_s, c in epoch_aside_spans(wrong, listed)] == [
+            (wrong.split("(")[1].split(" s)")[0].rstrip(")."), "clock")], wrong
+    assert epoch_aside_spans("It stopped at epoch 56: (22:44:03).", listed) == []
+    assert epoch_aside_spans("It stopped at epoch 56: (22:44:20 s).", listed) == []
 
 
 def test_an_answer_that_leaves_its_epoch_empty_falls_back(tmp_path, library):

@@ -313,6 +313,15 @@ class EventItem(BaseModel):
     channel: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The event in words: "mixed apnea at 22:44:03 (epoch 56, N2), 18.4 s" (with its
+        scored SpO2 nadir when it has one)."""
+        stage = {"W": "wake", "R": "REM"}.get(self.stage, self.stage)
+        nadir = (self.attributes or {}).get("spo2_nadir")
+        return (f"{self.type.replace('_', ' ')} at {self.clock} (epoch {self.epoch}, {stage}), "
+                f"{self.duration_s:.1f} s" + (f", SpO2 nadir {nadir:g} %" if nadir is not None
+                                              else ""))
+
 
 class DenseWindow(BaseModel):
     """The window of a given length holding the most event onsets.
