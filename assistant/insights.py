@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
+from sleeplm.clinical.respiratory import is_positional
 
-__all__ = ["efficiency_explanation", "EFFICIENCY_NEEDS", "explains"]
+__all__ = ["efficiency_explanation", "EFFICIENCY_NEEDS", "explains", "positional_verdict",
+           "POSITIONAL_WORDS", "judges_position"]
 
 #: The measures :func:`efficiency_explanation` reads (all from ``report_facts``'s architecture).
 EFFICIENCY_NEEDS = ("sleep_efficiency_pct", "tst_min", "tib_min", "sleep_onset_latency_min",
@@ -64,3 +66,34 @@ def efficiency_explanation(ms: Mapping[str, Any]) -> str | None:
 def explains(text: str) -> bool:
     """Whether ``text`` gives a reason (a causal word), not only values."""
     return _EXPLAINS.search(text or "") is not None
+
+
+#: A question about the body position's effect ("is it worse on their back?").
+POSITIONAL_WORDS = re.compile(r"\bpositional\b|\bsupine\b|\bon (?:his|her|their|the) back\b|"
+                              r"\bposition", re.IGNORECASE)
+
+
+def positional_verdict(ms: Mapping[str, Any]) -> str | None:
+    """Whether the events are positional by the usual criterion (supine AHI at least twice
+    the non-supine AHI, :func:`sleeplm.clinical.respiratory.is_positional`).
+
+    Returns
+    -------
+    str or None
+        The verdict as a sentence; None without both AHIs.
+    """
+    sup, non = _valued(ms, "ahi_supine"), _valued(ms, "ahi_nonsupine")
+    if sup is None or non is None:
+        return None
+    return (("The events are positional" if is_positional(sup.value, non.value) else
+             "The events are not positional")
+            + " by the usual criterion (supine AHI at least twice the non-supine AHI).")
+
+
+def judges_position(text: str) -> bool:
+    """Whether ``text`` says whether the events are positional or worse on the back."""
+    return re.search(r"\bpositional\b|\b(?:worse|better|more|higher|lower|less|fewer|"
+                     r"similar|same|twice|double)\b[^.\n]{0,60}\b(?:supine|back|position)|"
+                     r"\b(?:supine|back|position)\w*\b[^.\n]{0,60}\b(?:worse|better|more|"
+                     r"higher|lower|less|fewer|similar|same|twice|double)\b",
+                     text or "", re.IGNORECASE) is not None

@@ -40,9 +40,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
-from assistant.insights import EFFICIENCY_NEEDS, efficiency_explanation
+from assistant.insights import EFFICIENCY_NEEDS, efficiency_explanation, positional_verdict
 from assistant.routing import Route, SemanticRouter
-from sleeplm.clinical.respiratory import is_positional
 from tools.common import requirements_for
 
 __all__ = ["OfflinePlanner", "PLAN_KEY", "REFS_KEY", "ToolResult", "ToolShortlist"]
@@ -775,12 +774,7 @@ class OfflinePlanner(BaseChatModel):
             why = "; ".join(m.reason for m in (sup, non) if m is not None and m.reason) or \
                 "the night has no usable body-position signal or no sleep in one of the positions"
             return _Step(text=f"I cannot tell whether the apnea is positional: {why}.")
-        positional = is_positional(sup.value, non.value)
-        verdict = ("The events are positional by the usual criterion (supine AHI at least twice "
-                   "the non-supine AHI)" if positional else
-                   "The events are not positional by the usual criterion (supine AHI at least "
-                   "twice the non-supine AHI)")
-        text = (f"{verdict}.\n- {_fmt(sup)}\n- {_fmt(non)}"
+        text = (f"{positional_verdict(ms)}\n- {_fmt(sup)}\n- {_fmt(non)}"
                 + (f"\n- {_fmt(tsup)}" if tsup is not None and tsup.value is not None else "")
                 + _simulated(res))
         return _Step(text=text)

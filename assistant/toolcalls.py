@@ -81,7 +81,8 @@ from assistant.grounding import (
     specific_rules,
     split_sentences,
 )
-from assistant.insights import efficiency_explanation, explains
+from assistant.insights import (POSITIONAL_WORDS, efficiency_explanation, explains,
+                                judges_position, positional_verdict)
 from sleeplm._logging import logger
 from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
 
@@ -1405,10 +1406,15 @@ class ChatGroundingMiddleware(AgentMiddleware):
         why = (efficiency_explanation(facts_measures(messages[h + 1:]))
                if h is not None and intent == "insight_efficiency" and not explains(text)
                else None)
+        # "is it worse on their back?" answered with the severity alone: the verdict
+        if why is None and h is not None and POSITIONAL_WORDS.search(_text(messages[h])) \
+                and not judges_position(text):
+            why = positional_verdict(facts_measures(messages[h + 1:]))
         missing = (missing_measures(_text(messages[h]), messages[h + 1:],
                                     text + ("\n" + why if why else ""), intent=intent)
                    if h is not None else [])
-        missing[:0] = [("efficiency_explanation", why)] if why else []
+        missing[:0] = [("efficiency_explanation" if why.startswith("Sleep efficiency") else
+                        "positional_verdict", why)] if why else []
         if h is not None:
             # "show me where the breathing stops" answered with one apnea of 56
             missing += [("scored_events", line) for line in unlisted_event_lines(

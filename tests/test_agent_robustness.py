@@ -1105,6 +1105,40 @@ def test_a_positional_verdict_the_measures_contradict_falls_back(tmp_path, libra
     assert answer.fallback is None and answer.text.startswith("The apnea is not positional.")
 
 
+def test_a_position_question_answered_without_a_verdict_gets_it_added(tmp_path, library,
+                                                                     monkeypatch):
+    """"is it worse on their back?": the 1.5 B model answered "The apnea severity was
+    moderate (...)": the positional verdict, written by code, goes first under it."""
+    from assistant.insights import judges_position, positional_verdict
+    from sleeplm.clinical.measure import Measure
+
+    ms = {"ahi_supine": Measure(name="ahi_supine", label="AHI supine", value=21.8,
+                                unit="events/h"),
+          "ahi_nonsupine": Measure(name="ahi_nonsupine", label="AHI non-supine", value=17.0,
+                                   unit="events/h")}
+    assert positional_verdict(ms) == ("The events are not positional by the usual criterion "
+                                      "(supine AHI at least twice the non-supine AHI).")
+    ms["ahi_nonsupine"] = ms["ahi_nonsupine"].model_copy(update={"value": 5.0})
+    assert positional_verdict(ms).startswith("The events are positional")
+    assert positional_verdict({}) is None
+    assert not judges_position("The apnea severity was moderate (AHI by the AASM rule).")
+    for said in ("The apnea is positional.", "It is worse on the back: 21.8 vs 17.0.",
+                 "The supine AHI is higher than the non-supine AHI."):
+        assert judges_position(said), said
+
+    # in the agent (the tiny test night has no non-supine sleep: the facts are those above)
+    import assistant.toolcalls as T
+
+    monkeypatch.setattr(T, "facts_measures", lambda messages: ms)
+    said = "The apnea severity was moderate (AHI by the AASM recommended 3%/arousal rule)."
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "is it worse on their back?")
+    assert answer.text.startswith(said) and answer.completed[0] == "positional_verdict"
+    assert f"- {positional_verdict(ms)}" in answer.text
+
+
 def test_a_sleep_efficiency_judged_against_its_value_falls_back():
     """Asked "Why is her sleep efficiency on the low side?", the 1.5 B model answered "Sleep
     efficiency is low because the sleep duration (411.5 min) is shorter than the total time
