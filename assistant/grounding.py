@@ -1293,6 +1293,16 @@ _STAGE_SPAN_BEFORE = re.compile(r"\b(?:after|within|first|last|longest|shortest|
                                 r"stretch)\b")
 
 
+#: A stretch of clock time named in a clause: "the second half", "the first two hours",
+#: "between 1 and 2 am", "after 03:00".
+_CLOCK_STRETCH = re.compile(
+    r"\b(?:first|second|other|last|latter|final)\s+half\b|\b(?:first|second|third|last|final)"
+    r"\s+(?:\w+\s+)?hours?\b|\bbetween\s+\d{1,2}(?::\d{2})?\b|\b(?:after|before|from|until|"
+    r"since)\s+\d{1,2}(?::\d{2})?\s*(?:[ap]\.?m\b|:|$|\s)|\bhour\s+\d+\b")
+_SPO2_WORDS = re.compile(r"\bspo2\b|\bsaturation\b|\boxygen\b|\bo2\b|\bsao2\b")
+_HEART_WORDS = re.compile(r"\bheart\b|\bpulse\b|\bhr\b|\bbpm\b")
+
+
 def _stage_named_after(low: str, end: int) -> re.Match[str] | None:
     """The sleep stage named right after a value ending at ``end`` of ``low`` (a lower-cased
     sentence) as the one whose time it is ("1.0 min on REM sleep"), or None."""
@@ -1504,6 +1514,27 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
             if not _measure_matches(tok, stage.value, stage.unit):
                 withdraw(at, sentence, tok, f"{tok.text} is not the measured value "
                                             f"({of([stage])})")
+    # a clause about a stretch of clock time ("during the second half of the night", "between
+    # 1 and 2 am") gives that stretch's values: the whole night's value of a measure the
+    # clause names is not one ("The mean heart rate during the second half of the night was
+    # 66.9 bpm", the night's mean, about a plot that gives no value), and an SpO2 is never
+    # in bpm ("The lowest SpO2 value during the second half ... was 59.0 bpm", the lowest
+    # heart rate)
+    for at, sentence, low, toks, _union, local in parts:
+        for tok in toks if not local else ():
+            c0, _c1 = _clause_bounds(low, tok.start)
+            pre = low[c0:tok.start]
+            if tok.family == "bpm" and _SPO2_WORDS.search(pre) and not _HEART_WORDS.search(
+                    pre[_SPO2_WORDS.search(pre).end():]):
+                withdraw(at, sentence, tok, f"{tok.text} is a heart rate given for an SpO2")
+                continue
+            stretch = _CLOCK_STRETCH.search(pre)
+            if stretch is None or tok.family in ("none", "count", "ordinal", "other"):
+                continue
+            night = [m for m in named_in(low, pre) if _measure_matches(tok, m.value, m.unit)]
+            if night:
+                withdraw(at, sentence, tok, f"{tok.text} is the whole night's value "
+                                            f"({of(night)}), not that of '{stretch.group(0)}'")
     # a measure the question asks for, with one unit kind, whose value the answer never
     # states: a number of that unit kind that is no value of what its sentence names is the
     # model's own ("took approximately 100 minutes to fall asleep" for a latency of 69.0 min)

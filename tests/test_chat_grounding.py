@@ -944,3 +944,28 @@ def test_a_duration_right_before_a_sleep_stage_is_that_stages_time():
                  "He had 30.0 min of REM in the second half of the night.",
                  "The longest run was 12.0 min of N3."):
         assert misbound_numbers("The REM latency was 1.0 min. " + fine, ms, q) == [], fine
+
+
+def test_the_whole_nights_value_given_for_a_stretch_of_the_night_is_withdrawn():
+    """Asked to "plot the oxygen for the second half of the night", the 1.5 B model described
+    the plot with the whole night's values: "The lowest SpO2 value during the second half of
+    the night was 59.0 bpm" (the lowest heart rate) and "The mean heart rate during the
+    second half of the night was 66.9 bpm" (the night's mean)."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="hr_mean", label="Mean heart rate during sleep", value=66.9, unit="bpm"),
+          Measure(name="hr_min", label="Lowest heart rate during sleep", value=59.0,
+                  unit="bpm"),
+          Measure(name="spo2_nadir", label="SpO2 nadir during sleep", value=87.1, unit="%")]
+    q = "plot the oxygen for the second half of the night"
+    said = ("The lowest SpO2 value during the second half of the night was 59.0 bpm. The mean "
+            "heart rate during the second half of the night was 66.9 bpm.")
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["59.0 bpm", "66.9 bpm"]
+    for wrong in ("Between 1 and 2 am the mean heart rate was 66.9 bpm.",
+                  "In the first two hours, the SpO2 nadir during sleep was 87.1 %."):
+        assert len(misbound_numbers(wrong, ms, q)) == 1, wrong
+    for fine in ("The mean heart rate during sleep was 66.9 bpm.",
+                 "The SpO2 nadir was 87.1 %, and the heart rate was 59.0 bpm at its lowest.",
+                 "In the second half the mean heart rate was 71.2 bpm.",
+                 "The oxygen nadir (87.1 %) came with a heart rate of 59.0 bpm."):
+        assert misbound_numbers(fine, ms, q) == [], fine
