@@ -67,6 +67,11 @@ __all__ = ["APP_CSS", "APP_THEME", "DEFAULT_MAX_UPLOAD_MB", "EXAMPLE_QUESTIONS",
 
 #: Largest accepted upload, MB (``--max-upload-mb``).
 DEFAULT_MAX_UPLOAD_MB = 512.0
+#: Gradio's copies of uploads and figures (its cache, ``GRADIO_TEMP_DIR``): checked every hour
+#: and removed after a day, and all of them when the app stops. An uploaded recording is
+#: copied into the upload library at once; without this its copy in the cache, patient data,
+#: stayed in the system's temporary folder for good.
+CACHE_CLEANUP_S = (3600, 86400)
 #: The example questions shown under the chat (each one a button).
 EXAMPLE_QUESTIONS: tuple[str, ...] = (
     "Summarise this night", "What is the AHI?", "List the obstructive apneas",
@@ -833,7 +838,7 @@ def build_app(assistant: Assistant, *, upload_dir: Path | None = None,
             return gr.update(), gr.update(), gr.update(), convs, _warn(exc), None
 
     # -- layout --------------------------------------------------------------------------
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=CACHE_CLEANUP_S) as app:
         gr.Markdown(f"# {title}")
         gr.Markdown(NOTICE, elem_classes=["sleeplm-notice"], elem_id="notice")
         gr.Markdown(backend_line, elem_id="backend")

@@ -87,6 +87,26 @@ def write_mixed_rate_edf(path: Path, seconds: int = 120, seed: int = 0,
     return data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_pytest(tmp_path_factory):
+    """Temporary files the libraries under test make for themselves (Gradio's cache of
+    uploads and figures, gradio_client's download folders, a llama.cpp server's log) go to
+    pytest's temporary folder, which keeps the last three runs, not into the system's
+    temporary folder for good (each run left 27 folders of gradio_client's there)."""
+    import tempfile
+
+    root = tmp_path_factory.mktemp("temporary")
+    before, gradio = tempfile.tempdir, os.environ.get("GRADIO_TEMP_DIR")
+    tempfile.tempdir = str(root)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    yield root
+    tempfile.tempdir = before
+    if gradio is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = gradio
+
+
 @pytest.fixture
 def mixed_edf(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     path = tmp_path / "study.edf"

@@ -252,3 +252,31 @@ def test_upload_of_a_simulated_study(running, tmp_path):
     assert "already in the upload library" in status
     chat, *_, status = client.predict("What is the AHI?", "uploads:night-61", api_name="/ask")
     assert status == "" and "AHI" in text(chat[-1])
+
+
+def test_uploaded_files_leave_gradios_cache_when_the_app_stops(running, tmp_path, monkeypatch):
+    """Gradio keeps its own copy of every upload in its cache (the system's temporary folder
+    by default): patient recordings stayed there after the app had copied them into its
+    upload library. They go when the app stops (and after a day while it runs)."""
+    from sleeplm.simulate import simulate_night, write_study
+
+    cache = tmp_path / "gradio-cache"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    app, url = serve(running.bot, host="127.0.0.1", port=free_port(),
+                     prevent_thread_lock=True, quiet=True, upload_dir=tmp_path / "uploads")
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    try:
+        night = simulate_night(hypnogram=TINY_HYPNOGRAM, profile="healthy_young", seed=62,
+                               patient_id="upload-62")
+        files = write_study(night, tmp_path / "study")
+        *_, status, _ = _upload(client, [files.edf], "night-62")
+        assert status.startswith("**Added:** night-62 added")
+        cached = [p for p in cache.rglob("*") if p.is_file()]
+        assert any(p.name == files.edf.name for p in cached)  # Gradio's copy while it runs
+        assert (tmp_path / "uploads" / "night-62" / "night-62.edf").exists()
+    finally:
+        client.close()
+        app.close()
+    # (Gradio's upload parser leaves an empty temporary file of its own: no data in it)
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size]
+    assert (tmp_path / "uploads" / "night-62" / "night-62.edf").exists()  # the library's stays
