@@ -272,3 +272,19 @@ def test_unusable_spo2(data):
                     stages=np.array(["N2"] * 20), events=make_events())
     with pytest.raises(SignalQualityError):
         oximetry_measures(rec)
+
+
+def test_the_nadir_evidence_gives_its_clock_time_when_the_start_is_known():
+    """"lowest O2 sat and when did it happen": the evidence gave seconds only ("at 2855 s"),
+    and a 1.5 B model answered with them; with the recording's start it gives the clock."""
+    import datetime as dt
+
+    from sleeplm.recording import RecordingInfo
+
+    rec, _truth, _invalid = night()
+    (a, _b), = by_name(oximetry_measures(rec))["spo2_nadir"].evidence.intervals
+    assert by_name(oximetry_measures(rec))["spo2_nadir"].evidence.note.endswith(f"at {a:.0f} s")
+    rec.info = RecordingInfo(start_time=dt.datetime(2026, 1, 1, 22, 0, 0))
+    note = by_name(oximetry_measures(rec))["spo2_nadir"].evidence.note
+    clock = (dt.datetime(2026, 1, 1, 22, 0, 0) + dt.timedelta(seconds=a)).strftime("%H:%M:%S")
+    assert note.endswith(f"at {a:.0f} s ({clock})")

@@ -20,6 +20,8 @@ References
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import math
 
 import numpy as np
@@ -444,7 +446,10 @@ def oximetry_measures(rec: Recording) -> list[Measure]:
                            reason=caveat))
         idx = np.flatnonzero(vs)
         k = int(idx[np.argmin(spo2[vs])])
-        note = f"lowest valid 1-s SpO2 during {scope}, at {k} s"
+        start = rec.info.start_time
+        clock = ("" if start is None else
+                 f" ({(start + _dt.timedelta(seconds=k)).strftime('%H:%M:%S')})")
+        note = f"lowest valid 1-s SpO2 during {scope}, at {k} s{clock}"
         ev = Evidence(epochs=[(int(epoch_of[k]),) * 2] if st.staged and epoch_of[k] >= 0 else [],
                       intervals=[(float(k), float(k + 1))], note=note)
         out.append(Measure(name="spo2_nadir", label="SpO2 nadir during sleep",
