@@ -1218,9 +1218,13 @@ class ToolCallGuard(AgentMiddleware):
             return FallbackNote(reason="denied_result", detail=denied)
         if conversation:
             g = ground_conversation(list(conversation) + [msg])
-            if len(g.withdrawn) >= 2 and not _NUMBER_LEFT.search(g.text):
+            left = len(_NUMBER_LEFT.findall(g.text))
+            if len(g.withdrawn) >= 2 and (not left or (len(g.withdrawn) >= 3
+                                                       and len(g.withdrawn) > left)):
                 # "The total duration of sleep is 10 hours, with 6 hours of light sleep ..."
-                # about a hypnogram plot: every number the model's own
+                # about a hypnogram plot: every number the model's own; "The hypnogram shows
+                # 12 epochs. The first epoch starts at 0:00:00 and ends at 0:00:30, ...":
+                # most of them
                 return FallbackNote(reason="ungrounded_answer",
                                     detail=", ".join(w.token for w in g.withdrawn)[:160])
         ran = _ran(turn)

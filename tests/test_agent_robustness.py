@@ -1287,6 +1287,14 @@ def test_an_answer_whose_every_number_is_unsupported_falls_back(tmp_path, librar
                                                                          "hypnogram.")
     assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
     assert "hypnogram" in answer.text.lower() and "10 hours" not in answer.text
+    # most of them withdrawn, one left: "The hypnogram shows 12 epochs. The first epoch
+    # starts at 0:00:00 and ends at 0:00:30, ..." (the 1.5 B model, 13 times withdrawn)
+    said = ("The hypnogram shows 12 epochs. The first epoch starts at 0:00:00 and ends at "
+            "0:00:30. The second epoch starts at 0:00:30 and ends at 0:01:00.")
+    model = _scripted(_call("plot_hypnogram", {}, "p1"), AIMessage(said))
+    answer = _bot(tmp_path / "c", library, model, shortlist_tools=4).ask(
+        OSA, "show the hypnogram")
+    assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
     # one number wrong among right ones is withdrawn, not a fallback
     ahi = _measures(library, OSA)["ahi_3a"].format()
     model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
