@@ -1442,7 +1442,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
             kw[WITHDRAWN_KEY] = [w.model_dump() for w in withdrawn]
         if missing:
             text = (text.rstrip() + "\n\n" + COMPLETION_HEAD + "\n"
-                    + "\n".join(f"- {line}" for _, line in missing))
+                    + "\n".join(line if _SUB_ITEM.match(line) else f"- {line}"
+                                for _, line in missing))
             kw[COMPLETED_KEY] = [name for name, _ in missing]
         return {"messages": [last.model_copy(update={
             "content": text, "additional_kwargs": {**last.additional_kwargs, **kw}})]}
@@ -2118,6 +2119,8 @@ def shared_duration_spans(text: str, turn: Sequence[BaseMessage]
 #: breathing stops", "list the obstructive apneas", "which mixed apneas were scored?").
 _LISTING = re.compile(r"\b(?:list|show|where|which|pull up|display|what are|give me|"
                       r"when (?:were|did|do))\b", re.IGNORECASE)
+#: A numbered item under an added line (the events :func:`unlisted_event_lines` adds).
+_SUB_ITEM = re.compile(r"\s+\d{1,3}\.\s")
 #: Up to this many events are added under an answer that names too few of them.
 LISTED_EVENTS_ADDED = 10
 
@@ -2136,8 +2139,8 @@ def unlisted_event_lines(question: str, turn: Sequence[BaseMessage], text: str) 
     -------
     list of str
         A head ("56 scored events of obstructive apnea, ...; the first 10 listed:") and one
-        line per event (:meth:`tools.facts.EventItem.describe`), in the result's order; empty
-        when nothing is to be added.
+        numbered, indented line per event (:meth:`tools.facts.EventItem.describe`), in the
+        result's order; empty when nothing is to be added.
     """
     from tools.facts import EventItem
 
@@ -2162,7 +2165,7 @@ def unlisted_event_lines(question: str, turn: Sequence[BaseMessage], text: str) 
     auto = any("automatic" in (e.label or "") for e in events)
     head = (f"{total} {'detected' if auto else 'scored'} event(s) of {kinds}"
             + (f"; the first {len(shown)} listed:" if len(shown) < total else ":"))
-    return [head, *(e.describe() for e in shown)]
+    return [head, *(f"   {i}. {e.describe()}" for i, e in enumerate(shown, 1))]
 
 
 def denied_result(text: str, turn: Sequence[BaseMessage]) -> str | None:

@@ -777,8 +777,8 @@ def test_a_listing_question_answered_with_too_few_events_gets_the_list_added(tmp
     assert answer.text.startswith(said) and "scored_events" in answer.completed
     shown = every[:LISTED_EVENTS_ADDED]
     assert f"- {len(every)} scored event(s) of " in answer.text
-    for e in shown:
-        assert f"- {e.describe()}" in answer.text
+    for i, e in enumerate(shown, 1):
+        assert f"\n   {i}. {e.describe()}" in answer.text
     assert answer.withdrawn == []
     # enough events named, a count, or one event asked for: nothing added
     ran = [m for m in model.seen[-1] if isinstance(m, ToolMessage)]
@@ -787,7 +787,7 @@ def test_a_listing_question_answered_with_too_few_events_gets_the_list_added(tmp
     assert unlisted_event_lines("how many apneas were there?", ran, "There were 4.") == []
     assert unlisted_event_lines("where was the longest apnea?", ran, said) == []
     assert unlisted_event_lines("which apneas were scored?", ran, said)[1:] == [
-        e.describe() for e in shown]
+        f"   {i}. {e.describe()}" for i, e in enumerate(shown, 1)]
 
 
 def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(

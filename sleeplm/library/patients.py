@@ -84,8 +84,9 @@ __all__ = [
 ]
 
 #: Version of the cache layout; bump it when what is cached, or how, changes.
-CACHE_FORMAT = 3  # 2: unscored studies are staged automatically (auto_staging.json);
-#                   3: the facts hold the heart rate around apneas and hypopneas
+CACHE_FORMAT = 4  # 2: unscored studies are staged automatically (auto_staging.json);
+#                   3: the facts hold the heart rate around apneas and hypopneas;
+#                   4: the SpO2 nadir's evidence gives its clock time
 #: Longest accepted patient id, in characters.
 MAX_PATIENT_ID_LEN = 64
 MANIFEST_NAME = "manifest.csv"
