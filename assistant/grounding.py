@@ -1097,6 +1097,12 @@ def _problem_spans(sentence: str, allowed: GroundingFacts
 
 #: Where a sentence's clauses meet: ", and", ", but", ", while", ", whereas", ";".
 _CLAUSE_CUT = re.compile(r",\s+(?:and|but|while|whereas)\b|;")
+#: A comma before a clause with a subject and verb of its own ("The lowest SpO2 was 59.0, the
+#: mean heart rate was 66.9 bpm"), a cut when what comes before it has a verb too (not "At
+#: epoch 95, the mean SpO2 was 92 %").
+_SUBJECT_CUT = re.compile(r",(?=\s+(?:the|her|his|their|its)\s+[^,;.]{1,60}?\b(?:was|is|were|"
+                          r"are)\b)")
+_VERB = re.compile(r"\b(?:was|is|were|are)\b")
 
 
 def _epoch_sized(tok: _Token) -> bool:
@@ -1109,12 +1115,20 @@ def _epoch_sized(tok: _Token) -> bool:
 
 def _clause_bounds(text: str, pos: int) -> tuple[int, int]:
     """Where the clause of ``text`` (a sentence) around character ``pos`` starts and ends."""
+    cuts: list[tuple[int, int]] = []
+    last = 0
+    for m in sorted([*_CLAUSE_CUT.finditer(text), *_SUBJECT_CUT.finditer(text)],
+                    key=lambda m: m.start()):
+        if m.re is _SUBJECT_CUT and not _VERB.search(text, last, m.start()):
+            continue
+        cuts.append(m.span())
+        last = m.end()
     start, end = 0, len(text)
-    for m in _CLAUSE_CUT.finditer(text):
-        if m.end() <= pos:
-            start = m.end()
-        elif m.start() >= pos:
-            end = m.start()
+    for a, b in cuts:
+        if b <= pos:
+            start = b
+        elif a >= pos:
+            end = a
             break
     return start, end
 
@@ -1366,7 +1380,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         within ``clause`` (default: the sentence)."""
         words = _stem_words(low if clause is None else clause)
         union = [by_name[n] for pattern, _section, names in MEASURE_WORDS
-                 if re.search(pattern, low) for n in names if n in by_name]
+                 if re.search(pattern, low if clause is None else clause)
+                 for n in names if n in by_name]
         return union + [m for m in by_name.values()
                         if (lw := _label_words(m.label)) and lw <= words]
 

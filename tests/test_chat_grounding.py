@@ -961,6 +961,11 @@ def test_the_whole_nights_value_given_for_a_stretch_of_the_night_is_withdrawn():
     said = ("The lowest SpO2 value during the second half of the night was 59.0 bpm. The mean "
             "heart rate during the second half of the night was 66.9 bpm.")
     assert [w.token for w in misbound_numbers(said, ms, q)] == ["59.0 bpm", "66.9 bpm"]
+    # a value without a unit, another measure named in a clause of its own after it: "The
+    # lowest SpO2 was 59.0 at epoch 474, the mean heart rate was ..." (the same run)
+    said = ("The lowest SpO2 was 59.0 at epoch 474, the mean heart rate was 66.9 bpm, and the "
+            "position was not recorded.")
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["59.0"]
     for wrong in ("Between 1 and 2 am the mean heart rate was 66.9 bpm.",
                   "In the first two hours, the SpO2 nadir during sleep was 87.1 %."):
         assert len(misbound_numbers(wrong, ms, q)) == 1, wrong
