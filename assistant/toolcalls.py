@@ -107,6 +107,7 @@ __all__ = [
     "densest_claim_spans",
     "shared_duration_spans",
     "unlisted_event_lines",
+    "onset_epoch_lines",
     "epoch_aside_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -1372,7 +1373,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         for a, b, claim in sorted(spans, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
-        placed = (epoch_clock_spans(text, messages) + onset_epoch_spans(text, messages)
+        onsets = onset_epoch_spans(text, messages)
+        placed = (epoch_clock_spans(text, messages) + onsets
                   + local_value_spans(text, messages) + impossible_epoch_spans(text, messages))
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -1425,6 +1427,13 @@ class ChatGroundingMiddleware(AgentMiddleware):
                 _text(messages[h]), messages[h + 1:], text)]
         missing += [("localize" if line.startswith("SleepLM's") else "scored_events", line)
                     for line in dict.fromkeys(line for _a, _b, _c, line in absent)]
+        # "The first REM was detected at epoch [unverified]": the epoch and its time
+        for name, line in onset_epoch_lines(onsets, messages):
+            at = next((i for i, (n, _l) in enumerate(missing) if n == name), None)
+            if at is None:
+                missing.append((name, line))
+            else:
+                missing[at] = (name, line)
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
         detected = detection_note(text, messages[h + 1:]) if h is not None else None
         caveat = " ".join(c for c in (caveat, detected) if c) or None
@@ -2541,6 +2550,29 @@ def onset_epoch_spans(text: str, messages: Sequence[BaseMessage]
                 out.append((at + me.start(1), at + me.end(1), WithdrawnClaim(
                     token=me.group(1), kind="measure", sentence=sentence,
                     reason=f"{what} is epoch {want[name]} by the report_facts result")))
+    return out
+
+
+def onset_epoch_lines(claims: Sequence[tuple[int, int, WithdrawnClaim]],
+                      messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
+    """For each measure whose epoch :func:`onset_epoch_spans` withdrew, its line as the
+    ``report_facts`` result gives it, with the epochs it cites and their clock times ("REM
+    latency (from sleep onset): 81.0 min (epochs 30, 192: sleep onset (22:31:00) and first
+    R epoch (23:52:00))").
+
+    Returns
+    -------
+    list of (name, line)
+    """
+    measures = facts_measures(messages)
+    out: list[tuple[str, str]] = []
+    for _rx, name, what in _ONSET_WORDS:
+        m = measures.get(name)
+        if m is None or not any(c.reason.startswith(what) for _a, _b, c in claims):
+            continue
+        ep = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in m.evidence.epochs)
+        note = f": {m.evidence.note}" if m.evidence.note else ""
+        out.append((name, f"{m.label}: {m.format()} (epochs {ep}{note})"))
     return out
 
 

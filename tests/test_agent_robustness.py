@@ -809,6 +809,10 @@ def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
         OSA, "when did they first hit REM?")
     assert [(w.token, w.kind) for w in answer.withdrawn] == [(str(onset), "measure")]
     assert answer.text.startswith("The patient first hit REM at epoch [unverified], when")
+    # the REM latency's line is added with the epochs it cites and their clock times
+    rem_line = next(line for line in answer.text.splitlines()
+                    if line.startswith("- REM latency (from sleep onset)"))
+    assert f"(epochs {onset}, {rem}: sleep onset (" in rem_line and "first R epoch (" in rem_line
     msgs = [m for s in answer.tool_calls for m in [ToolMessage(
         content=s.content, tool_call_id="f1", name=s.name, artifact=s.artifact)]]
     for fine in (f"REM began at epoch {rem}; sleep onset was at epoch {onset}.",

@@ -65,3 +65,19 @@ def test_no_sleep_and_no_hypnogram():
     assert m["tst_min"].value == 0 and m["sleep_onset_latency_min"].value is None
     with pytest.raises(MissingChannelError, match="needs scored sleep stages"):
         sleep_architecture(Recording())
+
+
+def test_the_sleep_onset_and_first_rem_evidence_give_their_clock_times():
+    """"when did they first hit REM?": the evidence named the epochs only, and a 1.5 B model
+    answered with the sleep onset's epoch; with the night's start it names their times."""
+    import datetime as dt
+
+    stages = np.array(["W"] * 4 + ["N1", "N2"] + ["R"] * 3 + ["W"])
+    ms = {m.name: m for m in architecture_from_stages(stages)}
+    assert ms["rem_latency_min"].evidence.note == "sleep onset and first R epoch"
+    start = dt.datetime(2026, 1, 1, 22, 15, 0)
+    ms = {m.name: m for m in architecture_from_stages(stages, start=start)}
+    assert ms["rem_latency_min"].value == 1.0  # the same numbers
+    assert ms["rem_latency_min"].evidence.note == ("sleep onset (22:17:00) and first R epoch "
+                                                   "(22:18:00)")
+    assert ms["sleep_onset_latency_min"].evidence.note == "first sleep epoch (22:17:00)"

@@ -21,6 +21,8 @@ SFI, stage minutes and percentages); the tests check that on 39 real Sleep-EDF h
 
 from __future__ import annotations
 
+import datetime as _dt
+
 import numpy as np
 
 from sleeplm.clinical.measure import Evidence, Measure, true_runs
@@ -36,7 +38,15 @@ SLEEP_EFFICIENCY_REFERENCE_PCT = 85.0
 STAGE_NAMES = {"W": "Wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS": "Unscored"}
 
 
-def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC) -> list[Measure]:
+def _at(start: _dt.datetime | None, epoch: int, epoch_sec: float) -> str:
+    """" (HH:MM:SS)", the clock time at which ``epoch`` starts; "" without a start."""
+    if start is None:
+        return ""
+    return f" ({(start + _dt.timedelta(seconds=epoch * epoch_sec)).strftime('%H:%M:%S')})"
+
+
+def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC,
+                             start: _dt.datetime | None = None) -> list[Measure]:
     """Sleep-architecture measures of a hypnogram.
 
     Parameters
@@ -45,6 +55,9 @@ def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC) -
         One of ``W, N1, N2, N3, R, UNS`` per epoch.
     epoch_sec : float
         Epoch length, seconds.
+    start : datetime, optional
+        When the first epoch starts: the sleep onset's and the first R epoch's evidence then
+        give their clock times ("sleep onset (22:31:00) and first R epoch (23:52:00)").
 
     Returns
     -------
@@ -99,14 +112,17 @@ def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC) -
                 value=100 * tst / spt_min, unit="%",
                 evidence=Evidence.from_epochs(tst_epochs, "TST / SPT")),
         Measure(name="sleep_onset_latency_min", label="Sleep-onset latency", value=first * epoch_min,
-                unit="min", evidence=Evidence.from_epochs([first], "first sleep epoch")),
+                unit="min", evidence=Evidence.from_epochs(
+                    [first], f"first sleep epoch{_at(start, first, epoch_sec)}")),
     ]
     rem_idx = np.flatnonzero(stages == "R")
     if rem_idx.size:
         out.append(Measure(name="rem_latency_min", label="REM latency (from sleep onset)",
                            value=(rem_idx[0] - first) * epoch_min, unit="min",
-                           evidence=Evidence.from_epochs([first, int(rem_idx[0])],
-                                                         "sleep onset and first R epoch")))
+                           evidence=Evidence.from_epochs(
+                               [first, int(rem_idx[0])],
+                               f"sleep onset{_at(start, first, epoch_sec)} and first R epoch"
+                               f"{_at(start, int(rem_idx[0]), epoch_sec)}")))
     else:
         out.append(Measure.missing("rem_latency_min", "REM latency (from sleep onset)", "min",
                                    "no REM sleep was scored"))
@@ -147,4 +163,4 @@ def sleep_architecture(rec: Recording) -> list[Measure]:
             "Sleep architecture needs scored sleep stages; this recording has none. Give the "
             "hypnogram with annotations=... (Sleep-EDF hypnogram, NSRR/Profusion XML or CSV)."
         )
-    return architecture_from_stages(rec.stages, rec.epoch_sec)
+    return architecture_from_stages(rec.stages, rec.epoch_sec, start=rec.info.start_time)

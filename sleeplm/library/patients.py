@@ -84,9 +84,10 @@ __all__ = [
 ]
 
 #: Version of the cache layout; bump it when what is cached, or how, changes.
-CACHE_FORMAT = 4  # 2: unscored studies are staged automatically (auto_staging.json);
+CACHE_FORMAT = 5  # 2: unscored studies are staged automatically (auto_staging.json);
 #                   3: the facts hold the heart rate around apneas and hypopneas;
-#                   4: the SpO2 nadir's evidence gives its clock time
+#                   4: the SpO2 nadir's evidence gives its clock time;
+#                   5: so do the sleep onset's and the first R epoch's
 #: Longest accepted patient id, in characters.
 MAX_PATIENT_ID_LEN = 64
 MANIFEST_NAME = "manifest.csv"
