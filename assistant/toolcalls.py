@@ -1716,11 +1716,25 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
     results = _events_results(turn)
     if not results:
         return []
+    # types whose listed events are all automatic detections (YASA's spindles of a study
+    # that scores none): "no spindles were scored" is then true
+    listed: dict[str, list[bool]] = {}
+    for get in _events_fields(turn):
+        for e in get("events") or []:
+            listed.setdefault(str(_field(e, "type")), []).append(
+                "automatic" in str(_field(e, "label") or ""))
+    automatic = {t for t, flags in listed.items() if flags and all(flags)}
     out: list[tuple[int, int, WithdrawnClaim, str]] = []
     for at, sentence in located_sentences(text):
         low = sentence.lower()
         for start, end, types in event_mentions(sentence):
+            auto = bool(types) and all(t in automatic for t in types if t in listed) and \
+                any(t in listed for t in types)
+            if auto and re.search(r"\bscored\b", low):
+                continue  # "There were no spindle events scored in this study": true
             deny = _DENIAL.search(low[:start])
+            if deny is not None and _NOT_THE_EVENTS.search(low[deny.start():start]):
+                continue  # "no clusters of desaturations": no denial of desaturations
             covering = [(sum(n for t, n in counts.items() if t in types), clock)
                         for asked, counts, clock in results
                         if not asked or set(asked) & set(types)]
@@ -1731,8 +1745,8 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
             word = re.match(r"[\w']+(?: any)?", low[deny.start():]).group(0)
             kinds = ", ".join(t.replace("_", " ") for t in types
                               if any(t in counts for _a, counts, _c in results))
-            line = (f"Scored {kinds or name} events"
-                    + (f" ({clock})" if clock else "") + f": {n}")
+            line = (("Automatically detected (not scored) " if auto else "Scored ")
+                    + f"{kinds or name} events" + (f" ({clock})" if clock else "") + f": {n}")
             out.append((at + deny.start(), at + deny.start() + len(word), WithdrawnClaim(
                 token=sentence[deny.start():deny.start() + len(word)], kind="absence",
                 sentence=sentence, reason=f"the list_events result counts {n} {name}"
@@ -1740,6 +1754,10 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
     return out
 
 
+#: Words between a denial and an event's name that make it deny something else: "no clusters
+#: of desaturations" (2 within 10 min were listed), "no further apneas".
+_NOT_THE_EVENTS = re.compile(r"\b(?:clusters?|runs?|series|bursts?|trains?|periods?|patterns?|"
+                             r"sequences?|more|other|further|additional|new|longer|significant)\b")
 #: A verb denied right before the word: "they did not snore", "never snored".
 _VERB_DENIAL = re.compile(r"\b(?:did not|didn't|does not|doesn't|do not|don't|never)\s+$")
 #: Query words too common to name what was searched for.

@@ -686,12 +686,23 @@ def test_absence_spans_reads_results_as_dicts_and_spares_other_phrasings():
     assert said[a:b] == "no" and claim.kind == "absence" and "12" in claim.reason
     assert line == "Scored hypopnea events (03:00:00-04:00:00): 12"
     for fine in ("None of the hypopneas were in REM.", "There were no more than 12 hypopneas.",
-                 "There were 12 hypopneas and no central apneas (not asked for)."):
+                 "There were 12 hypopneas and no central apneas (not asked for).",
+                 "There were no clusters of hypopneas anywhere in the study."):
         assert absence_spans(fine, [msg]) == []
     # a result that counts none supports the denial; no result, no check
     none = {**res, "counts": {}, "n_total": 0}
     assert absence_spans(said, [msg.model_copy(update={"artifact": {"result": none}})]) == []
     assert absence_spans(said, []) == []
+    # automatic detections of a study that scores none: "no spindles were scored" is true
+    # (the 1.5 B model; the check had withdrawn it and added "Scored spindle events: 799")
+    spindles = {"patient": "p", "types": ["spindle"], "counts": {"spindle": 799},
+                "n_total": 799, "span": {"start_clock": "22:08:00", "end_clock": "08:33:30"},
+                "events": [{"type": "spindle", "label": "spindle (automatic: YASA)",
+                            "duration_s": 0.7, "epoch": 59, "clock": "22:37:43"}]}
+    auto = msg.model_copy(update={"artifact": {"result": spindles}})
+    assert absence_spans("There were no spindle events scored in this study.", [auto]) == []
+    [(_a, _b, _claim, line)] = absence_spans("There were no spindles.", [auto])
+    assert line == "Automatically detected (not scored) spindle events (22:08:00-08:33:30): 799"
 
 
 def test_a_wrong_longest_event_is_withdrawn_and_the_longest_added(tmp_path, library):
