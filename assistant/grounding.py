@@ -549,6 +549,12 @@ def _tokens(sentence: str, allowed: GroundingFacts) -> tuple[list[_Token], list[
     return toks, problems, n_times
 
 
+#: Words before a measure's name that make it the whole a share is taken of ("as a percentage
+#: of TST").
+_SHARE_OF = re.compile(r"\b(?:percent(?:age)?|fraction|share|proportion|ratio)\s+of\s+"
+                       r"(?:the\s+)?$|%\s*of\s+(?:the\s+)?$", re.IGNORECASE)
+
+
 def _binding_problems(sentence: str, toks: list[_Token], allowed: GroundingFacts,
                       cands: dict[int, list[str]]) -> list[Problem]:
     """A number written right after a named measure must be that measure's value."""
@@ -557,6 +563,10 @@ def _binding_problems(sentence: str, toks: list[_Token], allowed: GroundingFacts
                    for m in rx.finditer(sentence)), key=lambda k: k[0])
     for i, (start, end, names, fam) in enumerate(keys):
         stop = keys[i + 1][0] if i + 1 < len(keys) else len(sentence)
+        if _SHARE_OF.search(sentence[:start]):
+            # "Total REM time, in minutes and as a percentage of TST: 166.0 min": the TST is
+            # what the share is of, not the measure the value is given for
+            continue
         if any(t.end <= start and not sentence[t.end:start].strip() for t in toks):
             # "92.4% sleep efficiency, 97.0% sleep maintenance efficiency": in a list of
             # values written before their names the next number is the next item's

@@ -974,3 +974,17 @@ def test_the_whole_nights_value_given_for_a_stretch_of_the_night_is_withdrawn():
                  "In the second half the mean heart rate was 71.2 bpm.",
                  "The oxygen nadir (87.1 %) came with a heart rate of 59.0 bpm."):
         assert misbound_numbers(fine, ms, q) == [], fine
+
+
+def test_the_whole_a_share_is_taken_of_binds_no_value():
+    """"Total REM time, in minutes and as a percentage of TST?": the 1.5 B model echoed the
+    question, "... as a percentage of TST: 166.0 min / 449.0 min", and the REM time was
+    withdrawn as no value of the TST."""
+    allowed = build_allowed([
+        FactItem(name="r_min", label="REM time", value=166.0, unit="min"),
+        FactItem(name="tst_min", label="Total sleep time", value=449.0, unit="min"),
+        FactItem(name="r_pct_tst", label="REM (% of TST)", value=37.0, unit="%")])
+    said = "Total REM time, in minutes and as a percentage of TST: 166.0 min / 449.0 min."
+    assert check_text(said, allowed).ok
+    # the TST named as the measure still binds its value
+    assert not check_text("The TST: 166.0 min.", allowed).ok
