@@ -1654,7 +1654,8 @@ _NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: An answer that names an epoch and leaves it out: "The second obstructive apnea occurred at
 #: epoch:.", "The lowest SpO2 value was 91.0 at epoch: (475.0 min)" (a 1.5 B model filling the
 #: tools' evidence format with nothing, or with a value from another line).
-_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$|(?:s|secs?|min)\s*\))|\b(?:at|in) epochs?\s*[.,;]"
+_HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$|(?:s|secs?|min)\s*\))|"
+                     r":\**[ \t]*(?:breaths?/min|bpm|events/h)[ \t]*$|\b(?:at|in) epochs?\s*[.,;]"
                      r"|\(\s*epochs?\s*[,)]|\b(?:of|at)\s*[.;](?=\s|$)",
                      re.IGNORECASE | re.MULTILINE)
 

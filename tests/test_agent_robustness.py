@@ -1285,9 +1285,11 @@ def test_an_answer_that_leaves_its_epoch_empty_falls_back(tmp_path, library):
     first = answer.tool_calls[-1].artifact.result.events[0]
     assert f"{first.clock} (epoch {first.epoch}" in answer.text  # the planner's list
     for hollow in ("It occurred at epoch: (22.0 min).", "It was at epoch:", "at epochs: ()",
-                   "The first obstructive apnea was detected at epoch: s)."):
+                   "The first obstructive apnea was detected at epoch: s).",
+                   "The signals were as follows:\n- **Respiratory rate**: breaths/min\n- x"):
         assert _HOLLOW.search(hollow), hollow
-    for fine in ("It occurred at epoch 65: 22:48:55.", "Epochs: 30, 192.", "Epoch 95 (N2)."):
+    for fine in ("It occurred at epoch 65: 22:48:55.", "Epochs: 30, 192.", "Epoch 95 (N2).",
+                 "- **Respiratory rate**: 6 breaths/min", "Units: events/h per hour of sleep"):
         assert _HOLLOW.search(fine) is None, fine
 
 
