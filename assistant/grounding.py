@@ -1304,6 +1304,9 @@ _STAGE_TIME = {"rem": "r_min", "n1": "n1_min", "n2": "n2_min", "n3": "n3_min",
 #: "20 min in REM period 2", "the first 12 min of N2 epochs").
 _STAGE_NOT_TIME = re.compile(r"\s*(?:\(|latency|onset|periods?\b|episodes?\b|cycles?\b|"
                              r"bouts?\b|runs?\b|epochs?\b|without|before|when|if)")
+#: Words before a duration that make it an event's length ("lasting 35 s in N2").
+_EVENT_LENGTH_BEFORE = re.compile(r"\b(?:lasting|lasted|lasts|last|long|duration(?: of)?|"
+                                  r"length(?: of)?|took|taking)\s+(?:about\s+|approximately\s+)?$")
 #: Words that make a stage's time one of a part of the night ("30.0 min of REM in the second
 #: half", "while supine", "before 02:00"); unlike :data:`_PART_OF_NIGHT`, not "after sleep
 #: onset".
@@ -1528,8 +1531,10 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
         for tok in toks if not local else ():
             ms = _stage_named_after(low, tok.end)
             if tok.family != "duration" or ms is None or sentence[
-                    max(0, tok.start - 1):tok.start] == "(":
-                continue
+                    max(0, tok.start - 1):tok.start] == "(" \
+                    or tok.value * (tok.seconds or 0.0) < 60.0 \
+                    or _EVENT_LENGTH_BEFORE.search(low[:tok.start]):
+                continue  # "a desaturation lasting 35 s in N2": an event's length
             stage = by_name.get(_STAGE_TIME[re.sub(r"[- ]", "", ms.group(1))])
             c0, c1 = _clause_bounds(low, tok.start)
             if stage is None or _STAGE_SPAN_BEFORE.search(

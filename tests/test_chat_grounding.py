@@ -942,7 +942,9 @@ def test_a_duration_right_before_a_sleep_stage_is_that_stages_time():
     for fine in ("REM came after 1.0 min in N1.", "The REM latency was 1.0 min of REM latency.",
                  "He spent 20.0 min in REM period 2.",
                  "He had 30.0 min of REM in the second half of the night.",
-                 "The longest run was 12.0 min of N3."):
+                 "The longest run was 12.0 min of N3.",
+                 "An 8% desaturation to 87% lasting 35 s in N2 while right.",
+                 "A desaturation lasting 2.5 min in N2 followed the apnea."):
         assert misbound_numbers("The REM latency was 1.0 min. " + fine, ms, q) == [], fine
 
 
