@@ -1265,8 +1265,10 @@ def misbound_numbers(text: str, measures: Iterable[object], question: str
 #: What may stand between a measure's words and its value ("SE was", "deep sleep: ").
 _CONNECTOR = re.compile(r"(?:\s|[:=,-]|\b(?:is|was|were|of|at|about|approximately|"
                         r"around|roughly)\b)*", re.IGNORECASE)
-#: What stands between words the answer alone uses for a measure and its value: "was", ":".
-_STRICT = re.compile(r"\s*(?:(?:is|was|of|=|:|approximately|about)\s*)*", re.IGNORECASE)
+#: What stands between words the answer alone uses for a measure and its value: "was", ":", a
+#: qualifier in brackets without numbers ("The Apnea Index (AASM recommended rule) was 17.6").
+_STRICT = re.compile(r"\s*(?:\([^()\d]{1,60}\)\s*)?(?:(?:is|was|of|=|:|approximately|about)\s*)*",
+                     re.IGNORECASE)
 #: Words that make a value one of a part of the night, not the night's own.
 _PART_OF_NIGHT = re.compile(r"\b(?:half|hours?|first|second|third|last|between|window|"
                             r"during (?:rem|nrem|n[123]|stage|wake|the)|in (?:rem|nrem|n[123]|"

@@ -990,3 +990,18 @@ def test_the_whole_a_share_is_taken_of_binds_no_value():
     assert check_text(said, allowed).ok
     # the TST named as the measure still binds its value
     assert not check_text("The TST: 166.0 min.", allowed).ok
+
+
+def test_a_qualifier_in_brackets_does_not_hide_a_misbound_value():
+    """"Can you give me a quick overview?": the 1.5 B model wrote "The Apnea Index (AASM
+    recommended rule) was 17.6 events/h": the AHI given as the apnea index (8.2)."""
+    from assistant.grounding import misbound_numbers
+
+    ms = [Measure(name="apnea_index", label="Apnea index", value=8.2, unit="events/h"),
+          Measure(name="ahi_3a", label="AHI (AASM recommended rule: hypopnea with >=3% "
+                  "desaturation or arousal)", value=17.6, unit="events/h")]
+    q = "Can you give me a quick overview of how this patient slept?"
+    said = "The Apnea Index (AASM recommended rule) was 17.6 events/h."
+    assert [w.token for w in misbound_numbers(said, ms, q)] == ["17.6 events/h"]
+    assert misbound_numbers("The apnea index (all apneas) was 8.2 events/h.", ms, q) == []
+    assert misbound_numbers("The apnea index (AHI) was 17.6 events/h.", ms, q) == []
