@@ -1007,7 +1007,8 @@ def test_a_compact_llm_reads_facts_without_evidence_over_runs_of_epochs(tmp_path
         OSA, "when is the first REM epoch, and the REM latency?")
     read = model.seen[1][-1].content
     assert re.search(r"REM latency \(from sleep onset\): [\d.]+ min \[epochs \d+, \d+: sleep "
-                     r"onset \(\d\d:\d\d:\d\d\) and first R epoch \(\d\d:\d\d:\d\d\)\]", read), read
+                     r"onset \(\d\d:\d\d:\d\d\) and first R epoch "
+                     r"\(\d\d:\d\d:\d\d\)\]", read), read
 
 
 def test_an_answer_denying_a_tool_result_that_holds_data_falls_back(tmp_path, library):
