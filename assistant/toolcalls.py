@@ -1409,18 +1409,18 @@ class ChatGroundingMiddleware(AgentMiddleware):
         intent = last.additional_kwargs.get(INTENT_KEY)
         # "Why is her sleep efficiency so poor?" answered with the value alone: the reason
         # the measured values give, written by code, goes first under the answer
-        why = (efficiency_explanation(facts_measures(messages[h + 1:]))
-               if h is not None and intent == "insight_efficiency" and not explains(text)
-               else None)
-        # "is it worse on their back?" answered with the severity alone: the verdict
-        if why is None and h is not None and POSITIONAL_WORDS.search(_text(messages[h])) \
+        why: tuple[str, str | None] = ("", None)
+        if h is not None and intent == "insight_efficiency" and not explains(text):
+            why = ("efficiency_explanation",
+                   efficiency_explanation(facts_measures(messages[h + 1:])))
+        elif h is not None and POSITIONAL_WORDS.search(_text(messages[h])) \
                 and not judges_position(text):
-            why = positional_verdict(facts_measures(messages[h + 1:]))
+            # "is it worse on their back?" answered with the severity alone: the verdict
+            why = ("positional_verdict", positional_verdict(facts_measures(messages[h + 1:])))
         missing = (missing_measures(_text(messages[h]), messages[h + 1:],
-                                    text + ("\n" + why if why else ""), intent=intent)
+                                    text + ("\n" + why[1] if why[1] else ""), intent=intent)
                    if h is not None else [])
-        missing[:0] = [("efficiency_explanation" if why.startswith("Sleep efficiency") else
-                        "positional_verdict", why)] if why else []
+        missing[:0] = [why] if why[1] else []
         if h is not None:
             # "show me where the breathing stops" answered with one apnea of 56
             missing += [("scored_events", line) for line in unlisted_event_lines(
