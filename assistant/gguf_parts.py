@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from assistant.llm_server import LlamaServer
+from assistant.llm_server import LlamaServer, launcher
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
 
@@ -781,13 +781,11 @@ class ToolCallingLlamaServer(LlamaServer):
 
     @property
     def command(self) -> list[str]:
-        """The server's command line: ``python -c <serve> <llama_cpp.server options>``."""
-        cmd = super().command
-        at = cmd.index("llama_cpp.server")
-        root = str(Path(__file__).resolve().parents[1])  # importable without an install
-        code = (f"import sys; sys.path.insert(0, {root!r}); "
-                "from assistant.gguf_parts import serve; serve(sys.argv[1:])")
-        return [cmd[0], "-c", code, *cmd[at + 1:]]
+        """The server's command line: ``python -c <serve> <llama_cpp.server options>``,
+        through :func:`~assistant.llm_server.launcher` (the server stops when this process
+        is gone)."""
+        body = "from assistant.gguf_parts import serve; serve(sys.argv[1:])"
+        return [self.python, "-c", launcher(body), *self.server_args]
 
 
 def make_server(path: str | os.PathLike | None = None, *, model: GGUFModel = QWEN_CODER_1_5B,

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,7 +36,57 @@ from pathlib import Path
 from sleeplm._logging import logger
 from sleeplm.errors import SleepLMError
 
-__all__ = ["LlamaServer", "LLMServerError", "LLMServerCrashed", "exit_description"]
+__all__ = ["LlamaServer", "LLMServerError", "LLMServerCrashed", "exit_description",
+           "exit_with_parent"]
+
+PARENT_POLL_S = 1.0
+"""Seconds between a server's checks that the process which started it still runs."""
+
+
+def exit_with_parent(parent_pid: int, *, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Stop this process when the process that started it is gone.
+
+    A server started by a benchmark or an app must not outlive it: a parent killed by a
+    signal runs no clean-up, and its llama.cpp server would keep ~1 GB of memory and its
+    CPU threads. A daemon thread checks every ``poll_s`` seconds that ``parent_pid`` is still
+    this process's parent (an orphan is handed to another process) and sends this process
+    SIGTERM, which the server answers by shutting down, when it is not.
+
+    Parameters
+    ----------
+    parent_pid : int
+        The process id of the parent, as the parent saw it (``os.getpid()`` there).
+    poll_s : float
+        Seconds between checks.
+
+    Returns
+    -------
+    threading.Thread
+        The (daemon) thread that watches.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        logger.warning("the process that started this server (pid %d) is gone; stopping",
+                       parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if os.getppid() != parent_pid:  # the parent died before this line ran
+        os.kill(os.getpid(), signal.SIGTERM)
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def launcher(body: str, parent_pid: int | None = None) -> str:
+    """The ``python -c`` code that starts a server child: the project importable without an
+    install, :func:`exit_with_parent` watching ``parent_pid`` (default: this process), then
+    ``body`` (which reads its options from ``sys.argv[1:]``)."""
+    root = str(Path(__file__).resolve().parents[1])
+    parent = os.getpid() if parent_pid is None else int(parent_pid)
+    return (f"import sys; sys.path.insert(0, {root!r}); "
+            f"from assistant.llm_server import exit_with_parent; exit_with_parent({parent}); "
+            f"{body}")
 
 
 class LLMServerError(SleepLMError, RuntimeError):
@@ -125,12 +176,19 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
+    def server_args(self) -> list[str]:
+        """The ``llama_cpp.server`` options."""
+        return ["--model", str(self.model), "--model_alias", self.alias, "--host", "127.0.0.1",
+                "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                "--n_threads", str(self.n_threads), "--verbose", "False", *self.extra_args]
+
+    @property
     def command(self) -> list[str]:
-        """The server's command line."""
-        return [self.python, "-m", "llama_cpp.server", "--model", str(self.model),
-                "--model_alias", self.alias, "--host", "127.0.0.1", "--port", str(self.port),
-                "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-                "--verbose", "False", *self.extra_args]
+        """The server's command line: ``python -m llama_cpp.server`` run through
+        :func:`launcher`, so that the server stops when this process is gone."""
+        body = ("import runpy; sys.argv = ['llama_cpp.server', *sys.argv[1:]]; "
+                "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")
+        return [self.python, "-c", launcher(body), *self.server_args]
 
     def exited(self) -> str | None:
         """``None`` while the server runs, else how it ended (``"signal 11 (SIGSEGV)"``)."""

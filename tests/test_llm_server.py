@@ -606,3 +606,57 @@ def test_server_killed_by_signal_11_is_named_not_a_connection_error(gguf, tmp_pa
         bot = Assistant(config, library=lib, index=None, llm_server=server)
         with pytest.raises(LLMServerCrashed, match="signal 11"):
             bot.ask(STUDY, "What is the AHI?")
+
+
+def test_a_server_child_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    """A benchmark stopped with a signal runs no clean-up: the llama.cpp server it started
+    (~1 GB) was left running. Every server child runs through ``launcher``, which watches its
+    parent; here a parent starts such a child and is killed with SIGKILL."""
+    import subprocess
+    import sys
+
+    from assistant.llm_server import LlamaServer
+
+    pid_file = tmp_path / "child.pid"
+    body = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "from assistant.llm_server import launcher\n"
+        f"subprocess.Popen([sys.executable, '-c', launcher({body!r})])\n"
+        "time.sleep(120)\n")
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline, "the child never started"
+            assert parent.poll() is None, f"the parent exited with {parent.returncode}"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        os.kill(child, 0)  # alive while its parent lives
+    finally:
+        parent.kill()
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.1)
+    # both server kinds start their child through the launcher
+    model = tmp_path / "m.gguf"
+    cmd = LlamaServer(model, log_path=tmp_path / "s.log").command
+    assert cmd[1] == "-c" and "exit_with_parent(" in cmd[2] and "llama_cpp.server" in cmd[2]
+    assert cmd[3:5] == ["--model", str(model)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by nobody here, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
