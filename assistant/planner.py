@@ -520,7 +520,7 @@ class OfflinePlanner(BaseChatModel):
             n = X.limit(q, 10)
         shown = events[:n]
         lines = [f"{i}. {e.describe()}" for i, e in enumerate(shown, 1)]
-        auto = [e for e in events if "automatic" in (e.label or "")]
+        auto = any(e.automatic for e in events)
         total = max(int(getattr(res, "n_total", 0) or 0), len(events))  # not only those listed
         head = (f"{total} {'detected' if auto else 'scored'} event(s) of type "
                 f"{', '.join(types)}"
@@ -564,7 +564,7 @@ class OfflinePlanner(BaseChatModel):
             if done[0].error or done[0].result is None or list(done[0].result.events):
                 step = self._do_events(route, q, a, done, history)
                 if step.text and not done[0].error:
-                    auto = any("automatic" in (e.label or "")
+                    auto = any(e.automatic
                                for e in getattr(done[0].result, "events", None) or [])
                     step.text += (f"\n\nThese are the {'detected' if auto else 'scored'} "
                                   "events. SleepLM can also search the "

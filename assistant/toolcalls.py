@@ -85,6 +85,7 @@ from assistant.insights import (POSITIONAL_WORDS, efficiency_explanation, explai
                                 judges_position, positional_verdict)
 from sleeplm._logging import logger
 from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
+from sleeplm.clinical.detectors import is_automatic
 
 __all__ = [
     "ANSWER_HINT",
@@ -1723,7 +1724,7 @@ def absence_spans(text: str, turn: Sequence[BaseMessage]
     for get in _events_fields(turn):
         for e in get("events") or []:
             listed.setdefault(str(_field(e, "type")), []).append(
-                "automatic" in str(_field(e, "label") or ""))
+                is_automatic(_field(e, "label")))
     automatic = {t for t, flags in listed.items() if flags and all(flags)}
     out: list[tuple[int, int, WithdrawnClaim, str]] = []
     for at, sentence in located_sentences(text):
@@ -2190,7 +2191,7 @@ def unlisted_event_lines(question: str, turn: Sequence[BaseMessage], text: str) 
     shown = events[:LISTED_EVENTS_ADDED]
     total = max(int(get("n_total") or 0), len(events))
     kinds = ", ".join(dict.fromkeys(e.type.replace("_", " ") for e in events))
-    auto = any("automatic" in (e.label or "") for e in events)
+    auto = any(e.automatic for e in events)
     head = (f"{total} {'detected' if auto else 'scored'} event(s) of {kinds}"
             + (f"; the first {len(shown)} listed:" if len(shown) < total else ":"))
     return [head, *(f"   {i}. {e.describe()}" for i, e in enumerate(shown, 1))]

@@ -787,8 +787,12 @@ def test_spindles_and_eye_movements_are_detected_when_none_is_scored(ctx, bare):
     found = detect_spindles(rec)
     assert out.n_total == len(found) > 20
     assert [e.onset_s for e in out.events] == sorted(found["onset"])[:5]
-    assert all("automatic" in e.label and e.attributes["frequency_hz"] > 9 for e in out.events)
+    assert all(e.automatic and e.attributes["frequency_hz"] > 9 for e in out.events)
     assert all(e.id >= len(rec.events) for e in out.events)  # not rows of the events table
+    scored = events_in_range(ctx, EventsInput(limit=3)).events
+    assert scored and not any(e.automatic for e in scored)  # the study's own events
+    from sleeplm.clinical.detectors import is_automatic
+    assert not is_automatic(None) and not is_automatic("arousal, not automatic: scorer 2")
     assert any("YASA spindles_detect" in w and "not scored by a person" in w
                for w in out.warnings)
     half = events_in_range(ctx, EventsInput(types=["spindle"], within=TimeSelection(

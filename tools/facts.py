@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from sleeplm.clinical.detectors import is_automatic
 from sleeplm.clinical.measure import Measure
 from sleeplm.clinical.summary import SECTIONS
 from sleeplm.recording import EventType
@@ -312,6 +313,12 @@ class EventItem(BaseModel):
     stage: str
     channel: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the event was detected automatically (YASA's detectors), not scored by a
+        person (:func:`sleeplm.clinical.detectors.is_automatic`)."""
+        return is_automatic(self.label)
 
     def describe(self) -> str:
         """The event in words: "mixed apnea at 22:44:03 (epoch 56, N2), 18.4 s" (with its

@@ -21,11 +21,28 @@ import pandas as pd
 
 from sleeplm.recording import EventType, Recording
 
-__all__ = ["SPINDLE_SOURCE", "REM_SOURCE", "detect_spindles", "detect_rapid_eye_movements",
-           "DetectorError"]
+__all__ = ["AUTOMATIC_LABEL_PREFIX", "SPINDLE_SOURCE", "REM_SOURCE", "detect_spindles",
+           "detect_rapid_eye_movements", "is_automatic", "DetectorError"]
 
-SPINDLE_SOURCE = "automatic: YASA spindles_detect (not scored by a person)"
-REM_SOURCE = "automatic: YASA rem_detect (not scored by a person)"
+AUTOMATIC_LABEL_PREFIX = "automatic:"
+"""How the source of an automatically detected event begins; its label is ``"spindle
+(<source>)"``."""
+SPINDLE_SOURCE = f"{AUTOMATIC_LABEL_PREFIX} YASA spindles_detect (not scored by a person)"
+REM_SOURCE = f"{AUTOMATIC_LABEL_PREFIX} YASA rem_detect (not scored by a person)"
+
+
+def is_automatic(label: object) -> bool:
+    """Whether an event with this label was detected automatically (not scored by a person).
+
+    Parameters
+    ----------
+    label : object
+        The event's label (``None`` or any other non-string: not automatic).
+    """
+    if not isinstance(label, str):
+        return False
+    low = label.strip().lower()
+    return low.startswith(AUTOMATIC_LABEL_PREFIX) or f"({AUTOMATIC_LABEL_PREFIX}" in low
 _EEG_ORDER = ("EEG_C4", "EEG_C3", "EEG_F", "EEG_O")
 _HYPNO = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "R": 4}
 
