@@ -37,6 +37,7 @@ __all__ = [
     "make_events",
     "validated_stages",
     "safe_identifier",
+    "clock_of",
 ]
 
 #: AASM stage vocabulary of a hypnogram. ``UNS`` = unscored (R&K "?" / movement time).
@@ -88,6 +89,21 @@ class EventType(str, Enum):
 EVENT_COLUMNS: tuple[str, ...] = ("onset", "duration", "type", "label", "channel", "attributes")
 
 _IDENT_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def clock_of(start: _dt.datetime | None, seconds: float) -> str:
+    """Wall-clock time ``"HH:MM:SS"`` of ``seconds`` (s) after ``start``.
+
+    Parameters
+    ----------
+    start : datetime or None
+        The recording's start (:attr:`RecordingInfo.start_time`); ``None`` gives ``""``.
+    seconds : float
+        Seconds from the start.
+    """
+    if start is None:
+        return ""
+    return (start + _dt.timedelta(seconds=float(seconds))).strftime("%H:%M:%S")
 
 
 def safe_identifier(text: str, *, max_len: int = 64, default: str = "unknown") -> str:

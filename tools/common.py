@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from sleeplm.library.patients import ProcessedPatient
+from sleeplm.recording import clock_of
 from tools.errors import TimeRangeError
 
 __all__ = [
@@ -251,13 +252,6 @@ _NEEDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      r"|light sleep", "EEG or EOG (to stage sleep)",
      ("EEG_C3", "EEG_C4", "EEG_F", "EEG_O", "EOG_L", "EOG_R")),
 )
-
-
-def clock_of(start: _dt.datetime | None, seconds: float) -> str:
-    """Wall-clock ``"HH:MM:SS"`` of ``seconds`` after ``start`` ("" when ``start`` is None)."""
-    if start is None:
-        return ""
-    return (start + _dt.timedelta(seconds=float(seconds))).strftime("%H:%M:%S")
 
 
 def recording_start(p: ProcessedPatient) -> _dt.datetime | None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.errors import MissingChannelError
-from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES, STAGES, Recording
+from sleeplm.recording import EPOCH_SEC, SLEEP_STAGES, STAGES, Recording, clock_of
 
 __all__ = ["sleep_architecture", "architecture_from_stages", "STAGE_NAMES",
            "SLEEP_EFFICIENCY_REFERENCE_PCT"]
@@ -40,9 +40,7 @@ STAGE_NAMES = {"W": "Wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM", "UNS
 
 def _at(start: _dt.datetime | None, epoch: int, epoch_sec: float) -> str:
     """" (HH:MM:SS)", the clock time at which ``epoch`` starts; "" without a start."""
-    if start is None:
-        return ""
-    return f" ({(start + _dt.timedelta(seconds=epoch * epoch_sec)).strftime('%H:%M:%S')})"
+    return "" if start is None else f" ({clock_of(start, epoch * epoch_sec)})"
 
 
 def architecture_from_stages(stages: np.ndarray, epoch_sec: float = EPOCH_SEC,

@@ -20,8 +20,6 @@ References
 
 from __future__ import annotations
 
-import datetime as _dt
-
 import math
 
 import numpy as np
@@ -31,7 +29,7 @@ from sleeplm._logging import logger
 from sleeplm.clinical.measure import Evidence, Measure, true_runs
 from sleeplm.clinical.sleep_time import in_sleep, sleep_time
 from sleeplm.errors import SignalQualityError
-from sleeplm.recording import SLEEP_STAGES, Recording, Signal
+from sleeplm.recording import SLEEP_STAGES, Recording, Signal, clock_of
 
 __all__ = [
     "SPO2_MIN_VALID",
@@ -447,8 +445,7 @@ def oximetry_measures(rec: Recording) -> list[Measure]:
         idx = np.flatnonzero(vs)
         k = int(idx[np.argmin(spo2[vs])])
         start = rec.info.start_time
-        clock = ("" if start is None else
-                 f" ({(start + _dt.timedelta(seconds=k)).strftime('%H:%M:%S')})")
+        clock = "" if start is None else f" ({clock_of(start, k)})"
         note = f"lowest valid 1-s SpO2 during {scope}, at {k} s{clock}"
         ev = Evidence(epochs=[(int(epoch_of[k]),) * 2] if st.staged and epoch_of[k] >= 0 else [],
                       intervals=[(float(k), float(k + 1))], note=note)
