@@ -110,6 +110,8 @@ __all__ = [
     "unlisted_event_lines",
     "onset_epoch_lines",
     "epoch_aside_spans",
+    "epoch_count_spans",
+    "epoch_source_spans",
     "localized_denial_spans",
     "extreme_event_spans",
     "count_spans",
@@ -1376,7 +1378,9 @@ class ChatGroundingMiddleware(AgentMiddleware):
         withdrawn += [claim for _a, _b, claim in sorted(spans, key=lambda x: x[0])]
         onsets = onset_epoch_spans(text, messages)
         placed = (epoch_clock_spans(text, messages) + onsets
-                  + local_value_spans(text, messages) + impossible_epoch_spans(text, messages))
+                  + local_value_spans(text, messages) + impossible_epoch_spans(text, messages)
+                  + epoch_source_spans(text, messages) + epoch_count_spans(text, messages))
+        placed = _disjoint(placed)
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim in placed]
@@ -2530,6 +2534,10 @@ _ONSET_WORDS = (
 )
 
 
+#: Words before "sleep onset" that make it the point a latency counts from.
+_LATENCY_FROM = re.compile(r"\b(?:after|from|since|following)\s+(?:the\s+)?$")
+
+
 def onset_epoch_spans(text: str, messages: Sequence[BaseMessage]
                       ) -> list[tuple[int, int, WithdrawnClaim]]:
     """Epochs an answer gives for the first REM or the sleep onset that are not those the
@@ -2559,8 +2567,14 @@ def onset_epoch_spans(text: str, messages: Sequence[BaseMessage]
     out: list[tuple[int, int, WithdrawnClaim]] = []
     for at, sentence in located_sentences(text):
         low = sentence.lower()
-        keys = sorted((mk.end(), name, what) for rx, name, what in _ONSET_WORDS
-                      for mk in rx.finditer(low))
+        found = sorted((mk.start(), mk.end(), name, what) for rx, name, what in _ONSET_WORDS
+                       for mk in rx.finditer(low))
+        # "The first REM started 81.0 minutes after sleep onset, at epoch 30": the sleep
+        # onset a latency counts from is no place of its own; the epoch is the first REM's
+        keys = [(end, name, what) for start, end, name, what in found
+                if not (name == "sleep_onset_latency_min" and _LATENCY_FROM.search(low[:start])
+                        and any(n == "rem_latency_min" and e <= start
+                                for _s, e, n, _w in found))]
         for me in _EPOCH_NUMBER.finditer(sentence):
             before = [k for k in keys if k[0] <= me.start()]
             if not before:
@@ -2593,6 +2607,112 @@ def onset_epoch_lines(claims: Sequence[tuple[int, int, WithdrawnClaim]],
         ep = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in m.evidence.epochs)
         note = f": {m.evidence.note}" if m.evidence.note else ""
         out.append((name, f"{m.label}: {m.format()} (epochs {ep}{note})"))
+    return out
+
+
+#: A value, then an epoch in brackets as its source: "36.5 minutes (from epoch 30)".
+_EPOCH_SOURCE = re.compile(
+    r"(?<![\d.])(?P<v>\d+(?:\.\d+)?)(?:\s*%|(?:\s+[a-z][a-z/]*){0,3})\s*\(\s*(?:from|since|at|"
+    r"in|starting (?:at|from))\s+epoch\s+(?P<e>\d+)\s*\)", re.IGNORECASE)
+
+
+def _same_value(written: str, m: Any) -> bool:
+    """Whether ``written`` ("36.5", "5") is measure ``m``'s value to the digits written."""
+    value = getattr(m, "value", None)
+    if value is None or not math.isfinite(float(value)):
+        return False
+    digits = len(written.split(".")[1]) if "." in written else 0
+    return abs(float(written) - float(value)) <= 0.5 * 10.0 ** -digits + 1e-9
+
+
+def _disjoint(spans: Iterable[tuple[int, int, WithdrawnClaim]]
+              ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """``spans`` in order of their start, each overlapping an earlier one left out (two
+    checks that withdraw the same number replace it once)."""
+    kept: list[tuple[int, int, WithdrawnClaim]] = []
+    for item in sorted(spans, key=lambda x: (x[0], -x[1])):
+        if not kept or item[0] >= kept[-1][1]:
+            kept.append(item)
+    return kept
+
+
+def epoch_source_spans(text: str, messages: Sequence[BaseMessage]
+                       ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Epochs given in brackets as where a whole-night value comes from, that it does not.
+
+    The 1.5 B model copied the tools' evidence as "(from epoch N)" and filled N from
+    nowhere: "The total sleep time is 411.5 minutes (from epoch 0)" (sleep began at epoch
+    30), "The AHI in REM is 30.8 events/h (from epoch 12)", "36.5 minutes of wake after sleep
+    onset (from epoch 30)" (its first wake epoch is 31). When the value before the brackets
+    is a ``report_facts`` measure's, the epoch must begin or end one of the runs of epochs
+    that measure cites ("81.0 min (from epoch 30)" for the REM latency, which cites epochs
+    30 and 192, stands); a value of no measure is left to the other checks.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the epoch numbers (kind ``measure``), in order.
+    """
+    measures = [m for m in facts_measures(messages).values()
+                if getattr(m, "value", None) is not None]
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for mt in _EPOCH_SOURCE.finditer(text or ""):
+        same = [m for m in measures if _same_value(mt.group("v"), m)]
+        if not same:
+            continue
+        e = int(mt.group("e"))
+        runs = [r for m in same for r in (m.evidence.epochs or [])]
+        if any(e in (a, b) for a, b in runs) or (
+                e == 0 and any(m.name == "sleep_onset_latency_min" for m in same)):
+            continue  # (the sleep-onset latency counts from the first epoch)
+        m = same[0]
+        where = (", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in m.evidence.epochs[:3])
+                 + (" ..." if len(m.evidence.epochs) > 3 else ""))
+        out.append((mt.start("e"), mt.end("e"), WithdrawnClaim(
+            token=mt.group("e"), kind="measure",
+            sentence=text[max(0, mt.start() - 80):mt.end()],
+            reason=(f"{m.label} ({m.format()}) does not come from epoch {e}"
+                    + (f": it is measured over epochs {where}" if where
+                       else ": it is a whole-night value")))))
+    return out
+
+
+#: "N epochs" as an amount ("a period of 308 epochs"), not an epoch's number.
+_EPOCH_AMOUNT = re.compile(r"(?<![\d.,:\-\u2013])(?<!epochs )(?<!epoch )(\d+)\s+epochs\b",
+                           re.IGNORECASE)
+
+
+def epoch_count_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Event counts written as a number of epochs.
+
+    Asked for the PLMI, the 1.5 B model answered "41.0 events/h, with a period of 308
+    epochs": 308 was the count of leg movements, and any number of the tool results passes
+    the number check. "N epochs" stands when N is a number of epochs some measure spans (or
+    twice a time in minutes); it is withdrawn when it is, instead, a count of events and
+    nothing else.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the numbers (kind ``measure``), in order.
+    """
+    measures = [m for m in facts_measures(messages).values()
+                if getattr(m, "value", None) is not None and math.isfinite(float(m.value))]
+    counts = {int(round(m.value)): m for m in measures if m.unit == "count"}
+    if not counts:
+        return []
+    spans = {m.evidence.n_epochs for m in measures}
+    spans |= {int(round(2 * m.value)) for m in measures if m.unit == "min"}
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for mt in _EPOCH_AMOUNT.finditer(text or ""):
+        n = int(mt.group(1))
+        if n not in counts or n in spans:
+            continue
+        m = counts[n]
+        out.append((mt.start(1), mt.end(1), WithdrawnClaim(
+            token=mt.group(1), kind="measure", sentence=text[max(0, mt.start() - 80):mt.end()],
+            reason=f"{n} is the {m.label.lower()}, a count of events, not a number of epochs")))
     return out
 
 

@@ -842,6 +842,58 @@ def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
     assert answer.text.startswith("The first REM occurred at epoch [unverified]: ([unverified]).")
 
 
+def test_an_epoch_given_as_the_source_of_a_whole_night_value_must_be_one_it_cites(
+        tmp_path, library):
+    """The 1.5 B model copied the evidence format as "(from epoch N)" with N from nowhere:
+    "The total sleep time is 411.5 minutes (from epoch 0)", "The AHI in REM is 30.8
+    events/h (from epoch 12)"; and it wrote "The first REM started 81.0 minutes after sleep
+    onset, at epoch 30" (the sleep onset's epoch) and "a period of 308 epochs" for 308 leg
+    movements."""
+    from assistant.toolcalls import epoch_count_spans, epoch_source_spans
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    onset = ms["sleep_onset_latency_min"].evidence.epochs[0][0]
+    rem = ms["rem_latency_min"].evidence.epochs[-1][0]
+    waso, rl = ms["waso_min"], ms["rem_latency_min"]
+    said = (f"The first REM started {rl.format()} after sleep onset, at epoch {onset}. "
+            f"Wake after sleep onset was {waso.format()} (from epoch {rem}).")
+    model = _scripted(_call("report_facts", {"sections": ["architecture"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "how long until the first REM?")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [
+        (str(onset), "measure"), (str(rem), "measure")]
+    assert answer.text.startswith(
+        f"The first REM started {rl.format()} after sleep onset, at epoch [unverified]. "
+        f"Wake after sleep onset was {waso.format()} (from epoch [unverified]).")
+    assert "- REM latency (from sleep onset)" in answer.text  # its epochs, added
+    msgs = [ToolMessage(content=s.content, tool_call_id="f1", name=s.name, artifact=s.artifact)
+            for s in answer.tool_calls]
+    # epochs the measure cites stand; so do the onset's epoch named as such, and epoch 0 for
+    # the sleep-onset latency (it counts from lights out)
+    for fine in (f"The REM latency was {rl.format()} (from epoch {onset}).",
+                 f"It was {rl.format()} (from epoch {rem}).",
+                 f"Sleep onset latency: {ms['sleep_onset_latency_min'].format()} (from epoch 0)",
+                 f"After sleep onset at epoch {onset}, REM began at epoch {rem}.",
+                 f"The sleep onset was at epoch {onset}, after {rl.format()} REM came."):
+        assert epoch_source_spans(fine, msgs) == [], fine
+    # a whole-night count written as epochs
+    counts = {m.name: m for m in ms.values() if m.unit == "count" and m.value}
+    spans = {m.evidence.n_epochs for m in ms.values()} | {
+        int(round(2 * m.value)) for m in ms.values() if m.unit == "min" and m.value is not None}
+    name, m = next((n, m) for n, m in counts.items() if int(m.value) not in spans)
+    n = int(m.value)
+    facts_msg = [ToolMessage(content="facts", tool_call_id="f2", name="report_facts",
+                             artifact={"result": facts})]
+    said = f"The PLMI is 41.0 events/h, with a period of {n} epochs."
+    assert [(a, b, c.token) for a, b, c in epoch_count_spans(said, facts_msg)] == [
+        (said.index(f"{n} epochs"), said.index(f"{n} epochs") + len(str(n)), str(n))]
+    for fine in (f"Epochs {n - 1}-{n + 1} epochs", f"{ms['tst_min'].value * 2:.0f} epochs",
+                 f"epoch {n} epochs"):
+        assert epoch_count_spans(fine, facts_msg) == [], fine
+
+
 def test_a_report_writer_has_the_questions_deadline_while_the_question_runs(tmp_path, library):
     """An LLM's draft stops when the chat question's time is out, not only its own."""
     import time
