@@ -905,6 +905,33 @@ def _results(turn: Sequence[BaseMessage]) -> list[ToolResult]:
     return out
 
 
+def followup_referent(question: str, history: Sequence[BaseMessage]) -> dict | None:
+    """The item of the conversation's last list that a follow-up names by its place ("the
+    second one", "the last one", "#3"), as the planner answers it.
+
+    Parameters
+    ----------
+    question : str
+        The follow-up question.
+    history : sequence of BaseMessage
+        The conversation before it.
+
+    Returns
+    -------
+    dict or None
+        The item (``label``, ``clock``, ``stage``, ``first_epoch``, ``last_epoch``,
+        ``start_s``, ``end_s``); None without a place in the question, without a list, or past
+        the list's end.
+    """
+    k = X.ordinal(question)
+    if k is None:
+        return None
+    refs, _focus = _last_refs(history)
+    if not refs or k > len(refs):
+        return None
+    return refs[k - 1 if k > 0 else len(refs) - 1]
+
+
 def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
     """The last list of intervals/events and the item talked about last (or None).
 

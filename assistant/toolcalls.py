@@ -108,6 +108,7 @@ __all__ = [
     "densest_claim_spans",
     "shared_duration_spans",
     "unlisted_event_lines",
+    "wrong_referent",
     "onset_epoch_lines",
     "epoch_aside_spans",
     "epoch_count_spans",
@@ -195,7 +196,7 @@ FallbackReason = Literal["no_tool_call", "unreadable_tool_call", "empty_answer",
                          "tool_loop", "time_budget", "model_error", "out_of_scope",
                          "not_understood", "stale_answer", "denied_result",
                          "contradicted_verdict", "hollow_answer", "ungrounded_answer",
-                         "repeated_answer"]
+                         "repeated_answer", "wrong_referent"]
 
 _REASON_TEXT: dict[str, str] = {
     "no_tool_call": "the model answered without consulting a tool",
@@ -219,6 +220,8 @@ _REASON_TEXT: dict[str, str] = {
                       "epoch:\")"),
     "ungrounded_answer": "none of the numbers in the model's answer matched a tool result",
     "repeated_answer": "the model repeated its answer to an earlier question",
+    "wrong_referent": ("the model's answer was about another item than the one the question "
+                       "names in the last list (\"the first one\")"),
 }
 
 #: "positional" with a negation up to three words before it ("is not positional", "isn't
@@ -840,10 +843,33 @@ def _ran(messages: Iterable[BaseMessage]) -> list[ToolMessage]:
             and not (m.additional_kwargs.get(REPEAT_KEY) or m.additional_kwargs.get(SKIPPED_KEY))]
 
 
-def conversation_outputs(messages: Iterable[BaseMessage]) -> list[ToolOutput]:
-    """Every tool result of a conversation (blocked repeats and skipped calls left out)."""
-    return [ToolOutput(name=m.name or "", content=_text(m),
-                       result=_result_of(getattr(m, "artifact", None))) for m in _ran(messages)]
+def conversation_outputs(messages: Sequence[BaseMessage], *,
+                         timebase: Sequence[BaseMessage] | None = None) -> list[ToolOutput]:
+    """Every tool result of a conversation (blocked repeats and skipped calls left out).
+
+    A result that gives a span in seconds of the night ("[event respiration 11148-11167 s]")
+    also gives its clock times ("01:21:48-01:22:07") when the results of ``timebase``
+    (default ``messages``) fix the clock time of epoch 0: an answer may write either.
+    """
+    base = _epoch_clock(messages if timebase is None else timebase)
+    t0 = base[0] if base is not None and base[1] - base[0] < 1.0 else None
+    out = []
+    for m in _ran(messages):
+        content = _text(m)
+        if t0 is not None:
+            spans = [f"{_clock_at(t0 + float(a))}-{_clock_at(t0 + float(b))}"
+                     for a, b in _SECONDS_SPAN.findall(content)]
+            if spans:
+                content += "\n[the spans above in clock time: " + ", ".join(spans) + "]"
+        out.append(ToolOutput(name=m.name or "", content=content,
+                              result=_result_of(getattr(m, "artifact", None))))
+    return out
+
+
+def _clock_at(seconds_of_day: float) -> str:
+    """``"HH:MM:SS"`` of a time in seconds of the day (wrapping past midnight)."""
+    t = int(round(seconds_of_day)) % int(_DAY_S)
+    return f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}"
 
 
 def ground_conversation(messages: Sequence[BaseMessage], text: str | None = None, *,
@@ -900,7 +926,7 @@ def stale_number_spans(text: str, messages: Sequence[BaseMessage], *,
             if i > h or not isinstance(m, ToolMessage) or m.name == "report_facts"]
     question = _text(messages[h])
     full = chat_allowed(conversation_outputs(messages), question, extra=extra)
-    strict = chat_allowed(conversation_outputs(keep), question, extra=extra)
+    strict = chat_allowed(conversation_outputs(keep, timebase=messages), question, extra=extra)
     passed = {(a, b) for a, b, _c in problem_spans(text, full)}
     return [(a, b, claim.model_copy(update={
         "reason": "only an earlier question's results give it, not this question's"}))
@@ -1042,7 +1068,8 @@ class ToolCallGuard(AgentMiddleware):
             return put(_tag(msg, **tags))
         note = self._answer_problem(msg, turn, question, unreadable,
                                     earlier=messages[:h] if h is not None else (),
-                                    conversation=messages)
+                                    conversation=messages,
+                                    intent=sl.intent if sl is not None else None)
         if note is not None:
             return self._fall_back(request, handler, messages, h, [], note)
         return put(_tag(msg, **tags))
@@ -1202,8 +1229,10 @@ class ToolCallGuard(AgentMiddleware):
 
     def _answer_problem(self, msg: AIMessage, turn: Sequence[BaseMessage], question: str,
                         unreadable: list[str], earlier: Sequence[BaseMessage] = (),
-                        conversation: Sequence[BaseMessage] = ()) -> FallbackNote | None:
-        """Why a final answer of the LLM cannot stand, or None."""
+                        conversation: Sequence[BaseMessage] = (), intent: str | None = None
+                        ) -> FallbackNote | None:
+        """Why a final answer of the LLM cannot stand, or None (``intent``: the planner's
+        reading of the question, when the caller has it)."""
         text = _text(msg).strip()
         stale = stale_citations(text, turn, earlier)
         if msg.invalid_tool_calls:
@@ -1247,17 +1276,23 @@ class ToolCallGuard(AgentMiddleware):
         wrong = contradicted_verdict(text, turn)
         if wrong:
             return FallbackNote(reason="contradicted_verdict", detail=wrong)
+        router = getattr(self.fallback, "router", None) if self.fallback is not None else None
+        if intent is None and router is not None and (
+                earlier or not any(isinstance(m, ToolMessage) for m in turn)):
+            from assistant.routing import fix_first_verb
+
+            intent = router.route(fix_first_verb(question)).intent
+        if intent == "followup" and earlier:
+            other = wrong_referent(text, question, earlier)
+            if other:
+                return FallbackNote(reason="wrong_referent", detail=other)
         if self.fallback is None or any(isinstance(m, ToolMessage) for m in turn):
             return None
-        router = getattr(self.fallback, "router", None)
-        if router is None:
+        if router is None or intent is None:
             return None
-        from assistant.routing import fix_first_verb
-
-        route = router.route(fix_first_verb(question))
-        if route.intent not in NO_TOOL_INTENTS:
+        if intent not in NO_TOOL_INTENTS:
             return FallbackNote(reason="no_tool_call",
-                                detail=f"the question asks for {route.intent.replace('_', ' ')}")
+                                detail=f"the question asks for {intent.replace('_', ' ')}")
         return None
 
     @staticmethod
@@ -1592,6 +1627,42 @@ def _citations(text: str) -> set[str]:
     cites."""
     clocks = {t[:5] for t in clock_times(text)}
     return clocks | {f"epoch {m.group(1)}" for m in _CITED_EPOCH.finditer(text)}
+
+
+def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> str | None:
+    """What an answer to "the first one" cites instead of that item, or None.
+
+    Asked "what stage was the first one in" after a list of hypopneas from 03:02:36, the
+    1.5 B model answered with no tool call "The first event was a desaturation at epoch
+    808-947 (05:00:00-06:10:00, R)": the span of a list two questions before, and its
+    stage. The item a follow-up names by its place is the one the planner resolves
+    (:func:`~assistant.planner.followup_referent`); an answer that cites epochs or clock
+    times must cite one of that item's.
+
+    Parameters
+    ----------
+    text : str
+        The answer.
+    question : str
+        The follow-up question.
+    earlier : sequence of BaseMessage
+        The conversation before the question.
+    """
+    from assistant.planner import followup_referent
+
+    ref = followup_referent(question, earlier)
+    if ref is None:
+        return None
+    lo, hi = int(ref["first_epoch"]), int(ref["last_epoch"])
+    cited = [(int(m.group(1)), int(m.group(2) or m.group(1))) for m in _EPOCH_CITED.finditer(text)]
+    clocks = {t[:5] for t in clock_times(text)}
+    if not cited and not clocks:
+        return None
+    if any(a <= hi and b >= lo for a, b in cited) or str(ref.get("clock", ""))[:5] in clocks:
+        return None
+    said = [f"epoch {a}" if a == b else f"epochs {a}-{b}" for a, b in cited] + sorted(clocks)
+    return (f"the question names the {str(ref.get('label', 'item')).replace('_', ' ')} at "
+            f"{ref.get('clock')} (epoch {lo}); the answer cites {', '.join(said)}")[:160]
 
 
 def stale_citations(text: str, turn: Sequence[BaseMessage], earlier: Sequence[BaseMessage]

@@ -22,7 +22,7 @@ from conftest import ScriptedChat as SharedScriptedChat
 from conftest import tiny_checkpoint, write_tiny_library
 from conftest import measures_of as _measures
 from conftest import tool_call as _call
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from assistant.agent import Answer, Assistant, report_tools
@@ -1452,6 +1452,48 @@ def test_copied_hints_and_empty_places_and_the_last_of_a_list():
         assert _HOLLOW.search(fine) is None, fine
     assert ordinal("And the last of those?") == -1 and ordinal("the last of them") == -1
     assert ordinal("in the last hour") is None
+
+
+def test_a_followup_answered_about_another_item_than_the_one_named_falls_back(
+        tmp_path, library):
+    """"what stage was the first one in" after a list of hypopneas: the 1.5 B model answered,
+    with no tool call, "The first event was a desaturation at epoch 808-947 (05:00:00-
+    06:10:00, R)", the span of a list two questions before."""
+    from assistant.toolcalls import wrong_referent
+
+    from tools.facts import EventsInput, events_in_range
+
+    ctx = ToolContext(library=library, patient=OSA)
+    apneas = events_in_range(ctx, EventsInput(types=["obstructive_apnea"])).events
+    hyp = events_in_range(ctx, EventsInput(types=["hypopnea"])).events
+    assert apneas and hyp and apneas[0].epoch != hyp[0].epoch
+    old = apneas[0]
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage(f"The first is at {old.clock}."),
+                      _call("list_events", {"types": ["hypopnea"]}, "e2"),
+                      AIMessage(f"The first hypopnea is at {hyp[0].clock}."),
+                      AIMessage(f"The first event was at epoch {old.epoch} ({old.clock}, "
+                                f"{old.stage})."))
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    assert bot.ask(OSA, "list the obstructive apneas").fallback is None
+    assert bot.ask(OSA, "list the hypopneas").fallback is None
+    answer = bot.ask(OSA, "what stage was the first one in")
+    assert answer.fallback is not None and answer.fallback.reason == "wrong_referent"
+    assert f"epoch {old.epoch}" in answer.fallback.detail
+    assert f"epoch {hyp[0].epoch})" in answer.text and hyp[0].clock in answer.text
+    # the item's epoch, its clock time, a span holding it, or no citation at all stand
+    listed = events_in_range(ctx, EventsInput(types=["hypopnea"]))
+    history = [HumanMessage("list the hypopneas"),
+               ToolMessage(content="...", tool_call_id="e2", name="list_events",
+                           artifact={"result": listed}),
+               AIMessage("...")]
+    q = "what stage was the first one in"
+    for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in N2.",
+                 f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", "It was in N2."):
+        assert wrong_referent(fine, q, history) is None, fine
+    assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", q, history)
+    assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", "and the second one?",
+                          history) is None
 
 
 def test_an_answer_repeating_an_earlier_one_falls_back(tmp_path, library):

@@ -737,6 +737,39 @@ def test_numbers_only_an_earlier_questions_event_results_give_are_withdrawn():
     assert [w["token"] for w in msg.additional_kwargs[WITHDRAWN_KEY]] == ["6", "96%"]
 
 
+def test_a_clock_time_this_questions_result_gives_in_seconds_is_not_stale():
+    """"Describe the second one" after a list of apneas: the 1.5 B model wrote "epoch 371
+    (01:21:48-01:22:00, N2)". 01:21:48 was the apnea's onset, which this question's caption
+    gave in seconds of the night ("[event respiration 11148-11167 s]") and the list before it
+    as a clock time; it was withdrawn as only the earlier question's."""
+    from langchain_core.messages import HumanMessage
+
+    from assistant.toolcalls import conversation_outputs, ground_conversation
+    from assistant.toolcalls import stale_number_spans
+
+    listed = ToolMessage(content="7 scored event(s): obstructive apnea at 01:19:47 (epoch 367, "
+                         "N2), 25.7 s; obstructive apnea at 01:21:48 (epoch 371, N2), 19.0 s",
+                         tool_call_id="l", name="list_events")
+    caption = ToolMessage(content="SleepLM respiration caption(s) of epoch 371 (01:21:30-"
+                          "01:22:00, N2):\n- [event respiration 11148-11167 s] A 19-s "
+                          "obstructive apnea during N2.", tool_call_id="c", name="caption")
+    messages = [HumanMessage(content="List the obstructive apneas between 1 and 2 am"), listed,
+                AIMessage(content="..."), HumanMessage(content="Describe the second one"),
+                caption]
+    said = "The second obstructive apnea occurred in epoch 371 (01:21:48-01:22:00, N2)."
+    assert stale_number_spans(said, messages) == []
+    # the clock times are those of the seconds, from the epoch's own time; alone, too
+    [out] = conversation_outputs(messages[3:])
+    assert out.content.endswith("[the spans above in clock time: 01:21:48-01:22:07]")
+    assert ground_conversation(messages[3:], "It began at 01:21:48 and ended at 01:22:07."
+                               ).withdrawn == []
+    assert [w.token for w in ground_conversation(messages[3:], "It began at 01:21:58."
+                                                 ).withdrawn] == ["01:21:58"]
+    # without the time of an epoch, seconds give no clock time
+    bare = caption.model_copy(update={"content": "- [event respiration 11148-11167 s] apnea"})
+    assert conversation_outputs([bare])[0].content == bare.content
+
+
 def test_a_class_probability_after_a_measures_words_is_no_value():
     """SleepLM's zero-shot line "periodic limb movement disorder: p=0.05 (cos -0.073, best in
     0 epochs)" names the PLM measures; its numbers are a probability and a cosine."""
