@@ -1252,12 +1252,15 @@ class ToolCallGuard(AgentMiddleware):
         if conversation:
             g = ground_conversation(list(conversation) + [msg])
             left = len(_NUMBER_LEFT.findall(g.text))
+            clocks_out = sum(w.kind == "clock" for w in g.withdrawn)
             if len(g.withdrawn) >= 2 and (not left or (len(g.withdrawn) >= 3
-                                                       and len(g.withdrawn) > left)):
+                                                       and len(g.withdrawn) > left)) or (
+                    clocks_out >= 3 and clocks_out > len(clock_times(g.text))):
                 # "The total duration of sleep is 10 hours, with 6 hours of light sleep ..."
                 # about a hypnogram plot: every number the model's own; "The hypnogram shows
                 # 12 epochs. The first epoch starts at 0:00:00 and ends at 0:00:30, ...":
-                # most of them
+                # most of them; "- 1 obstructive apnea at 23:59:00\n- 1 central apnea at
+                # 00:00:00 ..." for 100 lines about an events plot: most of its times
                 return FallbackNote(reason="ungrounded_answer",
                                     detail=", ".join(w.token for w in g.withdrawn)[:160])
         ran = _ran(turn)

@@ -1365,6 +1365,20 @@ def test_an_answer_whose_every_number_is_unsupported_falls_back(tmp_path, librar
     answer = _bot(tmp_path / "c", library, model, shortlist_tools=4).ask(
         OSA, "show the hypnogram")
     assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
+    # most of its clock times withdrawn, the number beside them kept: "- 1 obstructive apnea
+    # at 23:59:00\n- 1 central apnea at 00:00:00 ..." (100 lines about an events plot; the
+    # count 1 was a number of the conversation, as the plot's last epoch is here)
+    kinds = ("obstructive apnea", "central apnea", "mixed_apnea", "hypopnea")
+    last = library.open(OSA, progress=False).n_epochs - 1
+    said = "The respiratory events across the night were as follows:\n" + "\n".join(
+        f"- {kinds[i % 4]} at {(23 * 60 + 59 + i) // 60 % 24:02d}:{(59 + i) % 60:02d}:00 "
+        f"(epoch {last})" for i in range(40))
+    model = _scripted(_call("plot_events", {"types": ["obstructive_apnea", "hypopnea"]}, "p1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path / "d", library, model, shortlist_tools=4).ask(
+        OSA, "Plot the respiratory events across the night")
+    assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
+    assert "23:59:00" not in answer.text and "written to" in answer.text
     # one number wrong among right ones is withdrawn, not a fallback
     ahi = _measures(library, OSA)["ahi_3a"].format()
     model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
