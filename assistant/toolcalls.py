@@ -1735,7 +1735,8 @@ _NUMBER_LEFT = re.compile(r"(?<![\w.-])\d+(?:[.:]\d+)*(?![\w-])")
 #: tools' evidence format with nothing, or with a value from another line).
 _HOLLOW = re.compile(r"\bepochs?\s*:\s*(?:[.,;)(]|$|(?:s|secs?|min)\s*\))|"
                      r":\**[ \t]*(?:breaths?/min|bpm|events/h)[ \t]*$|\b(?:at|in) epochs?\s*[.,;]"
-                     r"|\(\s*epochs?\s*[,)]|\b(?:of|at)\s*[.;](?=\s|$)",
+                     r"|\(\s*epochs?\s*[,)]|\b(?:of|at)\s*[.;](?=\s|$)"
+                     r"|\b(?:approximately|roughly|of about)\s*[.;](?=\s|$)",
                      re.IGNORECASE | re.MULTILINE)
 
 

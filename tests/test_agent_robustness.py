@@ -1339,10 +1339,14 @@ def test_an_answer_that_leaves_its_epoch_empty_falls_back(tmp_path, library):
     assert f"{first.clock} (epoch {first.epoch}" in answer.text  # the planner's list
     for hollow in ("It occurred at epoch: (22.0 min).", "It was at epoch:", "at epochs: ()",
                    "The first obstructive apnea was detected at epoch: s).",
-                   "The signals were as follows:\n- **Respiratory rate**: breaths/min\n- x"):
+                   "The signals were as follows:\n- **Respiratory rate**: breaths/min\n- x",
+                   "They are at epochs 720-1001, with durations of approximately.",
+                   "at epoch 773, with a respiratory rate of approximately. More"):
         assert _HOLLOW.search(hollow), hollow
     for fine in ("It occurred at epoch 65: 22:48:55.", "Epochs: 30, 192.", "Epoch 95 (N2).",
-                 "- **Respiratory rate**: 6 breaths/min", "Units: events/h per hour of sleep"):
+                 "- **Respiratory rate**: 6 breaths/min", "Units: events/h per hour of sleep",
+                 "lasting approximately 20 s.", "That is what the alarm was about.",
+                 "She moved around."):
         assert _HOLLOW.search(fine) is None, fine
 
 
