@@ -1280,6 +1280,8 @@ _EVENT_CONTEXT = re.compile(r"\bepochs?\b|\b\d{1,2}:\d{2}\b", re.IGNORECASE)
 #: Right before a number: a probability or similarity, not a measure's value ("p=0.05").
 _SCORE_BEFORE = re.compile(r"\b(?:p|prob(?:ability)?|cos(?:ine)?|score|margin)\s*[=:]?\s*-?$",
                            re.IGNORECASE)
+#: A place in a list before a number: "the first 10 listed", "the last 3", "top 5".
+_LIST_PLACE_BEFORE = re.compile(r"\b(?:first|last|next|top)\s*$", re.IGNORECASE)
 #: After an hour: "am"/"pm", or "and 2 am" / "to 3 pm" ("between 1 and 2 am").
 _HOUR_AFTER = re.compile(r"\s*(?:(?:and|to|-|\u2013)\s*\d{1,2}(?::\d{2})?\s*)?(?:[ap]\.?m\b|"
                          r"o'clock)", re.IGNORECASE)
@@ -1479,6 +1481,8 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                     break  # "between 1 and 2 am": a time of the question, no value
                 if _SCORE_BEFORE.search(sentence[:tok.start]):
                     break  # "periodic limb movement disorder: p=0.05": a class's probability
+                if _LIST_PLACE_BEFORE.search(sentence[:tok.start]):
+                    break  # "48 scored event(s) of plm; the first 10 listed": list places
                 if tok.family == "duration" and _stage_named_after(low, tok.end):
                     break  # "..., and he had 93.0 min of REM sleep": the stage's time
                 if tok.family not in ("none", "count") and tok.family not in fams:

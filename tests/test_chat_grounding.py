@@ -784,6 +784,13 @@ def test_a_class_probability_after_a_measures_words_is_no_value():
     assert misbound_numbers(said, ms, q) == []
     assert [w.token for w in misbound_numbers("The PLMS index was 12.0 events/h.", ms, q)] == \
         ["12.0 events/h"]
+    # a place in a list: the events block added under an answer to "Which periodic limb
+    # movements happened between 1 and 2 am?" ("... of plm; the first 10 listed:")
+    q = "Which periodic limb movements happened between 1 and 2 am?"
+    listed = "- 48 scored event(s) of plm; the first 10 listed:\n   1. plm at 01:07:12"
+    assert misbound_numbers(listed, ms, q) == []
+    assert [w.token for w in misbound_numbers("Periodic limb movements in sleep: 10", ms, q)
+            ] == ["10"]
 
 
 def test_a_value_of_a_ranked_library_night_is_that_measures_value():
