@@ -782,6 +782,10 @@ def test_a_class_probability_after_a_measures_words_is_no_value():
     said = ("- periodic limb movement disorder: p=0.05 (cos -0.073, best in 0 epochs)\n"
             "- normal healthy sleep: p=0.95 (cos 0.064, best in 1005 epochs)")
     assert misbound_numbers(said, ms, q) == []
+    said = ("- periodic limb movement disorder: p=0.05 (cos -0.073, the top label of 0 of 1005 "
+            "epochs)\n- normal healthy sleep: p=0.95 (cos 0.064, the top label of 1005 of 1005 "
+            "epochs)")  # as the classify tool writes it now
+    assert misbound_numbers(said, ms, q) == []
     assert [w.token for w in misbound_numbers("The PLMS index was 12.0 events/h.", ms, q)] == \
         ["12.0 events/h"]
     # a place in a list: the events block added under an answer to "Which periodic limb

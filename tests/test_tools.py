@@ -366,6 +366,7 @@ def test_classify_zero_shot(ctx, monkeypatch):
     assert all(0 <= s.probability <= 1 and s.unit == "probability" for s in out.scores)
     assert out.scope == "range" and out.span.n_epochs == 11 and len(out.per_epoch) == 11
     assert sum(s.epochs_won for s in out.scores) == 11 and out.logit_scale > 0
+    assert f"the top label of {out.scores[0].epochs_won} of 11 epochs" in out.summary()
     src = {s.label: s.class_source for s in out.scores}
     assert src["REM sleep"] == "STAGE_PROMPTS[R]" and src["a snoring sound"] == "label text"
     # softmax of logit_scale * cosine

@@ -163,8 +163,11 @@ class ClassifyOutput(BaseModel):
             return f"Cannot classify: {self.refusal}"
         where = self.span.describe() if self.span else self.scope
         lines = [f"{self.mode} classification of {where}:"]
+        # "best in 0 epochs" was read by a 1.5 B model as "the best match in epoch 0"
+        total = sum(s.epochs_won for s in self.scores)
         lines += [f"- {s.label}: p={s.probability:.2f} (cos {s.cosine:.3f}"
-                  + (f", best in {s.epochs_won} epochs" if self.scope != "epoch" else "") + ")"
+                  + (f", the top label of {s.epochs_won} of {total} epochs"
+                     if self.scope != "epoch" else "") + ")"
                   for s in self.scores]
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
