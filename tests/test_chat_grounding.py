@@ -903,6 +903,9 @@ def test_a_clock_time_written_to_the_second_must_be_a_cited_one():
     res = check_text("A spindle at 01:00:43 and one at 01:00:57.", allowed)
     assert [p.token for s in res.failed for p in s.problems] == ["01:00:43", "01:00:57"]
     assert check_text("Spindles at 01:00:00 and around 01:01.", allowed).ok
+    # a second off: "chin EMG ... at 03:00:00" and "... at 03:00:01" for two epochs
+    res = check_text("Chin EMG tone at 01:00:01 and at 00:59:59.", allowed)
+    assert [p.token for s in res.failed for p in s.problems] == ["01:00:01", "00:59:59"]
 
 
 def test_a_list_of_values_before_their_names_binds_no_value_forward():
