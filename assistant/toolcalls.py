@@ -246,6 +246,15 @@ _DENIED_RESULT = re.compile(
     r"|^\s*I (?:do not|don't) have\b",
     re.IGNORECASE)
 
+#: An answer about its own failed call rather than the question: "The error indicates that
+#: the target object must have two epochs specified. The provided response does not include
+#: any epochs, so it cannot be classified ..." (a 1.5 B model, after a malformed classify).
+_ABOUT_THE_ERROR = re.compile(
+    r"\b(?:the|this|an?) error\b|\berror (?:message|indicates|says|shows|means)\b"
+    r"|\b(?:arguments?|parameters?|target object|the provided response)\b"
+    r"|\bthe (?:tool|function)(?: call)? (?:requires|needs|expects|must)\b",
+    re.IGNORECASE)
+
 
 class ToolCallParseError(ValueError):
     """Text that should hold a tool call (JSON or near-JSON) cannot be read."""
@@ -1264,9 +1273,11 @@ class ToolCallGuard(AgentMiddleware):
                 return FallbackNote(reason="ungrounded_answer",
                                     detail=", ".join(w.token for w in g.withdrawn)[:160])
         ran = _ran(turn)
-        if ran and all(m.status == "error" for m in ran) and _DENIED_RESULT.search(text):
-            # "I apologize, but I cannot provide a timeline ..." after its own call failed:
-            # the planner's call may not
+        if ran and all(m.status == "error" for m in ran) and (
+                _DENIED_RESULT.search(text) or _ABOUT_THE_ERROR.search(text)):
+            # "I apologize, but I cannot provide a timeline ..." or "The error indicates that
+            # the target object must have two epochs" after its own call failed: the
+            # planner's call may not
             return FallbackNote(reason="tool_errors",
                                 detail=f"{ran[-1].name}: {_text(ran[-1])}"[:160])
         again = repeated_answer(text, earlier)

@@ -1127,6 +1127,17 @@ def test_giving_up_after_a_failed_call_falls_back_to_the_planner(tmp_path, libra
     answer = _bot(tmp_path / "c", library, model, shortlist_tools=4).ask(
         OSA, "list the hypopneas")
     assert answer.fallback is not None and answer.fallback.reason == "tool_errors"
+    # one explaining its own failed call: "Is this night more like "Cheyne-Stokes breathing"
+    # or "obstructive sleep apnea"?" after a malformed classify call
+    model = _scripted(_call("classify", {"labels": ["Cheyne-Stokes breathing"],
+                                         "target": {"epochs": [5]}}, "k1"),
+                      AIMessage("The error indicates that the target object must have two "
+                                "epochs specified. The provided response does not include any "
+                                "epochs, so it cannot be classified as either."))
+    answer = _bot(tmp_path / "d", library, model, shortlist_tools=4).ask(
+        OSA, 'Is this night more like "Cheyne-Stokes breathing" or "obstructive sleep apnea"?')
+    assert answer.fallback is not None and answer.fallback.reason == "tool_errors"
+    assert "The error indicates" not in answer.text and "p=" in answer.text
     # an answer that says what failed, without giving up, stands
     model = _scripted(_call("list_events", {"types": ["unicorns"]}, "e1"),
                       AIMessage("Unicorns are not an event type this study scores."))
