@@ -221,7 +221,8 @@ _REASON_TEXT: dict[str, str] = {
     "ungrounded_answer": "none of the numbers in the model's answer matched a tool result",
     "repeated_answer": "the model repeated its answer to an earlier question",
     "wrong_referent": ("the model's answer was about another item than the one the question "
-                       "names in the last list (\"the first one\")"),
+                       "names by its place in the last list (\"the first one\", \"the last "
+                       "one\")"),
 }
 
 #: "positional" with a negation up to three words before it ("is not positional", "isn't
@@ -1651,7 +1652,8 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     808-947 (05:00:00-06:10:00, R)": the span of a list two questions before, and its
     stage. The item a follow-up names by its place is the one the planner resolves
     (:func:`~assistant.planner.followup_referent`); an answer that cites epochs or clock
-    times must cite one of that item's.
+    times must cite one of that item's, or an epoch next to them ("the raw traces around the
+    last one", an apnea in epoch 444, drawn over epochs 444-445 and answered "epoch 445").
 
     Parameters
     ----------
@@ -1672,7 +1674,8 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     clocks = {t[:5] for t in clock_times(text)}
     if not cited and not clocks:
         return None
-    if any(a <= hi and b >= lo for a, b in cited) or str(ref.get("clock", ""))[:5] in clocks:
+    if any(a <= hi + 1 and b >= lo - 1 for a, b in cited) \
+            or str(ref.get("clock", ""))[:5] in clocks:
         return None
     said = [f"epoch {a}" if a == b else f"epochs {a}-{b}" for a, b in cited] + sorted(clocks)
     return (f"the question names the {str(ref.get('label', 'item')).replace('_', ' ')} at "

@@ -1518,8 +1518,10 @@ def test_a_followup_answered_about_another_item_than_the_one_named_falls_back(
                AIMessage("...")]
     q = "what stage was the first one in"
     for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in N2.",
-                 f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", "It was in N2."):
+                 f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", "It was in N2.",
+                 f"The traces around it (epoch {hyp[0].epoch + 1}) are drawn."):
         assert wrong_referent(fine, q, history) is None, fine
+    assert hyp[1].epoch > hyp[0].epoch + 1
     assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", q, history)
     assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", "and the second one?",
                           history) is None
