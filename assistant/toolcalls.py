@@ -51,7 +51,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin
+from typing import (Annotated, Any, Literal, NotRequired, TypeVar, Union, get_args,
+                    get_origin)
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, \
     ModelResponse
@@ -1292,12 +1293,15 @@ class ToolCallGuard(AgentMiddleware):
         if wrong:
             return FallbackNote(reason="contradicted_verdict", detail=wrong)
         router = getattr(self.fallback, "router", None) if self.fallback is not None else None
+        from assistant.extract import ordinal
+
+        named_by_place = bool(earlier) and ordinal(question) is not None
         if intent is None and router is not None and (
-                earlier or not any(isinstance(m, ToolMessage) for m in turn)):
+                named_by_place or not any(isinstance(m, ToolMessage) for m in turn)):
             from assistant.routing import fix_first_verb
 
             intent = router.route(fix_first_verb(question)).intent
-        if intent == "followup" and earlier:
+        if intent == "followup" and named_by_place:
             other = wrong_referent(text, question, earlier)
             if other:
                 return FallbackNote(reason="wrong_referent", detail=other)
@@ -1453,11 +1457,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
         absent += localized_denial_spans(text, messages[h + 1:]) if h is not None else []
         absent += densest_claim_spans(text, messages[h + 1:]) if h is not None else []
         absent += shared_duration_spans(text, messages[h + 1:]) if h is not None else []
-        kept: list[tuple[int, int, WithdrawnClaim, str]] = []
-        for item in sorted(absent, key=lambda x: x[0]):  # two checks, one span: once
-            if not kept or item[0] >= kept[-1][1]:
-                kept.append(item)
-        absent = kept
+        absent = _disjoint(absent)  # two checks, one span: once
         for a, b, claim, _line in sorted(absent, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
         withdrawn += [claim for _a, _b, claim, _line in sorted(absent, key=lambda x: x[0])]
@@ -2714,11 +2714,13 @@ def _same_value(written: str, m: Any) -> bool:
     return abs(float(written) - float(value)) <= 0.5 * 10.0 ** -digits + 1e-9
 
 
-def _disjoint(spans: Iterable[tuple[int, int, WithdrawnClaim]]
-              ) -> list[tuple[int, int, WithdrawnClaim]]:
-    """``spans`` in order of their start, each overlapping an earlier one left out (two
-    checks that withdraw the same number replace it once)."""
-    kept: list[tuple[int, int, WithdrawnClaim]] = []
+_SpanT = TypeVar("_SpanT", bound=tuple)
+
+
+def _disjoint(spans: Iterable[_SpanT]) -> list[_SpanT]:
+    """Span tuples ``(start, end, ...)`` in order of their start, each overlapping an earlier
+    one left out (two checks that withdraw the same number replace it once)."""
+    kept: list[_SpanT] = []
     for item in sorted(spans, key=lambda x: (x[0], -x[1])):
         if not kept or item[0] >= kept[-1][1]:
             kept.append(item)
