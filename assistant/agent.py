@@ -284,6 +284,10 @@ def _report_text(report: Any, files: dict[str, Path]) -> str:
     if dropped:
         lines.append(f"The grounding check dropped {dropped} sentence(s) whose numbers or times "
                      "did not match the measurements.")
+    for note in getattr(report.grounding, "fallbacks", []) or []:
+        # "impression and later sections: the chat question's time budget was spent; the
+        # template text was used": whose words the draft holds
+        lines.append(f"Narrative by {report.writer}, except: {note}.")
     lines.append(report.disclaimer)
     return "\n".join(lines)
 

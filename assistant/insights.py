@@ -16,7 +16,8 @@ from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
 from sleeplm.clinical.respiratory import is_positional
 
 __all__ = ["efficiency_explanation", "EFFICIENCY_NEEDS", "explains", "positional_verdict",
-           "POSITIONAL_WORDS", "judges_position"]
+           "POSITIONAL_WORDS", "judges_position", "PREVIOUS_NIGHT", "UNLINKED_NIGHTS",
+           "asks_previous_night", "unlinked_night_note"]
 
 #: The measures :func:`efficiency_explanation` reads (all from ``report_facts``'s architecture).
 EFFICIENCY_NEEDS = ("sleep_efficiency_pct", "tst_min", "tib_min", "sleep_onset_latency_min",
@@ -97,3 +98,55 @@ def judges_position(text: str) -> bool:
                      r"\b(?:supine|back|position)\w*\b[^.\n]{0,60}\b(?:worse|better|more|"
                      r"higher|lower|less|fewer|similar|same|twice|double)\b",
                      text or "", re.IGNORECASE) is not None
+
+
+#: A question about another night of the same person ("compare this with his study from
+#: last night", "has it changed since the baseline study?"): the library does not link a
+#: person's nights. "Last night" alone is this recording ("did he snore last night?"): it
+#: counts only beside a comparison.
+PREVIOUS_NIGHT = re.compile(r"\b(?:previous|earlier|prior|baseline|older|last)\s+(?:night'?s?\s+)?"
+                            r"(?:study|studies|recording|psg|sleep study|night)\b|\b(?:study|"
+                            r"recording|psg) from last night\b", re.IGNORECASE)
+_COMPARES = re.compile(r"\b(?:compar\w*|versus|vs\.?|than|chang\w*|differ\w*|since|"
+                       r"improv\w*|progress\w*)\b", re.IGNORECASE)
+
+#: What the assistant says of such a question (the planner's answer begins with it).
+UNLINKED_NIGHTS = ("This library does not link nights of the same person, so I cannot find "
+                   "an earlier night of this patient.")
+
+_SAYS_UNLINKED = re.compile(r"\bnot link|\bcannot (?:find|compare|access)|\bcan't (?:find|"
+                            r"compare|access)|\bno (?:earlier|previous|prior|other) "
+                            r"(?:night|study|recording)s?\b|\bnot (?:available|linked|"
+                            r"the same (?:person|patient))\b|\bother (?:patients?|people)\b",
+                            re.IGNORECASE)
+
+
+def unlinked_night_note(question: str, text: str) -> str | None:
+    """The note an answer needs when the question asks about another night of this patient.
+
+    Asked "Compare this with his study from last night", the 1.5 B model answered "The
+    closest night to the current one is sim-01002-osa_mild ... with a cosine similarity of
+    0.652": the library's most similar night, another person's, as if it were his. Such an
+    answer that does not say the nights are not linked gets :data:`UNLINKED_NIGHTS` and what
+    the nights named are.
+
+    Returns
+    -------
+    str or None
+    """
+    if not asks_previous_night(question) or _SAYS_UNLINKED.search(text or ""):
+        return None
+    return (UNLINKED_NIGHTS + " Nights named here are other people's, the most similar in the "
+            "library by SleepLM's night embedding.")
+
+
+def asks_previous_night(question: str) -> bool:
+    """Whether ``question`` asks about another night of this patient (a previous study, or
+    last night's beside a comparison: "last night" alone is this recording)."""
+    q = question or ""
+    found = [m.group(0).lower().split() for m in PREVIOUS_NIGHT.finditer(q)]
+    if not found:
+        return False
+    if all(f[0] == "last" and f[1].startswith("night") for f in found):
+        return _COMPARES.search(q) is not None
+    return True

@@ -40,7 +40,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from assistant import extract as X
-from assistant.insights import EFFICIENCY_NEEDS, efficiency_explanation, positional_verdict
+from assistant.insights import (EFFICIENCY_NEEDS, UNLINKED_NIGHTS, efficiency_explanation,
+                                positional_verdict)
 from assistant.routing import Route, SemanticRouter
 from tools.common import requirements_for
 
@@ -810,8 +811,7 @@ class OfflinePlanner(BaseChatModel):
         if not done:
             return _Step(tool="retrieve", args={"source": "night", "level": "night", "k": 3})
         return _Step(text=(
-            "This library does not link nights of the same person, so I cannot find 'last "
-            "night' for this patient. The most similar nights in the library, by SleepLM's "
+            UNLINKED_NIGHTS + " The most similar nights in the library, by SleepLM's "
             "night embedding:\n" + done[-1].content))
 
     def _do_followup(self, route, q, a, done, history) -> _Step:

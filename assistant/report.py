@@ -253,7 +253,8 @@ class Report(BaseModel):
     model : str
         SleepLM checkpoint version (SHA-256 of its files).
     writer : str
-        ``templates`` or the LLM backend/model.
+        ``templates`` or the LLM backend/model (also when templates wrote the sections the
+        LLM had no time for: ``grounding.fallbacks`` names them).
     indication : str or None
         As given by the user (quoted data).
     sections : list of ReportSection
@@ -1413,6 +1414,7 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
         No current patient / an unknown one.
     """
     writer = writer or TemplateWriter()
+    named = getattr(writer, "name", type(writer).__name__)  # kept when templates take over
     templates = TemplateWriter()
     budget = getattr(writer, "budget_s", None)
     own = time.monotonic() + budget if budget is not None else None
@@ -1480,7 +1482,7 @@ def draft_report(ctx: ToolContext, *, writer: NarrativeWriter | None = None,
     return Report(
         patient=ctx.require_patient(), simulated=col.simulated,
         generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        model=col.model, writer=getattr(writer, "name", type(writer).__name__),
+        model=col.model, writer=named,
         indication=indication, sections=sections, key_indices=col.key_indices,
         severity=col.severity, flags=col.flags, hypopnea_rule=col.hypopnea_rule,
         grounding=log, edits=plan.records,

@@ -83,7 +83,7 @@ from assistant.grounding import (
     split_sentences,
 )
 from assistant.insights import (POSITIONAL_WORDS, efficiency_explanation, explains,
-                                judges_position, positional_verdict)
+                                judges_position, positional_verdict, unlinked_night_note)
 from sleeplm._logging import logger
 from sleeplm.clinical.architecture import SLEEP_EFFICIENCY_REFERENCE_PCT
 from sleeplm.clinical.detectors import is_automatic
@@ -110,6 +110,7 @@ __all__ = [
     "shared_duration_spans",
     "unlisted_event_lines",
     "wrong_referent",
+    "report_answer",
     "onset_epoch_lines",
     "epoch_aside_spans",
     "epoch_count_spans",
@@ -978,6 +979,44 @@ def _split(result: Any) -> tuple[Any, AIMessage | None, Callable[[AIMessage], An
     return result, None, lambda m: result
 
 
+def report_answer(turn: Sequence[BaseMessage]) -> AIMessage | None:
+    """The answer to a question whose last step was the LLM's own report draft or revision:
+    the report tool's result itself, or None.
+
+    The draft is the answer: its narrative was written by the LLM writer and checked sentence
+    by sentence against the measurements, and the sections it had no time for by the
+    templates (the result says which). A further model call only restated it, and with a
+    1.5 B model on two CPU cores the draft used the question's whole time budget, so every
+    chat report fell back to the planner (12 of 187 benchmark questions, 122-156 s), which
+    answered with the same draft.
+
+    Parameters
+    ----------
+    turn : sequence of BaseMessage
+        The question's messages after it.
+
+    Returns
+    -------
+    AIMessage or None
+        Written by ``"report"`` (:data:`WRITER_KEY`); None unless the last message is a
+        successful ``draft_report`` / ``revise_report`` result of a call the LLM made alone.
+    """
+    if not turn or not isinstance(turn[-1], ToolMessage):
+        return None
+    result = turn[-1]
+    marks = result.additional_kwargs
+    if result.name not in REUSABLE_TOOLS or result.status == "error" \
+            or marks.get(REPEAT_KEY) or marks.get(SKIPPED_KEY):
+        return None
+    call = next((m for m in reversed(turn) if isinstance(m, AIMessage) and m.tool_calls), None)
+    if call is None or call.additional_kwargs.get(WRITER_KEY) != "llm" \
+            or [tc.get("id") for tc in call.tool_calls] != [result.tool_call_id]:
+        return None
+    return AIMessage(content=_text(result), additional_kwargs={
+        WRITER_KEY: "report", **({INTENT_KEY: call.additional_kwargs[INTENT_KEY]}
+                                 if INTENT_KEY in call.additional_kwargs else {})})
+
+
 class ToolCallGuard(AgentMiddleware):
     """Repairs, validates and de-loops an LLM's tool calls; falls back to the offline planner.
 
@@ -1049,6 +1088,9 @@ class ToolCallGuard(AgentMiddleware):
         if cut is not None:
             note = FallbackNote.model_validate(turn[cut].additional_kwargs[FALLBACK_KEY])
             return self._fall_back(request, handler, messages, h, turn[cut:], note)
+        drafted = report_answer(turn)
+        if drafted is not None:
+            return ModelResponse(result=[drafted])
         note = self._stop_reason(turn, started)
         sl = (self.fallback.shortlist(messages[:h + 1], k=self.shortlist)
               if self.shortlist and h is not None else None)
@@ -1407,7 +1449,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         # addition the code did not make
         own, marks = _MARKER.subn("", _text(last))
         own, hints = _COPIED_HINT.subn("\n\n", own)  # the hint after tool results, copied
-        marks += hints
+        own, echoes = _ECHOED_HINT.subn("", own)
+        marks += hints + echoes
         h0 = _last_human(messages)
         if h0 is not None and not any(m.name in MODEL_OUTPUT_NOTES
                                       for m in _ran(messages[h0 + 1:])):
@@ -1419,7 +1462,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
                                wrong_source)
             marks += wrong_source
         if marks:
-            messages[-1] = last.model_copy(update={"content": own})
+            messages[-1] = last.model_copy(update={"content": own.strip()})
         grounded = ground_conversation(messages, extra=self.extra)
         text, withdrawn = grounded.text, list(grounded.withdrawn)
         text, copied = _COPIED_HEAD.subn("", text)
@@ -1491,7 +1534,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
                 missing[at] = (name, line)
         caveat = model_output_note(text, messages[h + 1:]) if h is not None else None
         detected = detection_note(text, messages[h + 1:]) if h is not None else None
-        caveat = " ".join(c for c in (caveat, detected) if c) or None
+        unlinked = (unlinked_night_note(_text(messages[h]), text) if h is not None else None)
+        caveat = " ".join(c for c in (caveat, detected, unlinked) if c) or None
         if caveat:
             text = text.rstrip() + "\n\n" + caveat
         if not withdrawn and not missing and not copied and not caveat:
@@ -1582,6 +1626,13 @@ _COPIED_HEAD = re.compile(
 
 #: :data:`ANSWER_HINT` as a small model copies it into its answer with the tool result.
 _COPIED_HINT = re.compile(r"\s*\(?" + re.escape(ANSWER_HINT) + r"\)?\s*")
+#: The hint said over, a sentence without a number that speaks of the tool's text: "The
+#: probabilities are given in the tool response, with their units and clock times as
+#: written." (removed with the space before it).
+_ECHOED_HINT = re.compile(r"[ \t]*(?<![^.!?\n])[ \t]*[^.!?\n\d]*?\b(?:(?:is|are) (?:given|listed|"
+                          r"shown|provided|stated) in the tool (?:response|results?|output)|"
+                          r"(?:units|values|clock times) as written)\b[^.!?\n\d]*(?:[.!?]+|$)",
+                          re.IGNORECASE | re.MULTILINE)
 
 
 #: An ``[unverified]`` marker with its brackets or parentheses and the space before it.
@@ -1644,6 +1695,15 @@ def _citations(text: str) -> set[str]:
     return clocks | {f"epoch {m.group(1)}" for m in _CITED_EPOCH.finditer(text)}
 
 
+#: A question asking for a sleep stage, and the stages an answer names (as scored: W, N1,
+#: N2, N3, R).
+_ASKS_STAGE = re.compile(r"\b(?:what|which)(?: sleep)? stage\b|\bstage (?:was|is) (?:it|that)\b",
+                         re.IGNORECASE)
+_STAGE_NAMED = re.compile(r"\b(?:N[123]|REM|wake|awake|wakefulness)\b", re.IGNORECASE)
+_STAGE_NAMES = {"n1": "N1", "n2": "N2", "n3": "N3", "rem": "R", "wake": "W", "awake": "W",
+                "wakefulness": "W"}
+
+
 def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> str | None:
     """What an answer to "the first one" cites instead of that item, or None.
 
@@ -1654,6 +1714,8 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     (:func:`~assistant.planner.followup_referent`); an answer that cites epochs or clock
     times must cite one of that item's, or an epoch next to them ("the raw traces around the
     last one", an apnea in epoch 444, drawn over epochs 444-445 and answered "epoch 445").
+    One that cites neither, to a question asking for the item's stage, must not name only
+    other stages ("The second stage in the sleep was N2" for an event in REM).
 
     Parameters
     ----------
@@ -1673,6 +1735,15 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     cited = [(int(m.group(1)), int(m.group(2) or m.group(1))) for m in _EPOCH_CITED.finditer(text)]
     clocks = {t[:5] for t in clock_times(text)}
     if not cited and not clocks:
+        # "which stage was the second one in?" answered "The second stage in the sleep was
+        # N2", citing nothing: the stage it names must be the item's
+        named = {_STAGE_NAMES[m.group(0).lower()] for m in _STAGE_NAMED.finditer(text)}
+        own = str(ref.get("stage", ""))
+        if _ASKS_STAGE.search(question) and named and own in _STAGE_NAMES.values() \
+                and own not in named:
+            return (f"the question names the {str(ref.get('label', 'item')).replace('_', ' ')}"
+                    f" at {ref.get('clock')} (epoch {lo}, stage {own}); the answer names "
+                    f"{', '.join(sorted(named))}")[:160]
         return None
     if any(a <= hi + 1 and b >= lo - 1 for a, b in cited) \
             or str(ref.get("clock", ""))[:5] in clocks:

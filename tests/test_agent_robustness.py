@@ -920,6 +920,69 @@ def test_a_report_writer_has_the_questions_deadline_while_the_question_runs(tmp_
     assert ctx.writer.question_deadline is None  # no question: no limit but its own
 
 
+def test_the_llms_report_draft_is_the_answer_without_a_further_model_call(tmp_path, library):
+    """Every chat report of the 1.5 B model fell back to the planner (12 of 187 questions,
+    122-156 s): its draft used the question's whole budget before the model could restate
+    it, and the planner then answered with that same draft. The LLM's draft is the answer
+    itself, and it says which sections the templates wrote."""
+    from assistant.report import LLMWriter
+    from assistant.toolcalls import WRITER_KEY, report_answer
+
+    model = _scripted(_call("draft_report", {}, "r1"),
+                      AIMessage("The AHI is 99.9 events/h."))  # never asked for
+    bot = _bot(tmp_path, library, model, shortlist_tools=4)
+    ctx = bot.context(OSA)
+    ctx.writer = LLMWriter(_scripted(AIMessage("Unused.")), budget_s=1e-9)  # spent at once
+    answer = bot.ask(OSA, "draft the report")
+    assert answer.fallback is None and [s.name for s in answer.tool_calls] == ["draft_report"]
+    assert answer.text.startswith("Draft report ready (") and "99.9" not in answer.text
+    assert answer.text == answer.tool_calls[0].content
+    assert "Narrative by llm:" in answer.text and "the template text was used" in answer.text
+    assert len(model.seen) == 1  # one model call: the one that chose the tool
+    # only the LLM's own successful report call, alone in its message, is the answer
+    call = AIMessage("", tool_calls=[{"name": "draft_report", "args": {}, "id": "r1"}],
+                     additional_kwargs={WRITER_KEY: "llm"})
+    ok = ToolMessage(content="Draft report ready (md).", tool_call_id="r1", name="draft_report")
+    assert report_answer([call, ok]).content == "Draft report ready (md)."
+    assert report_answer([call.model_copy(update={"additional_kwargs": {}}), ok]) is None
+    assert report_answer([call, ok.model_copy(update={"status": "error"})]) is None
+    facts = ToolMessage(content="AHI", tool_call_id="r1", name="report_facts")
+    assert report_answer([call, facts]) is None and report_answer([call]) is None
+
+
+def test_an_answer_about_the_patients_previous_night_says_nights_are_not_linked(
+        tmp_path, library):
+    """"Compare this with his study from last night": the 1.5 B model answered with the
+    library's most similar night, another person's, as if it were his."""
+    from assistant.insights import UNLINKED_NIGHTS, asks_previous_night, unlinked_night_note
+
+    for q in ("Compare this with his study from last night", "is it worse than his last study",
+              "Has the AHI changed since the baseline study?",
+              "Was last night worse than the night before?"):
+        assert asks_previous_night(q), q
+    for q in ("did he snore last night?", "what did last night's study show",
+              "which other nights look like this one", "what happened in the last hour"):
+        assert not asks_previous_night(q), q
+    assert unlinked_night_note("compare with the previous study",
+                               "This library does not link nights of one person.") is None
+    model = _scripted(_call("retrieve", {"source": "night", "level": "night", "k": 3}, "r1"),
+                      AIMessage("The closest night to the current one is the library's "
+                                "first match."))
+    config = AssistantConfig.load(env={}, state_dir=tmp_path / "state", shortlist_tools=4)
+    bot = Assistant(config, library=library, chat_model=model)  # index filled on first use
+    answer = bot.ask(OSA, "Compare this with his study from last night")
+    assert answer.fallback is None and not answer.tool_calls[0].error, answer.tool_calls
+    assert answer.text.startswith("The closest night to the current one")
+    assert UNLINKED_NIGHTS in answer.text and "other people's" in answer.text
+    # the planner's answer says it first
+    from assistant.planner import OfflinePlanner
+
+    config = AssistantConfig.load(env={}, state_dir=tmp_path / "o")
+    offline = Assistant(config, library=library, chat_model=OfflinePlanner()).ask(
+        OSA, "Compare this with his study from last night")
+    assert offline.text.startswith(UNLINKED_NIGHTS) and "most similar" in offline.text
+
+
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     from assistant.toolcalls import extreme_event_spans
 
@@ -1470,10 +1533,19 @@ def test_copied_hints_and_empty_places_and_the_last_of_a_list():
     result, "The desaturation occurred at (epoch, R), with a duration of.", and "And the last
     of those?" read by the planner as no position (it described the first)."""
     from assistant.extract import ordinal
-    from assistant.toolcalls import _COPIED_HINT, _HOLLOW
+    from assistant.toolcalls import _COPIED_HINT, _ECHOED_HINT, _HOLLOW
 
     said = f"Facts: HR 66 bpm.\n\n({ANSWER_HINT})\nThe HR was 66 bpm."
     assert _COPIED_HINT.sub("\n\n", said) == "Facts: HR 66 bpm.\n\nThe HR was 66 bpm."
+    # the hint said over (h027): "The probabilities are given in the tool response, with
+    # their units and clock times as written."; a sentence with a number stays
+    echo = ("The probabilities are given in the tool response, with their units and clock "
+            "times as written.")
+    assert _ECHOED_HINT.sub("", f"N2 0.61, REM 0.20.\n\n{echo}") == "N2 0.61, REM 0.20.\n\n"
+    assert _ECHOED_HINT.sub("", f"N2 is 0.61. {echo} REM is 0.2.") == "N2 is 0.61. REM is 0.2."
+    for kept in ("According to the tool results, the AHI is 17.6 events/h.",
+                 "The values are listed in the tool output at 01:00."):
+        assert _ECHOED_HINT.sub("", kept) == kept
     for hollow in ("The desaturation occurred at (epoch, R), with a duration of.",
                    "It lasted for a duration of. It began at."):
         assert _HOLLOW.search(hollow), hollow
@@ -1517,12 +1589,20 @@ def test_a_followup_answered_about_another_item_than_the_one_named_falls_back(
                            artifact={"result": listed}),
                AIMessage("...")]
     q = "what stage was the first one in"
-    for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in N2.",
-                 f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", "It was in N2.",
+    words = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM"}
+    own, other = words[hyp[0].stage], next(w for s, w in words.items() if s != hyp[0].stage)
+    for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in {other}.",
+                 f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", f"It was in {own}.",
                  f"The traces around it (epoch {hyp[0].epoch + 1}) are drawn."):
         assert wrong_referent(fine, q, history) is None, fine
     assert hyp[1].epoch > hyp[0].epoch + 1
     assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", q, history)
+    # citing nothing, a stage answer must name the item's stage ("The second stage in the
+    # sleep was N2"); one citing the item's time is checked by the time
+    assert wrong_referent(f"The first stage in the sleep was {own}.", q, history) is None
+    said = wrong_referent(f"The first stage in the sleep was {other}.", q, history)
+    assert said and f"stage {hyp[0].stage}" in said, said
+    assert wrong_referent(f"It was {other}.", "describe the first one", history) is None
     assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", "and the second one?",
                           history) is None
 
