@@ -828,10 +828,10 @@ class OfflinePlanner(BaseChatModel):
             else:
                 idx = match[0] if match else 0
         else:
-            if k > len(refs):
+            idx = _place_index(k, len(refs))
+            if idx is None:
                 return _Step(text=f"The last list had {len(refs)} item(s); there is no "
                                   "such item in it.")
-            idx = k - 1 if k > 0 else len(refs) - 1
         ref = refs[idx]
         step = self._followup_step(q, ref, done)
         if step.text is not None:
@@ -927,9 +927,16 @@ def followup_referent(question: str, history: Sequence[BaseMessage]) -> dict | N
     if k is None:
         return None
     refs, _focus = _last_refs(history)
-    if not refs or k > len(refs):
+    idx = _place_index(k, len(refs))
+    return refs[idx] if idx is not None else None
+
+
+def _place_index(k: int, n: int) -> int | None:
+    """The index of the ``k``-th item of a list of ``n`` (``k`` from
+    :func:`assistant.extract.ordinal`: 1 = the first, -1 = the last); None past its end."""
+    if n == 0 or k > n:
         return None
-    return refs[k - 1 if k > 0 else len(refs) - 1]
+    return k - 1 if k > 0 else n - 1
 
 
 def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
