@@ -30,6 +30,7 @@ __all__ = [
     "patient_ref",
     "quoted",
     "sections_for",
+    "spoken_times",
     "stage",
     "superlative",
     "system",
@@ -46,6 +47,52 @@ _AT_RE = re.compile(rf"\b(?:at|around|near|about)\s+{_HM}{_AMPM}", re.I)
 _AFTER_RE = re.compile(rf"\b(?:after|since)\s+{_HM}{_AMPM}", re.I)
 _BEFORE_RE = re.compile(rf"\b(?:before|until)\s+{_HM}{_AMPM}", re.I)
 _EPOCH_RE = re.compile(r"\bepochs?\s+(\d{1,5})(?:\s*(?:-|to|and|through)\s*(\d{1,5}))?", re.I)
+
+
+_HOUR_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+               "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+_MINUTE_WORDS = {"five": 5, "ten": 10, "quarter": 15, "a quarter": 15, "twenty": 20,
+                 "twenty-five": 25, "twenty five": 25, "half": 30}
+_HOUR = r"(\d{1,2}|" + "|".join(_HOUR_WORDS) + r")"
+_SPOKEN_RE = re.compile(r"(?<!from )(?<!between )\b(?:(twenty[- ]five|twenty|ten|five|a quarter|"
+                        r"quarter|half|\d{1,2}(?= minutes?))(?: minutes?)? (past|to)|(a quarter|"
+                        r"quarter|half) (after|before)|(\d{1,2}) (past)) " + _HOUR + r"\b"
+                        r"(?! ?(?:minutes?|min|hours?|h|epochs?|s|seconds?)\b)", re.I)
+_HOUR_WORD_RE = re.compile(r"\b(at|around|about|near|by|from|between|and|to|until|till|after|"
+                           r"before|since) (" + "|".join(_HOUR_WORDS) + r")\b(?= ?(?:o'?clock|"
+                           r"a\.?m\.?|p\.?m\.?|in the|at night|and|to|until|till|or|[?.,;!]|$))",
+                           re.I)
+
+
+def spoken_times(text: str) -> str:
+    """Clock times in words written as digits, for the parsers below: "ten past 3" -> "3:10",
+    "half past two" -> "2:30", "a quarter to four" -> "3:45", "at two am" -> "at 2 am",
+    "around midnight" -> "around 0:00", "3 o'clock" -> "3:00".
+
+    >>> spoken_times("show me the leg emg at around half past two")
+    'show me the leg emg at around 2:30'
+    """
+    def hour(word: str) -> int:
+        return int(word) if word.isdigit() else _HOUR_WORDS[word.lower()]
+
+    def spoken(m: re.Match) -> str:
+        word = (m.group(1) or m.group(3) or m.group(5)).lower().replace("-", " ")
+        way = (m.group(2) or m.group(4) or m.group(6)).lower()
+        mins = int(word) if word.isdigit() else _MINUTE_WORDS.get(
+            word, _MINUTE_WORDS.get(word.replace(" ", "-"), 0))
+        h = hour(m.group(7))
+        if not 0 < mins < 60 or h > 23:
+            return m.group(0)
+        if way in ("to", "before"):  # "ten to one": 00:50, a night's small hours
+            h, mins = (h - 1) % 24, 60 - mins
+        return f"{h}:{mins:02d}"
+
+    out = _SPOKEN_RE.sub(spoken, text)
+    out = _HOUR_WORD_RE.sub(lambda m: f"{m.group(1)} {hour(m.group(2))}", out)
+    out = re.sub(r"\b(\d{1,2}|" + "|".join(_HOUR_WORDS) + r") ?o'?clock\b",
+                 lambda m: f"{hour(m.group(1))}:00", out, flags=re.I)
+    return re.sub(r"\b(at|around|about|near|by|from|until|till|after|before|since) "
+                  r"midnight\b", r"\1 0:00", out, flags=re.I)
 
 
 def _hhmm(h: str, m: str | None, s: str | None, ampm: str | None) -> str | None:
@@ -223,7 +270,8 @@ def limit(text: str, default: int) -> int:
 _SYSTEMS = (
     (r"\beeg\b|\bbrain\b|spindle|cortical|\balpha\b|\bdelta\b", "brain"),
     (r"\bheart\b|\bcardiac\b|\becg\b|\bekg\b|pulse|heart rate", "cardiac"),
-    (r"breath|respirat|airflow|\bspo2\b|oxygen|saturation|snor|apn|hypopn", "respiration"),
+    (r"breath|respirat|airflow|\bspo2\b|oxygen|saturation|\bsats?\b|snor|apn|hypopn|nasal|"
+     r"thora|abdo|\bbelts?\b|\beffort\b", "respiration"),
     (r"\bmuscle\b|\bemg\b|\bleg\b|\blimb\b|movement|atonia|\bchin\b|\bposition\b", "somatic"),
 )
 
@@ -250,6 +298,9 @@ def patient_ref(text: str) -> str | None:
     return None
 
 
+#: "total mins of", "minutes in", "hours of", "time spent in" before a stage's name.
+_TIME_OF = r"\b(?:min(?:ute)?s|hours?|hrs?|time(?: spent)?) (?:of|in) (?:stage )?"
+
 #: Measures of tools.report_facts by words (regex) -> (section, measure names).
 MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (r"positional|supine|on (?:his|her|their) back|position", "respiratory",
@@ -261,10 +312,12 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      r"severity of .*apn|(?:apn|hypopn|breathing|respiratory)\w*.* per hour|per hour .*"
      r"(?:apn|hypopn)", "respiratory", ("ahi_3a", "ahi_4")),
     (r"\brdi\b|respiratory disturbance index", "respiratory", ("ahi_3a", "ahi_4")),
-    (r"central apn(?:o)?ea index|how many central", "respiratory",
+    (r"central apn(?:o)?ea index|how many (?:[\w-]+ ){0,4}central", "respiratory",
      ("central_apnea_count", "central_apnea_index")),
-    (r"obstructive apn(?:o)?ea index|how many obstructive", "respiratory",
+    (r"obstructive apn(?:o)?ea index|how many (?:[\w-]+ ){0,4}obstructive", "respiratory",
      ("obstructive_apnea_count", "obstructive_apnea_index")),
+    (r"how many (?:[\w-]+ ){0,4}mixed|mixed apn(?:o)?eas? (?:count|number)", "respiratory",
+     ("mixed_apnea_count",)),
     (r"apn(?:o)?ea index", "respiratory", ("apnea_index",)),
     (r"how many (?:apn|breathing|respiratory)", "respiratory",
      ("obstructive_apnea_count", "central_apnea_count", "mixed_apnea_count",
@@ -296,18 +349,26 @@ MEASURE_WORDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("tib_min",)),
     (r"how much rem|rem (?:time|percentage|%|share)|percent(?:age)? (?:of )?rem|"
      r"(?:proportion|fraction|share|portion|percent(?:age)?) of [\w' ]{0,30}\brem\b|"
-     r"\brem\b [\w' ]{0,20}(?:proportion|fraction|share)", "architecture",
+     r"\brem\b [\w' ]{0,20}(?:proportion|fraction|share)|" + _TIME_OF + r"rem\b|"
+     r"\brem (?:min(?:ute)?s|duration)|total rem\b", "architecture",
      ("r_min", "r_pct_tst")),
     (r"how much (?:n3|deep|slow)|n3 (?:time|percentage|%)|deep sleep|slow[- ]wave sleep|"
-     r"\bsws\b|minutes of n3", "architecture",
+     r"\bsws\b|" + _TIME_OF + r"(?:n3|stage 3)\b", "architecture",
      ("n3_min", "n3_pct_tst")),
-    (r"how much n2|n2 (?:time|percentage|%)", "architecture", ("n2_min", "n2_pct_tst")),
-    (r"how much n1|n1 (?:time|percentage|%)|light sleep", "architecture", ("n1_min",
-                                                                           "n1_pct_tst")),
+    (r"how much n2|n2 (?:time|percentage|%)|" + _TIME_OF + r"(?:n2|stage 2)\b", "architecture",
+     ("n2_min", "n2_pct_tst")),
+    (r"how much n1|n1 (?:time|percentage|%)|light sleep|" + _TIME_OF + r"(?:n1|stage 1)\b",
+     "architecture", ("n1_min", "n1_pct_tst")),
     (r"stage (?:distribution|percentages|breakdown)|sleep stages|architecture", "architecture",
      ("n1_pct_tst", "n2_pct_tst", "n3_pct_tst", "r_pct_tst")),
     (r"arousal ind(?:e?x|ices)|how many arousals|arousals", "arousals", ("arousal_count",
                                                                 "arousal_index")),
+    (r"(?:limb|leg|plm) arousals?|arousals? (?:\w+ ){0,3}(?:from|due to|caused by|with|after) "
+     r"(?:the )?(?:leg|limb|plm)", "arousals", ("limb_arousal_index",)),
+    (r"respiratory arousals?|arousals? (?:\w+ ){0,3}(?:from|due to|caused by|with|after) "
+     r"(?:the )?(?:breathing|respirat\w*|apn\w*|hypopn\w*)", "arousals",
+     ("respiratory_arousal_index",)),
+    (r"spontaneous arousals?", "arousals", ("spontaneous_arousal_index",)),
     (r"\bplmi?\b|periodic limb|plms index|limb movement index|leg movement", "limb_movements",
      ("plm_count", "plmi", "lm_index")),
     (r"(?:heart|pulse)\b.*\b(?:apn|hypopn|respiratory events?|breathing events?)|"

@@ -1355,6 +1355,16 @@ def _own_line(text: str, words_at: int, value_at: int) -> bool:
                 or any(m.group(0) != UNVERIFIED for m in _EVIDENCE.finditer(line)))
 
 
+def _event_line(text: str, at: int) -> bool:
+    """Whether the line of ``text`` holding position ``at`` is about an event or epoch of its
+    own: evidence in brackets on it, or an epoch or clock time before ``at``."""
+    start = text.rfind("\n", 0, at) + 1
+    end = text.find("\n", at)
+    line = text[start:end if end >= 0 else len(text)]
+    return bool(_EVENT_CONTEXT.search(text[start:at])
+                or any(m.group(0) != UNVERIFIED for m in _EVIDENCE.finditer(line)))
+
+
 def _stem_words(text: str) -> set[str]:
     """Lower-case words, a plural "s" dropped ("apneas" -> "apnea")."""
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
@@ -1444,6 +1454,10 @@ def misbound_spans(text: str, measures: Iterable[object], question: str
                 if not (tok.end <= mb.start() and tok.family in fams and tok.family != "count"
                         and _OF_AFTER.fullmatch(sentence[tok.end:mb.start()])
                         and sentence[max(0, tok.start - 1):tok.start] != "("):
+                    continue
+                if before_only and _event_line(text, at + tok.start):
+                    # "[event respiration 8089-8142 s] A 7% desaturation to 89% lasting 53 s
+                    # in supine N2": the event's duration, not the supine sleep time
                     continue
                 phrase = re.split(r"[,;\n]", low[mb.start():], maxsplit=1)[0]
                 words = _stem_words(phrase)

@@ -238,9 +238,16 @@ def _strip_lead(q: str) -> str:
     t = re.sub(r"^(?:please\s+)?(?:find|locate|search(?: the night)? for|look for|show me|"
                r"where are|when is|mark)\s+(?:the\s+)?(?:periods? of\s+|epochs? (?:with|of|that "
                r"look like)\s+)?", "", t, flags=re.I)
+    # "does the model see any loss of atonia in REM - high chin tone ...? where": what to
+    # find, without the asking (SleepLM's text encoder reads the query as a description)
+    t = re.sub(r"^(?:(?:where\s+(?:in the night\s+)?)?(?:does|do|did|can|could|would|will)\s+)?"
+               r"(?:the model|sleeplm|the ai|it|you)\s+(?:see|find|detect|spot|show|pick up|"
+               r"put|think there (?:is|are))\s+(?:any\s+)?(?:signs?\s+of\s+)?", "", t, flags=re.I)
+    t = re.sub(r"[\s?,.;-]+(?:and\s+|if so,?\s+)?(?:where(?: in the night)?|when)\s*$", "", t,
+               flags=re.I)
     t = re.sub(r"\s+(?:happen|occur|happens|occurs)$", "", t, flags=re.I)
     t = re.sub(r"^(?:the\s+)", "", t, flags=re.I)
-    return t.strip() or q.strip()
+    return t.strip(" ?.!,;-") or q.strip()
 
 
 _STAGE_LABEL = {"R": "REM sleep", "N3": "N3 deep sleep", "N2": "N2 sleep", "N1": "N1 sleep",
@@ -347,9 +354,9 @@ class OfflinePlanner(BaseChatModel):
             return AIMessage(content="Ask me about the current patient's night.")
         question = _text(messages[last_h])
         turn = messages[last_h + 1:]
-        from assistant.routing import fix_first_verb
+        from assistant.routing import normalise
 
-        question = fix_first_verb(question)
+        question = normalise(question)
         route = self._turn_route(turn) or self.router.route(question)
         results = _results(turn)
         history = messages[:last_h]
@@ -381,9 +388,9 @@ class OfflinePlanner(BaseChatModel):
                      default=None)
         if last_h is None:
             return ToolShortlist(intent="unknown")
-        from assistant.routing import fix_first_verb
+        from assistant.routing import normalise
 
-        question = fix_first_verb(_text(messages[last_h]))
+        question = normalise(_text(messages[last_h]))
         history = messages[:last_h]
         args = X.extract(question)
         route = _adjust(self.router.route(question), question, args)
@@ -676,6 +683,9 @@ class OfflinePlanner(BaseChatModel):
                                                           lst.group(1)) if x.strip()]
                 elif m:
                     labels = [m.group(1).strip(), m.group(2).strip()]
+                elif m := re.search(r"[:\u2013-]\s*([\w' ]{1,30}?)\s+or\s+([\w' ]{1,30}?)\s*\??$",
+                                    low):  # "epoch 450: REM or N1?"
+                    labels = [m.group(1).strip(), m.group(2).strip()]
                 elif re.search(r"\bwhat stage\b|\bwhich stage\b", low):
                     labels = ["wake", "N1 sleep", "N2 sleep", "N3 deep sleep", "REM sleep"]
                 elif m := re.search(r"(?:probability|how likely|chance|likelihood)\b(?:\s+(?:is|"
@@ -816,6 +826,10 @@ class OfflinePlanner(BaseChatModel):
 
     def _do_followup(self, route, q, a, done, history) -> _Step:
         refs, focus = _last_refs(history)
+        if not refs and _last_list_empty(history):
+            return _Step(text="The last search or list found nothing, so it has no such item. "
+                              "Ask again with other words, or list scored events, e.g. 'list "
+                              "the apneas'.")
         if not refs:
             return _Step(text="I have no earlier list of events or intervals in this "
                               "conversation to refer to. Ask e.g. 'list the apneas' or "
@@ -845,14 +859,18 @@ class OfflinePlanner(BaseChatModel):
             return _Step(text=f"It started at {ref['clock']} in "
                               f"{_STAGE_WORD.get(ref['stage'], ref['stage'])} (epoch "
                               f"{ref['first_epoch']}).")
-        if re.search(r"\b(?:show|plot|draw|zoom|display)\b", low):
+        # the system the question names ("the EEG around then") before the item's own
+        named = X.system(q)
+        if re.search(r"\b(?:show|plot|draw|zoom|display|pull up|bring up|traces?|waveforms?|"
+                     r"raw)\b", low):
             if not done:
                 return _Step(tool="plot_signals", args={
                     "window": {"start": ref["start_s"], "end": ref["end_s"]},
-                    "system": X.system(ref["label"].replace("_", " ")), "pad_s": 20.0})
+                    "system": named or X.system(ref["label"].replace("_", " ")),
+                    "pad_s": 20.0})
             return _Step(text=done[-1].content)
         if not done:
-            return _Step(tool="caption", args={"target": where, "system": X.system(
+            return _Step(tool="caption", args={"target": where, "system": named or X.system(
                 ref["label"].replace("_", " ")) or "holistic", "max_epochs": 3})
         return _Step(text=f"{ref['label'].replace('_', ' ').capitalize()} at {ref['clock']}:\n"
                           + done[-1].content)
@@ -960,6 +978,26 @@ def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
         if refs:
             return refs, None
     return [], None
+
+
+def _last_list_empty(history: Sequence[BaseMessage]) -> bool:
+    """Whether the conversation's last answer is a list that came out empty (a search that
+    found nothing: "describe the first of those" then has nothing to describe)."""
+    i = next((j for j in range(len(history) - 1, -1, -1) if isinstance(history[j], AIMessage)
+              and not history[j].tool_calls), None)
+    if i is None:
+        return False
+    if REFS_KEY in history[i].additional_kwargs:
+        return not history[i].additional_kwargs[REFS_KEY]
+    before = history[:i]
+    ran = [m for m in reversed(before) if isinstance(m, (ToolMessage, HumanMessage))]
+    turn = []
+    for m in ran:
+        if isinstance(m, HumanMessage):
+            break
+        turn.append(m)
+    return any(m.name in ("list_events", "localize") and m.status != "error" for m in turn) \
+        and not _tool_refs(before)
 
 
 def _field(obj: Any, key: str, default: Any = None) -> Any:

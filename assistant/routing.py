@@ -21,7 +21,7 @@ import numpy as np
 from assistant.prompts import prompts_dir
 from sleeplm._logging import logger
 
-__all__ = ["Route", "SemanticRouter", "embed", "load_routes"]
+__all__ = ["Route", "SemanticRouter", "embed", "load_routes", "normalise"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,7 +85,8 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"\b(?:the (?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|last|"
      r"\d+(?:st|nd|rd|th)) one|that one|th(?:at|is) (?:desaturation|apnea|hypopnea|event|"
      r"interval|arousal|period|limb movement|movement)|number \d+|#\d+)\b|\bthe (?:first|"
-     r"second|third|fourth|fifth|last|\w+th) of (?:those|them|these)\b", "followup"),
+     r"second|third|fourth|fifth|last|\w+th) of (?:those|them|these)\b|\b(?:around|at|near|"
+     r"during|before|after|by) (?:then|that time|that point|that moment)\b", "followup"),
     (r"^(?:and |so )?(?:what|which)(?: sleep)? stage was (?:it|that|this)\b", "followup"),
     (r"\"[^\"]+\"\s*(?:,|or)\s*\"[^\"]+\"|\b(?:probabilit\w*|how likely|likelihood|"
      r"classify|which (?:stage|class|label) (?:is|fits|best))\b|\bis (?:this|it|that) "
@@ -107,7 +108,9 @@ _OVERRIDES: tuple[tuple[str, str], ...] = (
     (r"\b(?:anything|something) (?:notable|unusual|interesting|abnormal|remarkable)\b",
      "summary"),
     (r"^(?:please\s+)?(?:describe|caption)\b|\bdescription\b|\bwhat (?:happens|happened|"
-     r"is going on|is happening) (?:at|in|during|between|around|from)\b|\bwhat does (?:the )?"
+     r"is going on|is happening) (?:at|in|during|between|around|from)\b|\bwhat(?:'s|s| was)? "
+     r"(?:going on|happening|happened)\s+(?:in (?:the |his |her |their )?(?:[\w-]+ ){0,3})?"
+     r"(?:at|around|between|from|near|in epoch|during epoch)\s+(?:\d|epoch)|\bwhat does (?:the )?"
      r"[\w\s]+ look like\b", "caption"),
     (r"\bwalk me through\b|\boverview\b|\bsummar(?:y|ise|ize)\b", "summary"),
     (r"^(?:please\s+)?(?:find|locate|search (?:the night )?for|look for|where (?:in the night "
@@ -145,6 +148,15 @@ def fix_first_verb(text: str) -> str:
         if close:
             return close[0] + sep + rest
     return text
+
+
+def normalise(text: str) -> str:
+    """A question as the router and the parsers read it: a typo in its opening verb fixed
+    (:func:`fix_first_verb`) and clock times in words written as digits
+    (:func:`assistant.extract.spoken_times`: "whats going on at ten past 3" -> "... at 3:10")."""
+    from assistant.extract import spoken_times
+
+    return spoken_times(fix_first_verb(text))
 
 
 @dataclass(frozen=True)
@@ -196,7 +208,7 @@ class SemanticRouter:
 
     def route(self, question: str) -> Route:
         """The intent of ``question`` (see the module docstring)."""
-        low = fix_first_verb(question.strip().lower())
+        low = normalise(question.strip().lower())
         names, vecs = self._index()
         sims = vecs @ embed([low])[0]
         per: dict[str, float] = {}

@@ -111,6 +111,7 @@ __all__ = [
     "unlisted_event_lines",
     "wrong_referent",
     "report_answer",
+    "grounded_withdrawals",
     "onset_epoch_lines",
     "epoch_aside_spans",
     "epoch_count_spans",
@@ -979,6 +980,25 @@ def _split(result: Any) -> tuple[Any, AIMessage | None, Callable[[AIMessage], An
     return result, None, lambda m: result
 
 
+def grounded_withdrawals(messages: Sequence[BaseMessage]) -> tuple[list[WithdrawnClaim], str]:
+    """What the chat grounding (:class:`ChatGroundingMiddleware`) withdraws from the last
+    message of ``messages``, an LLM's answer, and the answer's own text after it (without the
+    values it adds under the answer).
+
+    Returns
+    -------
+    withdrawn : list of WithdrawnClaim
+    body : str
+    """
+    last = messages[-1]
+    tagged = _tag(last, **{WRITER_KEY: "llm"}) if isinstance(last, AIMessage) else last
+    done = ChatGroundingMiddleware().after_agent({"messages": [*messages[:-1], tagged]}, None)
+    if not done:
+        return [], _text(last)
+    new = done["messages"][0]
+    return withdrawn_of(new), _text(new).split(COMPLETION_HEAD)[0]
+
+
 def report_answer(turn: Sequence[BaseMessage]) -> AIMessage | None:
     """The answer to a question whose last step was the LLM's own report draft or revision:
     the report tool's result itself, or None.
@@ -1303,19 +1323,23 @@ class ToolCallGuard(AgentMiddleware):
         if denied:
             return FallbackNote(reason="denied_result", detail=denied)
         if conversation:
-            g = ground_conversation(list(conversation) + [msg])
-            left = len(_NUMBER_LEFT.findall(g.text))
-            clocks_out = sum(w.kind == "clock" for w in g.withdrawn)
-            if len(g.withdrawn) >= 2 and (not left or (len(g.withdrawn) >= 3
-                                                       and len(g.withdrawn) > left)) or (
-                    clocks_out >= 3 and clocks_out > len(clock_times(g.text))):
+            # every check the answer will get (ChatGroundingMiddleware), not only the tool
+            # outputs': "Respiratory rate: 12 breaths/min, Saturation averaging: 96%, Lowest
+            # SpO2: 96%" about a plot that gives no value, and "between 22:30:19 and 22:31:20
+            # (epoch 18)" for a densest cluster at 02:55:59, were left with only their
+            # markers
+            out, body = grounded_withdrawals(list(conversation) + [msg])
+            left = len(_NUMBER_LEFT.findall(body))
+            clocks_out = sum(w.kind == "clock" for w in out)
+            if len(out) >= 2 and (not left or (len(out) >= 3 and len(out) > left)) or (
+                    clocks_out >= 3 and clocks_out > len(clock_times(body))):
                 # "The total duration of sleep is 10 hours, with 6 hours of light sleep ..."
                 # about a hypnogram plot: every number the model's own; "The hypnogram shows
                 # 12 epochs. The first epoch starts at 0:00:00 and ends at 0:00:30, ...":
                 # most of them; "- 1 obstructive apnea at 23:59:00\n- 1 central apnea at
                 # 00:00:00 ..." for 100 lines about an events plot: most of its times
                 return FallbackNote(reason="ungrounded_answer",
-                                    detail=", ".join(w.token for w in g.withdrawn)[:160])
+                                    detail=", ".join(w.token for w in out)[:160])
         ran = _ran(turn)
         if ran and all(m.status == "error" for m in ran) and (
                 _DENIED_RESULT.search(text) or _ABOUT_THE_ERROR.search(text)):
@@ -1340,9 +1364,9 @@ class ToolCallGuard(AgentMiddleware):
         named_by_place = bool(earlier) and ordinal(question) is not None
         if intent is None and router is not None and (
                 named_by_place or not any(isinstance(m, ToolMessage) for m in turn)):
-            from assistant.routing import fix_first_verb
+            from assistant.routing import normalise
 
-            intent = router.route(fix_first_verb(question)).intent
+            intent = router.route(normalise(question)).intent
         if intent == "followup" and named_by_place:
             other = wrong_referent(text, question, earlier)
             if other:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ScriptedChat, add_study, tiny_checkpoint, write_tiny_library
 from conftest import measures_of as _measures
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 
 from assistant import extract as X
 from assistant.agent import Assistant
@@ -350,6 +350,84 @@ def test_extraction_of_parts_of_the_night_and_breathing_stops():
               "Where in the night does the airflow stop completely?",
               "any pauses in his breathing?"):
         assert "obstructive_apnea" in X.event_types(q), q
+
+
+def test_a_second_blind_set_s_phrasings(tmp_path, library):
+    """What the offline planner missed on a second blind set (questions_blind2, written by a
+    helper that never saw the router): clock times in words, "mixed apneas", "the limb
+    arousal index", "total mins of REM", "the model see any ... where?", "epoch 450: REM or
+    N1?", "the EEG around then", "pull up the raw traces around that one"."""
+    from assistant.planner import _strip_lead
+    from assistant.routing import normalise
+
+    for said, clock in (("whats going on at ten past 3", "03:10"),
+                        ("show me the leg emg at around half past two", "02:30"),
+                        ("a quarter to four", "03:45"), ("ten to one", "00:50"),
+                        ("anything at two am?", "02:00"), ("around midnight", "00:00"),
+                        ("at 4 o'clock", "04:00"), ("20 past 2", "02:20")):
+        assert X.extract(X.spoken_times(said)).clock == clock, said
+    assert X.time_range(X.spoken_times("apneas between one and two")) == ("01:00", "02:00")
+    for kept in ("apneas from 2 to 3", "he woke up ten times", "the first 10 minutes after 3",
+                 "from ten to two"):
+        assert X.extract(X.spoken_times(kept)).clock is None, kept
+    assert normalise("desribe what happens at half past one") == "describe what happens at 1:30"
+    measures = {
+        "how many central apneas vs mixed apneas were scored": {"central_apnea_count",
+                                                                 "mixed_apnea_count"},
+        "how many of her arousals are from leg movements?": {"limb_arousal_index"},
+        "arousals caused by breathing events": {"respiratory_arousal_index"},
+        "REM latency and total mins of REM?": {"rem_latency_min", "r_min"},
+        "time spent in stage 2": {"n2_min"}}
+    for q, names in measures.items():
+        assert names <= set(X.sections_for(q.lower())[1]), q
+    assert "mixed_apnea_count" not in X.sections_for("show me the mixed apneas")[1]
+    assert _strip_lead("does the model see any loss of atonia in REM - high chin tone or "
+                       "twitchy movements? where?") == ("loss of atonia in REM - high chin "
+                                                        "tone or twitchy movements")
+    assert _strip_lead("where in the night does the model find alpha intruding into sleep") \
+        == "alpha intruding into sleep"
+
+    bot = _bot(tmp_path, library)
+    answer = bot.ask(OSA, "epoch 40: REM or N2?")
+    assert answer.tool_calls[0].args["labels"] == ["REM sleep", "N2 sleep"]
+    answer = bot.ask(OSA, "whats going on at ten past 11 pm")
+    [step] = answer.tool_calls
+    assert step.name == "caption" and "23:10" in str(step.args["target"]), step.args
+    listed = bot.ask(OSA, "when was the longest desaturation?")
+    [longest] = listed.tool_calls[0].artifact.result.events[:1]
+    answer = bot.ask(OSA, "what's happening in the EEG around then")
+    [step] = answer.tool_calls
+    assert step.name == "caption" and step.args["system"] == "brain"
+    assert step.args["target"]["epochs"][0] == max(longest.epoch, 0)
+    answer = bot.ask(OSA, "ok pull up the raw traces around that one - nasal pressure, "
+                          "thorax/abdo belts and sats")
+    [step] = answer.tool_calls
+    assert step.name == "plot_signals" and step.args["system"] == "respiration"
+    assert step.args["window"]["start"] == longest.onset_s
+    # after a search that found nothing, "the first of those" says so (it said "I have no
+    # earlier list of events or intervals in this conversation")
+    from assistant.planner import REFS_KEY
+
+    history = [HumanMessage("does the model see any loss of atonia in REM? where?"),
+               AIMessage("No interval of 'loss of atonia in REM' ...",
+                         additional_kwargs={REFS_KEY: []}),
+               HumanMessage("describe the first of those for me")]
+    said = OfflinePlanner().respond(history)
+    assert not said.tool_calls and said.content.startswith("The last search or list found "
+                                                            "nothing")
+    # an event's own duration on a line of evidence is no measure of the night ("[event
+    # respiration 8089-8142 s] A 7% desaturation to 89% lasting 53 s in supine N2" was
+    # read as the supine sleep time)
+    from assistant.grounding import misbound_numbers
+    from sleeplm.clinical.measure import Measure
+
+    supine = [Measure(name="supine_sleep_min", label="Sleep time supine", value=55.0,
+                      unit="min")]
+    line = ("- [event respiration 8089-8142 s] A 7% desaturation to 89% lasting 53 s in "
+            "supine N2, after an obstructive apnea.")
+    assert misbound_numbers(line, supine, "what's happening in the EEG around then") == []
+    assert [w.token for w in misbound_numbers("He slept 53 min in supine position.", supine,
+                                              "anything else?")] == ["53 min"]
 
 
 def test_where_questions_list_the_scored_events_first(tmp_path, library):

@@ -717,15 +717,23 @@ def test_a_wrong_longest_event_is_withdrawn_and_the_longest_added(tmp_path, libr
     other = next(e for e in ranked if abs(e.duration_s - top.duration_s) >= 1)
     assert top.epoch != other.epoch
     said = (f"The longest apnea was {other.duration_s:.0f} seconds, which occurred at epoch "
-            f"{other.epoch}.")
+            f"{other.epoch}, of the {len(every)} apneas scored.")
     model = _scripted(_call("list_events", {"types": ["apnea"]}, "e1"), AIMessage(said))
     answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(OSA, "longest apnea?")
     assert [(w.token, w.kind) for w in answer.withdrawn] == [
         (f"{other.duration_s:.0f} seconds", "measure"), (str(other.epoch), "measure")]
     assert answer.text.startswith("The longest apnea was [unverified], which occurred at "
-                                  "epoch [unverified].")
+                                  f"epoch [unverified], of the {len(every)} apneas scored.")
     assert f"(epoch {top.epoch}), {top.duration_s:.1f} s" in answer.text
     assert answer.completed == ["scored_events"]
+    # with every number of it withdrawn the answer says nothing: the planner answers
+    said = (f"The longest apnea was {other.duration_s:.0f} seconds, which occurred at epoch "
+            f"{other.epoch}.")
+    model = _scripted(_call("list_events", {"types": ["apnea"]}, "e1"), AIMessage(said))
+    answer = _bot(tmp_path / "a", library, model, shortlist_tools=4).ask(OSA, "longest apnea?")
+    assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
+    assert answer.fallback.detail == f"{other.duration_s:.0f} seconds, {other.epoch}"
+    assert f"epoch {top.epoch}" in answer.text and f"{top.duration_s:.1f} s" in answer.text
     # the right event, however written, is left alone
     right = (f"The longest apnea lasted {top.duration_s:.1f} s; it began at {top.clock} "
              f"(epoch {top.epoch}).")
@@ -838,8 +846,10 @@ def test_an_epoch_given_for_the_first_rem_or_the_sleep_onset_must_be_its_own(
                       AIMessage(said))
     answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
         OSA, "when did they first hit REM?")
-    assert [w.token for w in answer.withdrawn] == [str(onset), f"{onset * 0.5:.1f} min"]
-    assert answer.text.startswith("The first REM occurred at epoch [unverified]: ([unverified]).")
+    # both its numbers withdrawn, the answer says nothing: the planner answers instead
+    assert answer.fallback is not None and answer.fallback.reason == "ungrounded_answer"
+    assert answer.fallback.detail == f"{onset}, {onset * 0.5:.1f} min"
+    assert "The first REM occurred at epoch" not in answer.text
 
 
 def test_an_epoch_given_as_the_source_of_a_whole_night_value_must_be_one_it_cites(
@@ -981,6 +991,50 @@ def test_an_answer_about_the_patients_previous_night_says_nights_are_not_linked(
     offline = Assistant(config, library=library, chat_model=OfflinePlanner()).ask(
         OSA, "Compare this with his study from last night")
     assert offline.text.startswith(UNLINKED_NIGHTS) and "most similar" in offline.text
+
+
+def test_an_answer_left_with_markers_by_the_later_checks_falls_back():
+    """"Show me the raw traces around the last one you listed": the 1.5 B model answered
+    "Respiratory rate: 12 breaths/min, Saturation averaging: 96%, Lowest SpO2: 96%" about a
+    plot that gives no value. The tool-output check withdrew only the 12 (the 96 % came from
+    an earlier question's caption); the later check of numbers from earlier questions took
+    the rest, and the answer stood with three markers. The fallback now counts every check's
+    withdrawals."""
+    from assistant.toolcalls import ToolCallGuard, grounded_withdrawals
+
+    def call(name, args, cid):
+        return AIMessage("", tool_calls=[{"name": name, "args": args, "id": cid,
+                                          "type": "tool_call"}],
+                         additional_kwargs={"sleeplm_writer": "llm"})
+
+    earlier = [
+        HumanMessage("What were the signals doing during the second one on that list?"),
+        call("caption", {"target": {"epochs": [371, 371]}}, "c1"),
+        ToolMessage(content="Deterministic facts (quotable):\n- [epoch respiration 11130-11160 "
+                            "s] Scored: an obstructive apnea. Respiratory rate 6 breaths/min. "
+                            "Saturation averaging 96%, lowest 96%.", tool_call_id="c1",
+                    name="caption"),
+        AIMessage("Saturation averaging 96%, lowest 96% (epoch 371).",
+                  additional_kwargs={"sleeplm_writer": "llm"})]
+    question = "Show me the raw traces around the last one you listed."
+    turn = [call("plot_signals", {"window": {"start": 13350.0, "end": 13352.0}}, "p1"),
+            ToolMessage(content="sim-01003-osa_moderate, epoch 445 (01:58:30-01:59:00, R); "
+                                "scored: obstructive_apnea: written to signals.png (channels "
+                                "AIRFLOW, SPO2)", tool_call_id="p1", name="plot_signals")]
+    said = AIMessage("The respiratory signals around the last obstructive apnea (epoch 445) "
+                     "were as follows:\n\n- **Respiratory rate**: 12 breaths/min\n- "
+                     "**Saturation averaging**: 96%\n- **Lowest SpO2**: 96%")
+    conversation = [*earlier, HumanMessage(question), *turn]
+    out, body = grounded_withdrawals([*conversation, said])
+    assert sorted(w.token for w in out) == ["12", "96%", "96%"] and "445" in body
+    note = ToolCallGuard([])._answer_problem(said, turn, question, [], earlier=earlier,
+                                               conversation=conversation)
+    assert note is not None and note.reason == "ungrounded_answer", note
+    # one value withdrawn of several kept stands
+    fine = AIMessage("The traces around epoch 445 (01:58:30) show the apnea; no value is "
+                     "given for them.")
+    assert ToolCallGuard([])._answer_problem(fine, turn, question, [], earlier=earlier,
+                                             conversation=conversation) is None
 
 
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():

@@ -95,6 +95,26 @@ def test_question_set_rejects_bad_items(tmp_path):
     assert len(problems) == 3 and "crystal_ball" in problems[0]
 
 
+def test_the_blind_and_held_out_sets_are_sound(measure_names):
+    """The question sets written without seeing the router (blind, held-out, second blind)
+    name real tools and measures, keep a conversation with one patient, and start no
+    conversation with a follow-up."""
+    tools = set(TOOL_NAMES) | set(B.REPORT_TOOL_NAMES)
+    folder = B.QUESTIONS_PATH.parent
+    sets = [folder / f"questions_{n}.jsonl" for n in ("blind", "heldout", "blind2")]
+    questions = B.load_question_sets(sets)
+    assert len(questions) == 30 + 40 + 45
+    # an index per arousal cause exists where the night scores arousals of that cause (the
+    # tiny test night scores no limb arousals)
+    from sleeplm.clinical.arousals import _CAUSES
+
+    known = set(measure_names) | {f"{c}_arousal_index" for c in _CAUSES}
+    assert B.check_question_set(questions, tools, known) == []
+    for convo in B.conversations(questions):
+        assert convo[0].category not in ("followup", "report_edit"), convo[0].id
+    assert all(not q.expect_tools for q in questions if q.category == "out_of_scope")
+
+
 def test_question_sets_load_in_order_with_unique_ids(tmp_path):
     shipped = B.QUESTIONS_PATH
     blind = shipped.parent / "questions_blind.jsonl"
