@@ -115,6 +115,7 @@ __all__ = [
     "onset_epoch_lines",
     "epoch_aside_spans",
     "epoch_count_spans",
+    "rate_claim_spans",
     "epoch_source_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -1500,7 +1501,8 @@ class ChatGroundingMiddleware(AgentMiddleware):
         onsets = onset_epoch_spans(text, messages)
         placed = (epoch_clock_spans(text, messages) + onsets
                   + local_value_spans(text, messages) + impossible_epoch_spans(text, messages)
-                  + epoch_source_spans(text, messages) + epoch_count_spans(text, messages))
+                  + epoch_source_spans(text, messages) + epoch_count_spans(text, messages)
+                  + rate_claim_spans(text, messages))
         placed = _disjoint(placed)
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -2899,6 +2901,82 @@ def epoch_count_spans(text: str, messages: Sequence[BaseMessage]
         out.append((mt.start(1), mt.end(1), WithdrawnClaim(
             token=mt.group(1), kind="measure", sentence=text[max(0, mt.start() - 80):mt.end()],
             reason=f"{n} is the {m.label.lower()}, a count of events, not a number of epochs")))
+    return out
+
+
+#: Kinds of events a rate names ("5 central apneas per hour") -> the indices (events/h) that
+#: rate may be; an empty tuple: no index of that kind exists (a count of them per hour is
+#: then no measured value). Generic "events" name no kind.
+_RATE_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"obstructive apn\w*", ("obstructive_apnea_index",)),
+    (r"central apn\w*", ("central_apnea_index",)),
+    (r"mixed apn\w*", ()),
+    (r"apn\w* (?:and|or|&|plus) hypopn\w*|(?:respiratory|breathing) events?",
+     ("ahi_3a", "ahi_4")),
+    (r"hypopn\w*", ()),
+    (r"apn\w*", ("apnea_index",)),
+    (r"respiratory arousals?", ("respiratory_arousal_index",)),
+    (r"spontaneous arousals?", ("spontaneous_arousal_index",)),
+    (r"(?:limb|leg|plm) arousals?", ("limb_arousal_index",)),
+    (r"arousals?", ("arousal_index", "respiratory_arousal_index", "spontaneous_arousal_index",
+                    "limb_arousal_index")),
+    (r"desat\w*", ("odi3", "odi4")),
+    (r"periodic (?:limb|leg) movements?|plms?", ("plmi",)),
+    (r"(?:limb|leg) movements?|leg kicks?", ("lm_index", "plmi")),
+)
+_RATE_ITEM = re.compile(
+    r"(?<![\w.])(\d+(?:\.\d+)?)\s+((?:(?:obstructive|central|mixed|respiratory|breathing|"
+    r"spontaneous|periodic|limb|leg|plm)\s+)*(?:apn\w*(?: (?:and|or|&|plus) hypopn\w*)?|"
+    r"hypopn\w*|events?|arousals?|desat\w*|movements?|plms?|kicks?))\b", re.IGNORECASE)
+_RATE_CHAIN = re.compile(r"\s*,\s*(?:and\s+)?|\s+(?:and|or)\s+", re.IGNORECASE)
+_PER_HOUR = re.compile(r"\s*(?:of sleep\s+)?(?:per|an|each|every|a|/)\s*(?:hour|hr|h)\b",
+                       re.IGNORECASE)
+
+
+def rate_claim_spans(text: str, messages: Sequence[BaseMessage]
+                     ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Counts of events written as rates that no index of that kind of event has.
+
+    Asked "How many apneas and hypopneas per hour of sleep did she have?", the 1.5 B model
+    answered "The patient had 43 obstructive apneas, 5 central apneas, and 8 mixed apneas per
+    hour of sleep": the night's counts (43, 5, 8) as rates, the obstructive apnea index being
+    6.3 events/h. Each "N <kind of event>" of a list that ends in "per hour" must be the
+    value of that kind's index (:data:`_RATE_KINDS`), as the facts give it; a kind without
+    an index (mixed apneas, hypopneas) has no such value.
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the numbers (kind ``measure``), in order.
+    """
+    ms = {n: m for n, m in facts_measures(messages).items()
+          if getattr(m, "value", None) is not None and math.isfinite(float(m.value))}
+    if not ms or not text:
+        return []
+    items = list(_RATE_ITEM.finditer(text))
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    chain: list[re.Match] = []
+    for i, it in enumerate(items):
+        chain.append(it)
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if nxt is not None and _RATE_CHAIN.fullmatch(text[it.end():nxt.start()]):
+            continue  # the list goes on
+        rated = _PER_HOUR.match(text, it.end()) is not None
+        for c in chain if rated else ():
+            words = c.group(2).lower()
+            kind = next((names for pat, names in _RATE_KINDS if re.fullmatch(pat, words)), None)
+            if kind is None:
+                continue  # "events": no kind named
+            num = c.group(1)
+            dec = len(num.split(".")[1]) if "." in num else 0
+            have = [ms[n] for n in kind if n in ms]
+            if any(abs(float(m.value) - float(num)) <= 0.5 * 10 ** -dec + 1e-9 for m in have):
+                continue
+            said = ", ".join(f"{m.label}: {m.format()}" for m in have) or "no index of them"
+            out.append((c.start(1), c.end(1), WithdrawnClaim(
+                token=num, kind="measure", sentence=text[max(0, c.start() - 80):c.end() + 20],
+                reason=f"{num} {words} per hour is no measured rate ({said})")))
+        chain = []
     return out
 
 

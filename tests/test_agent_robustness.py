@@ -1037,6 +1037,37 @@ def test_an_answer_left_with_markers_by_the_later_checks_falls_back():
                                              conversation=conversation) is None
 
 
+def test_counts_written_as_rates_are_withdrawn(tmp_path, library):
+    """"How many apneas and hypopneas per hour of sleep did she have?": the 1.5 B model
+    answered "The patient had 43 obstructive apneas, 5 central apneas, and 8 mixed apneas per
+    hour of sleep", the night's counts as rates (the obstructive apnea index was 6.3 events/h;
+    the 8 passed the number check as the apnea index's 8.2)."""
+    from assistant.toolcalls import rate_claim_spans
+
+    facts = report_facts(ToolContext(library=library, patient=OSA))
+    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    n_obs = int(ms["obstructive_apnea_count"].value)
+    oai = ms["obstructive_apnea_index"]
+    assert n_obs > 0 and abs(n_obs - oai.value) > 0.5
+    said = (f"The patient had {n_obs} obstructive apneas, and 3 mixed apneas per hour of sleep. "
+            f"The AHI was {ms['ahi_3a'].format()}.")
+    model = _scripted(_call("report_facts", {"sections": ["respiratory"]}, "f1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "How many apneas and hypopneas per hour of sleep did she have?")
+    assert [w.token for w in answer.withdrawn] == [str(n_obs), "3"], answer.withdrawn
+    assert "no measured rate" in answer.withdrawn[0].reason
+    assert answer.text.startswith("The patient had [unverified] obstructive apneas, and "
+                                  "[unverified] mixed apneas per hour of sleep.")
+    msgs = [ToolMessage(content="facts", tool_call_id="f1", name="report_facts",
+                        artifact={"result": facts})]
+    for fine in (f"{oai.format().split()[0]} obstructive apneas per hour",
+                 f"There were {n_obs} obstructive apneas in the night.",
+                 f"The ODI was {ms['odi3'].format().split()[0]} events per hour.",
+                 f"{ms['ahi_3a'].format().split()[0]} apneas and hypopneas per hour"):
+        assert rate_claim_spans(fine, msgs) == [], fine
+
+
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     from assistant.toolcalls import extreme_event_spans
 
