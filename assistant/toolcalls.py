@@ -1728,6 +1728,9 @@ _ASKS_STAGE = re.compile(r"\b(?:what|which)(?: sleep)? stage\b|\bstage (?:was|is
 _STAGE_NAMED = re.compile(r"\b(?:N[123]|REM|wake|awake|wakefulness)\b", re.IGNORECASE)
 _STAGE_NAMES = {"n1": "N1", "n2": "N2", "n3": "N3", "rem": "R", "wake": "W", "awake": "W",
                 "wakefulness": "W"}
+#: A stage given as the answer: "was in the REM stage", "during N2", "it was N3".
+_STAGE_CLAIMED = re.compile(r"\b(?:in|during|was|is)\s+(?:the\s+)?(?:stage\s+)?(N[123]|REM|wake|"
+                            r"awake|wakefulness)\b", re.IGNORECASE)
 
 
 def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> str | None:
@@ -1741,7 +1744,9 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     times must cite one of that item's, or an epoch next to them ("the raw traces around the
     last one", an apnea in epoch 444, drawn over epochs 444-445 and answered "epoch 445").
     One that cites neither, to a question asking for the item's stage, must not name only
-    other stages ("The second stage in the sleep was N2" for an event in REM).
+    other stages ("The second stage in the sleep was N2" for an event in REM); and no answer
+    to that question may give another stage as the answer ("... at epoch 573 (03:02:36, N2),
+    which was in the REM stage").
 
     Parameters
     ----------
@@ -1758,17 +1763,24 @@ def wrong_referent(text: str, question: str, earlier: Sequence[BaseMessage]) -> 
     if ref is None:
         return None
     lo, hi = int(ref["first_epoch"]), int(ref["last_epoch"])
+    own = str(ref.get("stage", ""))
+    what = f"the {str(ref.get('label', 'item')).replace('_', ' ')} at {ref.get('clock')}"
+    if _ASKS_STAGE.search(question) and own in _STAGE_NAMES.values():
+        # "The first hypopnea occurred at epoch 573 (03:02:36, N2), which was in the REM
+        # stage": the right item, and another stage given as the answer
+        claimed = {_STAGE_NAMES[m.group(1).lower()] for m in _STAGE_CLAIMED.finditer(text)}
+        if claimed - {own}:
+            return (f"the question names {what} (epoch {lo}, stage {own}); the answer says "
+                    f"{', '.join(sorted(claimed))}")[:160]
     cited = [(int(m.group(1)), int(m.group(2) or m.group(1))) for m in _EPOCH_CITED.finditer(text)]
     clocks = {t[:5] for t in clock_times(text)}
     if not cited and not clocks:
         # "which stage was the second one in?" answered "The second stage in the sleep was
         # N2", citing nothing: the stage it names must be the item's
         named = {_STAGE_NAMES[m.group(0).lower()] for m in _STAGE_NAMED.finditer(text)}
-        own = str(ref.get("stage", ""))
         if _ASKS_STAGE.search(question) and named and own in _STAGE_NAMES.values() \
                 and own not in named:
-            return (f"the question names the {str(ref.get('label', 'item')).replace('_', ' ')}"
-                    f" at {ref.get('clock')} (epoch {lo}, stage {own}); the answer names "
+            return (f"the question names {what} (epoch {lo}, stage {own}); the answer names "
                     f"{', '.join(sorted(named))}")[:160]
         return None
     if any(a <= hi + 1 and b >= lo - 1 for a, b in cited) \

@@ -1676,7 +1676,7 @@ def test_a_followup_answered_about_another_item_than_the_one_named_falls_back(
     q = "what stage was the first one in"
     words = {"W": "wake", "N1": "N1", "N2": "N2", "N3": "N3", "R": "REM"}
     own, other = words[hyp[0].stage], next(w for s, w in words.items() if s != hyp[0].stage)
-    for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in {other}.",
+    for fine in (f"It was in epoch {hyp[0].epoch}.", f"At {hyp[0].clock[:5]}, in {own}.",
                  f"epochs {hyp[0].epoch - 1}-{hyp[0].epoch + 1}", f"It was in {own}.",
                  f"The traces around it (epoch {hyp[0].epoch + 1}) are drawn."):
         assert wrong_referent(fine, q, history) is None, fine
@@ -1688,6 +1688,13 @@ def test_a_followup_answered_about_another_item_than_the_one_named_falls_back(
     said = wrong_referent(f"The first stage in the sleep was {other}.", q, history)
     assert said and f"stage {hyp[0].stage}" in said, said
     assert wrong_referent(f"It was {other}.", "describe the first one", history) is None
+    # the right item, and another stage given as the answer (q028: "... at epoch 573
+    # (03:02:36, N2), which was in the REM stage")
+    said = (f"The first hypopnea occurred at epoch {hyp[0].epoch} ({hyp[0].clock}, "
+            f"{hyp[0].stage}), which was in the {other} stage.")
+    assert "the answer says" in (wrong_referent(said, q, history) or "")
+    assert wrong_referent(said.replace(f"the {other} stage", f"the {own} stage"), q,
+                          history) is None
     assert wrong_referent(f"It was in epoch {hyp[1].epoch}.", "and the second one?",
                           history) is None
 
