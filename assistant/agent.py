@@ -169,7 +169,9 @@ class Answer(BaseModel):
         out = []
         if self.fallback is not None:
             out.append(self.fallback.describe())
-        numbers = [w for w in self.withdrawn if w.kind not in ("absence", "other_patient")]
+        numbers = [w for w in self.withdrawn
+                   if w.kind not in ("absence", "other_patient", "stage")]
+        stages = [w for w in self.withdrawn if w.kind == "stage"]
         denials = [w for w in self.withdrawn if w.kind == "absence"]
         foreign = [w for w in self.withdrawn if w.kind == "other_patient"]
         if numbers:
@@ -177,6 +179,10 @@ class Answer(BaseModel):
             out.append(f"{len(numbers)} number(s) or time(s) of the model's answer were "
                        f"withdrawn because no tool result supports them ({tokens}); they are "
                        "marked [unverified].")
+        if stages:
+            out.append(f"{len(stages)} sleep stage(s) the model gave for an epoch disagree with "
+                       f"the scored hypnogram ({'; '.join(w.reason for w in stages)}); they "
+                       "are marked [unverified].")
         if denials:
             out.append(f"The model's answer denied events that the tool result lists "
                        f"({'; '.join(w.reason for w in denials)}); the denial is marked "

@@ -734,14 +734,15 @@ class WithdrawnClaim(BaseModel):
         ``number``, ``clock``, ``date``, ``measure`` (a named measure given a value that is
         not its own), ``absence`` ("no hypopneas" where the tool result lists some) or
         ``other_patient`` (a number given about another patient that no tool result gives
-        for that patient).
+        for that patient) or ``stage`` (a sleep stage given for an epoch that the tool
+        results stage otherwise).
     reason : str
     sentence : str
         The sentence as the model wrote it.
     """
 
     token: str
-    kind: Literal["number", "clock", "date", "measure", "absence", "other_patient"]
+    kind: Literal["number", "clock", "date", "measure", "absence", "other_patient", "stage"]
     reason: str
     sentence: str
 

@@ -116,6 +116,7 @@ __all__ = [
     "epoch_aside_spans",
     "epoch_count_spans",
     "rate_claim_spans",
+    "stage_claim_spans",
     "epoch_source_spans",
     "localized_denial_spans",
     "extreme_event_spans",
@@ -1502,7 +1503,7 @@ class ChatGroundingMiddleware(AgentMiddleware):
         placed = (epoch_clock_spans(text, messages) + onsets
                   + local_value_spans(text, messages) + impossible_epoch_spans(text, messages)
                   + epoch_source_spans(text, messages) + epoch_count_spans(text, messages)
-                  + rate_claim_spans(text, messages))
+                  + rate_claim_spans(text, messages) + stage_claim_spans(text, messages))
         placed = _disjoint(placed)
         for a, b, claim in sorted(placed, key=lambda x: -x[0]):
             text = text[:a] + UNVERIFIED + text[b:]
@@ -2989,6 +2990,45 @@ def rate_claim_spans(text: str, messages: Sequence[BaseMessage]
                 token=num, kind="measure", sentence=text[max(0, c.start() - 80):c.end() + 20],
                 reason=f"{num} {words} per hour is no measured rate ({said})")))
         chain = []
+    return out
+
+
+#: An epoch's scored stage as the tools write it: "(epoch 813, N2)", "epoch 371 (01:21:30-
+#: 01:22:00, N2)".
+_TOOL_EPOCH_STAGE = re.compile(r"\(epoch (\d+), (W|N1|N2|N3|R)\)|\bepoch (\d+) \(\d{2}:\d{2}:\d{2}-"
+                               r"\d{2}:\d{2}:\d{2}, (W|N1|N2|N3|R)\)")
+#: A stage an answer gives an epoch: "epoch 813 (05:02:33, R)", "(epoch 813, REM)".
+_SAID_EPOCH_STAGE = re.compile(r"\bepoch (\d+),? \((?:[^()]{0,40}?, )?(W|N1|N2|N3|R|REM|wake)\)|"
+                               r"\(epoch (\d+), (W|N1|N2|N3|R|REM|wake)\)", re.IGNORECASE)
+
+
+def stage_claim_spans(text: str, messages: Sequence[BaseMessage]
+                      ) -> list[tuple[int, int, WithdrawnClaim]]:
+    """Sleep stages an answer gives for single epochs that the tool results stage otherwise.
+
+    Asked "Which desaturations were scored after 5 am?", the 1.5 B model answered "The
+    longest was at epoch 813 (05:02:33, R)"; its list_events result read "desaturation at
+    05:02:33 (epoch 813, N2)".
+
+    Returns
+    -------
+    list of (start, end, WithdrawnClaim)
+        Spans of the stage words (kind ``stage``), in order.
+    """
+    scored: dict[int, str] = {}
+    for m in messages:
+        if isinstance(m, ToolMessage) and m.status != "error":
+            for mt in _TOOL_EPOCH_STAGE.finditer(_text(m)):
+                scored[int(mt.group(1) or mt.group(3))] = mt.group(2) or mt.group(4)
+    out: list[tuple[int, int, WithdrawnClaim]] = []
+    for mt in _SAID_EPOCH_STAGE.finditer(text or "") if scored else ():
+        g = 2 if mt.group(1) else 4
+        epoch, said = int(mt.group(g - 1)), mt.group(g)
+        stage = _STAGE_NAMES.get(said.lower(), said.upper())
+        if epoch in scored and scored[epoch] != stage:
+            out.append((mt.start(g), mt.end(g), WithdrawnClaim(
+                token=said, kind="stage", sentence=text[max(0, mt.start() - 80):mt.end()],
+                reason=f"epoch {epoch} is scored {scored[epoch]}, not {said}")))
     return out
 
 

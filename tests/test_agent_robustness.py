@@ -1068,6 +1068,34 @@ def test_counts_written_as_rates_are_withdrawn(tmp_path, library):
         assert rate_claim_spans(fine, msgs) == [], fine
 
 
+def test_a_stage_given_for_an_epoch_against_the_results_is_withdrawn(tmp_path, library):
+    """"Which desaturations were scored after 5 am?": the 1.5 B model answered "The longest
+    was at epoch 813 (05:02:33, R)"; its list gave "desaturation at 05:02:33 (epoch 813,
+    N2)"."""
+    from tools.facts import EventsInput, events_in_range
+
+    events = events_in_range(ToolContext(library=library, patient=OSA),
+                             EventsInput(types=["obstructive_apnea"])).events
+    e = events[0]
+    wrong = next(st for st in ("REM", "N3", "wake") if {"REM": "R", "wake": "W"}.get(st, st)
+                 != e.stage)
+    said = f"The first obstructive apnea was at epoch {e.epoch} ({e.clock}, {wrong})."
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage(said))
+    answer = _bot(tmp_path, library, model, shortlist_tools=4).ask(
+        OSA, "list the obstructive apneas")
+    assert [(w.token, w.kind) for w in answer.withdrawn] == [(wrong, "stage")]
+    assert answer.text.startswith(f"The first obstructive apnea was at epoch {e.epoch} "
+                                  f"({e.clock}, [unverified]).")
+    assert any("disagree with the scored hypnogram" in n for n in answer.notices())
+    right = f"The first obstructive apnea was at epoch {e.epoch} ({e.clock}, {e.stage})."
+    model = _scripted(_call("list_events", {"types": ["obstructive_apnea"]}, "e1"),
+                      AIMessage(right))
+    answer = _bot(tmp_path / "b", library, model, shortlist_tools=4).ask(
+        OSA, "list the obstructive apneas")
+    assert answer.withdrawn == [] and answer.text.startswith(right)
+
+
 def test_extreme_event_spans_needs_a_ranked_or_complete_list():
     from assistant.toolcalls import extreme_event_spans
 
