@@ -1044,8 +1044,7 @@ def test_counts_written_as_rates_are_withdrawn(tmp_path, library):
     the 8 passed the number check as the apnea index's 8.2)."""
     from assistant.toolcalls import rate_claim_spans
 
-    facts = report_facts(ToolContext(library=library, patient=OSA))
-    ms = {m.name: m for sec in facts.sections.values() for m in sec}
+    ms = _measures(library, OSA)
     n_obs = int(ms["obstructive_apnea_count"].value)
     oai = ms["obstructive_apnea_index"]
     assert n_obs > 0 and abs(n_obs - oai.value) > 0.5
@@ -1060,7 +1059,8 @@ def test_counts_written_as_rates_are_withdrawn(tmp_path, library):
     assert answer.text.startswith("The patient had [unverified] obstructive apneas, and "
                                   "[unverified] mixed apneas per hour of sleep.")
     msgs = [ToolMessage(content="facts", tool_call_id="f1", name="report_facts",
-                        artifact={"result": facts})]
+                        artifact={"result": report_facts(ToolContext(library=library,
+                                                                      patient=OSA))})]
     for fine in (f"{oai.format().split()[0]} obstructive apneas per hour",
                  f"There were {n_obs} obstructive apneas in the night.",
                  f"The ODI was {ms['odi3'].format().split()[0]} events per hour.",
