@@ -168,8 +168,12 @@ def _measures(res: Any) -> dict[str, Any]:
 
 
 def _fmt(m: Any) -> str:
-    """A measure as "label: value unit" (or why it is unavailable)."""
-    return f"{m.label}: {m.format()}"
+    """A measure as "label: value unit" (or why it is unavailable), with the epoch and clock
+    time of a measure taken at one point ("SpO2 nadir during sleep: 87.1 % [epochs 95: lowest
+    valid 1-s SpO2 during sleep, at 2855 s (23:03:35)]"; the nadir was given without its time)."""
+    from tools.facts import point_evidence
+
+    return f"{m.label}: {m.format()}" + (point_evidence(m) if m.value is not None else "")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -830,6 +834,17 @@ class OfflinePlanner(BaseChatModel):
             return _Step(text="The last search or list found nothing, so it has no such item. "
                               "Ask again with other words, or list scored events, e.g. 'list "
                               "the apneas'.")
+        then = _THEN.search(q)
+        if then and _last_list(history) is None and (at := _last_clock(history)):
+            # "what was happening around then?" after "the nadir was at 23:33:17": that time
+            prep = then.group(0).split()[0].lower()
+            prep = prep if prep in ("before", "after") else "at"
+            q2 = q[:then.start()] + f"{prep} {at}" + q[then.end():]
+            a2 = X.extract(q2)
+            if re.search(r"\b(?:show|plot|draw|zoom|display|pull up|bring up|traces?|"
+                         r"waveforms?|raw)\b", q.lower()):
+                return self._do_plot_signals(route, q2, a2, done, history)
+            return self._do_caption(route, q2, a2, done, history)
         if not refs:
             return _Step(text="I have no earlier list of events or intervals in this "
                               "conversation to refer to. Ask e.g. 'list the apneas' or "
@@ -980,24 +995,44 @@ def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
     return [], None
 
 
-def _last_list_empty(history: Sequence[BaseMessage]) -> bool:
-    """Whether the conversation's last answer is a list that came out empty (a search that
-    found nothing: "describe the first of those" then has nothing to describe)."""
+#: A time named by reference to the last answer: "around then", "at that time".
+_THEN = re.compile(r"\b(?:around|at|near|during|before|after|by) (?:then|that time|that point|"
+                   r"that moment)\b", re.IGNORECASE)
+
+
+def _last_clock(history: Sequence[BaseMessage]) -> str | None:
+    """The first clock time (``HH:MM:SS``) the conversation's last answer gives, or None."""
+    from assistant.grounding import clock_times
+
+    last = next((m for m in reversed(history) if isinstance(m, AIMessage) and not m.tool_calls),
+                None)
+    found = clock_times(_text(last)) if last is not None else []
+    return found[0] if found else None
+
+
+def _last_list(history: Sequence[BaseMessage]) -> list[dict] | None:
+    """The list the conversation's last answer gave ([] when it came out empty), or None when
+    that answer gave no list (a measurement, a caption)."""
     i = next((j for j in range(len(history) - 1, -1, -1) if isinstance(history[j], AIMessage)
               and not history[j].tool_calls), None)
     if i is None:
-        return False
+        return None
     if REFS_KEY in history[i].additional_kwargs:
-        return not history[i].additional_kwargs[REFS_KEY]
-    before = history[:i]
-    ran = [m for m in reversed(before) if isinstance(m, (ToolMessage, HumanMessage))]
-    turn = []
-    for m in ran:
+        return list(history[i].additional_kwargs[REFS_KEY] or [])
+    turn: list[BaseMessage] = []
+    for m in reversed(history[:i]):
         if isinstance(m, HumanMessage):
             break
         turn.append(m)
-    return any(m.name in ("list_events", "localize") and m.status != "error" for m in turn) \
-        and not _tool_refs(before)
+    listed = any(isinstance(m, ToolMessage) and m.name in ("list_events", "localize")
+                 and m.status != "error" for m in turn)
+    return _tool_refs(history[:i]) if listed else None
+
+
+def _last_list_empty(history: Sequence[BaseMessage]) -> bool:
+    """Whether the conversation's last answer is a list that came out empty (a search that
+    found nothing: "describe the first of those" then has nothing to describe)."""
+    return _last_list(history) == []
 
 
 def _field(obj: Any, key: str, default: Any = None) -> Any:

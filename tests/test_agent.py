@@ -404,6 +404,14 @@ def test_a_second_blind_set_s_phrasings(tmp_path, library):
     [step] = answer.tool_calls
     assert step.name == "plot_signals" and step.args["system"] == "respiration"
     assert step.args["window"]["start"] == longest.onset_s
+    # "around then" after an answer with a clock time and no list: that time
+    nadir = bot.ask(OSA, "what was the lowest SpO2?")  # with its epoch and clock time
+    from assistant.grounding import clock_times
+
+    when = clock_times(nadir.text)[0]
+    answer = bot.ask(OSA, "and what was happening around then?")
+    [step] = answer.tool_calls
+    assert step.name == "caption" and when[:5] in str(step.args["target"]), step.args
     # after a search that found nothing, "the first of those" says so (it said "I have no
     # earlier list of events or intervals in this conversation")
     from assistant.planner import REFS_KEY

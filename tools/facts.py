@@ -44,6 +44,7 @@ __all__ = [
     "densest_window",
     "events_in_range",
     "parse_event_types",
+    "point_evidence",
     "report_facts",
     "respiratory_summary",
     "sleep_architecture",
@@ -149,6 +150,15 @@ class FactsOutput(BaseModel):
         lines += [f"{SECTIONS[k][0]} not available: {v}" for k, v in self.unavailable.items()]
         lines += [f"{k}: {v}" for k, v in self.findings.items()]
         return "\n".join(lines)
+
+
+def point_evidence(m: Measure) -> str:
+    """" [epochs 95: lowest valid 1-s SpO2 during sleep, at 2855 s (23:03:35)]" for a measure
+    that cites one or two single epochs with a note (the SpO2 nadir, the sleep onset, the REM
+    latency), as :meth:`FactsOutput.summary` writes it; "" for any other (a measure over runs
+    of epochs is given by its value alone)."""
+    note = _point_note(m)
+    return f" [epochs {_runs(m)}{note}]" if note else ""
 
 
 def _point_note(m: Measure) -> str:
