@@ -830,7 +830,7 @@ class OfflinePlanner(BaseChatModel):
 
     def _do_followup(self, route, q, a, done, history) -> _Step:
         refs, focus = _last_refs(history)
-        if not refs and _last_list_empty(history):
+        if not refs and _last_list(history) == []:  # the last list came out empty
             return _Step(text="The last search or list found nothing, so it has no such item. "
                               "Ask again with other words, or list scored events, e.g. 'list "
                               "the apneas'.")
@@ -841,8 +841,7 @@ class OfflinePlanner(BaseChatModel):
             prep = prep if prep in ("before", "after") else "at"
             q2 = q[:then.start()] + f"{prep} {at}" + q[then.end():]
             a2 = X.extract(q2)
-            if re.search(r"\b(?:show|plot|draw|zoom|display|pull up|bring up|traces?|"
-                         r"waveforms?|raw)\b", q.lower()):
+            if _SHOW.search(q):
                 return self._do_plot_signals(route, q2, a2, done, history)
             return self._do_caption(route, q2, a2, done, history)
         if not refs:
@@ -876,8 +875,7 @@ class OfflinePlanner(BaseChatModel):
                               f"{ref['first_epoch']}).")
         # the system the question names ("the EEG around then") before the item's own
         named = X.system(q)
-        if re.search(r"\b(?:show|plot|draw|zoom|display|pull up|bring up|traces?|waveforms?|"
-                     r"raw)\b", low):
+        if _SHOW.search(low):
             if not done:
                 return _Step(tool="plot_signals", args={
                     "window": {"start": ref["start_s"], "end": ref["end_s"]},
@@ -995,6 +993,9 @@ def _last_refs(history: Sequence[BaseMessage]) -> tuple[list[dict], int | None]:
     return [], None
 
 
+#: A follow-up asking to see the signals ("zoom in on that one", "pull up the raw traces").
+_SHOW = re.compile(r"\b(?:show|plot|draw|zoom|display|pull up|bring up|traces?|waveforms?|raw)\b",
+                   re.IGNORECASE)
 #: A time named by reference to the last answer: "around then", "at that time".
 _THEN = re.compile(r"\b(?:around|at|near|during|before|after|by) (?:then|that time|that point|"
                    r"that moment)\b", re.IGNORECASE)
@@ -1027,12 +1028,6 @@ def _last_list(history: Sequence[BaseMessage]) -> list[dict] | None:
     listed = any(isinstance(m, ToolMessage) and m.name in ("list_events", "localize")
                  and m.status != "error" for m in turn)
     return _tool_refs(history[:i]) if listed else None
-
-
-def _last_list_empty(history: Sequence[BaseMessage]) -> bool:
-    """Whether the conversation's last answer is a list that came out empty (a search that
-    found nothing: "describe the first of those" then has nothing to describe)."""
-    return _last_list(history) == []
 
 
 def _field(obj: Any, key: str, default: Any = None) -> Any:
